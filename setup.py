@@ -1,0 +1,34 @@
+"""Colorizer: distributed TensorFlow training of an image colorizer, served by TF Serving."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="colorizer",
+    version="0.1.0",
+    description="Train an image-colorization encoder/decoder with tf.distribute on Kubernetes; serve it with TF Serving.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["trainer", "trainer.*"]),
+    package_data={"trainer": ["sample/*.tfrecord", "sample/*.json"]},
+    install_requires=[
+        "tensorflow>=2.21,<2.22",
+        "tensorboard>=2.21,<2.22",  # tf.summary needs it; TF 2.21 no longer pulls it in
+        "tensorflow-io>=0.37.1,<0.38",  # pure-TF Lab colour ops
+        "absl-py>=2.1",
+        "numpy>=1.26",
+        "pillow>=10.0",
+        "tqdm>=4.66",
+        "google-cloud-storage>=2.16",
+        "kubernetes>=29.0",
+    ],
+    extras_require={
+        "test": ["pytest>=8.0", "scikit-image>=0.24"],
+    },
+    entry_points={
+        "console_scripts": [
+            "colorizer-train=trainer.task:run_cli",
+            "colorizer-prepare=trainer.prepare:run",
+        ],
+    },
+)

@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny photo folders and shards made on the fly (tests never need ../shared)."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from PIL import Image  # noqa: E402
+
+# Two logical CPUs so MirroredStrategy can run two replicas without a GPU; must precede any TF op.
+_cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def make_photo(seed: int, size=(64, 48)) -> np.ndarray:
+    """A colourful synthetic photo: smooth gradients plus a few solid rectangles."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w] / max(w, h)
+    base = np.stack([x, y, 1 - x], axis=-1) * rng.uniform(0.3, 1.0, 3)
+    for _ in range(3):
+        x0, y0 = rng.integers(0, w // 2), rng.integers(0, h // 2)
+        base[y0 : y0 + h // 3, x0 : x0 + w // 3] = rng.uniform(0, 1, 3)
+    return (base * 255).clip(0, 255).astype(np.uint8)
+
+
+def write_photos(folder, count: int, start: int = 0, fmt: str = "png"):
+    os.makedirs(folder, exist_ok=True)
+    names = []
+    for i in range(start, start + count):
+        name = f"photo{i:03d}.{fmt}"
+        Image.fromarray(make_photo(i)).save(os.path.join(folder, name))
+        names.append(name)
+    return names
+
+
+@pytest.fixture(scope="session")
+def shards_dir(tmp_path_factory):
+    """train (12 examples, 3 shards) and validation (4 examples, 1 shard) made by trainer.prepare."""
+    from trainer.prepare import prepare
+
+    root = tmp_path_factory.mktemp("data")
+    write_photos(root / "train_photos", 12)
+    write_photos(root / "val_photos", 4, start=100)
+    out = str(root / "shards")
+    prepare(str(root / "train_photos"), out, split="train", num_shards=3, progress=False)
+    prepare(str(root / "val_photos"), out, split="validation", num_shards=1, progress=False)
+    return out

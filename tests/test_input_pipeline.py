@@ -1,0 +1,88 @@
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainer import input_pipeline
+from trainer.errors import DataError
+
+
+def _pattern(directory, split):
+    return os.path.join(directory, f"{split}-*-of-*.tfrecord")
+
+
+def test_find_shards_reads_manifest(shards_dir):
+    shards = input_pipeline.find_shards(_pattern(shards_dir, "train"))
+    assert len(shards.files) == 3 and shards.num_examples == 12 and shards.encoding == "png"
+
+
+@pytest.mark.parametrize("color_space,channels", [("lab", 2), ("rgb", 3)])
+def test_element_spec(shards_dir, color_space, channels):
+    shards = input_pipeline.find_shards(_pattern(shards_dir, "train"))
+    ds = input_pipeline.build_dataset(shards, 5, color_space, training=True, augment=True)
+    inputs, targets = ds.element_spec
+    assert inputs.shape.as_list() == [5, 120, 120, 3] and inputs.dtype == tf.float32
+    assert targets.shape.as_list() == [5, 120, 120, channels] and targets.dtype == tf.float32
+    x, y = next(iter(ds))
+    assert 0.0 <= float(tf.reduce_min(x)) and float(tf.reduce_max(x)) <= 1.0
+    np.testing.assert_array_equal(x[..., 0].numpy(), x[..., 2].numpy())
+
+
+def test_global_batch_is_split_across_replicas(shards_dir):
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    per_replica = 3
+    shards = input_pipeline.find_shards(_pattern(shards_dir, "train"))
+    ds = input_pipeline.build_dataset(shards, per_replica * strategy.num_replicas_in_sync, "lab", training=True)
+    assert ds.element_spec[0].shape[0] == 6
+    inputs, _ = next(iter(strategy.experimental_distribute_dataset(ds)))
+    assert [t.shape[0] for t in strategy.experimental_local_results(inputs)] == [3, 3]
+
+
+def test_eval_dataset_is_ordered_and_repeats_full_batches(shards_dir):
+    shards = input_pipeline.find_shards(_pattern(shards_dir, "validation"))
+    ds = input_pipeline.build_dataset(shards, 3, "rgb", training=False)
+    first = [x.numpy() for x, _ in ds.take(3)]
+    again = [x.numpy() for x, _ in ds.take(3)]
+    assert all(b.shape[0] == 3 for b in first)
+    np.testing.assert_array_equal(np.concatenate(first), np.concatenate(again))
+
+
+def test_flip_keeps_pairs_aligned():
+    gray = tf.reshape(tf.range(2 * 4 * 4, dtype=tf.float32), [2, 4, 4, 1])
+    color = tf.concat([gray] * 3, axis=-1)
+    for _ in range(5):
+        g, c = input_pipeline._random_flip(gray, color)
+        np.testing.assert_array_equal(g.numpy()[..., 0], c.numpy()[..., 1])
+
+
+def test_pattern_matching_nothing_names_the_pattern(tmp_path):
+    with pytest.raises(DataError, match=f"no files match {tmp_path}/train-\\*"):
+        input_pipeline.find_shards(f"{tmp_path}/train-*")
+
+
+def test_missing_shard_and_missing_manifest_are_errors(shards_dir, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(shards_dir, copy)
+    os.remove(copy / "train-00001-of-00003.tfrecord")
+    with pytest.raises(DataError, match="incomplete dataset, 1 shard"):
+        input_pipeline.find_shards(_pattern(copy, "train"))
+    os.remove(copy / "validation.manifest.json")
+    with pytest.raises(DataError, match="no manifest"):
+        input_pipeline.find_shards(_pattern(copy, "validation"))
+
+
+def test_corrupt_record_is_traced_to_its_shard(shards_dir, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(shards_dir, copy)
+    victim = copy / "train-00002-of-00003.tfrecord"
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    shards = input_pipeline.find_shards(_pattern(copy, "train"))
+    ds = input_pipeline.build_dataset(shards, 4, "lab", training=False)
+    with pytest.raises((tf.errors.DataLossError, tf.errors.InvalidArgumentError)):
+        for _ in ds.take(10):
+            pass
+    assert input_pipeline.find_corrupt_record(shards).startswith(f"{victim} (record ")

@@ -1,0 +1,51 @@
+import keras
+import numpy as np
+import pytest
+
+from trainer.models import build_autoencoder, build_model, build_unet
+
+
+def _layer_summary(model):
+    return [(type(l).__name__, getattr(l, "filters", None), getattr(l, "strides", None)) for l in model.layers]
+
+
+def test_autoencoder_is_the_seed_model():
+    model = build_autoencoder()
+    assert [m.name for m in model.layers] == ["Encoder", "Decoder"]
+    encoder, decoder = model.layers
+    assert model.input_shape == (None, 120, 120, 3) and model.output_shape == (None, 120, 120, 3)
+    assert _layer_summary(encoder) == [
+        ("Conv2D", 64, (1, 1)), ("BatchNormalization", None, None), ("MaxPooling2D", None, (2, 2)),
+        ("Conv2D", 128, (1, 1)), ("BatchNormalization", None, None), ("MaxPooling2D", None, (2, 2)),
+        ("Conv2D", 256, (1, 1)), ("BatchNormalization", None, None), ("MaxPooling2D", None, (2, 2)),
+        ("Conv2D", 512, (1, 1)), ("BatchNormalization", None, None),
+    ]
+    assert all(l.kernel_size == (3, 3) and l.activation.__name__ == "relu" for l in encoder.layers
+               if isinstance(l, keras.layers.Conv2D))
+    assert encoder.output_shape == (None, 15, 15, 512)
+    assert _layer_summary(decoder) == [
+        ("Conv2DTranspose", 256, (2, 2)), ("Conv2DTranspose", 128, (2, 2)), ("Conv2DTranspose", 64, (2, 2)),
+        ("Conv2D", 3, (1, 1)), ("Reshape", None, None),
+    ]
+    assert [l.output.shape[1] for l in decoder.layers[:3]] == [30, 60, 120]
+
+
+@pytest.mark.parametrize("channels", [2, 3])
+def test_output_shapes_and_ranges(channels):
+    x = np.random.default_rng(0).uniform(0, 1, (2, 120, 120, 3)).astype("float32")
+    for model in (build_model("autoencoder", channels), build_model("unet", channels, base_filters=4)):
+        y = np.asarray(model(x, training=False))
+        assert y.shape == (2, 120, 120, channels)
+        low = 0.0 if channels == 3 else -1.0
+        assert y.min() >= low and y.max() <= 1.0
+
+
+def test_unet_has_skip_connections_at_every_level():
+    model = build_unet(2, base_filters=4, depth=3)
+    skips = [l for l in model.layers if isinstance(l, keras.layers.Concatenate)]
+    assert sorted(s.output.shape[1] for s in skips) == [30, 60, 120]
+
+
+def test_unknown_model_is_an_error():
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model("resnet", 2)

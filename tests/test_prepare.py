@@ -1,0 +1,102 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from tests.conftest import REPO, make_photo, write_photos
+from trainer import schema
+from trainer.errors import ConfigError, DataError
+from trainer.prepare import assign_split, prepare
+
+
+def _records(path):
+    return [tf.io.parse_single_example(r, schema.FEATURES) for r in tf.data.TFRecordDataset(path)]
+
+
+def test_writes_shards_and_manifest_and_names_skipped_files(tmp_path):
+    write_photos(tmp_path / "in", 7)
+    (tmp_path / "in" / "broken.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "in" / "notes.txt").write_text("hi")
+    out = str(tmp_path / "out")
+    manifests = prepare(str(tmp_path / "in"), out, split="train", num_shards=3, progress=False)
+    manifest = manifests["train"]
+    assert manifest.num_examples == 7 and len(manifest.shards) == 3
+    assert [s.split(" ")[0] for s in manifest.skipped] == ["broken.jpg"]
+    assert sorted(os.listdir(out)) == [f"train-0000{i}-of-00003.tfrecord" for i in range(3)] + ["train.manifest.json"]
+    on_disk = json.loads((tmp_path / "out" / "train.manifest.json").read_text())
+    assert on_disk["num_examples"] == 7 and on_disk["skipped"][0].startswith("broken.jpg")
+    ids = sorted(r["id"].numpy().decode() for f in manifest.shards for r in _records(os.path.join(out, f)))
+    assert ids == [f"photo{i:03d}.png" for i in range(7)]
+    for name, count in manifest.shards.items():
+        assert len(_records(os.path.join(out, name))) == count
+
+
+def test_gray_taken_from_parallel_folder(tmp_path):
+    write_photos(tmp_path / "color", 2)
+    os.makedirs(tmp_path / "gray")
+    for name in os.listdir(tmp_path / "color"):
+        Image.new("L", (64, 48), 77).save(tmp_path / "gray" / name)
+    out = str(tmp_path / "out")
+    prepare(str(tmp_path / "color"), out, num_shards=1, gray_dir=str(tmp_path / "gray"), progress=False)
+    record = _records(os.path.join(out, "train-00000-of-00001.tfrecord"))[0]
+    gray, _ = schema.decode_pair(record["gray"], record["color"], "png")
+    assert np.all(gray.numpy() == 77)
+
+
+def test_refuses_to_overwrite_and_overwrite_removes_stale_shards(tmp_path):
+    write_photos(tmp_path / "in", 4)
+    out = str(tmp_path / "out")
+    prepare(str(tmp_path / "in"), out, num_shards=4, progress=False)
+    before = (tmp_path / "out" / "train-00000-of-00004.tfrecord").read_bytes()
+    with pytest.raises(ConfigError, match="--overwrite"):
+        prepare(str(tmp_path / "in"), out, num_shards=2, progress=False)
+    assert (tmp_path / "out" / "train-00000-of-00004.tfrecord").read_bytes() == before
+    prepare(str(tmp_path / "in"), out, num_shards=2, overwrite=True, progress=False)
+    assert sorted(os.listdir(out)) == ["train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord",
+                                       "train.manifest.json"]
+
+
+def test_holdout_split_is_stable_by_name(tmp_path):
+    write_photos(tmp_path / "in", 20)
+    manifests = prepare(str(tmp_path / "in"), str(tmp_path / "out"), num_shards=2, holdout_fraction=0.3,
+                        progress=False)
+    expected = sum(assign_split(f"photo{i:03d}.png", "train", "validation", 0.3) == "validation" for i in range(20))
+    assert manifests["validation"].num_examples == expected
+    assert manifests["train"].num_examples == 20 - expected
+
+
+def test_bad_inputs(tmp_path):
+    with pytest.raises(ConfigError, match="no such folder"):
+        prepare(str(tmp_path / "missing"), str(tmp_path / "out"), progress=False)
+    (tmp_path / "only_text").mkdir()
+    (tmp_path / "only_text" / "a.txt").write_text("x")
+    with pytest.raises(DataError, match="no image files"):
+        prepare(str(tmp_path / "only_text"), str(tmp_path / "out"), progress=False)
+    (tmp_path / "all_bad").mkdir()
+    (tmp_path / "all_bad" / "a.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    with pytest.raises(DataError, match="none of 1"):
+        prepare(str(tmp_path / "all_bad"), str(tmp_path / "out"), progress=False)
+
+
+def test_cli_missing_folder_is_one_line_and_exit_2(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "trainer.prepare", f"--input_dir={tmp_path}/nope",
+                           f"--output_dir={tmp_path}/out"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert f"error: --input_dir={tmp_path}/nope: no such folder" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_writes_shards_with_parallel_workers(tmp_path):
+    write_photos(tmp_path / "in", 6, fmt="jpg")
+    Image.fromarray(make_photo(9)).save(tmp_path / "in" / "big.bmp")
+    proc = subprocess.run([sys.executable, "-m", "trainer.prepare", f"--input_dir={tmp_path}/in",
+                           f"--output_dir={tmp_path}/out", "--num_shards=2", "--workers=2", "--encoding=raw"],
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "train: 7 examples in 2 shards (raw)" in proc.stdout
+    assert not [n for n in os.listdir(tmp_path / "out") if n.endswith(".tmp")]

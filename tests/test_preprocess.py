@@ -1,0 +1,51 @@
+import numpy as np
+import tensorflow as tf
+from skimage.color import rgb2lab
+
+from trainer import preprocess
+
+# tensorflow-io uses the same D65 / 2 degree constants as scikit-image; differences are float32 rounding.
+LAB_TOLERANCE = 0.05
+
+
+def _colours():
+    rng = np.random.default_rng(0)
+    return np.concatenate([rng.uniform(0, 1, (500, 3)), np.eye(3), [[0, 0, 0], [1, 1, 1], [0.5, 0.5, 0.5]]])
+
+
+def test_rgb_to_lab_matches_scikit_image():
+    rgb = _colours()
+    ours = preprocess.rgb_to_lab(tf.constant(rgb, tf.float32)).numpy()
+    np.testing.assert_allclose(ours, rgb2lab(rgb[None])[0], atol=LAB_TOLERANCE)
+
+
+def test_lab_round_trip():
+    rgb = tf.constant(_colours(), tf.float32)
+    np.testing.assert_allclose(preprocess.lab_to_rgb(preprocess.rgb_to_lab(rgb)).numpy(), rgb.numpy(), atol=1e-3)
+
+
+def test_targets_and_reconstruction_invert_each_other_for_gray_consistent_colours():
+    rng = np.random.default_rng(1)
+    color = tf.constant(rng.uniform(0.2, 0.8, (2, 8, 8, 3)), tf.float32)
+    lab = preprocess.rgb_to_lab(color)
+    gray_l = lab[..., :1]
+    # A gray image whose L* equals the colour's L*: reconstruction must return the colour exactly.
+    gray = tf.constant(np.interp(gray_l.numpy(), preprocess.gray_lightness(tf.linspace(0.0, 1.0, 2001)[:, None])
+                                 .numpy()[:, 0], np.linspace(0, 1, 2001)), tf.float32)
+    rgb = preprocess.predictions_to_rgb(preprocess.model_targets(color, "lab"), gray, "lab")
+    np.testing.assert_allclose(rgb.numpy(), color.numpy(), atol=2e-3)
+    np.testing.assert_allclose(preprocess.model_targets(color, "rgb").numpy(), color.numpy())
+
+
+def test_lab_prediction_upsampled_to_gray_resolution():
+    gray = tf.random.uniform([1, 40, 60, 1])
+    ab = tf.zeros([1, 12, 12, 2])
+    rgb = preprocess.predictions_to_rgb(ab, gray, "lab")
+    assert rgb.shape == (1, 40, 60, 3)
+    # Zero chroma on a gray image is that gray image: channels equal, structure kept at full size.
+    np.testing.assert_allclose(rgb[..., 0].numpy(), rgb[..., 2].numpy(), atol=2e-3)
+
+
+def test_model_inputs_replicate_gray():
+    gray = tf.random.uniform([2, 5, 5, 1])
+    assert preprocess.model_inputs(gray).shape == (2, 5, 5, 3)

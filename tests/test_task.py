@@ -1,0 +1,77 @@
+"""End to end: the real CLIs in subprocesses, as a user runs them."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import tensorflow as tf
+
+from tests.conftest import REPO, write_photos
+
+ENV = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def _cli(module, *args, cwd=REPO, **kwargs):
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=ENV, capture_output=True, text=True,
+                          timeout=600, **kwargs)
+
+
+def test_prepare_train_kill_resume_export_serve(tmp_path):
+    write_photos(tmp_path / "photos", 24)
+    prepared = _cli("trainer.prepare", f"--input_dir={tmp_path}/photos", f"--output_dir={tmp_path}/data",
+                    "--num_shards=2", "--holdout_fraction=0.25")
+    assert prepared.returncode == 0, prepared.stderr
+    flags = [f"--train_data={tmp_path}/data/train-*", f"--eval_data={tmp_path}/data/validation-*",
+             f"--model_dir={tmp_path}/model", f"--export_dir={tmp_path}/export", "--base_filters=4",
+             "--batch_size=2", "--checkpoint_every_steps=1", "--patience=0"]
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "trainer.task", *flags, "--epochs=1000"], cwd=REPO, env=ENV,
+                            stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    while time.time() < deadline and not _checkpoint_step(tmp_path / "model" / "checkpoints") >= 3:
+        assert proc.poll() is None, open(tmp_path / "first.log").read()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = _checkpoint_step(tmp_path / "model" / "checkpoints")
+    assert killed_at >= 3 and not os.path.exists(tmp_path / "export")
+
+    resumed = _cli("trainer.task", *flags, "--epochs=3")
+    assert resumed.returncode == 0, resumed.stderr
+    step = int(re.search(r"resuming from step (\d+)", resumed.stderr).group(1))
+    assert step >= killed_at
+    export = re.search(r"SavedModel:\s+(\S+)", resumed.stdout).group(1)
+    assert os.path.exists(os.path.join(export, "saved_model.pb"))
+    loaded = tf.saved_model.load(export)
+    gray = tf.io.encode_png(tf.zeros([30, 40, 1], tf.uint8) + 128)
+    png = loaded.signatures["serving_default"](image_bytes=tf.stack([gray]))["colorized_bytes"][0]
+    assert tf.io.decode_png(png).shape == (30, 40, 3)
+
+
+def _checkpoint_step(directory) -> int:
+    latest = tf.train.latest_checkpoint(str(directory)) if os.path.isdir(directory) else None
+    return int(latest.rsplit("-", 1)[1]) if latest else 0
+
+
+def test_no_flags_trains_on_bundled_sample(tmp_path):
+    run = _cli("trainer.task", "--epochs=1", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "64 training / 16 validation examples" in run.stderr
+    versions = os.listdir(tmp_path / "runs" / "colorizer" / "export")
+    assert len(versions) == 1 and versions[0].isdigit()
+    assert os.path.exists(tmp_path / "runs" / "colorizer" / "export" / versions[0] / "saved_model.pb")
+
+
+def test_pattern_matching_nothing_is_one_line_error(tmp_path):
+    run = _cli("trainer.task", f"--train_data={tmp_path}/nothing-*.tfrecord", f"--model_dir={tmp_path}/m")
+    assert run.returncode == 1
+    assert f"error: no files match {tmp_path}/nothing-*.tfrecord" in run.stderr
+    assert "Traceback" not in run.stderr and not os.path.exists(tmp_path / "m")
+
+
+def test_bad_flag_value_exits_2(tmp_path):
+    run = _cli("trainer.task", "--batch_size=0", f"--model_dir={tmp_path}/m")
+    assert run.returncode == 2 and "error: --batch_size=0: must be at least 1" in run.stderr

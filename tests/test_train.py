@@ -1,0 +1,77 @@
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainer.config import TrainConfig
+from trainer.errors import ConfigError, DataError
+from trainer.input_pipeline import find_shards
+from trainer.train import Trainer
+
+
+def _config(shards_dir, tmp_path, **overrides):
+    values = dict(train_data=os.path.join(shards_dir, "train-*"), eval_data=os.path.join(shards_dir, "validation-*"),
+                  model_dir=str(tmp_path / "model"), export_dir=str(tmp_path / "export"), base_filters=4,
+                  batch_size=2, epochs=2, seed=1)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def _trainer(config, strategy=None):
+    strategy = strategy or tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    return Trainer(config, strategy, find_shards(config.train_data), find_shards(config.eval_data))
+
+
+def test_trains_on_two_replicas_and_writes_checkpoints_and_logs(shards_dir, tmp_path):
+    trainer = _trainer(_config(shards_dir, tmp_path))
+    assert trainer.global_batch == 4 and trainer.steps_per_epoch == 3
+    before = [w.numpy().copy() for w in trainer.model.trainable_weights]
+    result = trainer.fit()
+    assert result["epoch"] == 2 and result["step"] == 6
+    assert np.isfinite(result["best_val_loss"])
+    assert any(not np.allclose(a, b.numpy()) for a, b in zip(before, trainer.model.trainable_weights))
+    assert tf.train.latest_checkpoint(tmp_path / "model" / "checkpoints").endswith("ckpt-6")
+    assert os.listdir(tmp_path / "model" / "logs" / "train") and os.listdir(tmp_path / "model" / "logs" / "eval")
+
+
+def test_resume_continues_from_checkpoint_with_optimizer_state(shards_dir, tmp_path):
+    first = _trainer(_config(shards_dir, tmp_path, epochs=1, checkpoint_every_steps=2))
+    first.fit()
+    adam_moments = [v.numpy().copy() for v in first.optimizer.variables]
+    second = _trainer(_config(shards_dir, tmp_path, epochs=1, checkpoint_every_steps=2))
+    assert second.restore() == 3
+    for a, b in zip(adam_moments, second.optimizer.variables):
+        np.testing.assert_array_equal(a, b.numpy())
+    third = _trainer(_config(shards_dir, tmp_path, epochs=3, checkpoint_every_steps=2))
+    result = third.fit()
+    assert result["epoch"] == 3 and result["step"] == 9
+
+
+def test_early_stopping_state_survives_restart(shards_dir, tmp_path):
+    # A learning rate this large diverges, so validation loss stops improving after the first epoch.
+    config = _config(shards_dir, tmp_path, epochs=8, patience=1, learning_rate=50.0)
+    result = _trainer(config).fit()
+    assert result["epoch"] < 8
+    again = _trainer(config).fit()
+    assert again["epoch"] == result["epoch"] and again["step"] == result["step"]
+
+
+def test_corrupt_shard_is_named(shards_dir, tmp_path):
+    copy = tmp_path / "data"
+    shutil.copytree(shards_dir, copy)
+    victim = copy / "train-00001-of-00003.tfrecord"
+    data = bytearray(victim.read_bytes())
+    data[100] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    trainer = _trainer(_config(str(copy), tmp_path))
+    with pytest.raises(DataError, match="train-00001-of-00003.tfrecord"):
+        trainer.fit()
+
+
+def test_invalid_config_is_rejected(shards_dir, tmp_path):
+    with pytest.raises(ConfigError, match="--batch_size=0"):
+        _config(shards_dir, tmp_path, batch_size=0)
+    with pytest.raises(ConfigError, match="--color_space='hsv'"):
+        _config(shards_dir, tmp_path, color_space="hsv")

@@ -1,0 +1,52 @@
+"""One frozen training configuration, built from flags in `trainer.task` and validated once."""
+
+import dataclasses
+from typing import Optional
+
+from trainer.errors import ConfigError
+from trainer.models import MODELS
+from trainer.preprocess import COLOR_SPACES
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    train_data: str  # glob pattern of training shards
+    eval_data: str  # glob pattern of validation shards
+    model_dir: str  # checkpoints and TensorBoard logs
+    export_dir: str  # SavedModels, one integer version folder per export
+    log_dir: str = ""  # TensorBoard; empty: {model_dir}/logs
+    model: str = "unet"
+    color_space: str = "lab"
+    base_filters: int = 32
+    epochs: int = 10
+    batch_size: int = 32  # per replica; the global batch is this times the replica count
+    learning_rate: float = 1e-3
+    patience: int = 3  # early stopping on validation loss, as in the seed
+    augment: bool = True
+    shuffle_buffer: int = 2048
+    checkpoint_every_steps: int = 0  # 0: checkpoint at the end of every epoch only
+    mixed_precision: bool = False
+    jit_compile: bool = False
+    seed: Optional[int] = None
+    export: bool = True
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Raises ConfigError with a one-line message naming the first invalid setting."""
+        if self.model not in MODELS:
+            raise ConfigError(f"--model={self.model!r}: choose one of {', '.join(MODELS)}")
+        if self.color_space not in COLOR_SPACES:
+            raise ConfigError(f"--color_space={self.color_space!r}: choose one of {', '.join(COLOR_SPACES)}")
+        for name in ("epochs", "batch_size", "base_filters"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name}={getattr(self, name)}: must be at least 1")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"--learning_rate={self.learning_rate}: must be positive")
+        for name in ("patience", "checkpoint_every_steps"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name}={getattr(self, name)}: must not be negative")
+        for name in ("train_data", "eval_data", "model_dir", "export_dir"):
+            if not getattr(self, name):
+                raise ConfigError(f"--{name} is empty")

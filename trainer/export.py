@@ -1,0 +1,91 @@
+"""Export a trained model as a SavedModel that stock TF Serving loads: `{export_dir}/{version}/`.
+
+Signatures (both run `trainer.preprocess`, the same code training used):
+  * `serving_default`: `image_bytes` (JPEG/PNG/GIF/BMP of any size, 1, 3 or 4 channels) ->
+    `colorized_bytes` (PNG at the input's own resolution). The `_bytes` suffix makes TF Serving's
+    REST API exchange these as `{"b64": ...}`.
+  * `colorize_tensor`: `gray` float32 [N, 120, 120, 1] in [0, 1] -> `rgb` float32 [N, 120, 120, 3].
+"""
+
+import json
+import os
+import time
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from trainer import preprocess
+from trainer.schema import IMAGE_SIZE
+
+METADATA_FILE = "colorizer.json"
+
+
+def decode_gray(image_bytes: tf.Tensor) -> tf.Tensor:
+    """Any supported image file -> gray float [H, W, 1] in [0, 1] (BT.601 luma, alpha dropped).
+
+    Not an image, an empty string or a truncated file raise InvalidArgumentError for the request.
+    """
+    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    return tf.image.rgb_to_grayscale(preprocess.to_float(image))
+
+
+class ColorizerModule(tf.Module):
+    """The exported object: the Keras model plus the serving functions around it."""
+
+    def __init__(self, model: keras.Model, color_space: str):
+        super().__init__()
+        self.model = model
+        self.color_space = color_space
+
+    def _colorize_small(self, gray: tf.Tensor) -> tf.Tensor:
+        """gray [N, 120, 120, 1] -> model prediction (RGB, or a*b* / 128)."""
+        return tf.cast(self.model(preprocess.model_inputs(gray), training=False), tf.float32)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 1], tf.float32, name="gray")])
+    def colorize_tensor(self, gray):
+        rgb = preprocess.predictions_to_rgb(self._colorize_small(gray), gray, self.color_space)
+        return {"rgb": rgb}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    def colorize_bytes(self, image_bytes):
+        small = tf.map_fn(
+            lambda b: preprocess.resize_to_model(decode_gray(b), IMAGE_SIZE),
+            image_bytes, fn_output_signature=tf.TensorSpec([IMAGE_SIZE, IMAGE_SIZE, 1], tf.float32))
+        predictions = self._colorize_small(small)
+
+        def compose(args):
+            # Decoded again at full size: images in a batch differ in size, so they can't be stacked.
+            data, prediction = args
+            gray = decode_gray(data)
+            rgb = preprocess.predictions_to_rgb(prediction[tf.newaxis], gray[tf.newaxis], self.color_space)[0]
+            return tf.io.encode_png(tf.image.convert_image_dtype(rgb, tf.uint8, saturate=True))
+
+        encoded = tf.map_fn(compose, (image_bytes, predictions), fn_output_signature=tf.string)
+        return {"colorized_bytes": encoded}
+
+
+def next_version(export_dir: str) -> int:
+    """A Unix-time version, strictly above any existing one so TF Serving switches to it."""
+    existing = [int(n.rstrip("/")) for n in tf.io.gfile.listdir(export_dir) if n.rstrip("/").isdigit()] \
+        if tf.io.gfile.isdir(export_dir) else []
+    return max([int(time.time())] + [v + 1 for v in existing])
+
+
+def export_saved_model(model: keras.Model, color_space: str, export_dir: str, metadata: dict = None) -> str:
+    """Writes `{export_dir}/{version}/` via a temporary folder that TF Serving ignores; returns its path.
+
+    TF Serving polls export_dir and only considers all-digit names, so it never sees a partial model.
+    """
+    module = ColorizerModule(model, color_space)
+    version = next_version(export_dir)
+    tmp = os.path.join(export_dir, f".tmp-{version}-{os.getpid()}")
+    final = os.path.join(export_dir, str(version))
+    signatures = {"serving_default": module.colorize_bytes, "colorize_tensor": module.colorize_tensor}
+    tf.io.gfile.makedirs(export_dir)
+    tf.saved_model.save(module, tmp, signatures=signatures)
+    with tf.io.gfile.GFile(os.path.join(tmp, METADATA_FILE), "w") as handle:
+        json.dump({"color_space": color_space, "image_size": IMAGE_SIZE, **(metadata or {})}, handle, indent=2)
+    tf.io.gfile.rename(tmp, final)
+    logging.info("exported SavedModel to %s", final)
+    return final

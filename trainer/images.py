@@ -1,0 +1,50 @@
+"""Photo files -> encoded 120x120 gray/colour pairs, with Pillow only.
+
+Kept free of TensorFlow so `trainer.prepare`'s worker processes start in milliseconds.
+"""
+
+import io
+
+import numpy as np
+from PIL import Image, ImageFile
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+# A truncated JPEG must be reported as unreadable, not silently padded with gray.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def _open(path: str, mode: str, size: int) -> Image.Image:
+    """Decodes fully and squashes the WHOLE image to size x size (no crop), as the seed did.
+
+    Pillow's bilinear filter widens its support when downscaling, i.e. it antialiases like
+    `tf.image.resize(..., antialias=True)`, which serving uses for the same step.
+    """
+    with Image.open(path) as image:
+        image.load()
+        if image.mode in ("RGBA", "LA", "P", "PA") and mode == "RGB":
+            image = image.convert("RGBA")
+            background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+            image = Image.alpha_composite(background, image)
+        image = image.convert(mode)
+        return image.resize((size, size), Image.BILINEAR)
+
+
+def _encode(image: Image.Image, encoding: str) -> bytes:
+    if encoding == "raw":
+        return np.asarray(image, dtype=np.uint8).tobytes()
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def load_pair(color_path: str, gray_path, size: int, encoding: str):
+    """Returns (gray, colour) encoded as `encoding` ('png' or 'raw' uint8).
+
+    Gray is ITU-R BT.601 luma of the resized colour image (Pillow's 'L' conversion:
+    0.299 R + 0.587 G + 0.114 B), unless `gray_path` names a gray version of the same photo.
+    Raises OSError or ValueError for unreadable files.
+    """
+    color = _open(color_path, "RGB", size)
+    gray = _open(gray_path, "L", size) if gray_path else color.convert("L")
+    return _encode(gray, encoding), _encode(color, encoding)

@@ -1,0 +1,116 @@
+"""tf.data input: find and verify shards, then read, decode, augment and batch them."""
+
+import dataclasses
+import posixpath
+
+import tensorflow as tf
+
+from trainer import preprocess
+from trainer.errors import DataError
+from trainer.schema import FEATURES, decode_pair, parse_shard_name, read_manifest
+
+_READ_BUFFER_BYTES = 8 << 20  # large reads amortise object-storage latency
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardSet:
+    """The shards a pattern matched, checked against their split's manifest."""
+
+    pattern: str
+    files: tuple
+    num_examples: int
+    encoding: str
+
+
+def find_shards(pattern: str) -> ShardSet:
+    """Globs `pattern` and checks the match against the manifest, so a missing shard is an error."""
+    files = sorted(tf.io.gfile.glob(pattern))
+    if not files:
+        raise DataError(f"no files match {pattern}")
+    names = [parse_shard_name(f) for f in files]
+    bad = [f for f, n in zip(files, names) if n is None]
+    if bad:
+        raise DataError(f"{bad[0]} is not a shard name ({{split}}-{{index:05d}}-of-{{count:05d}}.tfrecord)")
+    splits = {n[0] for n in names}
+    directories = {posixpath.dirname(f) for f in files}
+    if len(splits) > 1 or len(directories) > 1:
+        raise DataError(f"{pattern} matches several splits or folders: {', '.join(sorted(splits | directories))}")
+    manifest = read_manifest(directories.pop(), splits.pop())
+    found = {posixpath.basename(f) for f in files}
+    missing = sorted(set(manifest.shards) - found)
+    if missing:
+        raise DataError(f"{pattern}: incomplete dataset, {len(missing)} shard(s) missing, e.g. {missing[0]}")
+    stale = sorted(found - set(manifest.shards))
+    if stale:
+        raise DataError(f"{pattern}: {stale[0]} is not in the split's manifest (left from an older prepare?)")
+    return ShardSet(pattern, tuple(files), manifest.num_examples, manifest.encoding)
+
+
+def _parse(record: tf.Tensor, encoding: str):
+    example = tf.io.parse_single_example(record, FEATURES)
+    return decode_pair(example["gray"], example["color"], encoding)
+
+
+def _random_flip(gray: tf.Tensor, color: tf.Tensor):
+    """Flips each pair of a batch left-right with probability 1/2, gray and colour together."""
+    flip = tf.random.uniform([tf.shape(gray)[0], 1, 1, 1]) < 0.5
+    return tf.where(flip, tf.reverse(gray, [2]), gray), tf.where(flip, tf.reverse(color, [2]), color)
+
+
+def build_dataset(
+    shards: ShardSet,
+    global_batch_size: int,
+    color_space: str,
+    training: bool,
+    augment: bool = False,
+    shuffle_buffer: int = 2048,
+    seed=None,
+) -> tf.data.Dataset:
+    """Endless full batches of (model inputs, targets); `training` shuffles files and examples.
+
+    Both splits repeat and drop partial batches so every worker runs the same number of steps
+    (an uneven last batch would stall a multi-worker collective); callers count steps.
+
+    Batches hold the GLOBAL batch: `strategy.experimental_distribute_dataset` splits them across
+    replicas. Per-image work (parse, decode) runs in parallel before batching; colour conversion
+    and flips run vectorised on whole batches after it.
+    """
+    files = tf.data.Dataset.from_tensor_slices(list(shards.files))
+    if training:
+        files = files.shuffle(len(shards.files), seed=seed, reshuffle_each_iteration=True)
+    files = files.repeat()
+    records = files.interleave(
+        lambda f: tf.data.TFRecordDataset(f, buffer_size=_READ_BUFFER_BYTES),
+        cycle_length=min(len(shards.files), 16),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=not training,
+    )
+    if training:
+        records = records.shuffle(shuffle_buffer, seed=seed)
+    pairs = records.map(lambda r: _parse(r, shards.encoding), num_parallel_calls=tf.data.AUTOTUNE)
+    batches = pairs.batch(global_batch_size, drop_remainder=True, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def to_model(gray, color):
+        gray, color = preprocess.to_float(gray), preprocess.to_float(color)
+        if augment:
+            gray, color = _random_flip(gray, color)
+        return preprocess.model_inputs(gray), preprocess.model_targets(color, color_space)
+
+    batches = batches.map(to_model, num_parallel_calls=tf.data.AUTOTUNE)
+    return batches.prefetch(tf.data.AUTOTUNE)
+
+
+def find_corrupt_record(shards: ShardSet):
+    """Reads every shard on its own and returns 'shard (record i): reason' for the first bad record.
+
+    Only called after the pipeline failed: interleaved reads cannot say which file broke.
+    """
+    for path in shards.files:
+        index = 0
+        try:
+            for record in tf.data.TFRecordDataset(path):
+                _parse(record, shards.encoding)
+                index += 1
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as exc:
+            return f"{path} (record {index}): {exc.message.splitlines()[0]}"
+    return None

@@ -1,0 +1,79 @@
+"""Model builders: the seed's autoencoder (the baseline) and a U-Net with skip connections."""
+
+import keras
+from keras import layers
+
+from trainer.schema import IMAGE_SIZE
+
+MODELS = ("autoencoder", "unet")
+INPUT_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 3)
+
+
+def _output_activation(output_channels: int) -> str:
+    # RGB targets lie in [0, 1]; a*b* / 128 targets in [-1, 1].
+    return "sigmoid" if output_channels == 3 else "tanh"
+
+
+def build_autoencoder(output_channels: int = 3) -> keras.Model:
+    """The seed notebook's model, layer for layer: `Sequential([Encoder, Decoder])`.
+
+    Encoder: Conv2D 64 -> 128 -> 256 -> 512 (3x3, ReLU, BatchNorm), MaxPool after the first three
+    (120 -> 60 -> 30 -> 15). Decoder: Conv2DTranspose 256 -> 128 -> 64 with stride 2
+    (15 -> 30 -> 60 -> 120), a final 3-filter layer and a Reshape to (120, 120, 3).
+    """
+    encoder = keras.Sequential(name="Encoder")
+    encoder.add(keras.Input(shape=INPUT_SHAPE))
+    for filters in (64, 128, 256, 512):
+        encoder.add(layers.Conv2D(filters, 3, padding="same", activation="relu"))
+        encoder.add(layers.BatchNormalization())
+        if filters != 512:
+            encoder.add(layers.MaxPooling2D(2))
+    decoder = keras.Sequential(name="Decoder")
+    decoder.add(keras.Input(shape=encoder.output_shape[1:]))
+    for filters in (256, 128, 64):
+        decoder.add(layers.Conv2DTranspose(filters, 3, strides=2, padding="same", activation="relu"))
+    decoder.add(layers.Conv2D(output_channels, 3, padding="same", activation=_output_activation(output_channels)))
+    decoder.add(layers.Reshape((IMAGE_SIZE, IMAGE_SIZE, output_channels)))
+    return keras.Sequential([encoder, decoder], name="AutoEncoder")
+
+
+def _conv_block(x, filters: int, name: str):
+    for i in (1, 2):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{i}")(x)
+        x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
+        x = layers.ReLU(name=f"{name}_relu{i}")(x)
+    return x
+
+
+def build_unet(output_channels: int = 2, base_filters: int = 32, depth: int = 3) -> keras.Model:
+    """U-Net: `depth` poolings (120 -> 60 -> 30 -> 15), skips joining encoder and decoder levels.
+
+    The skips carry edges past the bottleneck, which the seed's autoencoder loses in its poolings.
+    """
+    if IMAGE_SIZE % (2**depth):
+        raise ValueError(f"depth {depth} does not divide image size {IMAGE_SIZE}")
+    inputs = keras.Input(shape=INPUT_SHAPE, name="gray")
+    x, skips = inputs, []
+    for level in range(depth):
+        x = _conv_block(x, base_filters * 2**level, f"down{level}")
+        skips.append(x)
+        x = layers.MaxPooling2D(2, name=f"pool{level}")(x)
+    x = _conv_block(x, base_filters * 2**depth, "bottleneck")
+    for level in reversed(range(depth)):
+        filters = base_filters * 2**level
+        x = layers.Conv2DTranspose(filters, 2, strides=2, padding="same", name=f"up{level}")(x)
+        x = layers.Concatenate(name=f"skip{level}")([x, skips[level]])
+        x = _conv_block(x, filters, f"dec{level}")
+    outputs = layers.Conv2D(
+        output_channels, 1, activation=_output_activation(output_channels), dtype="float32", name="chroma"
+    )(x)
+    return keras.Model(inputs, outputs, name="UNet")
+
+
+def build_model(name: str, output_channels: int, base_filters: int = 32) -> keras.Model:
+    """Builds a model by name; `base_filters` sizes the U-Net (the autoencoder is fixed by the seed)."""
+    if name == "autoencoder":
+        return build_autoencoder(output_channels)
+    if name == "unet":
+        return build_unet(output_channels, base_filters)
+    raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")

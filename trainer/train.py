@@ -1,0 +1,197 @@
+"""The training loop: a custom `tf.distribute` loop, checkpointed, resumable, with early stopping.
+
+Why not `model.fit`: Keras 3's fit fails under MultiWorkerMirroredStrategy (keras-team/keras#20585),
+while this loop over Keras layers and optimizer runs unchanged under MirroredStrategy (GPUs of one
+node) and MultiWorkerMirroredStrategy (many nodes).
+"""
+
+import math
+import os
+import tempfile
+import time
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from trainer import input_pipeline, preprocess, summaries
+from trainer.config import TrainConfig
+from trainer.errors import DataError
+from trainer.models import build_model
+
+_STEPS_PER_LOOP = 50  # steps run inside one tf.function call: amortises Python overhead
+
+
+class _State:
+    """Everything a restart needs besides weights and optimizer: epoch and early-stopping state."""
+
+    def __init__(self):
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        self.best_val_loss = tf.Variable(math.inf, dtype=tf.float32, trainable=False, name="best_val_loss")
+        self.bad_epochs = tf.Variable(0, dtype=tf.int64, trainable=False, name="bad_epochs")
+
+
+def build_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
+    optimizer = keras.optimizers.Adam(config.learning_rate)
+    if config.mixed_precision:
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def _checkpoint_dir(config: TrainConfig, strategy: tf.distribute.Strategy) -> str:
+    """The chief checkpoints into model_dir; other workers into a throwaway local folder.
+
+    All workers must take part in saving (it is a collective), but only one copy may land in
+    model_dir: the standard multi-worker save pattern.
+    """
+    if strategy.extended.should_checkpoint:
+        return os.path.join(config.model_dir, "checkpoints")
+    return tempfile.mkdtemp(prefix="colorizer-worker-ckpt-")
+
+
+class Trainer:
+    """Owns the model, optimizer, datasets and checkpoints of one run."""
+
+    def __init__(self, config: TrainConfig, strategy: tf.distribute.Strategy, train_shards, eval_shards):
+        self.config, self.strategy = config, strategy
+        self.train_shards, self.eval_shards = train_shards, eval_shards
+        self.global_batch = config.batch_size * strategy.num_replicas_in_sync
+        self.steps_per_epoch = max(1, train_shards.num_examples // self.global_batch)
+        self.eval_steps = max(1, math.ceil(eval_shards.num_examples / self.global_batch))
+        if config.mixed_precision:
+            keras.mixed_precision.set_global_policy("mixed_float16")
+        with strategy.scope():
+            self.model = build_model(config.model, preprocess.output_channels(config.color_space), config.base_filters)
+            self.optimizer = build_optimizer(config)
+            self.optimizer.build(self.model.trainable_variables)
+            self.state = _State()
+        checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, epoch=self.state.epoch,
+                                         best_val_loss=self.state.best_val_loss, bad_epochs=self.state.bad_epochs)
+        self.manager = tf.train.CheckpointManager(
+            checkpoint, _checkpoint_dir(config, strategy), max_to_keep=3, step_counter=self.optimizer.iterations,
+            checkpoint_interval=config.checkpoint_every_steps or None)
+        best_dir = os.path.join(config.model_dir, "best") if strategy.extended.should_checkpoint else tempfile.mkdtemp()
+        self.best = tf.train.CheckpointManager(tf.train.Checkpoint(model=self.model), best_dir, max_to_keep=1)
+        self.writers = summaries.Writers(config.log_dir or os.path.join(config.model_dir, "logs"), strategy.extended.should_save_summary)
+
+    @property
+    def step(self) -> int:
+        return int(self.optimizer.iterations.numpy())
+
+    def restore(self) -> int:
+        """Restores the latest checkpoint if any; returns the step training continues from."""
+        path = self.manager.restore_or_initialize()
+        if path:
+            logging.info("resuming from step %d (epoch %d) of %s", self.step, int(self.state.epoch.numpy()), path)
+        return self.step
+
+    def _datasets(self):
+        config = self.config
+
+        def build(shards, training):
+            return input_pipeline.build_dataset(
+                shards, self.global_batch, config.color_space, training=training, augment=training and config.augment,
+                shuffle_buffer=config.shuffle_buffer, seed=config.seed)
+
+        return build(self.train_shards, True), build(self.eval_shards, False)
+
+    def _step_functions(self):
+        model, optimizer, strategy, global_batch = self.model, self.optimizer, self.strategy, self.global_batch
+
+        def per_example_loss(inputs, targets, training):
+            predictions = tf.cast(model(inputs, training=training), tf.float32)
+            return tf.reduce_mean(tf.square(predictions - targets), axis=[1, 2, 3])
+
+        def train_step(inputs, targets):
+            with tf.GradientTape() as tape:
+                loss = tf.nn.compute_average_loss(per_example_loss(inputs, targets, True), global_batch_size=global_batch)
+                scaled = optimizer.scale_loss(loss)
+            grads = tape.gradient(scaled, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            return loss
+
+        def eval_step(inputs, targets):
+            return tf.nn.compute_average_loss(per_example_loss(inputs, targets, False), global_batch_size=global_batch)
+
+        train_step = tf.function(train_step, jit_compile=self.config.jit_compile or None)
+
+        @tf.function
+        def run_steps(iterator, steps, step_fn):
+            total = tf.constant(0.0)
+            for _ in tf.range(steps):
+                per_replica = strategy.run(step_fn, args=next(iterator))
+                total += strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+            return total / tf.cast(steps, tf.float32)
+
+        return (lambda it, n: run_steps(it, tf.constant(n), train_step),
+                lambda it, n: run_steps(it, tf.constant(n), eval_step))
+
+    def _early_stop(self, val_loss: float) -> bool:
+        """Records the epoch's validation loss; True when patience is exhausted."""
+        if val_loss < float(self.state.best_val_loss.numpy()):
+            self.state.best_val_loss.assign(val_loss)
+            self.state.bad_epochs.assign(0)
+            self.best.save(checkpoint_number=self.optimizer.iterations)
+            return False
+        self.state.bad_epochs.assign_add(1)
+        return self.config.patience > 0 and int(self.state.bad_epochs.numpy()) >= self.config.patience
+
+    def fit(self) -> dict:
+        """Trains until `epochs` or early stopping; returns a summary of the run."""
+        self.restore()
+        train_ds, eval_ds = self._datasets()
+        train_iter = iter(self.strategy.experimental_distribute_dataset(train_ds))
+        eval_dist = self.strategy.experimental_distribute_dataset(eval_ds)
+        preview = next(iter(eval_ds))
+        run_train, run_eval = self._step_functions()
+        stopped = self.config.patience > 0 and int(self.state.bad_epochs.numpy()) >= self.config.patience
+        if stopped:
+            logging.info("early stopping already triggered in this run; not training further")
+        while not stopped and int(self.state.epoch.numpy()) < self.config.epochs:
+            epoch = int(self.state.epoch.numpy())
+            start, loss = time.perf_counter(), self._run_epoch(run_train, train_iter, epoch)
+            seconds = time.perf_counter() - start
+            val_loss = float(_guard(lambda: run_eval(iter(eval_dist), self.eval_steps), self.eval_shards))
+            self.state.epoch.assign_add(1)
+            stopped = self._early_stop(val_loss)
+            self.manager.save(checkpoint_number=self.optimizer.iterations, check_interval=False)
+            images_per_s = self.steps_per_epoch * self.global_batch / seconds
+            self.writers.epoch(self.step, loss, val_loss, images_per_s, self._grid(preview))
+            logging.info("epoch %d/%d step %d loss %.5f val_loss %.5f (%.0f images/s)%s", epoch + 1,
+                         self.config.epochs, self.step, loss, val_loss, images_per_s, " early stop" if stopped else "")
+        if self.best.latest_checkpoint:
+            self.best.checkpoint.restore(self.best.latest_checkpoint).expect_partial()
+        return {"step": self.step, "epoch": int(self.state.epoch.numpy()),
+                "best_val_loss": float(self.state.best_val_loss.numpy())}
+
+    def _run_epoch(self, run_train, train_iter, epoch: int) -> float:
+        """Runs the rest of `epoch` (all of it unless resuming mid-epoch); returns its mean loss."""
+        losses = []
+        while self.step < (epoch + 1) * self.steps_per_epoch:
+            steps = min(_STEPS_PER_LOOP, (epoch + 1) * self.steps_per_epoch - self.step)
+            interval = self.config.checkpoint_every_steps
+            if interval:
+                steps = min(steps, interval - self.step % interval)
+            losses.append((float(_guard(lambda: run_train(train_iter, steps), self.train_shards)), steps))
+            if interval:
+                self.manager.save(checkpoint_number=self.optimizer.iterations)
+        return sum(l * n for l, n in losses) / max(1, sum(n for _, n in losses))
+
+    def _grid(self, batch):
+        inputs, targets = batch
+        inputs, targets = inputs[:4], targets[:4]
+        gray = inputs[..., :1]
+        predicted = preprocess.predictions_to_rgb(self.model(inputs, training=False), gray, self.config.color_space)
+        truth = preprocess.predictions_to_rgb(targets, gray, self.config.color_space)
+        return summaries.image_grid(inputs, predicted, truth)
+
+
+def _guard(run, shards):
+    """Runs one loop call; a bad record becomes a DataError naming the shard it came from."""
+    try:
+        return run()
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as exc:
+        where = input_pipeline.find_corrupt_record(shards)
+        if where is None:
+            raise
+        raise DataError(f"corrupt record in {where}") from exc
