@@ -5,7 +5,7 @@ from absl import logging
 
 from trainer.errors import ConfigError
 
-STRATEGIES = ("auto", "mirrored", "one_device")
+STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device")
 
 
 def build_strategy(name: str = "auto") -> tf.distribute.Strategy:

@@ -35,7 +35,11 @@ flags.DEFINE_bool("augment", True, "Random left-right flips of training pairs.")
 flags.DEFINE_integer("checkpoint_every_steps", 0, "Also checkpoint every N steps (0: at epoch ends only).")
 flags.DEFINE_bool("mixed_precision", False, "float16 compute with loss scaling (GPUs with tensor cores).")
 flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
-flags.DEFINE_enum("strategy", "auto", distribute.STRATEGIES, "tf.distribute strategy.")
+flags.DEFINE_enum("strategy", "auto", distribute.STRATEGIES,
+                  "auto: MultiWorkerMirrored when TF_CONFIG or an Indexed Job names peers, else Mirrored.")
+flags.DEFINE_integer("peer_timeout_seconds", 600, "How long to wait for every peer's DNS name to resolve.")
+flags.DEFINE_integer("collective_timeout_seconds", 300,
+                     "A worker fails when a peer stops answering for this long, instead of hanging.")
 flags.DEFINE_integer("seed", None, "Random seed for shuffling.")
 
 
