@@ -1,0 +1,74 @@
+"""Metric correctness against hand-computed values, published reference data and scikit-image."""
+
+import numpy as np
+import pytest
+from skimage.color import deltaE_ciede2000, rgb2lab
+
+from trainer import metrics
+
+RNG = np.random.default_rng(0)
+IMAGES = RNG.integers(0, 256, (3, 24, 20, 3), dtype=np.uint8)
+
+
+def test_identical_images_have_capped_psnr_and_unit_ssim():
+    assert np.all(metrics.psnr(IMAGES, IMAGES) == metrics.PSNR_CAP_DB)
+    np.testing.assert_allclose(metrics.ssim(IMAGES, IMAGES), 1.0, atol=1e-6)
+    np.testing.assert_allclose(metrics.delta_e(IMAGES, IMAGES), 0.0, atol=1e-9)
+
+
+def test_psnr_matches_the_definition():
+    truth = np.full((1, 16, 16, 3), 100, np.uint8)
+    predicted = truth + np.uint8(10)  # every value off by 10/255
+    expected = 10 * np.log10(1.0 / (10 / 255) ** 2)
+    np.testing.assert_allclose(metrics.psnr(predicted, truth), [expected], rtol=1e-5)
+
+
+def test_ssim_drops_for_different_images():
+    assert np.all(metrics.ssim(IMAGES, IMAGES[::-1])[[0, 2]] < 0.2)
+
+
+def test_colourfulness_of_gray_images_is_zero():
+    gray = np.repeat(IMAGES[..., :1], 3, axis=-1)
+    np.testing.assert_array_equal(metrics.colourfulness(gray), 0.0)
+
+
+def test_colourfulness_matches_hand_computed_value():
+    image = np.zeros((1, 2, 2, 3), np.uint8)
+    image[0, 0, :, 0] = 255  # half pure red, half black
+    # rg = |R-G| = {255, 0}: mean 127.5, std 127.5; yb = |(R+G)/2 - B| = {127.5, 0}: mean 63.75, std 63.75
+    spread = np.hypot(127.5, 63.75)
+    np.testing.assert_allclose(metrics.colourfulness(image), [spread + 0.3 * spread])
+
+
+@pytest.mark.parametrize("lab1, lab2, expected", [
+    # Sharma, Wu & Dalal (2005), test data of the CIEDE2000 paper: pairs 1, 7, 13, 17, 25.
+    ((50, 2.6772, -79.7751), (50, 0, -82.7485), 2.0425),
+    ((50, 0, 0), (50, -1, 2), 2.3669),
+    ((50, 2.49, -0.001), (50, -2.49, 0.0009), 7.1792),
+    ((50, 2.5, 0), (73, 25, -18), 27.1492),
+    ((60.2574, -34.0099, 36.2677), (60.4626, -34.1751, 39.4387), 1.2644),
+])
+def test_ciede2000_matches_published_pairs(lab1, lab2, expected):
+    assert metrics.ciede2000(lab1, lab2) == pytest.approx(expected, abs=1e-4)
+    assert metrics.ciede2000(lab2, lab1) == pytest.approx(expected, abs=1e-4)
+
+
+def test_ciede2000_matches_scikit_image():
+    lab1 = RNG.uniform([0, -110, -110], [100, 110, 110], (2000, 3))
+    lab2 = RNG.uniform([0, -110, -110], [100, 110, 110], (2000, 3))
+    np.testing.assert_allclose(metrics.ciede2000(lab1, lab2), deltaE_ciede2000(lab1, lab2), atol=1e-9)
+
+
+def test_delta_e_of_rgb_images_matches_scikit_image():
+    other = RNG.integers(0, 256, IMAGES.shape, dtype=np.uint8)
+    expected = [deltaE_ciede2000(rgb2lab(a), rgb2lab(b)).mean() for a, b in zip(IMAGES, other)]
+    np.testing.assert_allclose(metrics.delta_e(IMAGES, other), expected, atol=0.05)
+
+
+def test_image_metrics_and_accumulator_average_over_images():
+    acc = metrics.Accumulator()
+    acc.add(metrics.image_metrics(IMAGES[:2], IMAGES[:2]))
+    acc.add(metrics.image_metrics(IMAGES[2:], IMAGES[2:]))
+    assert acc.count() == 3 and set(acc.means()) == set(metrics.METRICS)
+    assert acc.means()["psnr"] == metrics.PSNR_CAP_DB
+    np.testing.assert_allclose(acc.means()["colourfulness"], metrics.colourfulness(IMAGES).mean())

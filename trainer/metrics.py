@@ -1,0 +1,103 @@
+"""Image-quality metrics for colorization, per image, on 8-bit RGB batches [N, H, W, 3].
+
+Every image is compared as the uint8 picture a person would see (predictions are quantised first):
+  * `psnr`: tf.image.psnr on [0, 1] RGB, dB, capped at PSNR_CAP_DB so identical images (infinite
+    PSNR) still average to a finite, JSON-safe number;
+  * `ssim`: tf.image.ssim on [0, 1] RGB (max_val 1.0, the default 11x11 Gaussian window);
+  * `colourfulness`: Hasler & Suesstrunk (2003) on 0-255 RGB, the absolute-difference variant used by
+    the DDColor and CT2 evaluation code: rg = |R - G|, yb = |(R + G) / 2 - B|,
+    sqrt(std_rg^2 + std_yb^2) + 0.3 * sqrt(mean_rg^2 + mean_yb^2); 0 for any gray image;
+  * `delta_e_2000`: mean CIEDE2000 colour difference (Sharma, Wu & Dalal 2005) between the CIE L*a*b*
+    (D65) values of the two images, with the Lab conversion `trainer.preprocess` uses.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from trainer import preprocess
+
+PSNR_CAP_DB = 100.0
+METRICS = ("psnr", "ssim", "colourfulness", "delta_e_2000")
+
+
+def _unit(images) -> tf.Tensor:
+    return tf.image.convert_image_dtype(tf.convert_to_tensor(images, tf.uint8), tf.float32)
+
+
+def psnr(predicted, truth) -> np.ndarray:
+    """Per-image PSNR in dB, at most PSNR_CAP_DB."""
+    return np.minimum(tf.image.psnr(_unit(predicted), _unit(truth), max_val=1.0).numpy(), PSNR_CAP_DB)
+
+
+def ssim(predicted, truth) -> np.ndarray:
+    """Per-image SSIM of the RGB images (mean over channels, as tf.image.ssim computes it)."""
+    return tf.image.ssim(_unit(predicted), _unit(truth), max_val=1.0).numpy()
+
+
+def colourfulness(images) -> np.ndarray:
+    """Per-image Hasler-Suesstrunk colourfulness of 0-255 RGB images (absolute-difference variant)."""
+    rgb = np.asarray(images, np.float64)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    rg, yb = np.abs(r - g), np.abs(0.5 * (r + g) - b)
+    axes = (-2, -1)
+    spread = np.sqrt(rg.std(axis=axes) ** 2 + yb.std(axis=axes) ** 2)
+    mean = np.sqrt(rg.mean(axis=axes) ** 2 + yb.mean(axis=axes) ** 2)
+    return spread + 0.3 * mean
+
+
+def ciede2000(lab1, lab2) -> np.ndarray:
+    """CIEDE2000 difference of L*a*b* arrays [..., 3] (kL = kC = kH = 1), element-wise."""
+    lab1, lab2 = np.asarray(lab1, np.float64), np.asarray(lab2, np.float64)
+    (l1, a1, b1), (l2, a2, b2) = np.moveaxis(lab1, -1, 0), np.moveaxis(lab2, -1, 0)
+    c_mean7 = ((np.hypot(a1, b1) + np.hypot(a2, b2)) / 2) ** 7
+    g = 0.5 * (1 - np.sqrt(c_mean7 / (c_mean7 + 25.0 ** 7)))
+    a1, a2 = a1 * (1 + g), a2 * (1 + g)
+    c1, c2 = np.hypot(a1, b1), np.hypot(a2, b2)
+    h1, h2 = np.degrees(np.arctan2(b1, a1)) % 360, np.degrees(np.arctan2(b2, a2)) % 360
+    chroma_zero = c1 * c2 == 0
+    dh = h2 - h1
+    dh = np.where(chroma_zero, 0.0, np.where(dh > 180, dh - 360, np.where(dh < -180, dh + 360, dh)))
+    d_hue = 2 * np.sqrt(c1 * c2) * np.sin(np.radians(dh / 2))
+    l_mean, c_mean = (l1 + l2) / 2, (c1 + c2) / 2
+    h_sum = h1 + h2
+    h_mean = np.where(chroma_zero, h_sum, np.where(np.abs(h1 - h2) <= 180, h_sum / 2,
+                                                   np.where(h_sum < 360, (h_sum + 360) / 2, (h_sum - 360) / 2)))
+    t = (1 - 0.17 * np.cos(np.radians(h_mean - 30)) + 0.24 * np.cos(np.radians(2 * h_mean))
+         + 0.32 * np.cos(np.radians(3 * h_mean + 6)) - 0.20 * np.cos(np.radians(4 * h_mean - 63)))
+    rotation = 30 * np.exp(-(((h_mean - 275) / 25) ** 2))
+    r_c = 2 * np.sqrt(c_mean ** 7 / (c_mean ** 7 + 25.0 ** 7))
+    s_l = 1 + 0.015 * (l_mean - 50) ** 2 / np.sqrt(20 + (l_mean - 50) ** 2)
+    s_c, s_h = 1 + 0.045 * c_mean, 1 + 0.015 * c_mean * t
+    r_t = -np.sin(np.radians(2 * rotation)) * r_c
+    dl, dc, dhh = (l2 - l1) / s_l, (c2 - c1) / s_c, d_hue / s_h
+    return np.sqrt(dl ** 2 + dc ** 2 + dhh ** 2 + r_t * dc * dhh)
+
+
+def delta_e(predicted, truth) -> np.ndarray:
+    """Per-image mean CIEDE2000 between two uint8 RGB batches."""
+    lab_p = preprocess.rgb_to_lab(_unit(predicted)).numpy()
+    lab_t = preprocess.rgb_to_lab(_unit(truth)).numpy()
+    return ciede2000(lab_p, lab_t).mean(axis=(-2, -1))
+
+
+def image_metrics(predicted, truth) -> dict:
+    """{metric: per-image values} for a batch of uint8 predictions against uint8 truth."""
+    return {"psnr": psnr(predicted, truth), "ssim": ssim(predicted, truth),
+            "colourfulness": colourfulness(predicted), "delta_e_2000": delta_e(predicted, truth)}
+
+
+class Accumulator:
+    """Collects per-image values batch by batch; `means()` averages each metric over all images."""
+
+    def __init__(self):
+        self.values = {}
+
+    def add(self, batch: dict):
+        for name, values in batch.items():
+            self.values.setdefault(name, []).extend(np.asarray(values, np.float64).ravel().tolist())
+
+    def count(self) -> int:
+        return max((len(v) for v in self.values.values()), default=0)
+
+    def means(self) -> dict:
+        return {name: float(np.mean(values)) for name, values in self.values.items()}
