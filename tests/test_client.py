@@ -1,0 +1,240 @@
+"""`trainer.client` against a local HTTP server that answers like TF Serving, and as a CLI.
+
+Error bodies and status payloads are TF Serving's own (tensorflow_serving/g3doc/api_rest.md,
+model_servers/get_model_status_impl.cc, http_server.cc's status-code mapping).
+"""
+
+import http.server
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.conftest import REPO, write_photos
+from trainer import client, export, preprocess, rest
+from trainer.models import build_model
+
+ENV = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
+PATH = "/v1/models/colorizer"
+
+
+def status(*states):
+    versions = [{"version": str(100 + i), "state": s, "status": {"error_code": "OK", "error_message": ""}}
+                for i, s in enumerate(states)]
+    return 200, {"model_version_status": versions}
+
+
+AVAILABLE = status("AVAILABLE")
+LOADING = status("LOADING")
+NOT_FOUND = 404, {"error": "Could not find any versions of model colorizer"}
+UNAVAILABLE = 503, {"error": "Server not ready"}
+QUEUE_FULL = 429, {"error": "The batch scheduling queue to which this task was submitted is full"}
+TIMEOUT = 504, {"error": "Deadline exceeded"}
+BAD_IMAGE = 400, {"error": "Unknown image file format. One of JPEG, PNG, GIF, BMP required.\n\t "
+                           "[[{{function_node __inference_colorize_bytes}}{{node DecodeImage}}]]"}
+
+
+def echo_predict(body):
+    """A predict answer that returns b'colorized:' + each input, encoded like TF Serving."""
+    images = rest.decode_instances(body, {"image_bytes": object})["image_bytes"]
+    return 200, rest.encode_predictions({"colorized_bytes": np.array([b"colorized:" + i for i in images], object)})
+
+
+class FakeServing:
+    """Answers each (method, path) from a script; the script's last answer repeats."""
+
+    def __init__(self):
+        self.script, self.requests = {}, []
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                fake.requests.append((self.command, self.path, json.loads(body) if body else None))
+                answers = fake.script.get((self.command, self.path)) or [(404, {"error": "no such route"})]
+                answer = answers.pop(0) if len(answers) > 1 else answers[0]
+                code, payload = answer(json.loads(body)) if callable(answer) else answer
+                data = json.dumps(payload).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def on(self, method, path, *answers):
+        self.script[(method, path)] = list(answers)
+
+
+@pytest.fixture
+def fake():
+    server = FakeServing()
+    yield server
+    server.server.shutdown()
+    server.server.server_close()
+
+
+def make_client(url, sleeps=None, version=None, retries=3):
+    recorder = sleeps.append if sleeps is not None else (lambda s: None)
+    return client.Client(client.HttpTransport(url, 5), "colorizer", version, retries, 0.01, sleep=recorder)
+
+
+def test_colorizes_in_batches_and_writes_one_png_per_input(fake, tmp_path):
+    fake.on("GET", f"{PATH}/versions/7", AVAILABLE)
+    fake.on("POST", f"{PATH}/versions/7:predict", echo_predict)
+    files = [str(tmp_path / "in" / n) for n in write_photos(tmp_path / "in", 5)]
+    written = client.colorize_files(make_client(fake.url, version=7), files, str(tmp_path / "out"), batch_size=2)
+    assert [os.path.basename(p) for p in written] == [f"photo{i:03d}.png" for i in range(5)]
+    assert open(written[3], "rb").read() == b"colorized:" + open(files[3], "rb").read()
+    batches = [body["instances"] for method, _, body in fake.requests if method == "POST"]
+    assert [len(b) for b in batches] == [2, 2, 1]
+    assert set(batches[0][0]) == {"image_bytes"} and set(batches[0][0]["image_bytes"]) == {"b64"}
+
+
+def test_waits_for_a_loading_model_with_exponential_backoff(fake):
+    fake.on("GET", PATH, LOADING, LOADING, status("END", "AVAILABLE"))
+    sleeps = []
+    assert make_client(fake.url, sleeps).wait_available() == "101"
+    assert sleeps == [0.01, 0.02]
+
+
+def test_gives_up_on_a_model_that_stays_loading(fake):
+    fake.on("GET", PATH, LOADING)
+    sleeps = []
+    with pytest.raises(client.ServingError, match=r"not ready yet \(version 100: LOADING\) \(gave up after 4 attempts"):
+        make_client(fake.url, sleeps).wait_available()
+    assert sleeps == [0.01, 0.02, 0.04]
+
+
+def test_failed_version_is_reported_without_retrying(fake):
+    fake.on("GET", PATH, (200, {"model_version_status": [{"version": "5", "state": "END", "status": {
+        "error_code": "NOT_FOUND", "error_message": "Could not find SavedModel .pb or .pbtxt at supplied export dir"}}]}))
+    with pytest.raises(client.ServingError, match="no AVAILABLE version .version 5: END.: Could not find SavedModel"):
+        make_client(fake.url).wait_available()
+    assert len(fake.requests) == 1
+
+
+def test_unknown_model_is_one_line_404_without_retry(fake):
+    fake.on("GET", PATH, NOT_FOUND)
+    with pytest.raises(client.ServingError, match="^HTTP 404: Could not find any versions of model colorizer$"):
+        make_client(fake.url).wait_available()
+    assert len(fake.requests) == 1
+
+
+@pytest.mark.parametrize("transient", [UNAVAILABLE, QUEUE_FULL, TIMEOUT])
+def test_retries_429_503_504_then_succeeds(fake, transient):
+    fake.on("POST", f"{PATH}:predict", transient, transient, echo_predict)
+    sleeps = []
+    assert make_client(fake.url, sleeps).predict([b"a"]) == [b"colorized:a"]
+    assert sleeps == [0.01, 0.02]
+
+
+def test_persistent_503_gives_up_with_the_servers_message(fake):
+    fake.on("POST", f"{PATH}:predict", UNAVAILABLE)
+    with pytest.raises(client.ServingError, match=r"^HTTP 503: Server not ready \(gave up after 3 attempts\)$"):
+        make_client(fake.url, retries=2).predict([b"a"])
+
+
+def test_bad_image_400_is_one_line_naming_the_batch(fake, tmp_path):
+    fake.on("GET", PATH, AVAILABLE)
+    fake.on("POST", f"{PATH}:predict", BAD_IMAGE)
+    files = [str(tmp_path / n) for n in write_photos(tmp_path, 2)]
+    with pytest.raises(client.ServingError) as caught:
+        client.colorize_files(make_client(fake.url), files, str(tmp_path / "out"), batch_size=8)
+    assert str(caught.value) == ("HTTP 400: Unknown image file format. One of JPEG, PNG, GIF, BMP required. "
+                                 "[batch: photo000.png, photo001.png]")
+    assert len(fake.requests) == 1
+
+
+def test_unreachable_server_is_retried_then_reported():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again before the client connects: refused
+    sleeps = []
+    with pytest.raises(client.ServingError, match="cannot reach the server.*gave up after 4 attempts"):
+        make_client(f"http://127.0.0.1:{port}", sleeps).wait_available()
+    assert len(sleeps) == 3
+
+
+def test_answer_that_is_not_predictions_is_an_error(fake):
+    fake.on("POST", f"{PATH}:predict", (200, {"predictions": []}))
+    with pytest.raises(client.ServingError, match="unexpected predict answer: expected 'predictions' with 1"):
+        make_client(fake.url).predict([b"a"])
+
+
+def test_outputs_are_never_silently_overwritten(tmp_path):
+    files = [str(tmp_path / n) for n in write_photos(tmp_path, 2)]
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "photo001.png").write_bytes(b"keep me")
+    with pytest.raises(client.DataError, match="photo001.png exists .pass --overwrite"):
+        client.plan_outputs(files, str(tmp_path / "out"), overwrite=False)
+    assert len(client.plan_outputs(files, str(tmp_path / "out"), overwrite=True)) == 2
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda d: [str(d / "missing.jpg")], "no such file"),
+    (lambda d: [_write(d / "notes.txt", b"hello")], "not a JPEG, PNG, GIF or BMP file"),
+    (lambda d: [str(d / n) for n in write_photos(d, 1)] + [str(d / n) for n in write_photos(d, 1, fmt="jpeg")],
+     "would both be written to"),
+])
+def test_bad_inputs_are_refused_before_any_request(tmp_path, setup, message):
+    with pytest.raises(client.DataError, match=message):
+        client.plan_outputs(setup(tmp_path), str(tmp_path / "out"), overwrite=False)
+
+
+def _write(path, data):
+    path.write_bytes(data)
+    return str(path)
+
+
+def _cli(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "trainer.client", *args], cwd=cwd, env=ENV, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_cli_server_error_is_one_line_and_exit_1(fake, tmp_path):
+    fake.on("GET", PATH, AVAILABLE)
+    fake.on("POST", f"{PATH}:predict", BAD_IMAGE)
+    files = [str(tmp_path / n) for n in write_photos(tmp_path, 1)]
+    run = _cli(f"--server={fake.url}", f"--output_dir={tmp_path}/out", *files)
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.strip().splitlines()[-1].startswith("error: HTTP 400: Unknown image file format")
+    assert "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "no input files"),
+    (["--output_dir=o", "x.jpg"], "pass exactly one of --server"),
+    (["--server=localhost:8501", "--output_dir=o", "x.jpg"], "--server=localhost:8501: expected http://HOST:PORT"),
+])
+def test_cli_bad_flags_exit_2(args, message):
+    run = _cli(*args)
+    assert run.returncode == 2 and f"error: {message}" in run.stderr
+
+
+def test_cli_local_model_writes_png_at_input_size(tmp_path):
+    model = build_model("unet", preprocess.output_channels("lab"), base_filters=4)
+    export_dir = tmp_path / "export"
+    export.export_saved_model(model, "lab", str(export_dir))
+    write_photos(tmp_path, 1, fmt="jpeg")
+    os.rename(tmp_path / "photo000.jpeg", tmp_path / "photo.jpg")
+    run = _cli(f"--local_model={export_dir}", "photo.jpg", "--output_dir=out", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "wrote out/photo.png" in run.stdout
+    assert tf.io.decode_png((tmp_path / "out" / "photo.png").read_bytes()).shape == (48, 64, 3)
+    again = _cli(f"--local_model={export_dir}", "photo.jpg", "--output_dir=out", cwd=tmp_path)
+    assert again.returncode == 1 and "error: out/photo.png exists (pass --overwrite" in again.stderr

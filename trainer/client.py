@@ -1,0 +1,233 @@
+"""`python -m trainer.client`: colorize photo files through TF Serving's REST API.
+
+    python -m trainer.client --server=http://HOST:8501 photo.jpg scan.png --output_dir=out
+    python -m trainer.client --local_model=runs/colorizer/export photo.jpg --output_dir=out
+
+Writes `out/<name>.png` per input, at the input's resolution. It first checks that the model has a
+version in state AVAILABLE, then posts `{"instances": [{"image_bytes": {"b64": ...}}]}` in batches,
+retrying 429/503/504 and connection errors with exponential backoff. `--local_model` sends the same
+JSON to a SavedModel on this machine (`trainer.rest.LocalModel`), no server or cluster needed.
+Standard library only on the server path: TensorFlow is imported for `--local_model` alone.
+"""
+
+import http.client
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+
+from absl import app, flags
+
+from trainer import rest
+from trainer.errors import ColorizerError, ConfigError, DataError
+
+RETRY_STATUSES = (429, 503, 504)
+MAX_BACKOFF_SECONDS = 30.0
+_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")  # what serving decodes
+
+
+class ServingError(ColorizerError):
+    """The server refused a request, answered something unexpected, or could not be reached."""
+
+
+class HttpTransport:
+    """`request(method, path, body) -> (HTTP status, body bytes)` over urllib; raises OSError if unreachable."""
+
+    def __init__(self, server: str, timeout: float):
+        self.server = server.rstrip("/")
+        self.timeout = timeout
+
+    def request(self, method: str, path: str, body: bytes = None):
+        req = urllib.request.Request(self.server + path, data=body, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            with exc:
+                return exc.code, exc.read()
+        except http.client.HTTPException as exc:  # e.g. a connection cut mid-response
+            raise ConnectionError(f"{type(exc).__name__}: {exc}") from None
+
+
+class Client:
+    """The model-status check and batched predict calls, with retries, over any transport."""
+
+    def __init__(self, transport, model_name: str, version=None, retries: int = 4, backoff: float = 0.5,
+                 sleep=time.sleep):
+        self.transport, self.model_name, self.version = transport, model_name, version
+        self.retries, self.backoff, self.sleep = retries, backoff, sleep
+        self.path = rest.model_path(model_name, version)
+
+    def _call(self, method: str, path: str, body: bytes = None, check=None) -> dict:
+        """One request, retried on 429/503/504, connection errors and `check` returning a reason."""
+        problem = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                self.sleep(min(self.backoff * 2 ** (attempt - 1), MAX_BACKOFF_SECONDS))
+            try:
+                status, data = self.transport.request(method, path, body)
+            except OSError as exc:
+                problem = f"cannot reach the server: {getattr(exc, 'reason', None) or exc}"
+                continue
+            if status in RETRY_STATUSES:
+                problem = rest.error_message(data, status)
+                continue
+            if status != 200:
+                raise ServingError(rest.error_message(data, status))
+            try:
+                answer = json.loads(data)
+            except ValueError:
+                raise ServingError(f"{method} {path}: the answer is not JSON: {data[:100]!r}") from None
+            problem = check(answer) if check else None
+            if not problem:
+                return answer
+        raise ServingError(f"{problem} (gave up after {self.retries + 1} attempts)")
+
+    def _available(self, answer: dict):
+        """None if a version is AVAILABLE; a reason to retry while one is loading; else raises."""
+        statuses = answer.get("model_version_status") if isinstance(answer, dict) else None
+        if not isinstance(statuses, list) or not statuses:
+            raise ServingError(f"unexpected model status answer: {str(answer)[:200]}")
+        if any(s.get("state") == "AVAILABLE" for s in statuses):
+            return None
+        states = ", ".join(f"version {s.get('version')}: {s.get('state')}" for s in statuses)
+        if any(s.get("state") in ("START", "LOADING") for s in statuses):
+            return f"model {self.model_name} is not ready yet ({states})"
+        errors = [s.get("status", {}).get("error_message") for s in statuses]
+        detail = next((e.splitlines()[0] for e in errors if e), "")
+        raise ServingError(f"model {self.model_name} has no AVAILABLE version ({states}){': ' + detail if detail else ''}")
+
+    def wait_available(self) -> str:
+        """Checks `GET /v1/models/NAME[/versions/N]`; returns the AVAILABLE version (the highest)."""
+        answer = self._call("GET", self.path, check=self._available)
+        return max((s for s in answer["model_version_status"] if s.get("state") == "AVAILABLE"),
+                   key=lambda s: int(s.get("version", 0)))["version"]
+
+    def predict(self, images: list) -> list:
+        """Encoded image files -> colorized PNG bytes, one `:predict` call."""
+        body = json.dumps(rest.predict_request(images)).encode()
+        answer = self._call("POST", self.path + ":predict", body)
+        try:
+            return rest.parse_predictions(answer, len(images))
+        except (rest.RestError, ValueError, TypeError, KeyError) as exc:
+            raise ServingError(f"unexpected predict answer: {exc}") from None
+
+
+def plan_outputs(files: list, output_dir: str, overwrite: bool) -> list:
+    """(input, output) pairs; refuses missing or non-image inputs, clashes and existing outputs."""
+    pairs, taken = [], {}
+    for path in files:
+        if not os.path.isfile(path):
+            raise DataError(f"no such file: {path}")
+        with open(path, "rb") as handle:
+            if not handle.read(8).startswith(_MAGIC):
+                raise DataError(f"{path}: not a JPEG, PNG, GIF or BMP file")
+        target = os.path.join(output_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
+        if target in taken:
+            raise DataError(f"{taken[target]} and {path} would both be written to {target}")
+        if os.path.exists(target) and not overwrite:
+            raise DataError(f"{target} exists (pass --overwrite to replace it)")
+        taken[target] = path
+        pairs.append((path, target))
+    return pairs
+
+
+def colorize_files(client: Client, files: list, output_dir: str, batch_size: int, overwrite: bool = False,
+                   report=None) -> list:
+    """Colorizes `files` in batches of `batch_size`; returns the written paths."""
+    pairs = plan_outputs(files, output_dir, overwrite)
+    os.makedirs(output_dir, exist_ok=True)
+    written = []
+    for start in range(0, len(pairs), batch_size):
+        batch = pairs[start:start + batch_size]
+        images = []
+        for source, _ in batch:
+            with open(source, "rb") as handle:
+                images.append(handle.read())
+        try:
+            pngs = client.predict(images)
+        except ServingError as exc:
+            names = ", ".join(os.path.basename(s) for s, _ in batch[:3]) + (", ..." if len(batch) > 3 else "")
+            raise ServingError(f"{exc} [batch: {names}]") from None
+        for (_, target), png in zip(batch, pngs):
+            try:
+                with open(target, "wb" if overwrite else "xb") as handle:
+                    handle.write(png)
+            except FileExistsError:
+                raise DataError(f"{target} exists (pass --overwrite to replace it)") from None
+            written.append(target)
+            if report:
+                report(target)
+    return written
+
+
+def resolve_local_model(path: str) -> str:
+    """A SavedModel folder, or an export folder whose highest all-digit version is used (as TF Serving does)."""
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return path
+    versions = sorted((int(n) for n in os.listdir(path) if n.isdigit()), reverse=True) if os.path.isdir(path) else []
+    for version in versions:
+        if os.path.isfile(os.path.join(path, str(version), "saved_model.pb")):
+            return os.path.join(path, str(version))
+    raise DataError(f"no SavedModel at {path} (expected saved_model.pb or numbered version folders)")
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("server", None, "TF Serving REST address, e.g. http://localhost:8501.")
+flags.DEFINE_string("local_model", None, "Colorize with this SavedModel (or export folder) instead of a server.")
+flags.DEFINE_string("model_name", "colorizer", "The model's name on the server (TF Serving's MODEL_NAME).")
+flags.DEFINE_integer("version", None, "Ask for this model version (default: the server's latest).")
+flags.DEFINE_string("output_dir", None, "Where <name>.png is written for each input.")
+flags.DEFINE_integer("batch_size", 8, "Images per predict request.")
+flags.DEFINE_float("timeout", 120.0, "Seconds to wait for each HTTP answer.")
+flags.DEFINE_integer("retries", 4, "Retries of a request on 429/503/504, a loading model or a connection error.")
+flags.DEFINE_float("backoff_seconds", 0.5, "First retry delay; doubled at each retry (at most 30 s).")
+flags.DEFINE_bool("overwrite", False, "Replace existing output files.")
+
+
+def _client_from_flags() -> Client:
+    if bool(FLAGS.server) == bool(FLAGS.local_model):
+        raise ConfigError("pass exactly one of --server=http://HOST:8501 or --local_model=PATH")
+    if not FLAGS.output_dir:
+        raise ConfigError("--output_dir is required")
+    if FLAGS.batch_size < 1:
+        raise ConfigError(f"--batch_size={FLAGS.batch_size}: must be at least 1")
+    if FLAGS.retries < 0 or FLAGS.backoff_seconds < 0 or FLAGS.timeout <= 0:
+        raise ConfigError("--retries and --backoff_seconds must be at least 0, --timeout above 0")
+    if FLAGS.local_model:
+        transport = rest.LocalModel(resolve_local_model(FLAGS.local_model), FLAGS.model_name)
+    elif not FLAGS.server.startswith(("http://", "https://")):
+        raise ConfigError(f"--server={FLAGS.server}: expected http://HOST:PORT (the REST port, 8501)")
+    else:
+        transport = HttpTransport(FLAGS.server, FLAGS.timeout)
+    return Client(transport, FLAGS.model_name, FLAGS.version, FLAGS.retries, FLAGS.backoff_seconds)
+
+
+def main(argv):
+    files = argv[1:]
+    try:
+        if not files:
+            raise ConfigError("no input files (usage: python -m trainer.client [flags] FILE...)")
+        client = _client_from_flags()
+        version = client.wait_available()
+        written = colorize_files(client, files, FLAGS.output_dir, FLAGS.batch_size, FLAGS.overwrite,
+                                 report=lambda path: print(f"wrote {path}"))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except ColorizerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    print(f"colorized {len(written)} photo(s) with {FLAGS.model_name} version {version}")
+
+
+def run():
+    """Console-script entry point (`colorizer-client`)."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
