@@ -39,7 +39,7 @@ class HttpTransport:
         self.server = server.rstrip("/")
         self.timeout = timeout
 
-    def request(self, method: str, path: str, body: bytes = None):
+    def request(self, method: str, path: str, body: bytes | None = None):
         req = urllib.request.Request(self.server + path, data=body, method=method,
                                      headers={"Content-Type": "application/json"})
         try:
@@ -61,7 +61,7 @@ class Client:
         self.retries, self.backoff, self.sleep = retries, backoff, sleep
         self.path = rest.model_path(model_name, version)
 
-    def _call(self, method: str, path: str, body: bytes = None, check=None) -> dict:
+    def _call(self, method: str, path: str, body: bytes | None = None, check=None) -> dict:
         """One request, retried on 429/503/504, connection errors and `check` returning a reason."""
         problem = ""
         for attempt in range(self.retries + 1):
@@ -97,8 +97,8 @@ class Client:
         if any(s.get("state") in ("START", "LOADING") for s in statuses):
             return f"model {self.model_name} is not ready yet ({states})"
         errors = [s.get("status", {}).get("error_message") for s in statuses]
-        detail = next((e.splitlines()[0] for e in errors if e), "")
-        raise ServingError(f"model {self.model_name} has no AVAILABLE version ({states}){': ' + detail if detail else ''}")
+        detail = next((": " + e.splitlines()[0] for e in errors if e), "")
+        raise ServingError(f"model {self.model_name} has no AVAILABLE version ({states}){detail}")
 
     def wait_available(self) -> str:
         """Checks `GET /v1/models/NAME[/versions/N]`; returns the AVAILABLE version (the highest)."""
@@ -176,16 +176,21 @@ def resolve_local_model(path: str) -> str:
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("server", None, "TF Serving REST address, e.g. http://localhost:8501.")
-flags.DEFINE_string("local_model", None, "Colorize with this SavedModel (or export folder) instead of a server.")
-flags.DEFINE_string("model_name", "colorizer", "The model's name on the server (TF Serving's MODEL_NAME).")
-flags.DEFINE_integer("version", None, "Ask for this model version (default: the server's latest).")
-flags.DEFINE_string("output_dir", None, "Where <name>.png is written for each input.")
-flags.DEFINE_integer("batch_size", 8, "Images per predict request.")
-flags.DEFINE_float("timeout", 120.0, "Seconds to wait for each HTTP answer.")
-flags.DEFINE_integer("retries", 4, "Retries of a request on 429/503/504, a loading model or a connection error.")
-flags.DEFINE_float("backoff_seconds", 0.5, "First retry delay; doubled at each retry (at most 30 s).")
-flags.DEFINE_bool("overwrite", False, "Replace existing output files.")
+
+
+def define_flags():
+    """Defines the CLI's flags; only `run()` calls it, because absl flags are process-global and
+    importing this module as a library (next to other CLIs) must not claim flag names."""
+    flags.DEFINE_string("server", None, "TF Serving REST address, e.g. http://localhost:8501.")
+    flags.DEFINE_string("local_model", None, "Colorize with this SavedModel (or export folder) instead of a server.")
+    flags.DEFINE_string("model_name", "colorizer", "The model's name on the server (TF Serving's MODEL_NAME).")
+    flags.DEFINE_integer("version", None, "Ask for this model version (default: the server's latest).")
+    flags.DEFINE_string("output_dir", None, "Where <name>.png is written for each input.")
+    flags.DEFINE_integer("batch_size", 8, "Images per predict request.")
+    flags.DEFINE_float("timeout", 120.0, "Seconds to wait for each HTTP answer.")
+    flags.DEFINE_integer("retries", 4, "Retries of a request on 429/503/504, a loading model or a connection error.")
+    flags.DEFINE_float("backoff_seconds", 0.5, "First retry delay; doubled at each retry (at most 30 s).")
+    flags.DEFINE_bool("overwrite", False, "Replace existing output files.")
 
 
 def _client_from_flags() -> Client:
@@ -226,6 +231,7 @@ def main(argv):
 
 def run():
     """Console-script entry point (`colorizer-client`)."""
+    define_flags()
     app.run(main)
 
 

@@ -175,7 +175,7 @@ class LocalModel:
         self.version = self.version if self.version.isdigit() else "1"
         self._loaded = tf.saved_model.load(saved_model)
 
-    def request(self, method: str, path: str, body: bytes = None):
+    def request(self, method: str, path: str, body: bytes | None = None):
         match = _PATH_RE.match(path)
         try:
             if not match or match["name"] != self.model_name or match["version"] not in (None, self.version):
