@@ -159,6 +159,16 @@ def error_message(body: bytes, status: int) -> str:
     return f"HTTP {status}: {(lines[0] if lines else 'empty error')[:300]}"
 
 
+def _op_message(message: str) -> str:
+    """Drops the Python wrapper ("Graph execution error: ... Detected at node ...") that eager calls
+    add, leaving the op's own message and node line, which is what TF Serving returns."""
+    lines = message.splitlines()
+    for index, line in enumerate(lines[1:], start=1):
+        if line.lstrip().startswith("[["):
+            return "\n".join(lines[index - 1:])
+    return message
+
+
 class LocalModel:
     """Answers TF Serving's status and predict requests from a SavedModel folder, in-process.
 
@@ -192,7 +202,7 @@ class LocalModel:
         except RestError as exc:
             return exc.status, json.dumps({"error": str(exc)}).encode()
         except self._tf.errors.OpError as exc:
-            return _HTTP_STATUS.get(type(exc).__name__, 500), json.dumps({"error": exc.message}).encode()
+            return _HTTP_STATUS.get(type(exc).__name__, 500), json.dumps({"error": _op_message(exc.message)}).encode()
 
     def _predict(self, body: dict) -> dict:
         name = body.get("signature_name") or "serving_default"
