@@ -1,0 +1,251 @@
+"""`python -m trainer.launch`: the objects it builds, and its API calls against a local fake API server.
+
+The fake server answers the Kubernetes REST paths the `kubernetes` client uses (jobs, services,
+pods, pod logs, kubeflow.org tfjobs) on 127.0.0.1 and records every request, so the tests assert on
+what would reach a real cluster.
+"""
+
+import http.server
+import json
+import threading
+from urllib.parse import parse_qs, urlparse
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from kubernetes import client
+
+from tests.test_manifests import SCHEMAS, check_indexed_job
+from trainer import launch
+
+IMAGE = "europe-docker.pkg.dev/p/colorizer/trainer:abc123"
+
+
+def dry_run(capsys, *argv):
+    assert launch.main(["submit", f"--image={IMAGE}", "--dry_run", *argv]) == 0
+    return list(yaml.safe_load_all(capsys.readouterr().out))
+
+
+def container(job):
+    return job["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_dry_run_prints_a_valid_single_node_job(capsys):
+    [job] = dry_run(capsys, "--name=run1", "--gpus=2", "--arg=--epochs=5", "--arg=--nomixed_precision")
+    kubernetes_validate.validate(job, "1.33", strict=True)
+    assert job["metadata"]["name"] == "run1" and job["metadata"]["labels"]["colorizer.dev/run"] == "run1"
+    c = container(job)
+    assert c["image"] == IMAGE
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == c["resources"]["requests"]["nvidia.com/gpu"] == "2"
+    assert "--model_dir=$(MODEL_DIR)/run1" in c["args"] and "--train_data=$(TRAIN_DATA)" in c["args"]
+    assert c["args"][-2:] == ["--epochs=5", "--nomixed_precision"]
+    assert "--epochs=30" not in c["args"] and "--mixed_precision" not in c["args"]
+
+
+def test_dry_run_multinode_is_a_wired_indexed_job(capsys):
+    objects = dry_run(capsys, "--name=big", "--workers=4", "--train_data=gs://b/d/train-*", "--spot")
+    for obj in objects:
+        kubernetes_validate.validate(obj, "1.33", strict=True)
+    check_indexed_job(objects)
+    job, service = objects
+    assert job["spec"]["completions"] == 4 and service["metadata"]["name"] == "big-workers"
+    assert service["spec"]["selector"]["colorizer.dev/run"] == "big"
+    assert "--strategy=multi_worker" in container(job)["args"]
+    assert "--train_data=gs://b/d/train-*" in container(job)["args"]
+    assert job["spec"]["template"]["spec"]["nodeSelector"]["cloud.google.com/gke-spot"] == "true"
+
+
+def test_dry_run_tfjob_matches_the_crd(capsys):
+    [tfjob] = dry_run(capsys, "--name=tf", "--workers=3", "--kind=tfjob", "--gpus=0", "--cpu=4", "--memory=8Gi")
+    jsonschema.validate(tfjob, json.loads((SCHEMAS / "tfjob-v1.9.0.schema.json").read_text())["schema"])
+    worker = tfjob["spec"]["tfReplicaSpecs"]["Worker"]
+    assert worker["replicas"] == 3
+    spec = worker["template"]["spec"]
+    c = spec["containers"][0]
+    assert c["name"] == "tensorflow" and "nvidia.com/gpu" not in c["resources"]["limits"]
+    assert c["resources"]["limits"]["cpu"] == "4" and "cloud.google.com/gke-accelerator" not in spec["nodeSelector"]
+    assert not any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"])
+
+
+@pytest.mark.parametrize("argv", [["--name=Bad_Name"], ["--workers=0"], ["--gpus=-1"], ["--kind=tfjob"],
+                                  ["--arg=--epochz=3"], ["--manifests=/nonexistent"]])
+def test_bad_input_is_one_line_and_exit_2(argv, capsys):
+    assert launch.main(["submit", f"--image={IMAGE}", "--dry_run", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ")
+
+
+def test_missing_required_flag_is_one_line(capsys):
+    with pytest.raises(SystemExit) as exc:
+        launch.main(["submit", "--dry_run"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+class FakeCluster(http.server.ThreadingHTTPServer):
+    """Just enough of the Kubernetes API; `statuses` are returned by successive Job status reads."""
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), FakeApi)
+        self.requests, self.objects, self.pods, self.logs, self.statuses = [], {}, [], {}, []
+        self.fail_create, self.after_log = None, {}
+
+    def api(self):
+        return client.ApiClient(client.Configuration(host=f"http://127.0.0.1:{self.server_port}"))
+
+
+class FakeApi(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def reply(self, code, body, content_type="application/json"):
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def handle_any(self, method):
+        url, cluster = urlparse(self.path), self.server
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length)) if length else None
+        cluster.requests.append((method, url.path, parse_qs(url.query), body))
+        parts = url.path.strip("/").split("/")
+        if method == "POST":
+            return self.create(parts[-1], body)
+        if parts[-1] == "log":
+            self.reply(200, cluster.logs[parts[-2]].encode(), "text/plain")
+            return cluster.after_log.get(parts[-2], lambda: None)()
+        if parts[-1] == "pods":
+            return self.reply(200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": cluster.pods})
+        name = parts[-2] if parts[-1] == "status" else parts[-1]
+        key = (parts[-3] if parts[-1] == "status" else parts[-2], name)
+        if key not in cluster.objects:
+            return self.reply(404, {"kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404,
+                                    "message": f"{key[0]} \"{name}\" not found"})
+        if method == "DELETE":
+            return self.reply(200, {"kind": "Status", "status": "Success"})
+        obj = dict(cluster.objects[key])
+        obj["status"] = cluster.statuses.pop(0) if len(cluster.statuses) > 1 else cluster.statuses[0]
+        return self.reply(200, obj)
+
+    def create(self, plural, body):
+        cluster = self.server
+        if cluster.fail_create:
+            return self.reply(cluster.fail_create[0], cluster.fail_create[1])
+        body["metadata"]["uid"] = f"uid-{body['metadata']['name']}"
+        cluster.objects[(plural, body["metadata"]["name"])] = body
+        return self.reply(201, body)
+
+    def do_GET(self):  # noqa: N802  (http.server's naming)
+        self.handle_any("GET")
+
+    def do_POST(self):  # noqa: N802
+        self.handle_any("POST")
+
+    def do_DELETE(self):  # noqa: N802
+        self.handle_any("DELETE")
+
+
+@pytest.fixture
+def cluster():
+    server = FakeCluster()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def pod(name, phase, index="0", created="2026-01-01T00:00:00Z", scheduled=None):
+    status = {"phase": phase}
+    if scheduled:
+        status["conditions"] = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                 "message": scheduled}]
+    return {"metadata": {"name": name, "creationTimestamp": created,
+                         "labels": {"batch.kubernetes.io/job-completion-index": index}}, "status": status}
+
+
+def submit(cluster, *argv):
+    return launch.main(["--poll_seconds=0.01", "--schedule_timeout=5", "submit", f"--image={IMAGE}", *argv],
+                       api=cluster.api())
+
+
+def test_submit_creates_follows_the_chief_and_succeeds(cluster, capsys):
+    cluster.pods = [pod("big-0-x", "Running"), pod("big-1-y", "Running", index="1")]
+    cluster.logs = {"big-0-x": "epoch 1 val_loss 0.01\nSavedModel: gs://b/export/17\n"}
+    cluster.statuses = [{}, {}, {"conditions": [{"type": "Complete", "status": "True"}]}]
+    assert submit(cluster, "--name=big", "--workers=2") == 0
+    out = capsys.readouterr()
+    assert "SavedModel: gs://b/export/17" in out.out and "succeeded" in out.err
+    posts = [r for r in cluster.requests if r[0] == "POST"]
+    assert [p[1] for p in posts] == ["/apis/batch/v1/namespaces/colorizer/jobs",
+                                     "/api/v1/namespaces/colorizer/services"]
+    assert posts[0][3]["spec"]["completions"] == 2
+    assert posts[1][3]["metadata"]["ownerReferences"] == [
+        {"apiVersion": "batch/v1", "kind": "Job", "name": "big", "uid": "uid-big"}]
+    lists = [r for r in cluster.requests if r[1].endswith("/pods")]
+    assert lists[0][2]["labelSelector"] == ["batch.kubernetes.io/job-name=big"]
+    logs = [r for r in cluster.requests if r[1].endswith("/log")]
+    assert [r[1] for r in logs] == ["/api/v1/namespaces/colorizer/pods/big-0-x/log"]
+    assert logs[0][2]["follow"] == ["true"]
+
+
+def test_a_restarted_chief_is_followed_too(cluster, capsys):
+    cluster.pods = [pod("r-0-a", "Failed")]
+    cluster.logs = {"r-0-a": "step 500\nSIGTERM: checkpoint saved\n", "r-0-b": "resuming from step 500\n"}
+    cluster.statuses = [{}]
+
+    def replace_pod():  # the Job controller's replacement shows up once the first log has ended
+        cluster.pods = [pod("r-0-a", "Failed"), pod("r-0-b", "Running", created="2026-01-01T00:05:00Z")]
+
+    def complete():
+        cluster.statuses = [{"conditions": [{"type": "Complete", "status": "True"}]}]
+    cluster.after_log = {"r-0-a": replace_pod, "r-0-b": complete}
+    assert submit(cluster, "--name=r") == 0
+    out = capsys.readouterr().out
+    assert out.index("checkpoint saved") < out.index("resuming from step 500")
+    assert out.count("step 500\n") == 2  # each pod's log once
+
+
+def test_submit_reports_the_failure_reason(cluster, capsys):
+    cluster.pods = [pod("f-0-a", "Failed")]
+    cluster.logs = {"f-0-a": "error: --train_data='gs://b/x*' matches no files\n"}
+    cluster.statuses = [{}, {"conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy",
+                                             "message": "Container trainer exited with 2"}]}]
+    assert submit(cluster, "--name=f") == 1
+    assert "failed: PodFailurePolicy: Container trainer exited with 2" in capsys.readouterr().err
+
+
+def test_an_unschedulable_chief_times_out_with_the_reason(cluster, capsys):
+    cluster.pods = [pod("p-0-a", "Pending", scheduled="0/3 nodes are available: 3 Insufficient nvidia.com/gpu.")]
+    cluster.statuses = [{}]
+    assert launch.main(["--poll_seconds=0.01", "--schedule_timeout=0", "submit", f"--image={IMAGE}", "--name=p"],
+                       api=cluster.api()) == 1
+    assert "Insufficient nvidia.com/gpu" in capsys.readouterr().err
+
+
+def test_an_api_error_is_one_line(cluster, capsys):
+    cluster.fail_create = (409, {"kind": "Status", "status": "Failure", "reason": "AlreadyExists", "code": 409,
+                                 "message": "jobs.batch \"dup\" already exists"})
+    assert submit(cluster, "--name=dup", "--no_wait") == 1
+    assert capsys.readouterr().err.strip() == 'error: creating Job dup: HTTP 409: jobs.batch "dup" already exists'
+
+
+def test_status_and_delete_find_a_tfjob(cluster, capsys):
+    cluster.objects[("tfjobs", "tf")] = {"apiVersion": "kubeflow.org/v1", "kind": "TFJob", "metadata": {"name": "tf"}}
+    cluster.statuses = [{"conditions": [{"type": "Running", "status": "True", "reason": "TFJobRunning"}]}]
+    cluster.pods = [pod("tf-worker-0", "Running")]
+    assert launch.main(["status", "tf"], api=cluster.api()) == 0
+    out = capsys.readouterr().out
+    assert "TFJob colorizer/tf" in out and "Running=True TFJobRunning" in out and "tf-worker-0: Running" in out
+    assert launch.main(["delete", "tf"], api=cluster.api()) == 0
+    method, path, _, body = cluster.requests[-1]
+    assert (method, path) == ("DELETE", "/apis/kubeflow.org/v1/namespaces/colorizer/tfjobs/tf")
+    assert body["propagationPolicy"] == "Background"
+
+
+def test_unknown_run_is_an_error(cluster, capsys):
+    assert launch.main(["delete", "ghost"], api=cluster.api()) == 1
+    assert capsys.readouterr().err.strip() == "error: no Job or TFJob named ghost in namespace colorizer"
