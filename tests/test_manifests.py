@@ -235,7 +235,9 @@ def check_indexed_job(objects):
     assert job["successPolicy"] == {"rules": [{"succeededIndexes": "0"}]}
     rules = job["podFailurePolicy"]["rules"]
     assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
-    assert not any(143 in r.get("onExitCodes", {}).get("values", []) for r in rules), "143 (SIGTERM) must retry"
+    fail_codes = {v for r in rules if r["action"] == "FailJob" for v in r.get("onExitCodes", {}).get("values", [])}
+    assert not fail_codes & {143, 144}, "143 (SIGTERM, checkpoint saved) and 144 (peer lost) must retry"
+    assert {"action": "Ignore", "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [144]}} in rules
     assert spec["restartPolicy"] == "Never"
 
 
