@@ -27,6 +27,7 @@ K8S_VERSION = "1.33"
 OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").exists())
 RAW_FILES = ["job.yaml", "base/serving.yaml", "components/multinode/multinode.yaml", "components/tfjob/tfjob.yaml"]
 TRAINER_IMAGE = "colorizer-trainer"
+TRAINER_CONTAINERS = ("trainer", "tensorflow")
 FLAG = re.compile(r"^--(?:no)?([a-z_][a-z0-9_]*)(?:=.*)?$")
 VAR_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
@@ -139,16 +140,18 @@ def test_trainer_flags_exist(docs):
     import trainer.task  # noqa: F401  (defines the flags)
 
     name, objects = docs
-    known = set(flags.FLAGS)
+    known, checked = set(flags.FLAGS), 0
     for doc in objects:
         for owner, spec in pod_specs(doc):
             for c in spec["containers"]:
-                if c["image"].split(":")[0] != TRAINER_IMAGE:
+                if c["name"] not in TRAINER_CONTAINERS:
                     continue
+                checked += 1
                 assert "command" not in c, f"{owner}: keep the image's ENTRYPOINT (python -m trainer.task)"
                 for arg in c.get("args", []):
                     match = FLAG.match(arg)
                     assert match and match.group(1) in known, f"{name} {owner}: unknown trainer flag {arg!r}"
+    assert checked or not any(d["kind"] in ("Job", "TFJob") for d in objects), f"{name}: no trainer container found"
 
 
 def test_variable_references_resolve(docs):
@@ -191,7 +194,7 @@ def test_pods_are_hardened(docs):
                 assert "emptyDir" in paths["/tmp"], f"{where}: /tmp must be a writable emptyDir"
                 env = {e["name"]: e.get("value") for e in c.get("env", [])}
                 assert env.get("HOME") == "/tmp" and env.get("TMPDIR") == "/tmp", where
-                if c["image"].split(":")[0] == TRAINER_IMAGE:
+                if c["name"] in TRAINER_CONTAINERS:
                     assert paths["/dev/shm"]["emptyDir"]["medium"] == "Memory", where
 
 
