@@ -11,4 +11,4 @@ if [ ! -x "$VENV/bin/checkov" ]; then
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q "checkov==$CHECKOV_VERSION"
 fi
-CHECKOV="$PWD/$VENV/bin/checkov" exec python -m pytest -q tests/test_manifests.py -k checkov
+CHECKOV="$(cd "$VENV" && pwd)/bin/checkov" exec python -m pytest -q tests/test_manifests.py -k checkov
