@@ -18,6 +18,7 @@ class TrainConfig:
     model: str = "unet"
     color_space: str = "lab"
     base_filters: int = 32
+    sync_batchnorm: bool = False  # U-Net batch statistics over all replicas
     epochs: int = 10
     batch_size: int = 32  # per replica; the global batch is this times the replica count
     learning_rate: float = 1e-3

@@ -1,4 +1,17 @@
-"""Chooses the `tf.distribute` strategy; the training loop is the same under every choice."""
+"""Chooses the `tf.distribute` strategy from the environment; the training loop is the same under all.
+
+  * `TF_CONFIG` naming more than one task (Kubeflow TFJob, Vertex AI) -> MultiWorkerMirroredStrategy.
+  * An Indexed Job pod (`JOB_COMPLETION_INDEX` plus `COLORIZER_NUM_WORKERS` > 1) -> the cluster is
+    built from the pod names `{COLORIZER_JOB_NAME}-{i}.{COLORIZER_SERVICE}:{COLORIZER_PORT}`.
+  * Otherwise MirroredStrategy over the local GPUs (one CPU replica when there are none).
+
+The caller passes the environment as a plain mapping; only `trainer.task` reads `os.environ`.
+"""
+
+import dataclasses
+import json
+import socket
+import time
 
 import tensorflow as tf
 from absl import logging
@@ -6,16 +19,120 @@ from absl import logging
 from trainer.errors import ConfigError
 
 STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device")
+DEFAULT_PORT = 2222
 
 
-def build_strategy(name: str = "auto") -> tf.distribute.Strategy:
-    """`auto`/`mirrored`: MirroredStrategy over all local GPUs (one CPU replica when there are none)."""
-    if name in ("auto", "mirrored"):
-        strategy = tf.distribute.MirroredStrategy()
-    elif name == "one_device":
+@dataclasses.dataclass(frozen=True)
+class Cluster:
+    """A multi-worker cluster: every worker's address and this process's place in it."""
+
+    jobs: tuple  # ((job name, (address, ...)), ...): "chief" (optional) and "worker"
+    task_type: str
+    task_index: int
+    source: str  # "TF_CONFIG" or "indexed job"
+
+    @property
+    def workers(self) -> tuple:
+        return tuple(a for _, addresses in self.jobs for a in addresses)
+
+    @property
+    def spec(self) -> tf.train.ClusterSpec:
+        return tf.train.ClusterSpec({job: list(addresses) for job, addresses in self.jobs})
+
+
+def _from_tf_config(text: str) -> Cluster:
+    try:
+        config = json.loads(text)
+        jobs, task = config["cluster"], config["task"]
+        kept = tuple((job, tuple(jobs[job])) for job in ("chief", "worker") if jobs.get(job))
+        return Cluster(kept, task["type"], int(task["index"]), "TF_CONFIG")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"TF_CONFIG is not valid cluster JSON ({exc})") from None
+
+
+def parse_overrides(text: str) -> dict:
+    """`name:port=addr:port,...` (like curl's --resolve) -> {name:port: addr:port}; for local tests."""
+    pairs = [p.split("=", 1) for p in text.split(",") if p.strip()]
+    if any(len(p) != 2 or ":" not in p[0] or ":" not in p[1] for p in pairs):
+        raise ConfigError(f"COLORIZER_PEER_OVERRIDES={text!r}: expected host:port=addr:port[,...]")
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def _from_indexed_job(environ) -> Cluster:
+    try:
+        count, index = int(environ["COLORIZER_NUM_WORKERS"]), int(environ["JOB_COMPLETION_INDEX"])
+        job, service = environ["COLORIZER_JOB_NAME"], environ["COLORIZER_SERVICE"]
+        port = int(environ.get("COLORIZER_PORT", DEFAULT_PORT))
+    except KeyError as exc:
+        raise ConfigError(f"Indexed Job pod without {exc.args[0]}: set it in the manifest") from None
+    except ValueError as exc:
+        raise ConfigError(f"Indexed Job environment: {exc}") from None
+    if not 0 <= index < count:
+        raise ConfigError(f"JOB_COMPLETION_INDEX={index} outside 0..{count - 1}")
+    overrides = parse_overrides(environ.get("COLORIZER_PEER_OVERRIDES", ""))
+    names = [f"{job}-{i}.{service}:{port}" for i in range(count)]
+    return Cluster((("worker", tuple(overrides.get(n, n) for n in names)),), "worker", index, "indexed job")
+
+
+def resolve_cluster(environ) -> "Cluster | None":
+    """The multi-worker cluster this process belongs to, or None when it runs alone."""
+    if environ.get("TF_CONFIG"):
+        cluster = _from_tf_config(environ["TF_CONFIG"])
+    elif "JOB_COMPLETION_INDEX" in environ and int(environ.get("COLORIZER_NUM_WORKERS", "1")) > 1:
+        cluster = _from_indexed_job(environ)
+    else:
+        return None
+    return cluster if len(cluster.workers) > 1 else None
+
+
+def wait_for_peers(addresses, timeout_seconds: float, resolve=socket.getaddrinfo) -> None:
+    """Blocks until every peer's host name resolves: a pod's DNS record appears only with the pod."""
+    deadline = time.monotonic() + timeout_seconds
+    pending = [a.rsplit(":", 1)[0] for a in addresses]
+    while pending:
+        pending = [h for h in pending if not _resolves(h, resolve)]
+        if pending and time.monotonic() > deadline:
+            raise ConfigError(f"peer {pending[0]} did not resolve within {timeout_seconds:.0f}s "
+                              f"({len(pending)} of {len(addresses)} missing)")
+        if pending:
+            time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+
+
+def _resolves(host: str, resolve) -> bool:
+    try:
+        resolve(host, None)
+        return True
+    except OSError:
+        return False
+
+
+def build_strategy(name: str = "auto", environ=None, peer_timeout_seconds: float = 600,
+                   collective_timeout_seconds: float = 300) -> tf.distribute.Strategy:
+    """Builds the strategy `name` asks for; `auto` decides from `environ` as the module says."""
+    if name not in STRATEGIES:
+        raise ConfigError(f"--strategy={name!r}: choose one of {', '.join(STRATEGIES)}")
+    cluster = resolve_cluster(environ or {})
+    if name == "multi_worker" or (name == "auto" and cluster):
+        strategy = _multi_worker(cluster, peer_timeout_seconds, collective_timeout_seconds)
+        logging.info("strategy MultiWorkerMirroredStrategy: %d replica(s), %s cluster %s, this is %s %d",
+                     strategy.num_replicas_in_sync, cluster.source, list(cluster.workers), cluster.task_type,
+                     cluster.task_index)
+        return strategy
+    if name == "one_device":
         gpus = tf.config.list_logical_devices("GPU")
         strategy = tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
     else:
-        raise ConfigError(f"--strategy={name!r}: choose one of {', '.join(STRATEGIES)}")
-    logging.info("strategy %s with %d replica(s)", type(strategy).__name__, strategy.num_replicas_in_sync)
+        strategy = tf.distribute.MirroredStrategy()
+    logging.info("strategy %s: %d replica(s)", type(strategy).__name__, strategy.num_replicas_in_sync)
     return strategy
+
+
+def _multi_worker(cluster, peer_timeout_seconds, collective_timeout_seconds):
+    if cluster is None:
+        raise ConfigError("--strategy=multi_worker needs TF_CONFIG or an Indexed Job environment")
+    wait_for_peers(cluster.workers, peer_timeout_seconds)
+    resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+        cluster.spec, task_type=cluster.task_type, task_id=cluster.task_index, rpc_layer="grpc")
+    # A collective that waits longer than this fails instead of hanging when a peer has died.
+    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective_timeout_seconds)
+    return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver, communication_options=options)

@@ -4,6 +4,7 @@ import dataclasses
 import posixpath
 
 import tensorflow as tf
+from absl import logging
 
 from trainer import preprocess
 from trainer.errors import DataError
@@ -65,6 +66,7 @@ def build_dataset(
     augment: bool = False,
     shuffle_buffer: int = 2048,
     seed=None,
+    num_workers: int = 1,
 ) -> tf.data.Dataset:
     """Endless full batches of (model inputs, targets); `training` shuffles files and examples.
 
@@ -75,6 +77,9 @@ def build_dataset(
     replicas. Per-image work (parse, decode) runs in parallel before batching; colour conversion
     and flips run vectorised on whole batches after it.
     """
+    policy = shard_policy(len(shards.files), num_workers, shards.pattern)
+    if policy == tf.data.experimental.AutoShardPolicy.DATA and seed is None:
+        seed = 0  # every worker must shuffle alike, or DATA sharding would repeat and skip examples
     files = tf.data.Dataset.from_tensor_slices(list(shards.files))
     if training:
         files = files.shuffle(len(shards.files), seed=seed, reshuffle_each_iteration=True)
@@ -97,7 +102,22 @@ def build_dataset(
         return preprocess.model_inputs(gray), preprocess.model_targets(color, color_space)
 
     batches = batches.map(to_model, num_parallel_calls=tf.data.AUTOTUNE)
-    return batches.prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = policy
+    return batches.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def shard_policy(num_files: int, num_workers: int, pattern: str = "") -> tf.data.experimental.AutoShardPolicy:
+    """FILE sharding (each worker reads its own shards) needs at least one shard per worker.
+
+    With fewer shards every worker reads everything and keeps 1/N of the examples (DATA): correct,
+    but N times the reading.
+    """
+    if num_workers <= 1 or num_files >= num_workers:
+        return tf.data.experimental.AutoShardPolicy.FILE
+    logging.warning("%s: %d shard(s) for %d workers; every worker reads all data. Prepare at least %d shards "
+                    "(--num_shards) for file sharding.", pattern, num_files, num_workers, num_workers)
+    return tf.data.experimental.AutoShardPolicy.DATA
 
 
 def find_corrupt_record(shards: ShardSet):

@@ -37,43 +37,45 @@ def build_autoencoder(output_channels: int = 3) -> keras.Model:
     return keras.Sequential([encoder, decoder], name="AutoEncoder")
 
 
-def _conv_block(x, filters: int, name: str):
+def _conv_block(x, filters: int, name: str, sync_batchnorm: bool = False):
     for i in (1, 2):
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{i}")(x)
-        x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
+        x = layers.BatchNormalization(synchronized=sync_batchnorm, name=f"{name}_bn{i}")(x)
         x = layers.ReLU(name=f"{name}_relu{i}")(x)
     return x
 
 
-def build_unet(output_channels: int = 2, base_filters: int = 32, depth: int = 3) -> keras.Model:
+def build_unet(output_channels: int = 2, base_filters: int = 32, depth: int = 3,
+               sync_batchnorm: bool = False) -> keras.Model:
     """U-Net: `depth` poolings (120 -> 60 -> 30 -> 15), skips joining encoder and decoder levels.
 
     The skips carry edges past the bottleneck, which the seed's autoencoder loses in its poolings.
+    `sync_batchnorm` computes batch statistics over the global batch rather than each replica's.
     """
     if IMAGE_SIZE % (2**depth):
         raise ValueError(f"depth {depth} does not divide image size {IMAGE_SIZE}")
     inputs = keras.Input(shape=INPUT_SHAPE, name="gray")
     x, skips = inputs, []
     for level in range(depth):
-        x = _conv_block(x, base_filters * 2**level, f"down{level}")
+        x = _conv_block(x, base_filters * 2**level, f"down{level}", sync_batchnorm)
         skips.append(x)
         x = layers.MaxPooling2D(2, name=f"pool{level}")(x)
-    x = _conv_block(x, base_filters * 2**depth, "bottleneck")
+    x = _conv_block(x, base_filters * 2**depth, "bottleneck", sync_batchnorm)
     for level in reversed(range(depth)):
         filters = base_filters * 2**level
         x = layers.Conv2DTranspose(filters, 2, strides=2, padding="same", name=f"up{level}")(x)
         x = layers.Concatenate(name=f"skip{level}")([x, skips[level]])
-        x = _conv_block(x, filters, f"dec{level}")
+        x = _conv_block(x, filters, f"dec{level}", sync_batchnorm)
     outputs = layers.Conv2D(
         output_channels, 1, activation=_output_activation(output_channels), dtype="float32", name="chroma"
     )(x)
     return keras.Model(inputs, outputs, name="UNet")
 
 
-def build_model(name: str, output_channels: int, base_filters: int = 32) -> keras.Model:
+def build_model(name: str, output_channels: int, base_filters: int = 32, sync_batchnorm: bool = False) -> keras.Model:
     """Builds a model by name; `base_filters` sizes the U-Net (the autoencoder is fixed by the seed)."""
     if name == "autoencoder":
         return build_autoencoder(output_channels)
     if name == "unet":
-        return build_unet(output_channels, base_filters)
+        return build_unet(output_channels, base_filters, sync_batchnorm=sync_batchnorm)
     raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")

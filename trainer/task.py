@@ -5,8 +5,13 @@ Only this module reads flags and the environment; everything else takes a TrainC
 """
 
 import os
+import shutil
+import signal
 import sys
+import tempfile
+import threading
 
+import tensorflow as tf
 from absl import app, flags, logging
 
 from trainer import distribute
@@ -15,6 +20,10 @@ from trainer.errors import ColorizerError, ConfigError
 from trainer.models import MODELS
 from trainer.preprocess import COLOR_SPACES
 
+# Exit codes >= 128 are retriable for TFJob's ExitCode restart policy and the Job podFailurePolicy
+# in k8s/; 1 (bad data) and 2 (bad flags) are permanent: a restart would fail the same way.
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: stopped by a signal after saving a checkpoint
+PEER_LOST_EXIT_CODE = 144  # a peer worker died or stopped answering; all workers restart and resume
 SAMPLE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sample")
 DEFAULT_RUN_DIR = os.path.join("runs", "colorizer")
 
@@ -27,6 +36,7 @@ flags.DEFINE_string("tensorboard_dir", None, "TensorBoard logs [$AIP_TENSORBOARD
 flags.DEFINE_enum("model", "unet", MODELS, "autoencoder: the seed's model; unet: skip connections.")
 flags.DEFINE_enum("color_space", "lab", COLOR_SPACES, "rgb: predict RGB (the seed); lab: predict a*b*, keep L*.")
 flags.DEFINE_integer("base_filters", 32, "Filters of the U-Net's first level (doubled at each level).")
+flags.DEFINE_bool("sync_batchnorm", False, "U-Net batch statistics over the global batch, not each replica's.")
 flags.DEFINE_integer("epochs", 10, "Epochs (passes over the training split).")
 flags.DEFINE_integer("batch_size", 32, "Batch size PER REPLICA; the global batch is this times the replicas.")
 flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate (the seed's 1e-3).")
@@ -50,48 +60,87 @@ def config_from_flags(environ=os.environ) -> TrainConfig:
         train_data=FLAGS.train_data, eval_data=FLAGS.eval_data, model_dir=model_dir,
         export_dir=FLAGS.export_dir or environ.get("AIP_MODEL_DIR") or os.path.join(DEFAULT_RUN_DIR, "export"),
         log_dir=FLAGS.tensorboard_dir or environ.get("AIP_TENSORBOARD_LOG_DIR") or "",
-        model=FLAGS.model, color_space=FLAGS.color_space, base_filters=FLAGS.base_filters, epochs=FLAGS.epochs,
+        model=FLAGS.model, color_space=FLAGS.color_space, base_filters=FLAGS.base_filters,
+        sync_batchnorm=FLAGS.sync_batchnorm, epochs=FLAGS.epochs,
         batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate, patience=FLAGS.patience,
         augment=FLAGS.augment, checkpoint_every_steps=FLAGS.checkpoint_every_steps,
         mixed_precision=FLAGS.mixed_precision, jit_compile=FLAGS.jit_compile, seed=FLAGS.seed)
 
 
-def run(config: TrainConfig, strategy) -> dict:
-    """Verifies the data, trains, and (on the chief) exports; returns what happened."""
-    # Imported here so `--help` and flag errors answer without loading TensorFlow's graph code.
+def run(config: TrainConfig, strategy, stop_requested=lambda: False) -> dict:
+    """Verifies the data, trains, and exports; returns what happened."""
     from trainer.export import export_saved_model
     from trainer.input_pipeline import find_shards
     from trainer.train import Trainer
 
     train_shards, eval_shards = find_shards(config.train_data), find_shards(config.eval_data)
-    trainer = Trainer(config, strategy, train_shards, eval_shards)
+    trainer = Trainer(config, strategy, train_shards, eval_shards, stop_requested)
     logging.info("%d training / %d validation examples; global batch %d (%d per replica x %d); %d steps/epoch",
                  train_shards.num_examples, eval_shards.num_examples, trainer.global_batch, config.batch_size,
                  strategy.num_replicas_in_sync, trainer.steps_per_epoch)
     result = trainer.fit()
-    if strategy.extended.should_checkpoint:
-        result["export"] = export_saved_model(
-            trainer.model, config.color_space, config.export_dir,
-            {"model": config.model, "step": result["step"], "best_val_loss": result["best_val_loss"]})
+    if result["preempted"]:
+        return result
+    # Every worker takes part in saving (variables may need collectives to read); only the chief's
+    # copy lands in export_dir, so a run has exactly one export.
+    chief = strategy.extended.should_checkpoint
+    export_dir = config.export_dir if chief else tempfile.mkdtemp(prefix="colorizer-worker-export-")
+    path = export_saved_model(trainer.model, config.color_space, export_dir,
+                              {"model": config.model, "step": result["step"], "best_val_loss": result["best_val_loss"]})
+    if chief:
+        result["export"] = path
+    else:
+        shutil.rmtree(export_dir, ignore_errors=True)
+    result["checkpoints"] = trainer.manager.directory
     return result
+
+
+def _stop_on_sigterm() -> threading.Event:
+    """Kubernetes sends SIGTERM before killing a pod (preemption, eviction): finish the step, save, exit."""
+    stop = threading.Event()
+
+    def handler(signum, frame):
+        logging.warning("received signal %d: checkpointing and exiting with %d", signum, PREEMPTED_EXIT_CODE)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    return stop
+
+
+PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.DeadlineExceededError,
+               tf.errors.CancelledError)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}", exitcode=2)
+    stop, strategy = _stop_on_sigterm(), None
     try:
         config = config_from_flags()
-        result = run(config, distribute.build_strategy(FLAGS.strategy))
+        strategy = distribute.build_strategy(FLAGS.strategy, dict(os.environ), FLAGS.peer_timeout_seconds,
+                                             FLAGS.collective_timeout_seconds)
+        result = run(config, strategy, stop.is_set)
+    except PEER_ERRORS as exc:
+        if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            raise
+        reason = next((line for line in exc.message.splitlines() if "aborted" in line or "timed out" in line),
+                      type(exc).__name__)
+        print(f"error: lost a peer worker ({reason.strip()}); a restart resumes from the last checkpoint",
+              file=sys.stderr)
+        sys.exit(PEER_LOST_EXIT_CODE)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except ColorizerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
+    if result["preempted"]:
+        print(f"stopped by signal at step {result['step']}; checkpoint saved in {config.model_dir}")
+        sys.exit(PREEMPTED_EXIT_CODE)
     print(f"trained {result['epoch']} epoch(s), {result['step']} steps, best val_loss {result['best_val_loss']:.5f}")
-    print(f"checkpoints: {config.model_dir}")
-    print(f"tensorboard: tensorboard --logdir {config.log_dir or os.path.join(config.model_dir, 'logs')}")
+    print(f"checkpoints: {result['checkpoints']}")
     if "export" in result:
+        print(f"tensorboard: tensorboard --logdir {config.log_dir or os.path.join(config.model_dir, 'logs')}")
         print(f"SavedModel:  {result['export']}")
 
 

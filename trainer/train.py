@@ -19,7 +19,10 @@ from trainer.config import TrainConfig
 from trainer.errors import DataError
 from trainer.models import build_model
 
-_STEPS_PER_LOOP = 50  # steps run inside one tf.function call: amortises Python overhead
+# Steps run inside one tf.function call are sized to take about this long: long enough to amortise
+# Python overhead, short enough to notice a preemption signal well within its grace period.
+_SECONDS_PER_CALL = 2.0
+_MAX_STEPS_PER_CALL = 200
 
 
 class _State:
@@ -38,22 +41,32 @@ def build_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
     return optimizer
 
 
-def _checkpoint_dir(config: TrainConfig, strategy: tf.distribute.Strategy) -> str:
-    """The chief checkpoints into model_dir; other workers into a throwaway local folder.
+def _own_dir(shared: str, strategy: tf.distribute.Strategy) -> str:
+    """Where this worker saves: the chief into model_dir, the others into a throwaway local folder.
 
-    All workers must take part in saving (it is a collective), but only one copy may land in
-    model_dir: the standard multi-worker save pattern.
+    All workers must take part in saving (it can involve collectives), but only one copy may land
+    in model_dir: the standard multi-worker save pattern. All workers RESTORE from model_dir.
     """
-    if strategy.extended.should_checkpoint:
-        return os.path.join(config.model_dir, "checkpoints")
-    return tempfile.mkdtemp(prefix="colorizer-worker-ckpt-")
+    return shared if strategy.extended.should_checkpoint else tempfile.mkdtemp(prefix="colorizer-worker-")
+
+
+def count_workers(strategy: tf.distribute.Strategy) -> int:
+    """Worker processes taking part in training (1 unless multi-worker)."""
+    resolver = strategy.cluster_resolver
+    if resolver is None:
+        return 1
+    jobs = resolver.cluster_spec().as_dict()
+    return sum(len(jobs.get(job, ())) for job in ("chief", "worker")) or 1
 
 
 class Trainer:
     """Owns the model, optimizer, datasets and checkpoints of one run."""
 
-    def __init__(self, config: TrainConfig, strategy: tf.distribute.Strategy, train_shards, eval_shards):
-        self.config, self.strategy = config, strategy
+    def __init__(self, config: TrainConfig, strategy: tf.distribute.Strategy, train_shards, eval_shards,
+                 stop_requested=lambda: False):
+        self.config, self.strategy, self._stop_requested = config, strategy, stop_requested
+        self.num_workers = count_workers(strategy)
+        self.steps_per_call, self._timed_calls = 1, 0
         self.train_shards, self.eval_shards = train_shards, eval_shards
         self.global_batch = config.batch_size * strategy.num_replicas_in_sync
         self.steps_per_epoch = max(1, train_shards.num_examples // self.global_batch)
@@ -61,17 +74,19 @@ class Trainer:
         if config.mixed_precision:
             keras.mixed_precision.set_global_policy("mixed_float16")
         with strategy.scope():
-            self.model = build_model(config.model, preprocess.output_channels(config.color_space), config.base_filters)
+            self.model = build_model(config.model, preprocess.output_channels(config.color_space), config.base_filters,
+                                     config.sync_batchnorm)
             self.optimizer = build_optimizer(config)
             self.optimizer.build(self.model.trainable_variables)
             self.state = _State()
         checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, epoch=self.state.epoch,
                                          best_val_loss=self.state.best_val_loss, bad_epochs=self.state.bad_epochs)
+        self.shared_dirs = os.path.join(config.model_dir, "checkpoints"), os.path.join(config.model_dir, "best")
         self.manager = tf.train.CheckpointManager(
-            checkpoint, _checkpoint_dir(config, strategy), max_to_keep=3, step_counter=self.optimizer.iterations,
+            checkpoint, _own_dir(self.shared_dirs[0], strategy), max_to_keep=3, step_counter=self.optimizer.iterations,
             checkpoint_interval=config.checkpoint_every_steps or None)
-        best_dir = os.path.join(config.model_dir, "best") if strategy.extended.should_checkpoint else tempfile.mkdtemp()
-        self.best = tf.train.CheckpointManager(tf.train.Checkpoint(model=self.model), best_dir, max_to_keep=1)
+        self.best = tf.train.CheckpointManager(tf.train.Checkpoint(model=self.model),
+                                               _own_dir(self.shared_dirs[1], strategy), max_to_keep=1)
         self.writers = summaries.Writers(config.log_dir or os.path.join(config.model_dir, "logs"), strategy.extended.should_save_summary)
 
     @property
@@ -79,10 +94,18 @@ class Trainer:
         return int(self.optimizer.iterations.numpy())
 
     def restore(self) -> int:
-        """Restores the latest checkpoint if any; returns the step training continues from."""
-        path = self.manager.restore_or_initialize()
-        if path:
-            logging.info("resuming from step %d (epoch %d) of %s", self.step, int(self.state.epoch.numpy()), path)
+        """Restores the chief's latest checkpoint if any; returns the step training continues from.
+
+        Other workers also copy the chief's best weights into their own folder, so all workers
+        restore the same best weights at the end of the run.
+        """
+        latest, best = (tf.train.latest_checkpoint(d) for d in self.shared_dirs)
+        if best and not self.strategy.extended.should_checkpoint:
+            self.best.checkpoint.restore(best).expect_partial()
+            self.best.save(checkpoint_number=int(best.rsplit("-", 1)[1]))
+        if latest:
+            self.manager.checkpoint.restore(latest)
+            logging.info("resuming from step %d (epoch %d) of %s", self.step, int(self.state.epoch.numpy()), latest)
         return self.step
 
     def _datasets(self):
@@ -91,7 +114,7 @@ class Trainer:
         def build(shards, training):
             return input_pipeline.build_dataset(
                 shards, self.global_batch, config.color_space, training=training, augment=training and config.augment,
-                shuffle_buffer=config.shuffle_buffer, seed=config.seed)
+                shuffle_buffer=config.shuffle_buffer, seed=config.seed, num_workers=self.num_workers)
 
         return build(self.train_shards, True), build(self.eval_shards, False)
 
@@ -137,7 +160,11 @@ class Trainer:
         return self.config.patience > 0 and int(self.state.bad_epochs.numpy()) >= self.config.patience
 
     def fit(self) -> dict:
-        """Trains until `epochs` or early stopping; returns a summary of the run."""
+        """Trains until `epochs`, early stopping or a stop request; returns a summary of the run.
+
+        On a stop request (SIGTERM) every worker saves a checkpoint and the summary says
+        `preempted`, so the caller can exit with a retriable code and a restart resumes here.
+        """
         self.restore()
         train_ds, eval_ds = self._datasets()
         train_iter = iter(self.strategy.experimental_distribute_dataset(train_ds))
@@ -147,9 +174,13 @@ class Trainer:
         stopped = self.config.patience > 0 and int(self.state.bad_epochs.numpy()) >= self.config.patience
         if stopped:
             logging.info("early stopping already triggered in this run; not training further")
+        preempted = False
         while not stopped and int(self.state.epoch.numpy()) < self.config.epochs:
             epoch = int(self.state.epoch.numpy())
-            start, loss = time.perf_counter(), self._run_epoch(run_train, train_iter, epoch)
+            start = time.perf_counter()
+            loss, preempted = self._run_epoch(run_train, train_iter, epoch)
+            if preempted:
+                break
             seconds = time.perf_counter() - start
             val_loss = float(_guard(lambda: run_eval(iter(eval_dist), self.eval_steps), self.eval_shards))
             self.state.epoch.assign_add(1)
@@ -159,23 +190,44 @@ class Trainer:
             self.writers.epoch(self.step, loss, val_loss, images_per_s, self._grid(preview))
             logging.info("epoch %d/%d step %d loss %.5f val_loss %.5f (%.0f images/s)%s", epoch + 1,
                          self.config.epochs, self.step, loss, val_loss, images_per_s, " early stop" if stopped else "")
-        if self.best.latest_checkpoint:
+        if preempted:
+            self.manager.save(checkpoint_number=self.optimizer.iterations, check_interval=False)
+            logging.warning("stop requested: saved checkpoint at step %d; a restart resumes from it", self.step)
+        elif self.best.latest_checkpoint:
             self.best.checkpoint.restore(self.best.latest_checkpoint).expect_partial()
-        return {"step": self.step, "epoch": int(self.state.epoch.numpy()),
+        return {"step": self.step, "epoch": int(self.state.epoch.numpy()), "preempted": preempted,
                 "best_val_loss": float(self.state.best_val_loss.numpy())}
 
-    def _run_epoch(self, run_train, train_iter, epoch: int) -> float:
-        """Runs the rest of `epoch` (all of it unless resuming mid-epoch); returns its mean loss."""
-        losses = []
-        while self.step < (epoch + 1) * self.steps_per_epoch:
-            steps = min(_STEPS_PER_LOOP, (epoch + 1) * self.steps_per_epoch - self.step)
+    def _run_epoch(self, run_train, train_iter, epoch: int):
+        """Runs the rest of `epoch`; returns (mean loss, whether a stop was requested)."""
+        losses, end = [], (epoch + 1) * self.steps_per_epoch
+        while self.step < end:
+            if self._stop_agreed():
+                return 0.0, True
+            steps = min(self.steps_per_call, end - self.step)
             interval = self.config.checkpoint_every_steps
             if interval:
                 steps = min(steps, interval - self.step % interval)
+            start = time.perf_counter()
             losses.append((float(_guard(lambda: run_train(train_iter, steps), self.train_shards)), steps))
+            self._resize_calls(steps, time.perf_counter() - start)
             if interval:
                 self.manager.save(checkpoint_number=self.optimizer.iterations)
-        return sum(l * n for l, n in losses) / max(1, sum(n for _, n in losses))
+        return sum(l * n for l, n in losses) / max(1, sum(n for _, n in losses)), False
+
+    def _resize_calls(self, steps: int, seconds: float) -> None:
+        """Sizes later calls to take about _SECONDS_PER_CALL; the first call includes tracing, so skip it."""
+        self._timed_calls += 1
+        if self._timed_calls > 1:
+            self.steps_per_call = int(min(_MAX_STEPS_PER_CALL, max(1, _SECONDS_PER_CALL * steps / seconds)))
+
+    def _stop_agreed(self) -> bool:
+        """True when any worker was asked to stop; all workers must agree, as saving is collective."""
+        local = 1.0 if self._stop_requested() else 0.0
+        if self.num_workers == 1:
+            return bool(local)
+        votes = self.strategy.run(lambda: tf.constant(local))
+        return float(self.strategy.reduce(tf.distribute.ReduceOp.SUM, votes, axis=None)) > 0
 
     def _grid(self, batch):
         inputs, targets = batch
