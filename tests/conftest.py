@@ -39,6 +39,16 @@ def write_photos(folder, count: int, start: int = 0, fmt: str = "png"):
 
 
 @pytest.fixture(scope="session")
+def mirrored():
+    """One MirroredStrategy over the two logical CPUs for the whole session.
+
+    Each strategy numbers its collective ops from the same start; two strategies in one process
+    can collide in TF's process-wide collective state, so tests share this one.
+    """
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
+@pytest.fixture(scope="session")
 def shards_dir(tmp_path_factory):
     """train (12 examples, 3 shards) and validation (4 examples, 1 shard) made by trainer.prepare."""
     from trainer.prepare import prepare

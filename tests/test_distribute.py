@@ -72,13 +72,13 @@ def _trainer(shards_dir, tmp_path, strategy, batch_size):
     return Trainer(config, strategy, find_shards(config.train_data), find_shards(config.eval_data))
 
 
-def test_two_replicas_step_equals_one_device_with_same_global_batch(shards_dir, tmp_path):
+def test_two_replicas_step_equals_one_device_with_same_global_batch(shards_dir, tmp_path, mirrored):
     """Gradient aggregation is right: 2 replicas x 2 examples == 1 device x 4 examples.
 
     Plain SGD, because Adam is invariant to the gradient's scale and would hide a loss scaled by
     the wrong batch size.
     """
-    mirrored = _trainer(shards_dir, tmp_path / "a", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), 2)
+    mirrored = _trainer(shards_dir, tmp_path / "a", mirrored, 2)
     single = _trainer(shards_dir, tmp_path / "b", tf.distribute.OneDeviceStrategy("/cpu:0"), 4)
     assert mirrored.global_batch == single.global_batch == 4 and count_workers(mirrored.strategy) == 1
     single.model.set_weights(mirrored.model.get_weights())

@@ -30,8 +30,8 @@ def test_element_spec(shards_dir, color_space, channels):
     np.testing.assert_array_equal(x[..., 0].numpy(), x[..., 2].numpy())
 
 
-def test_global_batch_is_split_across_replicas(shards_dir):
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def test_global_batch_is_split_across_replicas(shards_dir, mirrored):
+    strategy = mirrored
     per_replica = 3
     shards = input_pipeline.find_shards(_pattern(shards_dir, "train"))
     ds = input_pipeline.build_dataset(shards, per_replica * strategy.num_replicas_in_sync, "lab", training=True)

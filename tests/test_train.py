@@ -19,13 +19,12 @@ def _config(shards_dir, tmp_path, **overrides):
     return TrainConfig(**values)
 
 
-def _trainer(config, strategy=None):
-    strategy = strategy or tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def _trainer(config, strategy):
     return Trainer(config, strategy, find_shards(config.train_data), find_shards(config.eval_data))
 
 
-def test_trains_on_two_replicas_and_writes_checkpoints_and_logs(shards_dir, tmp_path):
-    trainer = _trainer(_config(shards_dir, tmp_path))
+def test_trains_on_two_replicas_and_writes_checkpoints_and_logs(shards_dir, tmp_path, mirrored):
+    trainer = _trainer(_config(shards_dir, tmp_path), mirrored)
     assert trainer.global_batch == 4 and trainer.steps_per_epoch == 3
     before = [w.numpy().copy() for w in trainer.model.trainable_weights]
     result = trainer.fit()
@@ -36,36 +35,36 @@ def test_trains_on_two_replicas_and_writes_checkpoints_and_logs(shards_dir, tmp_
     assert os.listdir(tmp_path / "model" / "logs" / "train") and os.listdir(tmp_path / "model" / "logs" / "eval")
 
 
-def test_resume_continues_from_checkpoint_with_optimizer_state(shards_dir, tmp_path):
-    first = _trainer(_config(shards_dir, tmp_path, epochs=1, checkpoint_every_steps=2))
+def test_resume_continues_from_checkpoint_with_optimizer_state(shards_dir, tmp_path, mirrored):
+    first = _trainer(_config(shards_dir, tmp_path, epochs=1, checkpoint_every_steps=2), mirrored)
     first.fit()
     adam_moments = [v.numpy().copy() for v in first.optimizer.variables]
-    second = _trainer(_config(shards_dir, tmp_path, epochs=1, checkpoint_every_steps=2))
+    second = _trainer(_config(shards_dir, tmp_path, epochs=1, checkpoint_every_steps=2), mirrored)
     assert second.restore() == 3
     for a, b in zip(adam_moments, second.optimizer.variables):
         np.testing.assert_array_equal(a, b.numpy())
-    third = _trainer(_config(shards_dir, tmp_path, epochs=3, checkpoint_every_steps=2))
+    third = _trainer(_config(shards_dir, tmp_path, epochs=3, checkpoint_every_steps=2), mirrored)
     result = third.fit()
     assert result["epoch"] == 3 and result["step"] == 9
 
 
-def test_early_stopping_state_survives_restart(shards_dir, tmp_path):
+def test_early_stopping_state_survives_restart(shards_dir, tmp_path, mirrored):
     # A learning rate this large diverges, so validation loss stops improving after the first epoch.
     config = _config(shards_dir, tmp_path, epochs=8, patience=1, learning_rate=50.0)
-    result = _trainer(config).fit()
+    result = _trainer(config, mirrored).fit()
     assert result["epoch"] < 8
-    again = _trainer(config).fit()
+    again = _trainer(config, mirrored).fit()
     assert again["epoch"] == result["epoch"] and again["step"] == result["step"]
 
 
-def test_corrupt_shard_is_named(shards_dir, tmp_path):
+def test_corrupt_shard_is_named(shards_dir, tmp_path, mirrored):
     copy = tmp_path / "data"
     shutil.copytree(shards_dir, copy)
     victim = copy / "train-00001-of-00003.tfrecord"
     data = bytearray(victim.read_bytes())
     data[100] ^= 0xFF
     victim.write_bytes(bytes(data))
-    trainer = _trainer(_config(str(copy), tmp_path))
+    trainer = _trainer(_config(str(copy), tmp_path), mirrored)
     with pytest.raises(DataError, match="train-00001-of-00003.tfrecord"):
         trainer.fit()
 

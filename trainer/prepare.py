@@ -20,17 +20,21 @@ from trainer.schema import ENCODINGS, IMAGE_SIZE, Manifest, encode_example, mani
 from trainer.shard_writer import ShardWriter, existing_split_files, write_text_atomic
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("input_dir", None, "Folder of colour photos (JPEG, PNG, BMP, GIF, TIFF, WebP).")
-flags.DEFINE_string("gray_dir", None, "Optional folder of gray versions with the same file names.")
-flags.DEFINE_string("output_dir", None, "Where shards and manifests are written.")
-flags.DEFINE_string("split", "train", "Name of the split the photos go to.")
-flags.DEFINE_integer("num_shards", 8, "Shards for --split.")
-flags.DEFINE_float("holdout_fraction", 0.0, "Fraction of photos held out into --holdout_split (by file name hash).")
-flags.DEFINE_string("holdout_split", "validation", "Name of the held-out split.")
-flags.DEFINE_enum("encoding", "png", ENCODINGS, "How images are stored: png (small) or raw uint8 (fastest to decode).")
-flags.DEFINE_integer("workers", os.cpu_count() or 1, "Processes that decode and encode images.")
-flags.DEFINE_integer("seed", 0, "Seed of the shuffle that spreads photos over shards.")
-flags.DEFINE_bool("overwrite", False, "Replace existing shards of the same split.")
+
+
+def define_flags():
+    """Defined only when run as a CLI: absl flags are process-wide and `--seed` is also trainer.task's."""
+    flags.DEFINE_string("input_dir", None, "Folder of colour photos (JPEG, PNG, BMP, GIF, TIFF, WebP).")
+    flags.DEFINE_string("gray_dir", None, "Optional folder of gray versions with the same file names.")
+    flags.DEFINE_string("output_dir", None, "Where shards and manifests are written.")
+    flags.DEFINE_string("split", "train", "Name of the split the photos go to.")
+    flags.DEFINE_integer("num_shards", 8, "Shards for --split.")
+    flags.DEFINE_float("holdout_fraction", 0.0, "Fraction of photos held out into --holdout_split (by file name hash).")
+    flags.DEFINE_string("holdout_split", "validation", "Name of the held-out split.")
+    flags.DEFINE_enum("encoding", "png", ENCODINGS, "How images are stored: png (small) or raw uint8 (fastest to decode).")
+    flags.DEFINE_integer("workers", os.cpu_count() or 1, "Processes that decode and encode images.")
+    flags.DEFINE_integer("seed", 0, "Seed of the shuffle that spreads photos over shards.")
+    flags.DEFINE_bool("overwrite", False, "Replace existing shards of the same split.")
 
 
 def list_photos(input_dir: str, gray_dir=None):
@@ -148,6 +152,7 @@ def main(argv):
 
 def run():
     """Console-script entry point."""
+    define_flags()
     app.run(main)
 
 
