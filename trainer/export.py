@@ -75,7 +75,8 @@ def next_version(export_dir: str) -> int:
 def export_saved_model(model: keras.Model, color_space: str, export_dir: str, metadata: dict = None) -> str:
     """Writes `{export_dir}/{version}/` via a temporary folder that TF Serving ignores; returns its path.
 
-    TF Serving polls export_dir and only considers all-digit names, so it never sees a partial model.
+    TF Serving polls export_dir and only considers all-digit names, so it never sees the
+    temporary folder; see `_publish` for how the version folder appears.
     """
     module = ColorizerModule(model, color_space)
     version = next_version(export_dir)
@@ -86,6 +87,24 @@ def export_saved_model(model: keras.Model, color_space: str, export_dir: str, me
     tf.saved_model.save(module, tmp, signatures=signatures)
     with tf.io.gfile.GFile(os.path.join(tmp, METADATA_FILE), "w") as handle:
         json.dump({"color_space": color_space, "image_size": IMAGE_SIZE, **(metadata or {})}, handle, indent=2)
-    tf.io.gfile.rename(tmp, final)
+    _publish(tmp, final)
     logging.info("exported SavedModel to %s", final)
     return final
+
+
+def _publish(tmp: str, final: str) -> None:
+    """Moves a finished export into its version folder.
+
+    A local rename is atomic. Object stores have no directory rename, so there every file is
+    copied and `saved_model.pb` goes last: TF Serving only loads a version once that file exists.
+    """
+    if "://" not in tmp:
+        tf.io.gfile.rename(tmp, final)
+        return
+    files = [os.path.join(root, name) for root, _, names in tf.io.gfile.walk(tmp) for name in names]
+    files.sort(key=lambda path: os.path.basename(path) == "saved_model.pb")
+    for path in files:
+        target = os.path.join(final, os.path.relpath(path, tmp))
+        tf.io.gfile.makedirs(os.path.dirname(target))
+        tf.io.gfile.copy(path, target, overwrite=True)
+    tf.io.gfile.rmtree(tmp)

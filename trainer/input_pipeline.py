@@ -25,7 +25,10 @@ class ShardSet:
 
 def find_shards(pattern: str) -> ShardSet:
     """Globs `pattern` and checks the match against the manifest, so a missing shard is an error."""
-    files = sorted(tf.io.gfile.glob(pattern))
+    try:
+        files = sorted(tf.io.gfile.glob(pattern))
+    except tf.errors.OpError as exc:  # e.g. a missing bucket or a permission error on gs://
+        raise DataError(f"{pattern}: {_first_line(exc)}") from None
     if not files:
         raise DataError(f"no files match {pattern}")
     names = [parse_shard_name(f) for f in files]
@@ -36,7 +39,10 @@ def find_shards(pattern: str) -> ShardSet:
     directories = {posixpath.dirname(f) for f in files}
     if len(splits) > 1 or len(directories) > 1:
         raise DataError(f"{pattern} matches several splits or folders: {', '.join(sorted(splits | directories))}")
-    manifest = read_manifest(directories.pop(), splits.pop())
+    try:
+        manifest = read_manifest(directories.pop(), splits.pop())
+    except tf.errors.OpError as exc:
+        raise DataError(f"{pattern}: manifest unreadable: {_first_line(exc)}") from None
     found = {posixpath.basename(f) for f in files}
     missing = sorted(set(manifest.shards) - found)
     if missing:
@@ -121,7 +127,7 @@ def shard_policy(num_files: int, num_workers: int, pattern: str = "") -> tf.data
 
 
 def find_corrupt_record(shards: ShardSet):
-    """Reads every shard on its own and returns 'shard (record i): reason' for the first bad record.
+    """Reads every shard on its own and returns 'shard (record i): reason' for the first bad or missing one.
 
     Only called after the pipeline failed: interleaved reads cannot say which file broke.
     """
@@ -131,6 +137,11 @@ def find_corrupt_record(shards: ShardSet):
             for record in tf.data.TFRecordDataset(path):
                 _parse(record, shards.encoding)
                 index += 1
-        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as exc:
-            return f"{path} (record {index}): {exc.message.splitlines()[0]}"
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as exc:
+            return f"{path} (record {index}): {_first_line(exc)}"
     return None
+
+
+def _first_line(exc: tf.errors.OpError) -> str:
+    """The informative first line of a TF error (HTTP errors from gs:// span several lines)."""
+    return next((line.strip() for line in exc.message.splitlines() if line.strip()), type(exc).__name__)

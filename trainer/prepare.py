@@ -82,23 +82,24 @@ def prepare(input_dir, output_dir, split="train", num_shards=8, gray_dir=None, h
     for name in photos:
         assigned.setdefault(assign_split(name, split, holdout_split, holdout_fraction), []).append(name)
     shard_counts = {split: num_shards, holdout_split: max(1, math.ceil(num_shards * holdout_fraction))}
-    for name in assigned:
-        existing = existing_split_files(output_dir, name)
-        if existing and not overwrite:
-            raise ConfigError(f"{existing[0]} exists; pass --overwrite to replace split {name!r}")
+    existing = {name: existing_split_files(output_dir, name) for name in assigned}
+    for name, found in existing.items():
+        if found and not overwrite:
+            raise ConfigError(f"{min(found)} exists; pass --overwrite to replace split {name!r}")
     manifests = {}
     for name, members in sorted(assigned.items()):
-        count = min(shard_counts[name], len(members))
-        manifests[name] = _write_split(input_dir, gray_dir, output_dir, name, members, count, encoding, workers, progress)
+        writer = ShardWriter(output_dir, name, min(shard_counts[name], len(members)), existing[name])
+        manifests[name] = _write_split(input_dir, gray_dir, members, writer, encoding, workers, progress)
+        write_text_atomic(manifest_path(output_dir, name), manifests[name].to_json(), existing[name])
     _summarise(manifests, ignored, output_dir)
     if not any(m.num_examples for m in manifests.values()):
         raise DataError(f"--input_dir={input_dir}: none of {len(photos)} image files could be read")
     return manifests
 
 
-def _write_split(input_dir, gray_dir, output_dir, split, members, num_shards, encoding, workers, progress):
+def _write_split(input_dir, gray_dir, members, writer, encoding, workers, progress) -> Manifest:
+    """Decodes `members` in worker processes and writes them through `writer`; returns the manifest."""
     jobs = [(n, os.path.join(input_dir, n), gray_dir and os.path.join(gray_dir, n), encoding) for n in members]
-    writer = ShardWriter(output_dir, split, num_shards)
     skipped = []
     try:
         with concurrent.futures.ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
@@ -106,7 +107,7 @@ def _write_split(input_dir, gray_dir, output_dir, split, members, num_shards, en
             if progress:
                 from tqdm import tqdm  # only the CLI shows a bar
 
-                results = tqdm(results, total=len(jobs), desc=f"{split}", unit="img", file=sys.stderr)
+                results = tqdm(results, total=len(jobs), desc=writer.split, unit="img", file=sys.stderr)
             for name, pair, error in results:
                 if error:
                     skipped.append(f"{name} ({error})")
@@ -116,9 +117,7 @@ def _write_split(input_dir, gray_dir, output_dir, split, members, num_shards, en
     except BaseException:
         writer.abort()
         raise
-    manifest = Manifest(split=split, encoding=encoding, shards=counts, skipped=tuple(sorted(skipped)))
-    write_text_atomic(manifest_path(output_dir, split), manifest.to_json())
-    return manifest
+    return Manifest(split=writer.split, encoding=encoding, shards=counts, skipped=tuple(sorted(skipped)))
 
 
 def _summarise(manifests, ignored, output_dir):

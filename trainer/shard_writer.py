@@ -1,44 +1,65 @@
-"""Writes a split's shards under temporary names and renames them only when all are complete.
+"""Writes a split's shards so that readers only ever see complete shards.
 
-A reader globbing `{split}-*-of-*.tfrecord` therefore never sees a half-written shard, and a
-crashed prepare leaves only `*.tmp` files behind, never a plausible-looking partial dataset.
+Local folders: shards are written as `*.tmp` and renamed when all are complete, so a crashed
+prepare leaves only `*.tmp` files, never a plausible-looking partial dataset.
+Cloud Storage: shards are staged in a local temporary folder and uploaded when complete (an
+object appears only once its upload finishes) with generation preconditions (see trainer.gcs).
 """
 
+import os
 import posixpath
+import shutil
+import tempfile
 
 import tensorflow as tf
 
+from trainer import gcs
 from trainer.schema import manifest_path, parse_shard_name, shard_name
 
 
-def existing_split_files(output_dir: str, split: str):
-    """Shards and manifest of `split` already in `output_dir` (any shard count)."""
-    if not tf.io.gfile.isdir(output_dir):
-        return []
-    found = [
-        posixpath.join(output_dir, n)
-        for n in tf.io.gfile.listdir(output_dir)
-        if (parse_shard_name(n) or ("",))[0] == split
-    ]
+def existing_split_files(output_dir: str, split: str) -> dict:
+    """{path: generation (None locally)} of `split`'s shards and manifest already in `output_dir`."""
     manifest = manifest_path(output_dir, split)
-    return sorted(found) + ([manifest] if tf.io.gfile.exists(manifest) else [])
+    if gcs.is_gcs(output_dir):
+        found = gcs.list_generations(output_dir, split)
+        return {p: g for p, g in found.items() if p == manifest or (parse_shard_name(p) or ("",))[0] == split}
+    if not tf.io.gfile.isdir(output_dir):
+        return {}
+    paths = [posixpath.join(output_dir, n) for n in tf.io.gfile.listdir(output_dir)
+             if (parse_shard_name(n) or ("",))[0] == split]
+    paths += [manifest] if tf.io.gfile.exists(manifest) else []
+    return {p: None for p in sorted(paths)}
 
 
-def write_text_atomic(path: str, text: str) -> None:
-    """Writes a small file (the manifest) under a temporary name, then renames it into place."""
+def write_text_atomic(path: str, text: str, existing: dict) -> None:
+    """Writes a small file (the manifest): rename into place locally, a guarded upload on GCS."""
+    if gcs.is_gcs(path):
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+            handle.write(text)
+        try:
+            gcs.upload([(handle.name, path)], {path: existing[path]} if existing.get(path) else {})
+        finally:
+            os.remove(handle.name)
+        return
     with tf.io.gfile.GFile(path + ".tmp", "w") as handle:
         handle.write(text)
     tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
 
 
 class ShardWriter:
-    """Round-robin writer of serialized examples into `num_shards` shards of one split."""
+    """Round-robin writer of serialized examples into `num_shards` shards of one split.
 
-    def __init__(self, output_dir: str, split: str, num_shards: int):
-        tf.io.gfile.makedirs(output_dir)
-        self._output_dir, self._split = output_dir, split
+    `existing` is what `existing_split_files` found: with --overwrite, those objects are replaced
+    (or removed, if the new shard count leaves them stale) only if nobody changed them meanwhile.
+    """
+
+    def __init__(self, output_dir: str, split: str, num_shards: int, existing: dict):
+        self.split, self._output_dir, self._existing = split, output_dir, existing
         self._names = [shard_name(split, i, num_shards) for i in range(num_shards)]
-        self._tmp = [posixpath.join(output_dir, n + ".tmp") for n in self._names]
+        self._stage = tempfile.mkdtemp(prefix="colorizer-shards-") if gcs.is_gcs(output_dir) else None
+        if not self._stage:
+            tf.io.gfile.makedirs(output_dir)
+        self._tmp = [posixpath.join(self._stage or output_dir, n + ".tmp") for n in self._names]
         self._writers = [tf.io.TFRecordWriter(p) for p in self._tmp]
         self._counts = [0] * num_shards
         self._next = 0
@@ -49,15 +70,22 @@ class ShardWriter:
         self._next = (self._next + 1) % len(self._writers)
 
     def commit(self) -> dict:
-        """Closes, removes the split's older files, renames into place; returns {shard name: count}."""
+        """Publishes the shards and removes the split's stale ones; returns {shard name: count}."""
         for writer in self._writers:
             writer.close()
         final = [posixpath.join(self._output_dir, n) for n in self._names]
-        for old in existing_split_files(self._output_dir, self._split):
-            if old not in final:
-                tf.io.gfile.remove(old)
-        for tmp, path in zip(self._tmp, final):
-            tf.io.gfile.rename(tmp, path, overwrite=True)
+        old_shards = {p: g for p, g in self._existing.items() if parse_shard_name(p)}
+        stale = {p: g for p, g in old_shards.items() if p not in final}
+        if self._stage:
+            expected = {p: g for p, g in self._existing.items() if p in final}
+            gcs.upload(list(zip(self._tmp, final)), expected)
+            gcs.delete(stale)
+            shutil.rmtree(self._stage, ignore_errors=True)
+        else:
+            for path in stale:
+                tf.io.gfile.remove(path)
+            for tmp, path in zip(self._tmp, final):
+                tf.io.gfile.rename(tmp, path, overwrite=True)
         return dict(zip(self._names, self._counts))
 
     def abort(self) -> None:
@@ -65,3 +93,5 @@ class ShardWriter:
             writer.close()
             if tf.io.gfile.exists(tmp):
                 tf.io.gfile.remove(tmp)
+        if self._stage:
+            shutil.rmtree(self._stage, ignore_errors=True)

@@ -239,11 +239,11 @@ class Trainer:
 
 
 def _guard(run, shards):
-    """Runs one loop call; a bad record becomes a DataError naming the shard it came from."""
+    """Runs one loop call; a bad record or a vanished shard becomes a DataError naming the shard."""
     try:
         return run()
-    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as exc:
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as exc:
         where = input_pipeline.find_corrupt_record(shards)
         if where is None:
             raise
-        raise DataError(f"corrupt record in {where}") from exc
+        raise DataError(f"unreadable record in {where}") from exc

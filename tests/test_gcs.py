@@ -1,0 +1,139 @@
+"""Every gs:// path of the product against a real GCS server (fake-gcs-server, see gcs_emulator.py).
+
+The CLIs run as users run them, in subprocesses that see the emulator as storage.googleapis.com.
+Set COLORIZER_REQUIRE_GCS_TESTS=1 (CI does) to fail instead of skipping where it can't start.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tests.conftest import REPO, write_photos
+from tests.gcs_emulator import GcsEmulator, unavailable_reason
+from trainer import gcs
+from trainer.errors import DataError
+
+BUCKET = "colorizer-test"
+ENV = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+    reason = unavailable_reason()
+    if reason:
+        if os.environ.get("COLORIZER_REQUIRE_GCS_TESTS"):
+            pytest.fail(f"GCS emulator required but unavailable: {reason}")
+        pytest.skip(f"GCS emulator unavailable: {reason}")
+    emu = GcsEmulator(str(tmp_path_factory.mktemp("gcs")))
+    emu.client().create_bucket(BUCKET)
+    yield emu
+    emu.close()
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("photos")
+    write_photos(folder, 24)
+    return folder
+
+
+def _run(emu, *args, module="trainer.task"):
+    command = emu.wrap([sys.executable, "-m", module, *args]) if module else emu.wrap([sys.executable, *args])
+    return subprocess.run(command, cwd=REPO, env={**ENV, **emu.env}, capture_output=True, text=True, timeout=600)
+
+
+def _objects(emu, prefix):
+    return sorted(b.name for b in emu.client().list_blobs(BUCKET, prefix=prefix))
+
+
+def test_prepare_train_resume_export_and_serve_from_gcs(emulator, photos, tmp_path):
+    data, run = f"gs://{BUCKET}/e2e/data", f"gs://{BUCKET}/e2e/run"
+    prepared = _run(emulator, f"--input_dir={photos}", f"--output_dir={data}", "--num_shards=2",
+                    "--holdout_fraction=0.25", module="trainer.prepare")
+    assert prepared.returncode == 0, prepared.stderr
+    assert _objects(emulator, "e2e/data/") == [
+        "e2e/data/train-00000-of-00002.tfrecord", "e2e/data/train-00001-of-00002.tfrecord",
+        "e2e/data/train.manifest.json", "e2e/data/validation-00000-of-00001.tfrecord",
+        "e2e/data/validation.manifest.json"]
+    flags = [f"--train_data={data}/train-*", f"--eval_data={data}/validation-*", f"--model_dir={run}/model",
+             f"--export_dir={run}/export", "--base_filters=4", "--batch_size=2", "--patience=0"]
+    trained = _run(emulator, *flags, "--epochs=1")
+    assert trained.returncode == 0, trained.stderr
+    resumed = _run(emulator, *flags, "--epochs=2")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from step" in resumed.stderr
+    objects = _objects(emulator, "e2e/run/")
+    versions = {o.split("/")[3] for o in objects if o.startswith("e2e/run/export/")} - {""}
+    assert len(versions) == 2 and all(v.isdigit() for v in versions), objects
+    assert all(f"e2e/run/export/{v}/saved_model.pb" in objects for v in versions)
+    assert any(o.startswith("e2e/run/model/checkpoints/ckpt-") for o in objects)
+    assert any("/model/logs/train/events.out.tfevents" in o for o in objects)
+    colorized = _run(emulator, f"--local_model={run}/export", str(photos / "photo000.png"),
+                     f"--output_dir={tmp_path}/out", module="trainer.client")
+    assert colorized.returncode == 0, colorized.stderr
+    assert os.path.getsize(tmp_path / "out" / "photo000.png") > 0
+
+
+def test_prepare_never_overwrites_unless_asked(emulator, photos):
+    data = f"gs://{BUCKET}/ow/data"
+    assert _run(emulator, f"--input_dir={photos}", f"--output_dir={data}", "--num_shards=3",
+                module="trainer.prepare").returncode == 0
+    again = _run(emulator, f"--input_dir={photos}", f"--output_dir={data}", module="trainer.prepare")
+    assert again.returncode == 2 and f"{data}/train" in again.stderr and "--overwrite" in again.stderr
+    replaced = _run(emulator, f"--input_dir={photos}", f"--output_dir={data}", "--num_shards=1", "--overwrite",
+                    module="trainer.prepare")
+    assert replaced.returncode == 0, replaced.stderr
+    assert _objects(emulator, "ow/data/") == ["ow/data/train-00000-of-00001.tfrecord", "ow/data/train.manifest.json"]
+
+
+def test_generation_preconditions_stop_a_second_writer(emulator, tmp_path, monkeypatch):
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{emulator.port}")
+    local = tmp_path / "shard"
+    local.write_bytes(b"x" * 1000)
+    target = f"gs://{BUCKET}/race/shard"
+    gcs.upload([(str(local), target)], {})
+    with pytest.raises(DataError, match="changed by another writer"):
+        gcs.upload([(str(local), target)], {})  # expected absent, but it exists now
+    generation = gcs.list_generations(f"gs://{BUCKET}/race", "")[target]
+    with pytest.raises(DataError, match="changed by another writer"):
+        gcs.upload([(str(local), target)], {target: generation + 1})
+    gcs.upload([(str(local), target)], {target: generation})
+    with pytest.raises(DataError, match="gs://no-such-bucket/x: not found"):
+        gcs.upload([(str(local), "gs://no-such-bucket/x")], {})
+
+
+def test_missing_bucket_and_empty_pattern_are_one_line_errors(emulator, photos):
+    prepare = _run(emulator, f"--input_dir={photos}", "--output_dir=gs://no-such-bucket/data",
+                   module="trainer.prepare")
+    assert prepare.returncode == 1 and "gs://no-such-bucket" in prepare.stderr
+    assert "Traceback" not in prepare.stderr
+    for pattern, message in ((f"gs://no-such-bucket/d/train-*", "gs://no-such-bucket/d/train-*"),
+                             (f"gs://{BUCKET}/nothing/train-*", f"no files match gs://{BUCKET}/nothing/train-*")):
+        train = _run(emulator, f"--train_data={pattern}", f"--model_dir=gs://{BUCKET}/m")
+        assert train.returncode == 1 and f"error: {message}" in train.stderr, train.stderr
+        assert "Traceback" not in train.stderr
+
+
+def test_shard_deleted_after_listing_is_a_clear_error(emulator, photos):
+    data = f"gs://{BUCKET}/gone/data"
+    assert _run(emulator, f"--input_dir={photos}", f"--output_dir={data}", "--num_shards=2",
+                module="trainer.prepare").returncode == 0
+    script = textwrap.dedent(f"""
+        from google.cloud import storage
+        import tensorflow as tf
+        from trainer.errors import DataError
+        from trainer.input_pipeline import build_dataset, find_shards
+        from trainer.train import _guard
+        shards = find_shards("{data}/train-*")
+        storage.Client().bucket("{BUCKET}").blob("gone/data/train-00001-of-00002.tfrecord").delete()
+        dataset = build_dataset(shards, 4, "lab", training=False)
+        try:
+            _guard(lambda: [b for b in dataset.take(20)], shards)
+        except DataError as exc:
+            print("DataError:", exc)
+    """)
+    result = _run(emulator, "-c", script, module=None)
+    assert f"DataError: unreadable record in {data}/train-00001-of-00002.tfrecord" in result.stdout, result.stderr

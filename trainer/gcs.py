@@ -1,0 +1,100 @@
+"""Cloud Storage writes for `trainer.prepare`, through google-cloud-storage.
+
+Uploads are verified (CRC32C), resumable for large files, and guarded by generation
+preconditions: an object is only created if it does not exist, or only replaced if it is still the
+version this run listed, so two writers can't silently clobber each other. Credentials are
+Application Default Credentials (Workload Identity on GKE); no key files.
+"""
+
+import concurrent.futures
+import os
+
+from trainer.errors import DataError
+
+_RESUMABLE_CHUNK = 16 * 1024 * 1024  # files above this upload in resumable 16 MiB chunks
+
+
+def is_gcs(path: str) -> bool:
+    return path.startswith("gs://")
+
+
+def split_path(path: str):
+    """gs://bucket/a/b -> ("bucket", "a/b")."""
+    bucket, _, name = path[len("gs://"):].partition("/")
+    if not bucket:
+        raise DataError(f"{path}: no bucket name")
+    return bucket, name
+
+
+def _client():
+    from google.cloud import storage  # imported on first use: local runs never need it
+
+    return storage.Client()
+
+
+def _explain(exc, path: str) -> DataError:
+    """google.api_core errors -> one line naming the path."""
+    from google.api_core import exceptions
+
+    if isinstance(exc, exceptions.NotFound):
+        return DataError(f"{path}: not found (does the bucket gs://{split_path(path)[0]} exist?)")
+    if isinstance(exc, exceptions.Forbidden):
+        return DataError(f"{path}: permission denied; the account needs roles/storage.objectAdmin on the bucket")
+    if isinstance(exc, exceptions.PreconditionFailed):
+        return DataError(f"{path}: changed by another writer while this run was writing; nothing was overwritten")
+    if isinstance(exc, exceptions.Unauthorized):
+        return DataError(f"{path}: no valid credentials (run `gcloud auth application-default login`)")
+    return DataError(f"{path}: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+
+
+def list_generations(directory: str, prefix: str) -> dict:
+    """{object path: generation} of the objects in `directory` whose names start with `prefix`."""
+    from google.api_core import exceptions
+
+    bucket, name = split_path(directory.rstrip("/") + "/")
+    try:
+        blobs = _client().list_blobs(bucket, prefix=name + prefix, delimiter="/")
+        return {f"gs://{bucket}/{b.name}": b.generation for b in blobs}
+    except exceptions.GoogleAPIError as exc:
+        raise _explain(exc, directory) from None
+
+
+def upload(pairs, expected: dict, workers: int = 8) -> None:
+    """Uploads [(local file, gs:// path)] in parallel.
+
+    `expected` maps a destination to the generation it must still have; a destination not in it
+    must not exist yet (generation 0).
+    """
+    client = _client()
+
+    def one(pair):
+        local, remote = pair
+        bucket, name = split_path(remote)
+        chunk = _RESUMABLE_CHUNK if os.path.getsize(local) > _RESUMABLE_CHUNK else None
+        blob = client.bucket(bucket).blob(name, chunk_size=chunk)
+        blob.upload_from_filename(local, checksum="crc32c", if_generation_match=expected.get(remote, 0))
+
+    _run_all(one, pairs, workers, lambda pair: pair[1])
+
+
+def delete(paths: dict, workers: int = 8) -> None:
+    """Deletes {gs:// path: generation}, each only if it is still that generation."""
+    client = _client()
+
+    def one(item):
+        bucket, name = split_path(item[0])
+        client.bucket(bucket).blob(name).delete(if_generation_match=item[1])
+
+    _run_all(one, list(paths.items()), workers, lambda item: item[0])
+
+
+def _run_all(function, items, workers: int, path_of) -> None:
+    from google.api_core import exceptions
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        futures = {pool.submit(function, item): item for item in items}
+        for future in concurrent.futures.as_completed(futures):
+            try:
+                future.result()
+            except exceptions.GoogleAPIError as exc:
+                raise _explain(exc, path_of(futures[future])) from None
