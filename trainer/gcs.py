@@ -39,7 +39,7 @@ def _explain(exc, path: str) -> DataError:
     if isinstance(exc, exceptions.NotFound):
         return DataError(f"{path}: not found (does the bucket gs://{split_path(path)[0]} exist?)")
     if isinstance(exc, exceptions.Forbidden):
-        return DataError(f"{path}: permission denied; the account needs roles/storage.objectAdmin on the bucket")
+        return DataError(f"{path}: permission denied; the account needs roles/storage.objectUser on the bucket")
     if isinstance(exc, exceptions.PreconditionFailed):
         return DataError(f"{path}: changed by another writer while this run was writing; nothing was overwritten")
     if isinstance(exc, exceptions.Unauthorized):
