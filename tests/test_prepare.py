@@ -61,6 +61,13 @@ def test_refuses_to_overwrite_and_overwrite_removes_stale_shards(tmp_path):
                                        "train.manifest.json"]
 
 
+def test_split_named_like_the_default_holdout_gets_its_shards(tmp_path):
+    write_photos(tmp_path / "in", 6)
+    manifests = prepare(str(tmp_path / "in"), str(tmp_path / "out"), split="validation", num_shards=3,
+                        progress=False)
+    assert len(manifests["validation"].shards) == 3
+
+
 def test_holdout_split_is_stable_by_name(tmp_path):
     write_photos(tmp_path / "in", 20)
     manifests = prepare(str(tmp_path / "in"), str(tmp_path / "out"), num_shards=2, holdout_fraction=0.3,

@@ -81,7 +81,7 @@ def prepare(input_dir, output_dir, split="train", num_shards=8, gray_dir=None, h
     assigned = {}
     for name in photos:
         assigned.setdefault(assign_split(name, split, holdout_split, holdout_fraction), []).append(name)
-    shard_counts = {split: num_shards, holdout_split: max(1, math.ceil(num_shards * holdout_fraction))}
+    shard_counts = {holdout_split: max(1, math.ceil(num_shards * holdout_fraction)), split: num_shards}
     existing = {name: existing_split_files(output_dir, name) for name in assigned}
     for name, found in existing.items():
         if found and not overwrite:
