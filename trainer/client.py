@@ -13,7 +13,6 @@ Standard library only on the server path: TensorFlow is imported for `--local_mo
 import http.client
 import json
 import os
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -21,7 +20,7 @@ import urllib.request
 from absl import app, flags
 
 from trainer import rest
-from trainer.errors import ColorizerError, ConfigError, DataError
+from trainer.errors import ColorizerError, ConfigError, DataError, exit_on_user_error
 
 RETRY_STATUSES = (429, 503, 504)
 MAX_BACKOFF_SECONDS = 30.0
@@ -218,19 +217,13 @@ def _client_from_flags() -> Client:
 
 def main(argv):
     files = argv[1:]
-    try:
+    with exit_on_user_error():
         if not files:
             raise ConfigError("no input files (usage: python -m trainer.client [flags] FILE...)")
         client = _client_from_flags()
         version = client.wait_available()
         written = colorize_files(client, files, FLAGS.output_dir, FLAGS.batch_size, FLAGS.overwrite,
                                  report=lambda path: print(f"wrote {path}"))
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except ColorizerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
     print(f"colorized {len(written)} photo(s) with {FLAGS.model_name} version {version}")
 
 

@@ -17,7 +17,6 @@ with the metrics of `trainer.metrics.METRICS`.
 import io
 import json
 import os
-import sys
 
 import numpy as np
 import tensorflow as tf
@@ -25,7 +24,7 @@ from absl import app, flags
 from PIL import Image, ImageDraw
 
 from trainer import metrics
-from trainer.errors import ColorizerError, ConfigError, DataError
+from trainer.errors import ConfigError, DataError, exit_on_user_error
 from trainer.export import METADATA_FILE, decode_gray
 from trainer.images import IMAGE_EXTENSIONS, load_pair
 from trainer.input_pipeline import find_shards
@@ -200,7 +199,7 @@ def _summary(report: dict) -> str:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}", exitcode=2)
-    try:
+    with exit_on_user_error():
         if bool(FLAGS.data) == bool(FLAGS.image_dir):
             raise ConfigError("pass exactly one of --data=PATTERN or --image_dir=DIR")
         if not FLAGS.saved_model or not FLAGS.report_dir:
@@ -209,12 +208,6 @@ def main(argv):
             raise ConfigError("--limit must be at least 0, --batch_size and --sheet_rows at least 1")
         report = evaluate(FLAGS.saved_model, FLAGS.report_dir, FLAGS.data, FLAGS.image_dir, FLAGS.limit,
                           FLAGS.batch_size, FLAGS.sheet_rows)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except ColorizerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
     print(_summary(report))
     print(f"report: {os.path.join(FLAGS.report_dir, REPORT_FILE)} ({report['120']['images']} images)")
     print(f"contact sheet: {os.path.join(FLAGS.report_dir, SHEET_FILE)}")

@@ -15,7 +15,7 @@ import zlib
 from absl import app, flags
 
 from trainer import images
-from trainer.errors import ColorizerError, ConfigError, DataError
+from trainer.errors import ConfigError, DataError, exit_on_user_error
 from trainer.schema import ENCODINGS, IMAGE_SIZE, Manifest, encode_example, manifest_path, shard_name
 from trainer.shard_writer import ShardWriter, existing_split_files, write_text_atomic
 
@@ -137,16 +137,10 @@ def main(argv):
     for name in ("input_dir", "output_dir"):
         if not getattr(FLAGS, name):
             raise app.UsageError(f"--{name} is required", exitcode=2)
-    try:
+    with exit_on_user_error():
         prepare(FLAGS.input_dir, FLAGS.output_dir, FLAGS.split, FLAGS.num_shards, FLAGS.gray_dir,
                 FLAGS.holdout_fraction, FLAGS.holdout_split, FLAGS.encoding, FLAGS.workers, FLAGS.seed,
                 FLAGS.overwrite)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except ColorizerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
 
 
 def run():

@@ -16,7 +16,7 @@ from absl import app, flags, logging
 
 from trainer import distribute
 from trainer.config import TrainConfig
-from trainer.errors import ColorizerError, ConfigError
+from trainer.errors import exit_on_user_error
 from trainer.models import MODELS
 from trainer.preprocess import COLOR_SPACES
 
@@ -115,25 +115,20 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}", exitcode=2)
     stop, strategy = _stop_on_sigterm(), None
-    try:
-        config = config_from_flags()
-        strategy = distribute.build_strategy(FLAGS.strategy, dict(os.environ), FLAGS.peer_timeout_seconds,
-                                             FLAGS.collective_timeout_seconds)
-        result = run(config, strategy, stop.is_set)
-    except PEER_ERRORS as exc:
-        if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-            raise
-        reason = next((line for line in exc.message.splitlines() if "aborted" in line or "timed out" in line),
-                      type(exc).__name__)
-        print(f"error: lost a peer worker ({reason.strip()}); a restart resumes from the last checkpoint",
-              file=sys.stderr)
-        sys.exit(PEER_LOST_EXIT_CODE)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except ColorizerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
+    with exit_on_user_error():
+        try:
+            config = config_from_flags()
+            strategy = distribute.build_strategy(FLAGS.strategy, dict(os.environ), FLAGS.peer_timeout_seconds,
+                                                 FLAGS.collective_timeout_seconds)
+            result = run(config, strategy, stop.is_set)
+        except PEER_ERRORS as exc:
+            if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+                raise
+            reason = next((line for line in exc.message.splitlines() if "aborted" in line or "timed out" in line),
+                          type(exc).__name__)
+            print(f"error: lost a peer worker ({reason.strip()}); a restart resumes from the last checkpoint",
+                  file=sys.stderr)
+            sys.exit(PEER_LOST_EXIT_CODE)
     if result["preempted"]:
         print(f"stopped by signal at step {result['step']}; checkpoint saved in {config.model_dir}")
         sys.exit(PREEMPTED_EXIT_CODE)
