@@ -1,0 +1,143 @@
+"""Input pipeline: raw shard reads vs the trainer's full pipeline, scaling knobs, per-stage costs.
+
+The full pipeline is `trainer.input_pipeline.build_dataset` itself. Its parallelism is fixed
+(AUTOTUNE, interleave cycle min(shards, 16)), so the scaling variants are rebuilt here from the
+same pieces (`_parse`, `preprocess`) with explicit knobs.
+"""
+
+import os
+import tempfile
+
+import tensorflow as tf
+
+from benchmarks import common
+from trainer import input_pipeline, preprocess
+from trainer.prepare import prepare
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def make_shards(photo_dir: str, root: str, encoding: str, num_shards: int) -> input_pipeline.ShardSet:
+    """Runs `trainer.prepare` with `encoding` into `root/encoding`; returns the verified shards."""
+    out = os.path.join(root, encoding)
+    prepare(photo_dir, out, split="train", num_shards=num_shards, encoding=encoding, workers=os.cpu_count() or 1,
+            progress=False)
+    return input_pipeline.find_shards(os.path.join(out, "train-*"))
+
+
+def record_bytes(shards: input_pipeline.ShardSet) -> float:
+    """Mean bytes on disk per example (TFRecord framing and Example proto included)."""
+    return sum(os.path.getsize(f) for f in shards.files) / shards.num_examples
+
+
+def raw_read(shards, batch: int) -> tf.data.Dataset:
+    """The shards' records, read as the pipeline reads them (interleaved, 8 MB buffers), unparsed."""
+    files = tf.data.Dataset.from_tensor_slices(list(shards.files)).repeat()
+    records = files.interleave(lambda f: tf.data.TFRecordDataset(f, buffer_size=8 << 20),
+                               cycle_length=min(len(shards.files), 16), num_parallel_calls=AUTOTUNE,
+                               deterministic=False)
+    return records.batch(batch).prefetch(AUTOTUNE)
+
+
+def variant(shards, batch: int, parallel=AUTOTUNE, cycle: int = 16, threads: int = 0, stage: str = "all"):
+    """`build_dataset`'s training pipeline with explicit knobs, or cut after `stage` for profiling.
+
+    stages: read, parse (Example proto), decode (PNG/raw -> uint8), batch, float (to [0, 1] + flip),
+    all (+ colour-space targets, i.e. the full pipeline).
+    """
+    files = tf.data.Dataset.from_tensor_slices(list(shards.files)).shuffle(len(shards.files)).repeat()
+    ds = files.interleave(lambda f: tf.data.TFRecordDataset(f, buffer_size=8 << 20),
+                          cycle_length=min(len(shards.files), cycle), num_parallel_calls=parallel,
+                          deterministic=False)
+    if stage == "parse":
+        ds = ds.map(lambda r: tf.io.parse_single_example(r, input_pipeline.FEATURES), num_parallel_calls=parallel)
+    elif stage != "read":
+        ds = ds.map(lambda r: input_pipeline._parse(r, shards.encoding), num_parallel_calls=parallel)
+    ds = ds.batch(batch, drop_remainder=True, num_parallel_calls=None if stage == "read" else parallel)
+    if stage in ("float", "all"):
+        def to_model(gray, color):
+            gray, color = input_pipeline._random_flip(preprocess.to_float(gray), preprocess.to_float(color))
+            if stage == "float":
+                return preprocess.model_inputs(gray), color
+            return preprocess.model_inputs(gray), preprocess.model_targets(color, "lab")
+
+        ds = ds.map(to_model, num_parallel_calls=parallel)
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = threads
+    return ds.prefetch(AUTOTUNE).with_options(options)
+
+
+def puller(dataset: tf.data.Dataset, batches: int):
+    """A warmed-up iterator and a function that pulls `batches` batches from it."""
+    iterator = iter(dataset)
+    for _ in range(max(2, batches // 4)):
+        next(iterator)
+
+    def pull():
+        for _ in range(batches):
+            next(iterator)
+
+    return pull
+
+
+def full_pipeline(shards, batch: int) -> tf.data.Dataset:
+    """The trainer's own training pipeline (lab targets, flips, shuffling)."""
+    return input_pipeline.build_dataset(shards, batch, "lab", training=True, augment=True)
+
+
+def measure_encoding(shards, batch: int, batches: int, repeats: int) -> dict:
+    """Raw read vs full pipeline (interleaved), in images/s and MB/s of stored bytes."""
+    per_record = record_bytes(shards)
+    raw_batches = batches * 4
+    seconds = common.interleave({"raw": puller(raw_read(shards, batch), raw_batches),
+                                 "full": puller(full_pipeline(shards, batch), batches)}, repeats)
+    raw_rate = common.median_rate(raw_batches * batch, seconds["raw"])
+    full_rate = common.median_rate(batches * batch, seconds["full"])
+    return {"record_bytes": per_record, "raw_records_per_s": raw_rate, "raw_mb_s": raw_rate * per_record / 1e6,
+            "images_per_s": full_rate, "mb_s": full_rate * per_record / 1e6,
+            "full_over_raw": common.median_ratio(seconds["full"], seconds["raw"], batches, raw_batches)}
+
+
+SCALING = {"threads1_np1_cycle1": dict(parallel=1, cycle=1, threads=1),
+           "np1_cycle8": dict(parallel=1, cycle=8), "np2_cycle8": dict(parallel=2, cycle=8),
+           "autotune_cycle1": dict(cycle=1), "autotune_cycle2": dict(cycle=2),
+           "autotune_cycle8": dict(cycle=8), "autotune_cycle16": dict(cycle=16)}
+STAGES = ("read", "parse", "decode", "batch", "float", "all")
+
+
+def measure_scaling(shards, batch: int, batches: int, repeats: int, names) -> dict:
+    """images/s per parallelism setting in `names`; `threads1_np1_cycle1` is the one-core rate."""
+    pulls = {name: puller(variant(shards, batch, **SCALING[name]), batches) for name in names}
+    seconds = common.interleave(pulls, repeats)
+    return {name: common.median_rate(batches * batch, s) for name, s in seconds.items()}
+
+
+def measure_stages(shards, batch: int, batches: int, repeats: int) -> dict:
+    """Single-thread cost of each stage in microseconds per image (cumulative cut minus the previous)."""
+    pulls = {stage: puller(variant(shards, batch, parallel=1, cycle=1, threads=1, stage=stage), batches)
+             for stage in STAGES}
+    seconds = common.interleave(pulls, repeats)
+    cumulative = {stage: 1e6 / common.median_rate(batches * batch, s) for stage, s in seconds.items()}
+    costs, previous = {}, 0.0
+    for stage in STAGES:
+        costs[stage] = max(0.0, cumulative[stage] - previous)
+        previous = cumulative[stage]
+    return {"us_per_image": costs, "us_per_image_cumulative": cumulative}
+
+
+def run(photo_dir: str, encodings, num_shards: int, batch: int, batches: int, repeats: int, scaling=tuple(SCALING)) -> dict:
+    """All pipeline figures per encoding; the top-level keys describe the default (png) encoding."""
+    result = {"batch": batch, "load_average": common.load_average()}
+    with tempfile.TemporaryDirectory(prefix="colorizer-bench-") as root:
+        for encoding in encodings:
+            shards = make_shards(photo_dir, root, encoding, num_shards)
+            entry = measure_encoding(shards, batch, batches, repeats)
+            entry["num_examples"], entry["num_shards"] = shards.num_examples, len(shards.files)
+            entry["scaling_images_per_s"] = measure_scaling(shards, batch, batches, repeats, scaling)
+            entry["stages"] = measure_stages(shards, batch, batches, repeats)
+            result[encoding] = entry
+    default = result[encodings[0]]
+    result.update(encoding=encodings[0], raw_mb_s=default["raw_mb_s"], images_per_s=default["images_per_s"],
+                  mb_s=default["mb_s"], full_over_raw=default["full_over_raw"],
+                  per_core_images_per_s=default["scaling_images_per_s"]["threads1_np1_cycle1"])
+    return result

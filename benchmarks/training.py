@@ -1,0 +1,142 @@
+"""Training: the real `trainer.train.Trainer` loop vs a bare tf.function step, FLOPs and MFU.
+
+Three variants run interleaved on the same model, optimizer and batch size:
+  * loop: `Trainer._step_functions()` pulling from `Trainer._datasets()` (what `fit` runs);
+  * loop_cached: the same loop fed one in-memory batch, isolating the loop's own overhead from
+    the input pipeline competing for the same CPU cores;
+  * bare: a plain tf.function train step called on one fixed batch.
+"""
+
+import tempfile
+
+import keras
+import tensorflow as tf
+from tensorflow.python.profiler import model_analyzer, option_builder
+
+from benchmarks import common
+from trainer import preprocess
+from trainer.config import TrainConfig
+from trainer.train import Trainer
+
+
+def matmul_peak_flops(size: int, repeats: int) -> float:
+    """This machine's float32 FLOP/s on a large square matmul (the denominator of MFU)."""
+    a = tf.random.normal([size, size])
+    b = tf.random.normal([size, size])
+    matmul = tf.function(lambda x, y: tf.reduce_sum(tf.matmul(x, y)))
+    matmul(a, b).numpy()
+    seconds = [common.timed(lambda: matmul(a, b).numpy()) for _ in range(repeats)]
+    return common.median_rate(2.0 * size**3, seconds)
+
+
+def graph_flops(fn, *specs) -> int:
+    """Float ops the TF profiler counts in `fn`'s graph (Conv2D, its gradients, MatMul, elementwise)."""
+    graph = tf.function(fn).get_concrete_function(*specs).graph
+    options = option_builder.ProfileOptionBuilder.float_operation()
+    options["output"] = "none"
+    return int(model_analyzer.profile(graph, options=options).total_float_ops)
+
+
+def _layers(model):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _layers(layer)
+        else:
+            yield layer
+
+
+def analytic_conv_flops(model: keras.Model) -> int:
+    """Forward multiply-adds x2 of every convolution, per image, counted from layer shapes."""
+    total = 0
+    for layer in _layers(model):
+        if not isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose)):
+            continue
+        kh, kw = layer.kernel_size
+        cin, cout = layer.input.shape[-1], layer.filters
+        transposed = isinstance(layer, keras.layers.Conv2DTranspose)
+        h, w = (layer.input if transposed else layer.output).shape[1:3]
+        total += 2 * h * w * kh * kw * cin * cout
+    return total
+
+
+def model_flops(model: keras.Model, output_channels: int) -> dict:
+    """FLOPs per image: forward and train step (forward + gradients) from the graph, plus the conv check."""
+    image = tf.TensorSpec([1, 120, 120, 3], tf.float32)
+    target = tf.TensorSpec([1, 120, 120, output_channels], tf.float32)
+
+    def loss_and_grads(x, y):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(model(x, training=True) - y))
+        return tape.gradient(loss, model.trainable_variables)
+
+    forward = graph_flops(lambda x: model(x, training=False), image)
+    return {"forward_flops_per_image": forward, "train_flops_per_image": graph_flops(loss_and_grads, image, target),
+            "analytic_conv_forward_flops_per_image": analytic_conv_flops(model)}
+
+
+def make_trainer(shards, model: str, batch: int, base_filters: int, model_dir: str) -> Trainer:
+    """The real Trainer on one CPU device, reading `shards` for both splits."""
+    config = TrainConfig(train_data=shards.pattern, eval_data=shards.pattern, model_dir=model_dir,
+                         export_dir=model_dir + "/export", model=model, batch_size=batch, base_filters=base_filters)
+    return Trainer(config, tf.distribute.OneDeviceStrategy("/cpu:0"), shards, shards)
+
+
+def bare_step(model, optimizer):
+    """The minimal train step: forward, MSE, gradients, Adam update; no strategy, no dataset."""
+
+    @tf.function
+    def step(inputs, targets):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(tf.cast(model(inputs, training=True), tf.float32) - targets))
+        optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+        return loss
+
+    return step
+
+
+def measure_model(shards, model: str, batch: int, base_filters: int, steps: int, repeats: int) -> dict:
+    """Loop / cached loop / bare step images per second (interleaved) and the model's FLOPs."""
+    with tempfile.TemporaryDirectory(prefix="colorizer-bench-train-") as model_dir:
+        trainer = make_trainer(shards, model, batch, base_filters, model_dir)
+        train_ds, _ = trainer._datasets()
+        run_train, _ = trainer._step_functions()
+        strategy = trainer.strategy
+        real = iter(strategy.experimental_distribute_dataset(train_ds))
+        inputs, targets = next(iter(train_ds))
+        cached = iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors((inputs, targets)).repeat()))
+        step = bare_step(trainer.model, trainer.optimizer)
+
+        def bare():
+            for _ in range(steps):
+                loss = step(inputs, targets)
+            loss.numpy()
+
+        variants = {"loop": lambda: float(run_train(real, steps)), "loop_cached": lambda: float(run_train(cached, steps)),
+                    "bare": bare}
+        for fn in variants.values():
+            fn()
+        seconds = common.interleave(variants, repeats)
+        flops = model_flops(trainer.model, preprocess.output_channels(trainer.config.color_space))
+    images = steps * batch
+    result = {f"{name}_images_per_s": common.median_rate(images, s) for name, s in seconds.items()}
+    result.update(flops)
+    result["loop_over_bare"] = common.median_ratio(seconds["loop"], seconds["bare"])
+    result["loop_cached_over_bare"] = common.median_ratio(seconds["loop_cached"], seconds["bare"])
+    result["parameters"] = int(trainer.model.count_params())
+    return result
+
+
+def run(shards, models, batch: int, base_filters: int, steps: int, repeats: int, peak_size: int) -> dict:
+    """Per-model figures; the top-level keys describe the recommended model (the first in `models`)."""
+    result = {"batch": batch, "base_filters": base_filters, "load_average": common.load_average(),
+              "matmul_peak_flop_s": matmul_peak_flops(peak_size, max(3, repeats))}
+    for model in models:
+        entry = measure_model(shards, model, batch, base_filters, steps, repeats)
+        for kind in ("loop", "bare"):
+            entry[f"{kind}_mfu"] = entry[f"{kind}_images_per_s"] * entry["train_flops_per_image"] / result["matmul_peak_flop_s"]
+        result[model] = entry
+    main = result[models[0]]
+    result.update(model=models[0], loop_images_per_s=main["loop_images_per_s"],
+                  bare_step_images_per_s=main["bare_images_per_s"], loop_over_bare=main["loop_over_bare"],
+                  mfu=main["loop_mfu"], flops_per_image=main["train_flops_per_image"])
+    return result

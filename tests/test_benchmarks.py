@@ -1,0 +1,30 @@
+"""Smoke test of benchmarks/run.py --quick: it runs end to end and writes every promised key.
+
+Runs the script in a subprocess (its own TF runtime, no logical-device split from conftest) and
+checks keys and signs only: numbers on a shared 2-core machine are not reproducible.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+KEYS = ("pipeline.raw_mb_s", "pipeline.images_per_s", "pipeline.mb_s", "train.loop_images_per_s",
+        "train.bare_step_images_per_s", "train.mfu", "serving.signature_images_per_s_b16",
+        "serving.model_images_per_s_b16", "serving.p50_ms_b1", "serving.p99_ms_b1")
+
+
+def test_quick_benchmark_writes_all_keys(tmp_path):
+    output = tmp_path / "results.json"
+    subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "run.py"), "--quick", f"--output={output}"],
+                   check=True, cwd=tmp_path, timeout=300, capture_output=True)
+    results = json.loads(output.read_text())
+    flat = results["flat"]
+    for key in KEYS:
+        assert flat[key] > 0, key
+    assert results["machine"]["cores"] >= 1 and results["machine"]["tf_version"]
+    assert results["machine"]["cpu_model"] and results["machine"]["load_average_start"] >= 0
+    assert flat["serving.p99_ms_b1"] >= flat["serving.p50_ms_b1"]
+    assert flat["train.flops_per_image"] > 0
