@@ -14,7 +14,6 @@ setup(
     install_requires=[
         "tensorflow>=2.21,<2.22",
         "tensorboard>=2.21,<2.22",  # tf.summary needs it; TF 2.21 no longer pulls it in
-        "tensorflow-io>=0.37.1,<0.38",  # pure-TF Lab colour ops
         "absl-py>=2.1",
         "numpy>=1.26",
         "pillow>=10.0",
@@ -27,6 +26,7 @@ setup(
         "test": [
             "pytest>=8.0",
             "scikit-image>=0.24",
+            "tensorflow-io>=0.37.1,<0.38",  # the reference our Lab conversion is tested against
             # Offline checks of docker/, k8s/ and skaffold.yaml (tests/test_manifests.py). checkov is
             # not here: it pins python-dateutil<3, which recent kubernetes releases refuse (scripts/lint_k8s.sh).
             "pyyaml>=6.0",

