@@ -64,8 +64,8 @@ def config_from_flags(environ=os.environ) -> TrainConfig:
         export_dir=FLAGS.export_dir or environ.get("AIP_MODEL_DIR") or os.path.join(DEFAULT_RUN_DIR, "export"),
         log_dir=FLAGS.tensorboard_dir or environ.get("AIP_TENSORBOARD_LOG_DIR") or "",
         model=FLAGS.model, color_space=FLAGS.color_space, loss=FLAGS.loss, base_filters=FLAGS.base_filters,
-        sync_batchnorm=FLAGS.sync_batchnorm, epochs=FLAGS.epochs,
-        batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate, lr_schedule=FLAGS.lr_schedule, patience=FLAGS.patience,
+        sync_batchnorm=FLAGS.sync_batchnorm, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
+        learning_rate=FLAGS.learning_rate, lr_schedule=FLAGS.lr_schedule, patience=FLAGS.patience,
         augment=FLAGS.augment, checkpoint_every_steps=FLAGS.checkpoint_every_steps,
         mixed_precision=FLAGS.mixed_precision, jit_compile=FLAGS.jit_compile, seed=FLAGS.seed)
 

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The reproducible quality run of issue 7: train the seed recipe and the default (recommended)
+# configuration with the same budget, score both and the gray baseline on photos no model saw,
+# and write docs/QUALITY.md plus a contact sheet.
+#   scripts/quality.sh                      # data from ../shared/data, runs under runs/quality
+#   DATA_ROOT=/data OUT=/tmp/q scripts/quality.sh
+# Budget: 10 epochs over cbsd432 (432 photos an epoch). Validation and scores: cbsd68; the
+# scores at full resolution go through the exported serving_default signature.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python}
+DATA_ROOT=${DATA_ROOT:-../shared/data}
+OUT=${OUT:-runs/quality}
+EPOCHS=${EPOCHS:-10}
+start=$(date +%s)
+
+"$PYTHON" -m trainer.prepare --input_dir="$DATA_ROOT/cbsd432" --output_dir="$OUT/data" --split=train \
+    --num_shards=4 --encoding=raw --overwrite
+"$PYTHON" -m trainer.prepare --input_dir="$DATA_ROOT/cbsd68" --output_dir="$OUT/data" --split=validation \
+    --num_shards=1 --encoding=raw --overwrite
+
+# train_and_score NAME [trainer flags]: a fresh run (no resume), exported, then scored on cbsd68.
+train_and_score() {
+    local name=$1 run_start
+    shift
+    run_start=$(date +%s)
+    rm -rf "${OUT:?}/$name"
+    "$PYTHON" -m trainer.task --train_data="$OUT/data/train-*" --eval_data="$OUT/data/validation-*" \
+        --model_dir="$OUT/$name/model" --export_dir="$OUT/$name/export" --epochs="$EPOCHS" --seed=1 "$@"
+    "$PYTHON" -m trainer.evaluate --image_dir="$DATA_ROOT/cbsd68" --report_dir="$OUT/$name/report" \
+        --saved_model="$(ls -d "$OUT/$name"/export/[0-9]* | sort | tail -1)"
+    echo "$name: $(( $(date +%s) - run_start ))s" | tee -a "$OUT/timings.txt"
+}
+
+: > "$OUT/timings.txt"
+train_and_score recommended                                   # the trainer's default flags
+train_and_score seed --model=autoencoder --color_space=rgb    # the seed notebook's recipe
+
+"$PYTHON" scripts/quality_table.py --output=docs/QUALITY.md --sheet=docs/quality_contact_sheet.png \
+    --wall_seconds=$(( $(date +%s) - start )) --timings="$OUT/timings.txt" \
+    "seed recipe (autoencoder, rgb)=$OUT/seed/report" "recommended (default flags)=$OUT/recommended/report"
