@@ -4,6 +4,7 @@
 # and write docs/QUALITY.md plus a contact sheet.
 #   scripts/quality.sh                      # data from ../shared/data, runs under runs/quality
 #   DATA_ROOT=/data OUT=/tmp/q scripts/quality.sh
+#   MODELS=seed scripts/quality.sh          # (re)train only these; the table uses every report in OUT
 # Budget: 10 epochs over cbsd432 (432 photos an epoch). Validation and scores: cbsd68; the
 # scores at full resolution go through the exported serving_default signature.
 set -euo pipefail
@@ -12,6 +13,7 @@ PYTHON=${PYTHON:-python}
 DATA_ROOT=${DATA_ROOT:-../shared/data}
 OUT=${OUT:-runs/quality}
 EPOCHS=${EPOCHS:-10}
+MODELS=${MODELS:-recommended seed}
 start=$(date +%s)
 
 "$PYTHON" -m trainer.prepare --input_dir="$DATA_ROOT/cbsd432" --output_dir="$OUT/data" --split=train \
@@ -32,10 +34,16 @@ train_and_score() {
     echo "$name: $(( $(date +%s) - run_start ))s" | tee -a "$OUT/timings.txt"
 }
 
-: > "$OUT/timings.txt"
-train_and_score recommended                                   # the trainer's default flags
-train_and_score seed --model=autoencoder --color_space=rgb    # the seed notebook's recipe
+touch "$OUT/timings.txt"
+for name in $MODELS; do
+    case $name in
+        recommended) train_and_score recommended ;;                               # the trainer's default flags
+        seed) train_and_score seed --model=autoencoder --color_space=rgb ;;       # the seed notebook's recipe
+        *) echo "unknown model $name (recommended, seed)" >&2; exit 2 ;;
+    esac
+done
 
+echo "quality.sh MODELS=$MODELS: $(( $(date +%s) - start ))s" | tee -a "$OUT/timings.txt"
 "$PYTHON" scripts/quality_table.py --output=docs/QUALITY.md --sheet=docs/quality_contact_sheet.png \
-    --wall_seconds=$(( $(date +%s) - start )) --timings="$OUT/timings.txt" \
+    --timings="$OUT/timings.txt" ${NOTES:+--notes="$NOTES"} \
     "seed recipe (autoencoder, rgb)=$OUT/seed/report" "recommended (default flags)=$OUT/recommended/report"
