@@ -44,3 +44,10 @@ def test_writes_table_sheet_and_notes(tmp_path):
     assert "| best | 22.00 | 0.910 | 35.0 (70%) |" in text and "| met |" in text
     assert "10.0 min" in text and "![gray | model | truth](sheet.png)" in text and text.endswith("## Experiments\n")
     assert Image.open(sheet).size == (360, 16 + 8 * 120)
+
+
+def test_missing_reports_are_skipped(tmp_path):
+    seed = _report(tmp_path / "seed", _metrics(13.0, 0.4, 10.0))
+    out = tmp_path / "QUALITY.md"
+    quality_table.main([f"seed={seed}", f"best={tmp_path / 'none'}", f"--output={out}", f"--sheet={tmp_path / 's.png'}"])
+    assert "| seed |" in out.read_text() and "| best |" not in out.read_text()
