@@ -110,7 +110,7 @@ def test_missing_bucket_and_empty_pattern_are_one_line_errors(emulator, photos):
                    module="trainer.prepare")
     assert prepare.returncode == 1 and "gs://no-such-bucket" in prepare.stderr
     assert "Traceback" not in prepare.stderr
-    for pattern, message in ((f"gs://no-such-bucket/d/train-*", "gs://no-such-bucket/d/train-*"),
+    for pattern, message in (("gs://no-such-bucket/d/train-*", "gs://no-such-bucket/d/train-*"),
                              (f"gs://{BUCKET}/nothing/train-*", f"no files match gs://{BUCKET}/nothing/train-*")):
         train = _run(emulator, f"--train_data={pattern}", f"--model_dir=gs://{BUCKET}/m")
         assert train.returncode == 1 and f"error: {message}" in train.stderr, train.stderr

@@ -64,3 +64,29 @@ def test_lab_prediction_upsampled_to_gray_resolution():
 def test_model_inputs_replicate_gray():
     gray = tf.random.uniform([2, 5, 5, 1])
     assert preprocess.model_inputs(gray).shape == (2, 5, 5, 3)
+
+
+def test_ab_bins_cover_the_srgb_gamut():
+    bins = preprocess.ab_bins()
+    assert 200 < len(bins) < 400 and preprocess.output_channels("lab", classify=True) == len(bins)
+    ab = preprocess.rgb_to_lab(tf.constant(_colours(), tf.float32)).numpy()[:, 1:]
+    nearest = np.min(np.linalg.norm(ab[:, None] - bins[None], axis=-1), axis=1)
+    assert nearest.max() <= preprocess.AB_BIN_SIZE / np.sqrt(2) + 0.5
+
+
+def test_annealed_mean_decode_lies_between_mean_and_mode():
+    bins = preprocess.ab_bins() / preprocess.AB_SCALE
+    logits = np.zeros(len(bins), np.float32)
+    peak, other = int(np.argmax(bins[:, 0])), int(np.argmin(np.abs(bins).sum(-1)))
+    logits[[peak, other]] = [3.0, 2.5]
+    annealed = preprocess.decode_bins(tf.constant(logits)).numpy()
+    mean = preprocess.decode_bins(tf.constant(logits), temperature=1.0).numpy()
+    mode = bins[peak]
+    assert mean[0] < annealed[0] < mode[0]
+    np.testing.assert_allclose(preprocess.decode_bins(tf.constant(logits), temperature=1e-3).numpy(), mode, atol=1e-4)
+
+
+def test_bin_logits_become_rgb_at_the_gray_resolution():
+    logits = tf.zeros([1, 12, 12, len(preprocess.ab_bins())])
+    rgb = preprocess.predictions_to_rgb(logits, tf.random.uniform([1, 40, 60, 1]), "lab")
+    assert rgb.shape == (1, 40, 60, 3) and np.all(np.isfinite(rgb.numpy()))

@@ -8,7 +8,8 @@ import tensorflow as tf
 from trainer.config import TrainConfig
 from trainer.errors import ConfigError, DataError
 from trainer.input_pipeline import find_shards
-from trainer.train import Trainer
+from trainer import preprocess
+from trainer.train import Trainer, learning_rate
 
 
 def _config(shards_dir, tmp_path, **overrides):
@@ -74,3 +75,27 @@ def test_invalid_config_is_rejected(shards_dir, tmp_path):
         _config(shards_dir, tmp_path, batch_size=0)
     with pytest.raises(ConfigError, match="--color_space='hsv'"):
         _config(shards_dir, tmp_path, color_space="hsv")
+
+
+def test_classification_loss_and_cosine_schedule_train(shards_dir, tmp_path, mirrored):
+    config = _config(shards_dir, tmp_path, loss="classification", lr_schedule="cosine", epochs=1)
+    trainer = _trainer(config, mirrored)
+    assert trainer.model.output_shape[-1] == len(preprocess.ab_bins())
+    result = trainer.fit()
+    assert result["step"] == 3 and np.isfinite(result["best_val_loss"])
+    assert float(trainer.optimizer.learning_rate) == pytest.approx(0.0, abs=1e-9)  # decayed by the last step
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero(shards_dir, tmp_path):
+    schedule = learning_rate(_config(shards_dir, tmp_path, lr_schedule="cosine", epochs=4), steps_per_epoch=10)
+    assert float(schedule(0)) == 0.0 and float(schedule(10)) == pytest.approx(1e-3)
+    assert float(schedule(25)) < 1e-3 and float(schedule(40)) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_loss_and_schedule_are_validated(shards_dir, tmp_path):
+    with pytest.raises(ConfigError, match="needs --color_space=lab"):
+        _config(shards_dir, tmp_path, loss="classification", color_space="rgb")
+    with pytest.raises(ConfigError, match="--loss='hinge'"):
+        _config(shards_dir, tmp_path, loss="hinge")
+    with pytest.raises(ConfigError, match="--lr_schedule='step'"):
+        _config(shards_dir, tmp_path, lr_schedule="step")

@@ -4,8 +4,11 @@ import dataclasses
 from typing import Optional
 
 from trainer.errors import ConfigError
+from trainer.losses import LOSSES
 from trainer.models import MODELS
 from trainer.preprocess import COLOR_SPACES
+
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -17,11 +20,13 @@ class TrainConfig:
     log_dir: str = ""  # TensorBoard; empty: {model_dir}/logs
     model: str = "unet"
     color_space: str = "lab"
+    loss: str = "mse"  # see trainer/losses.py; classification needs color_space=lab
     base_filters: int = 32
     sync_batchnorm: bool = False  # U-Net batch statistics over all replicas
     epochs: int = 10
     batch_size: int = 32  # per replica; the global batch is this times the replica count
     learning_rate: float = 1e-3
+    lr_schedule: str = "constant"  # or "cosine": one warmup epoch, then cosine decay to 0 at the last step
     patience: int = 3  # early stopping on validation loss, as in the seed
     augment: bool = True
     shuffle_buffer: int = 2048
@@ -40,6 +45,12 @@ class TrainConfig:
             raise ConfigError(f"--model={self.model!r}: choose one of {', '.join(MODELS)}")
         if self.color_space not in COLOR_SPACES:
             raise ConfigError(f"--color_space={self.color_space!r}: choose one of {', '.join(COLOR_SPACES)}")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"--loss={self.loss!r}: choose one of {', '.join(LOSSES)}")
+        if self.loss == "classification" and self.color_space != "lab":
+            raise ConfigError("--loss=classification predicts a*b* bins: it needs --color_space=lab")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"--lr_schedule={self.lr_schedule!r}: choose one of {', '.join(LR_SCHEDULES)}")
         for name in ("epochs", "batch_size", "base_filters"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name}={getattr(self, name)}: must be at least 1")

@@ -8,14 +8,54 @@ an RGB image depend on the colour space:
     structure comes from the input and only chroma is learned.
 """
 
+import functools
+
+import numpy as np
 import tensorflow as tf
 
 COLOR_SPACES = ("rgb", "lab")
 AB_SCALE = 128.0  # a*, b* of sRGB colours lie within about [-128, 127]
+AB_BIN_SIZE = 10.0  # a*b* quantisation step of the classification head (Zhang et al. 2016)
+ANNEAL_TEMPERATURE = 0.38  # annealed-mean decode: between the mean (1, desaturated) and the mode (0, noisy)
 
 
-def output_channels(color_space: str) -> int:
-    return 3 if color_space == "rgb" else 2
+def output_channels(color_space: str, classify: bool = False) -> int:
+    """3 (RGB), 2 (a*b* / 128), or one logit per in-gamut a*b* bin for the classification head."""
+    if color_space == "rgb":
+        return 3
+    return len(ab_bins()) if classify else 2
+
+
+def _srgb_to_ab_numpy(rgb: np.ndarray) -> np.ndarray:
+    """sRGB in [0, 1] [..., 3] -> CIE a*b* (D65), in NumPy so the bin table is built without TF ops."""
+    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    xyz = linear @ np.array([[0.412453, 0.212671, 0.019334], [0.357580, 0.715160, 0.119193],
+                             [0.180423, 0.072169, 0.950227]]) / np.array([0.950456, 1.0, 1.088754])
+    f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16.0 / 116.0)
+    return np.stack([500.0 * (f[..., 0] - f[..., 1]), 200.0 * (f[..., 1] - f[..., 2])], axis=-1)
+
+
+@functools.lru_cache(maxsize=None)
+def ab_bins() -> np.ndarray:
+    """Centres [Q, 2] of the AB_BIN_SIZE grid cells that some sRGB colour falls in (Q is about 300).
+
+    Fixed by the colour space alone, so training and every export agree on what each logit means.
+    """
+    axis = np.linspace(0.0, 1.0, 48)
+    rgb = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1).reshape(-1, 3)
+    cells = np.unique(np.round(_srgb_to_ab_numpy(rgb) / AB_BIN_SIZE).astype(np.int64), axis=0)
+    return (cells * AB_BIN_SIZE).astype(np.float32)
+
+
+def decode_bins(logits: tf.Tensor, temperature: float = None) -> tf.Tensor:
+    """Bin logits [..., Q] -> a*b* / 128 [..., 2] by the annealed mean of Zhang et al. (2016).
+
+    softmax(logits / T) equals the re-normalised p^(1/T); its expectation over the bin centres
+    keeps most of the mode's saturation without the mode's speckle.
+    """
+    temperature = ANNEAL_TEMPERATURE if temperature is None else temperature
+    probabilities = tf.nn.softmax(tf.cast(logits, tf.float32) / temperature, axis=-1)
+    return tf.tensordot(probabilities, tf.constant(ab_bins() / AB_SCALE), axes=[[-1], [0]])
 
 
 _XYZ_FROM_RGB = ((0.412453, 0.357580, 0.180423), (0.212671, 0.715160, 0.072169), (0.019334, 0.119193, 0.950227))
@@ -83,8 +123,12 @@ def predictions_to_rgb(prediction: tf.Tensor, gray: tf.Tensor, color_space: str)
 
     `gray` may be larger than the prediction (serving a full-resolution photo): chroma is upsampled
     and joined with the full-resolution L*, so the result stays sharp. RGB predictions are resized.
+    A `lab` prediction with more than two channels is the classification head's bin logits,
+    decoded to a*b* first (the channel count is static, so this is decided when tracing).
     """
     prediction = tf.cast(prediction, tf.float32)
+    if color_space == "lab" and prediction.shape[-1] != 2:
+        prediction = decode_bins(prediction)
     size = tf.shape(gray)[-3:-1]
     if color_space == "rgb":
         return tf.clip_by_value(tf.image.resize(prediction, size, method="bilinear"), 0.0, 1.0)

@@ -15,8 +15,9 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from trainer import distribute
-from trainer.config import TrainConfig
+from trainer.config import LR_SCHEDULES, TrainConfig
 from trainer.errors import exit_on_user_error
+from trainer.losses import LOSSES
 from trainer.models import MODELS
 from trainer.preprocess import COLOR_SPACES
 
@@ -35,11 +36,13 @@ flags.DEFINE_string("export_dir", None, "SavedModel versions [$AIP_MODEL_DIR or 
 flags.DEFINE_string("tensorboard_dir", None, "TensorBoard logs [$AIP_TENSORBOARD_LOG_DIR or {model_dir}/logs].")
 flags.DEFINE_enum("model", "unet", MODELS, "autoencoder: the seed's model; unet: skip connections.")
 flags.DEFINE_enum("color_space", "lab", COLOR_SPACES, "rgb: predict RGB (the seed); lab: predict a*b*, keep L*.")
+flags.DEFINE_enum("loss", "mse", LOSSES, "mse, l1, huber on the targets, or classification over a*b* bins (lab).")
 flags.DEFINE_integer("base_filters", 32, "Filters of the U-Net's first level (doubled at each level).")
 flags.DEFINE_bool("sync_batchnorm", False, "U-Net batch statistics over the global batch, not each replica's.")
 flags.DEFINE_integer("epochs", 10, "Epochs (passes over the training split).")
 flags.DEFINE_integer("batch_size", 32, "Batch size PER REPLICA; the global batch is this times the replicas.")
 flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate (the seed's 1e-3).")
+flags.DEFINE_enum("lr_schedule", "constant", LR_SCHEDULES, "constant, or cosine: a warmup epoch, then decay to 0.")
 flags.DEFINE_integer("patience", 3, "Early stopping: epochs without validation improvement (0: off).")
 flags.DEFINE_bool("augment", True, "Random left-right flips of training pairs.")
 flags.DEFINE_integer("checkpoint_every_steps", 0, "Also checkpoint every N steps (0: at epoch ends only).")
@@ -60,9 +63,9 @@ def config_from_flags(environ=os.environ) -> TrainConfig:
         train_data=FLAGS.train_data, eval_data=FLAGS.eval_data, model_dir=model_dir,
         export_dir=FLAGS.export_dir or environ.get("AIP_MODEL_DIR") or os.path.join(DEFAULT_RUN_DIR, "export"),
         log_dir=FLAGS.tensorboard_dir or environ.get("AIP_TENSORBOARD_LOG_DIR") or "",
-        model=FLAGS.model, color_space=FLAGS.color_space, base_filters=FLAGS.base_filters,
-        sync_batchnorm=FLAGS.sync_batchnorm, epochs=FLAGS.epochs,
-        batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate, patience=FLAGS.patience,
+        model=FLAGS.model, color_space=FLAGS.color_space, loss=FLAGS.loss, base_filters=FLAGS.base_filters,
+        sync_batchnorm=FLAGS.sync_batchnorm, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
+        learning_rate=FLAGS.learning_rate, lr_schedule=FLAGS.lr_schedule, patience=FLAGS.patience,
         augment=FLAGS.augment, checkpoint_every_steps=FLAGS.checkpoint_every_steps,
         mixed_precision=FLAGS.mixed_precision, jit_compile=FLAGS.jit_compile, seed=FLAGS.seed)
 

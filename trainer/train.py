@@ -14,7 +14,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from trainer import input_pipeline, preprocess, summaries
+from trainer import input_pipeline, losses, preprocess, summaries
 from trainer.config import TrainConfig
 from trainer.errors import DataError
 from trainer.models import build_model
@@ -34,8 +34,24 @@ class _State:
         self.bad_epochs = tf.Variable(0, dtype=tf.int64, trainable=False, name="bad_epochs")
 
 
-def build_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
-    optimizer = keras.optimizers.Adam(config.learning_rate)
+_PRIOR_BATCHES = 64  # batches of training targets counted for the classification loss's bin prior
+
+
+def learning_rate(config: TrainConfig, steps_per_epoch: int):
+    """The Adam learning rate: constant (the seed's), or one warmup epoch then cosine decay to 0.
+
+    A schedule is a function of the optimizer's step counter, so a resumed run continues on it.
+    """
+    if config.lr_schedule == "constant":
+        return config.learning_rate
+    total = config.epochs * steps_per_epoch
+    warmup = min(steps_per_epoch, total // 2)
+    return keras.optimizers.schedules.CosineDecay(0.0, max(1, total - warmup), warmup_target=config.learning_rate,
+                                                  warmup_steps=warmup)
+
+
+def build_optimizer(config: TrainConfig, steps_per_epoch: int = 1) -> keras.optimizers.Optimizer:
+    optimizer = keras.optimizers.Adam(learning_rate(config, steps_per_epoch))
     if config.mixed_precision:
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
@@ -74,9 +90,9 @@ class Trainer:
         if config.mixed_precision:
             keras.mixed_precision.set_global_policy("mixed_float16")
         with strategy.scope():
-            self.model = build_model(config.model, preprocess.output_channels(config.color_space), config.base_filters,
-                                     config.sync_batchnorm)
-            self.optimizer = build_optimizer(config)
+            channels = preprocess.output_channels(config.color_space, config.loss == "classification")
+            self.model = build_model(config.model, channels, config.base_filters, config.sync_batchnorm)
+            self.optimizer = build_optimizer(config, self.steps_per_epoch)
             self.optimizer.build(self.model.trainable_variables)
             self.state = _State()
         checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, epoch=self.state.epoch,
@@ -118,12 +134,25 @@ class Trainer:
 
         return build(self.train_shards, True), build(self.eval_shards, False)
 
+    def _bin_weights(self):
+        """Class-rebalancing weights for the classification loss, from the first training batches.
+
+        Read in file order from the shards themselves (not the distributed dataset), so every worker
+        computes the same weights.
+        """
+        if self.config.loss != "classification":
+            return None
+        dataset = input_pipeline.build_dataset(self.train_shards, self.global_batch, self.config.color_space,
+                                               training=False)
+        batches = min(_PRIOR_BATCHES, max(1, self.train_shards.num_examples // self.global_batch))
+        return losses.rebalancing_weights(losses.count_bins(dataset, batches))
+
     def _step_functions(self):
         model, optimizer, strategy, global_batch = self.model, self.optimizer, self.strategy, self.global_batch
+        loss_name, bin_weights = self.config.loss, self._bin_weights()
 
         def per_example_loss(inputs, targets, training):
-            predictions = tf.cast(model(inputs, training=training), tf.float32)
-            return tf.reduce_mean(tf.square(predictions - targets), axis=[1, 2, 3])
+            return losses.per_example_loss(loss_name, model(inputs, training=training), targets, bin_weights)
 
         def train_step(inputs, targets):
             with tf.GradientTape() as tape:

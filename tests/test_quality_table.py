@@ -1,0 +1,53 @@
+import importlib.util
+import json
+import os
+
+import numpy as np
+from PIL import Image
+
+from tests.conftest import REPO
+
+_spec = importlib.util.spec_from_file_location("quality_table", os.path.join(REPO, "scripts", "quality_table.py"))
+quality_table = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(quality_table)
+
+
+def _metrics(psnr, ssim, colourfulness):
+    return {"psnr": psnr, "ssim": ssim, "colourfulness": colourfulness, "delta_e_2000": 5.0}
+
+
+def _report(folder, model):
+    os.makedirs(folder)
+    section = {"images": 2, "truth_colourfulness": 50.0, "model": model, "gray": _metrics(20.0, 0.9, 0.0)}
+    with open(os.path.join(folder, "metrics.json"), "w") as handle:
+        json.dump({"120": section, "full": section}, handle)
+    Image.fromarray(np.zeros((16 + 10 * 120, 360, 3), np.uint8)).save(os.path.join(folder, "contact_sheet.png"))
+    return str(folder)
+
+
+def test_goals_name_what_misses():
+    gray = _metrics(20.0, 0.9, 0.0)
+    assert quality_table.goals(_metrics(22.0, 0.91, 35.0), gray, 50.0) == "met"
+    assert quality_table.goals(_metrics(21.0, 0.8, 10.0), gray, 50.0) == \
+        "misses: PSNR -0.50 dB, SSIM -0.100, colourfulness 20% < 60%"
+
+
+def test_writes_table_sheet_and_notes(tmp_path):
+    seed = _report(tmp_path / "seed", _metrics(13.0, 0.4, 10.0))
+    best = _report(tmp_path / "best", _metrics(22.0, 0.91, 35.0))
+    (tmp_path / "notes.md").write_text("## Experiments\n")
+    out, sheet = tmp_path / "QUALITY.md", tmp_path / "sheet.png"
+    quality_table.main([f"seed={seed}", f"best={best}", f"--output={out}", f"--sheet={sheet}", "--wall_seconds=600",
+                        f"--notes={tmp_path / 'notes.md'}"])
+    text = out.read_text()
+    assert "| gray input returned as is | 20.00 | 0.900 | 0.0 (0%)" in text
+    assert "| best | 22.00 | 0.910 | 35.0 (70%) |" in text and "| met |" in text
+    assert "10.0 min" in text and "![gray | model | truth](sheet.png)" in text and text.endswith("## Experiments\n")
+    assert Image.open(sheet).size == (360, 16 + 8 * 120)
+
+
+def test_missing_reports_are_skipped(tmp_path):
+    seed = _report(tmp_path / "seed", _metrics(13.0, 0.4, 10.0))
+    out = tmp_path / "QUALITY.md"
+    quality_table.main([f"seed={seed}", f"best={tmp_path / 'none'}", f"--output={out}", f"--sheet={tmp_path / 's.png'}"])
+    assert "| seed |" in out.read_text() and "| best |" not in out.read_text()
