@@ -6,8 +6,8 @@
 #   DATA_ROOT=/data OUT=/tmp/q scripts/quality.sh
 #   MODELS=seed scripts/quality.sh          # (re)train only these; the table uses every report in OUT
 # Budget: 10 epochs over cbsd432 (432 photos an epoch). Validation and scores: cbsd68; the
-# scores at full resolution go through the exported serving_default signature. About 25 minutes
-# on 2 CPU cores (the seed's autoencoder 18 of them).
+# scores at full resolution go through the exported serving_default signature. About 13 minutes
+# on 2 CPU cores (25 when other jobs share them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
