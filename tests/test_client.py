@@ -213,7 +213,7 @@ def test_cli_server_error_is_one_line_and_exit_1(fake, tmp_path):
     fake.on("POST", f"{PATH}:predict", BAD_IMAGE)
     files = [str(tmp_path / n) for n in write_photos(tmp_path, 1)]
     run = _cli(f"--server={fake.url}", f"--output_dir={tmp_path}/out", *files)
-    assert run.returncode == 1, run.stderr
+    assert run.returncode == 3, run.stderr
     assert run.stderr.strip().splitlines()[-1].startswith("error: HTTP 400: Unknown image file format")
     assert "Traceback" not in run.stderr
 
@@ -239,4 +239,4 @@ def test_cli_local_model_writes_png_at_input_size(tmp_path):
     assert "wrote out/photo.png" in run.stdout
     assert tf.io.decode_png((tmp_path / "out" / "photo.png").read_bytes()).shape == (48, 64, 3)
     again = _cli(f"--local_model={export_dir}", "photo.jpg", "--output_dir=out", cwd=tmp_path)
-    assert again.returncode == 1 and "error: out/photo.png exists (pass --overwrite" in again.stderr
+    assert again.returncode == 3 and "error: out/photo.png exists (pass --overwrite" in again.stderr

@@ -108,12 +108,12 @@ def test_generation_preconditions_stop_a_second_writer(emulator, tmp_path, monke
 def test_missing_bucket_and_empty_pattern_are_one_line_errors(emulator, photos):
     prepare = _run(emulator, f"--input_dir={photos}", "--output_dir=gs://no-such-bucket/data",
                    module="trainer.prepare")
-    assert prepare.returncode == 1 and "gs://no-such-bucket" in prepare.stderr
+    assert prepare.returncode == 3 and "gs://no-such-bucket" in prepare.stderr
     assert "Traceback" not in prepare.stderr
     for pattern, message in (("gs://no-such-bucket/d/train-*", "gs://no-such-bucket/d/train-*"),
                              (f"gs://{BUCKET}/nothing/train-*", f"no files match gs://{BUCKET}/nothing/train-*")):
         train = _run(emulator, f"--train_data={pattern}", f"--model_dir=gs://{BUCKET}/m")
-        assert train.returncode == 1 and f"error: {message}" in train.stderr, train.stderr
+        assert train.returncode == 3 and f"error: {message}" in train.stderr, train.stderr
         assert "Traceback" not in train.stderr
 
 

@@ -67,7 +67,7 @@ def test_no_flags_trains_on_bundled_sample(tmp_path):
 
 def test_pattern_matching_nothing_is_one_line_error(tmp_path):
     run = _cli("trainer.task", f"--train_data={tmp_path}/nothing-*.tfrecord", f"--model_dir={tmp_path}/m")
-    assert run.returncode == 1
+    assert run.returncode == 3
     assert f"error: no files match {tmp_path}/nothing-*.tfrecord" in run.stderr
     assert "Traceback" not in run.stderr and not os.path.exists(tmp_path / "m")
 

@@ -20,7 +20,7 @@ import urllib.request
 from absl import app, flags
 
 from trainer import rest
-from trainer.errors import ColorizerError, ConfigError, DataError, exit_on_user_error
+from trainer.errors import ColorizerError, ConfigError, DataError, exit_on_user_error, parse_flags_or_exit
 
 RETRY_STATUSES = (429, 503, 504)
 MAX_BACKOFF_SECONDS = 30.0
@@ -230,7 +230,7 @@ def main(argv):
 def run():
     """Console-script entry point (`colorizer-client`)."""
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=parse_flags_or_exit)
 
 
 if __name__ == "__main__":

@@ -1,29 +1,63 @@
-"""Errors that CLIs turn into a one-line message and a non-zero exit instead of a traceback."""
+"""Errors that CLIs turn into a one-line message and a documented exit code instead of a traceback.
+
+The exit codes are a contract with the cluster (k8s/ podFailurePolicy, TFJob's ExitCode policy,
+docs/KUBERNETES.md "Exit codes"): user errors are permanent and fail a Job at once; codes >= 128
+are retriable (TFJob's rule) and mean "a restart resumes from the last checkpoint".
+"""
 
 import contextlib
 import sys
+
+EXIT_UNEXPECTED = 1  # an uncaught exception (Python's own code): counts against the Job's backoffLimit
+EXIT_CONFIG = 2  # bad flags or configuration: permanent, a restart would fail the same way
+EXIT_DATA = 3  # input data missing, incomplete or corrupt: permanent
+EXIT_PREEMPTED = 143  # 128 + SIGTERM: stopped on a signal (this worker's or a peer's), checkpoint saved
+EXIT_PEER_LOST = 144  # a peer worker died or stopped answering; restarting all workers resumes
+EXIT_TRANSIENT = 145  # infrastructure trouble that outlasted the retries (storage 5xx, a peer not up yet)
+PERMANENT_EXIT_CODES = (EXIT_CONFIG, EXIT_DATA)
+RETRIABLE_EXIT_CODES = (EXIT_PREEMPTED, EXIT_PEER_LOST, EXIT_TRANSIENT)
 
 
 class ColorizerError(Exception):
     """Base class: a problem with the user's input, not a bug in the program."""
 
+    exit_code = EXIT_DATA
+
 
 class ConfigError(ColorizerError):
     """A flag or combination of flags is invalid."""
+
+    exit_code = EXIT_CONFIG
 
 
 class DataError(ColorizerError):
     """Input data is missing, incomplete or corrupt."""
 
+    exit_code = EXIT_DATA
+
+
+class TransientError(ColorizerError):
+    """Infrastructure trouble that retries did not outlast (storage unavailable, a peer not scheduled yet)."""
+
+    exit_code = EXIT_TRANSIENT
+
 
 @contextlib.contextmanager
 def exit_on_user_error():
-    """For CLI mains: a ColorizerError becomes `error: ...` on stderr and exit 2 (flags) or 1 (data)."""
+    """For CLI mains: a ColorizerError becomes `error: ...` on stderr and its class's exit code."""
     try:
         yield
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
     except ColorizerError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(exc.exit_code)
+
+
+def parse_flags_or_exit(argv):
+    """`flags_parser` for absl's app.run: a bad flag is one line and EXIT_CONFIG (absl itself exits 1)."""
+    from absl import flags
+
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)

@@ -24,7 +24,7 @@ from absl import app, flags
 from PIL import Image, ImageDraw
 
 from trainer import metrics
-from trainer.errors import ConfigError, DataError, exit_on_user_error
+from trainer.errors import ConfigError, DataError, exit_on_user_error, parse_flags_or_exit
 from trainer.export import METADATA_FILE, decode_gray
 from trainer.images import IMAGE_EXTENSIONS, load_pair
 from trainer.input_pipeline import find_shards
@@ -216,7 +216,7 @@ def main(argv):
 def run():
     """Console-script entry point (`colorizer-evaluate`)."""
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=parse_flags_or_exit)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import zlib
 from absl import app, flags
 
 from trainer import images
-from trainer.errors import ConfigError, DataError, exit_on_user_error
+from trainer.errors import ConfigError, DataError, exit_on_user_error, parse_flags_or_exit
 from trainer.schema import ENCODINGS, IMAGE_SIZE, Manifest, encode_example, manifest_path, shard_name
 from trainer.shard_writer import ShardWriter, existing_split_files, write_text_atomic
 
@@ -146,7 +146,7 @@ def main(argv):
 def run():
     """Console-script entry point."""
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=parse_flags_or_exit)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from absl import app, flags, logging
 
 from trainer import distribute
 from trainer.config import LR_SCHEDULES, TrainConfig
-from trainer.errors import exit_on_user_error
+from trainer.errors import exit_on_user_error, parse_flags_or_exit
 from trainer.losses import LOSSES
 from trainer.models import MODELS
 from trainer.preprocess import COLOR_SPACES
@@ -144,7 +144,7 @@ def main(argv):
 
 def run_cli():
     """Console-script entry point."""
-    app.run(main)
+    app.run(main, flags_parser=parse_flags_or_exit)
 
 
 if __name__ == "__main__":
