@@ -16,27 +16,31 @@ import tensorflow as tf
 from absl import logging
 
 from trainer import preprocess
+from trainer.image_limits import DEFAULT_MAX_PIXELS, check_image_size
 from trainer.schema import IMAGE_SIZE
 
 METADATA_FILE = "colorizer.json"
 
 
-def decode_gray(image_bytes: tf.Tensor) -> tf.Tensor:
-    """Any supported image file -> gray float [H, W, 1] in [0, 1] (BT.601 luma, alpha dropped).
+def decode_gray(image_bytes: tf.Tensor, max_pixels: int = DEFAULT_MAX_PIXELS) -> tf.Tensor:
+    """A JPEG, PNG, GIF or BMP file -> gray float [H, W, 1] in [0, 1] (BT.601 luma, alpha dropped).
 
-    Not an image, an empty string or a truncated file raise InvalidArgumentError for the request.
+    Not an image, an empty string, a truncated file or one with more than `max_pixels` pixels
+    (checked in its header, before anything is decoded) raise InvalidArgumentError for the request.
     """
-    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    with tf.control_dependencies([check_image_size(image_bytes, max_pixels)]):
+        image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
     return tf.image.rgb_to_grayscale(preprocess.to_float(image))
 
 
 class ColorizerModule(tf.Module):
     """The exported object: the Keras model plus the serving functions around it."""
 
-    def __init__(self, model: keras.Model, color_space: str):
+    def __init__(self, model: keras.Model, color_space: str, max_pixels: int = DEFAULT_MAX_PIXELS):
         super().__init__()
         self.model = model
         self.color_space = color_space
+        self.max_pixels = max_pixels
 
     def _colorize_small(self, gray: tf.Tensor) -> tf.Tensor:
         """gray [N, 120, 120, 1] -> model prediction (RGB, or a*b* / 128)."""
@@ -50,14 +54,14 @@ class ColorizerModule(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def colorize_bytes(self, image_bytes):
         small = tf.map_fn(
-            lambda b: preprocess.resize_to_model(decode_gray(b), IMAGE_SIZE),
+            lambda b: preprocess.resize_to_model(decode_gray(b, self.max_pixels), IMAGE_SIZE),
             image_bytes, fn_output_signature=tf.TensorSpec([IMAGE_SIZE, IMAGE_SIZE, 1], tf.float32))
         predictions = self._colorize_small(small)
 
         def compose(args):
             # Decoded again at full size: images in a batch differ in size, so they can't be stacked.
             data, prediction = args
-            gray = decode_gray(data)
+            gray = decode_gray(data, self.max_pixels)
             rgb = preprocess.predictions_to_rgb(prediction[tf.newaxis], gray[tf.newaxis], self.color_space)[0]
             return tf.io.encode_png(tf.image.convert_image_dtype(rgb, tf.uint8, saturate=True))
 
@@ -72,13 +76,14 @@ def next_version(export_dir: str) -> int:
     return max([int(time.time())] + [v + 1 for v in existing])
 
 
-def export_saved_model(model: keras.Model, color_space: str, export_dir: str, metadata: dict = None) -> str:
+def export_saved_model(model: keras.Model, color_space: str, export_dir: str, metadata: dict = None,
+                       max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
     """Writes `{export_dir}/{version}/` via a temporary folder that TF Serving ignores; returns its path.
 
     TF Serving polls export_dir and only considers all-digit names, so it never sees the
     temporary folder; see `_publish` for how the version folder appears.
     """
-    module = ColorizerModule(model, color_space)
+    module = ColorizerModule(model, color_space, max_pixels)
     version = next_version(export_dir)
     tmp = os.path.join(export_dir, f".tmp-{version}-{os.getpid()}")
     final = os.path.join(export_dir, str(version))
@@ -86,7 +91,8 @@ def export_saved_model(model: keras.Model, color_space: str, export_dir: str, me
     tf.io.gfile.makedirs(export_dir)
     tf.saved_model.save(module, tmp, signatures=signatures)
     with tf.io.gfile.GFile(os.path.join(tmp, METADATA_FILE), "w") as handle:
-        json.dump({"color_space": color_space, "image_size": IMAGE_SIZE, **(metadata or {})}, handle, indent=2)
+        json.dump({"color_space": color_space, "image_size": IMAGE_SIZE, "max_pixels": max_pixels, **(metadata or {})},
+                  handle, indent=2)
     _publish(tmp, final)
     logging.info("exported SavedModel to %s", final)
     return final
