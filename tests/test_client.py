@@ -198,6 +198,17 @@ def test_bad_inputs_are_refused_before_any_request(tmp_path, setup, message):
         client.plan_outputs(setup(tmp_path), str(tmp_path / "out"), overwrite=False)
 
 
+def test_oversized_images_are_refused_before_any_request(tmp_path):
+    from tests.test_image_limits import png_bomb
+
+    files = [str(tmp_path / n) for n in write_photos(tmp_path, 1)] + [_write(tmp_path / "b.png", png_bomb(20000, 10000))]
+    assert len(client.plan_outputs(files[:1], str(tmp_path / "out"), False, max_pixels=64 * 48)) == 1
+    with pytest.raises(client.DataError, match=r"photo000.png: more than 3071 pixels, which serving refuses"):
+        client.plan_outputs(files[:1], str(tmp_path / "out"), False, max_pixels=64 * 48 - 1)
+    with pytest.raises(client.DataError, match=r"b.png: more than 51000000 pixels"):
+        client.plan_outputs(files, str(tmp_path / "out"), False, max_pixels=client.images.DEFAULT_MAX_PIXELS)
+
+
 def _write(path, data):
     path.write_bytes(data)
     return str(path)

@@ -101,3 +101,19 @@ def test_cli_flag_error_is_one_line_exit_2(tmp_path):
     both = _cli("--data=x", "--image_dir=y", "--saved_model=m", f"--report_dir={tmp_path}")
     assert both.returncode == 2 and "error: pass exactly one of --data=PATTERN or --image_dir=DIR" in both.stderr
     assert "Traceback" not in both.stderr
+
+
+def test_oversized_photos_are_skipped_and_named(tmp_path):
+    from tests.test_image_limits import png_bomb
+
+    model = build_model("unet", preprocess.output_channels("lab"), base_filters=4)
+    small_limit = export.export_saved_model(model, "lab", str(tmp_path / "export"), max_pixels=60 * 50)
+    write_photos(tmp_path / "photos", 2)  # 64 x 48 = 3072 pixels: above this export's limit
+    Image.new("RGB", (40, 30)).save(tmp_path / "photos" / "small.png")
+    (tmp_path / "photos" / "bomb.png").write_bytes(png_bomb(15000, 12000))
+    report = evaluate.evaluate(small_limit, str(tmp_path / "r"), image_dir=str(tmp_path / "photos"))
+    assert report["120"]["images"] == 3 and report["full"]["images"] == 1
+    assert report["model_metadata"]["max_pixels"] == 3000
+    skipped = sorted(report["skipped"])
+    assert skipped[0].startswith("bomb.png: ") and "decompression bomb" in skipped[0]
+    assert skipped[1] == "photo000.png: full resolution: 64x48 pixels, above the export's limit of 3000"

@@ -29,7 +29,8 @@ def test_layout_is_an_integer_version_with_metadata(exported):
     _, color_space, path, _ = exported
     assert os.path.basename(path).isdigit()
     assert sorted(os.listdir(os.path.dirname(path))) == [os.path.basename(path)]
-    assert json.load(open(os.path.join(path, export.METADATA_FILE)))["color_space"] == color_space
+    metadata = json.load(open(os.path.join(path, export.METADATA_FILE)))
+    assert metadata["color_space"] == color_space and metadata["max_pixels"] == export.DEFAULT_MAX_PIXELS
 
 
 def test_next_version_is_above_existing(tmp_path):

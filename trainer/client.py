@@ -7,7 +7,8 @@ Writes `out/<name>.png` per input, at the input's resolution. It first checks th
 version in state AVAILABLE, then posts `{"instances": [{"image_bytes": {"b64": ...}}]}` in batches,
 retrying 429/503/504 and connection errors with exponential backoff. `--local_model` sends the same
 JSON to a SavedModel on this machine (`trainer.rest.LocalModel`), no server or cluster needed.
-Standard library only on the server path: TensorFlow is imported for `--local_model` alone.
+Standard library and Pillow (image headers) on the server path: TensorFlow is imported for
+`--local_model` alone. Files above the export's pixel limit are refused before anything is sent.
 """
 
 import http.client
@@ -19,7 +20,7 @@ import urllib.request
 
 from absl import app, flags
 
-from trainer import rest
+from trainer import images, rest
 from trainer.errors import ColorizerError, ConfigError, DataError, exit_on_user_error, parse_flags_or_exit
 
 RETRY_STATUSES = (429, 503, 504)
@@ -115,8 +116,8 @@ class Client:
             raise ServingError(f"unexpected predict answer: {exc}") from None
 
 
-def plan_outputs(files: list, output_dir: str, overwrite: bool) -> list:
-    """(input, output) pairs; refuses missing or non-image inputs, clashes and existing outputs."""
+def plan_outputs(files: list, output_dir: str, overwrite: bool, max_pixels: int = 0) -> list:
+    """(input, output) pairs; refuses missing, non-image and oversized inputs, clashes and existing outputs."""
     pairs, taken = [], {}
     for path in files:
         if not os.path.isfile(path):
@@ -124,6 +125,8 @@ def plan_outputs(files: list, output_dir: str, overwrite: bool) -> list:
         with open(path, "rb") as handle:
             if not handle.read(8).startswith(_MAGIC):
                 raise DataError(f"{path}: not a JPEG, PNG, GIF or BMP file")
+        if max_pixels and images.pixel_count(path) > max_pixels:
+            raise DataError(f"{path}: more than {max_pixels} pixels, which serving refuses (--max_pixels)")
         target = os.path.join(output_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
         if target in taken:
             raise DataError(f"{taken[target]} and {path} would both be written to {target}")
@@ -135,9 +138,9 @@ def plan_outputs(files: list, output_dir: str, overwrite: bool) -> list:
 
 
 def colorize_files(client: Client, files: list, output_dir: str, batch_size: int, overwrite: bool = False,
-                   report=None) -> list:
+                   report=None, max_pixels: int = 0) -> list:
     """Colorizes `files` in batches of `batch_size`; returns the written paths."""
-    pairs = plan_outputs(files, output_dir, overwrite)
+    pairs = plan_outputs(files, output_dir, overwrite, max_pixels)
     os.makedirs(output_dir, exist_ok=True)
     written = []
     for start in range(0, len(pairs), batch_size):
@@ -195,6 +198,8 @@ def define_flags():
     flags.DEFINE_integer("retries", 4, "Retries of a request on 429/503/504, a loading model or a connection error.")
     flags.DEFINE_float("backoff_seconds", 0.5, "First retry delay; doubled at each retry (at most 30 s).")
     flags.DEFINE_bool("overwrite", False, "Replace existing output files.")
+    flags.DEFINE_integer("max_pixels", images.DEFAULT_MAX_PIXELS,
+                         "Refuse files with more pixels before sending (the export's limit; 0: don't check).")
 
 
 def _client_from_flags() -> Client:
@@ -223,7 +228,7 @@ def main(argv):
         client = _client_from_flags()
         version = client.wait_available()
         written = colorize_files(client, files, FLAGS.output_dir, FLAGS.batch_size, FLAGS.overwrite,
-                                 report=lambda path: print(f"wrote {path}"))
+                                 report=lambda path: print(f"wrote {path}"), max_pixels=FLAGS.max_pixels)
     print(f"colorized {len(written)} photo(s) with {FLAGS.model_name} version {version}")
 
 

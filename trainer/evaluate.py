@@ -112,12 +112,19 @@ def evaluate_small(loaded, batches, sheet_rows: int):
     return section.report(), rows
 
 
-def evaluate_full(loaded, paths: list) -> dict:
-    """Each photo at its own size through `serving_default` (PNG in, PNG out, as a client sends it)."""
+def evaluate_full(loaded, paths: list, max_pixels: int | None, skipped: list) -> dict:
+    """Each photo at its own size through `serving_default` (PNG in, PNG out, as a client sends it).
+
+    Photos above the export's pixel limit (which serving would refuse) are named in `skipped`.
+    """
     section = _Section()
     signature = loaded.signatures["serving_default"]
     for path in paths:
         with Image.open(path) as image:
+            if max_pixels and image.width * image.height > max_pixels:
+                skipped.append(f"{os.path.basename(path)}: full resolution: {image.width}x{image.height} pixels, "
+                               f"above the export's limit of {max_pixels}")
+                continue
             truth = np.asarray(image.convert("RGB"))
         gray = tf.image.convert_image_dtype(decode_gray(tf.io.encode_png(truth)), tf.uint8, saturate=True)
         png = signature(image_bytes=tf.stack([tf.io.encode_png(gray)]))["colorized_bytes"][0]
@@ -156,10 +163,11 @@ def evaluate(saved_model: str, report_dir: str, data: str | None = None, image_d
     if not rows:
         raise DataError(f"nothing to evaluate in {image_dir or data}")
     metadata_path = os.path.join(saved_model, METADATA_FILE)
+    metadata = json.load(tf.io.gfile.GFile(metadata_path)) if tf.io.gfile.exists(metadata_path) else {}
+    full = evaluate_full(loaded, used, metadata.get("max_pixels"), skipped) if image_dir else None
     report = {
         "report_version": REPORT_VERSION, "saved_model": saved_model, "data": data, "image_dir": image_dir,
-        "model_metadata": json.load(tf.io.gfile.GFile(metadata_path)) if tf.io.gfile.exists(metadata_path) else {},
-        "psnr_cap_db": metrics.PSNR_CAP_DB, "120": small, "full": evaluate_full(loaded, used) if image_dir else None,
+        "model_metadata": metadata, "psnr_cap_db": metrics.PSNR_CAP_DB, "120": small, "full": full,
         "skipped": skipped, "contact_sheet": SHEET_FILE,
     }
     os.makedirs(report_dir, exist_ok=True)

@@ -7,10 +7,8 @@ image is, so a request over the limit fails as InvalidArgument (HTTP 400) in mic
 
 import tensorflow as tf
 
-# A 50-megapixel camera writes 8688 x 5792 = 50.3 M pixels. Serving costs about 47 bytes per pixel
-# above idle (measured: 2.4 GB for that photo, 0.57 GB for 12 MP), so a 4 Gi serving pod takes one
-# photo of the limit at a time; lower the limit (`--max_pixels` at export) for more concurrency.
-DEFAULT_MAX_PIXELS = 51_000_000
+from trainer.images import DEFAULT_MAX_PIXELS  # noqa: F401  (re-exported: the limit lives TF-free for the client)
+
 _HEAD = 32  # every header field read here lies within the first 32 bytes
 _PNG = (0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A)
 
