@@ -7,18 +7,153 @@ our self-signed certificate (CURL_CA_BUNDLE) and skip OAuth (GOOGLE_AUTH_TOKEN_F
 The front terminates TLS on 127.0.0.1:443 and forwards each request to fake-gcs-server over HTTP,
 dropping `Transfer-Encoding: identity`: TF sends it on uploads and Go's HTTP server rejects it
 with 501. Each connection carries one request (`Connection: close`), so the front stays simple.
+
+The front also enforces IAM: `GcsEmulator.grant(*roles)` makes it answer every request that the
+granted roles don't permit with Google's 403, as Cloud Storage does for a least-privilege account.
+Each request is mapped to the permissions Google documents for its method (`required_permissions`);
+a request the map doesn't know is always denied and recorded in `GcsEmulator.unknown`, so a new kind
+of call can't slip through unmodelled. With no grant (the default) every known request is allowed.
+The front listens on a random 127.x.y.z address, so concurrent test runs on one machine don't collide.
 """
 
+import contextlib
 import datetime
+import http.client
+import json
 import os
+import random
+import re
 import shutil
 import socket
 import ssl
 import subprocess
 import threading
 import time
+import typing
+import urllib.parse
 
 HOSTS = ("storage.googleapis.com", "www.googleapis.com")
+
+PRINCIPAL = "colorizer-test@test-project.iam.gserviceaccount.com"
+
+# The storage.* permissions of Cloud Storage's predefined roles (their other permissions, such as
+# resourcemanager.projects.get, gate no request this front sees). Source: "IAM roles for Cloud
+# Storage", https://cloud.google.com/storage/docs/access-control/iam-roles, and for the legacy roles
+# also https://cloud.google.com/java/docs/reference/google-cloud-storage/latest/com.google.cloud.storage.StorageRoles
+# (legacyBucketReader = storage.buckets.get + storage.objects.list).
+_MULTIPART = {"storage.multipartUploads.create", "storage.multipartUploads.abort",
+              "storage.multipartUploads.listParts", "storage.multipartUploads.list"}
+ROLES = {
+    "roles/storage.objectViewer": frozenset({
+        "storage.objects.get", "storage.objects.list", "storage.folders.get", "storage.folders.list",
+        "storage.managedFolders.get", "storage.managedFolders.list"}),
+    "roles/storage.objectCreator": frozenset({
+        "storage.objects.create", "storage.folders.create", "storage.managedFolders.create",
+        *(_MULTIPART - {"storage.multipartUploads.list"})}),
+    "roles/storage.objectUser": frozenset({
+        "storage.objects.create", "storage.objects.delete", "storage.objects.get", "storage.objects.list",
+        "storage.objects.restore", "storage.objects.update", "storage.folders.create", "storage.folders.delete",
+        "storage.folders.get", "storage.folders.list", "storage.folders.rename", "storage.managedFolders.create",
+        "storage.managedFolders.delete", "storage.managedFolders.get", "storage.managedFolders.list", *_MULTIPART}),
+    "roles/storage.legacyBucketReader": frozenset({"storage.buckets.get", "storage.objects.list"}),
+    "roles/storage.legacyBucketWriter": frozenset({
+        "storage.buckets.get", "storage.objects.list", "storage.objects.create", "storage.objects.delete"}),
+    "roles/storage.legacyObjectReader": frozenset({"storage.objects.get"}),
+}
+
+# (HTTP method, path pattern, API method, permissions), first match wins. Permissions per method from
+# "IAM permissions for JSON methods" https://cloud.google.com/storage/docs/access-control/iam-json,
+# the XML table https://cloud.google.com/storage/docs/access-control/iam-xml, and for getStorageLayout
+# https://cloud.google.com/storage/docs/json_api/v1/buckets/getStorageLayout (storage.objects.list).
+# Writes that replace an existing object also need storage.objects.delete (footnote in both tables);
+# `required_permissions` adds it when the destination exists. JSON paths carry object names
+# percent-encoded (one segment); XML rules apply only to storage.googleapis.com outside the JSON prefixes.
+_JSON, _UPLOAD, _DOWNLOAD = "/storage/v1/b", "/upload/storage/v1/b", "/download/storage/v1/b"
+REQUEST_PERMISSIONS = (
+    ("GET", _JSON + "/{b}", "buckets.get", {"storage.buckets.get"}),
+    ("GET", _JSON + "/{b}/storageLayout", "buckets.getStorageLayout", {"storage.objects.list"}),
+    ("GET", _JSON + "/{b}/o", "objects.list", {"storage.objects.list"}),
+    ("POST", _JSON + "/{b}/o/{o}/rewriteTo/b/{b2}/o/{o2}", "objects.rewrite",
+     {"storage.objects.get", "storage.objects.create"}),
+    ("POST", _JSON + "/{b}/o/{o}/copyTo/b/{b2}/o/{o2}", "objects.copy", {"storage.objects.get", "storage.objects.create"}),
+    ("POST", _JSON + "/{b}/o/{o}/compose", "objects.compose", {"storage.objects.get", "storage.objects.create"}),
+    ("GET", _JSON + "/{b}/o/{o}", "objects.get", {"storage.objects.get"}),
+    ("DELETE", _JSON + "/{b}/o/{o}", "objects.delete", {"storage.objects.delete"}),
+    ("PATCH", _JSON + "/{b}/o/{o}", "objects.patch", {"storage.objects.update"}),
+    ("PUT", _JSON + "/{b}/o/{o}", "objects.update", {"storage.objects.update"}),
+    ("POST", _UPLOAD + "/{b}/o", "objects.insert", {"storage.objects.create"}),
+    ("PUT", _UPLOAD + "/{b}/o", "objects.insert (resumable upload data)", {"storage.objects.create"}),
+    ("GET", _DOWNLOAD + "/{b}/o/{o}", "objects.get (media)", {"storage.objects.get"}),
+)
+XML_REQUEST_PERMISSIONS = (
+    ("GET", "/{b}/{path}", "XML GET object", {"storage.objects.get"}),
+    ("HEAD", "/{b}/{path}", "XML HEAD object", {"storage.objects.get"}),
+)
+_REPLACING = {"objects.rewrite", "objects.copy", "objects.compose", "objects.insert"}
+
+
+_API_PREFIXES = ("/storage/", "/upload/", "/download/", "/batch/")
+
+
+def _compile(rules):
+    """[(method, `/storage/v1/b/{b}/o/{o}`, name, perms)] -> [(method, regex, name, perms)]."""
+    compiled = []
+    for method, pattern, name, perms in rules:
+        regex = re.escape(pattern)
+        for field, part in (("b", "[^/]+"), ("b2", "[^/]+"), ("o", "[^/]+"), ("o2", "[^/]+"), ("path", ".+")):
+            regex = regex.replace(re.escape("{%s}" % field), f"(?P<{field}>{part})")
+        compiled.append((method, re.compile(regex + "$"), name, frozenset(perms)))
+    return compiled
+
+
+_JSON_RULES, _XML_RULES = _compile(REQUEST_PERMISSIONS), _compile(XML_REQUEST_PERMISSIONS)
+
+
+def classify(method: str, target: str, host: str):
+    """(API method, permissions, path fields) of a request, or None if the map above doesn't know it."""
+    path = urllib.parse.urlsplit(target).path
+    rules = _JSON_RULES if path.startswith(_API_PREFIXES) else _XML_RULES if host == HOSTS[0] else []
+    for rule_method, regex, name, permissions in rules:
+        match = regex.match(path)
+        if match and rule_method == method:
+            return name, permissions, match.groupdict()
+    return None
+
+
+def destination(name: str, target: str, fields: dict, body: bytes):
+    """(bucket, object name) a write creates, or None where the request doesn't say (resumable data)."""
+    if name in ("objects.rewrite", "objects.copy"):
+        return fields["b2"], urllib.parse.unquote(fields["o2"])
+    if name == "objects.compose":
+        return fields["b"], urllib.parse.unquote(fields["o"])
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(target).query)
+    if "name" in query:  # TF's uploads; google-cloud-storage puts the name in the JSON metadata
+        return fields["b"], query["name"][0]
+    match = re.search(rb'"name"\s*:\s*("(?:[^"\\]|\\.)*")', body[: 1 << 16])
+    return (fields["b"], json.loads(match.group(1))) if match else None
+
+
+def denial(request) -> bytes:
+    """Google's 403 for a denied request: JSON for the JSON API, XML for the XML API."""
+    if request.kind is None:
+        text = f"gcs_emulator: request kind not modelled, denied: {request.method} {request.target}"
+    else:
+        missing = request.missing[0]
+        noun = "bucket" if missing.startswith("storage.buckets.") else "object"
+        text = (f"{PRINCIPAL} does not have {missing} access to the Google Cloud Storage {noun}. "
+                f"Permission '{missing}' denied on resource (or it may not exist).")
+    if urllib.parse.urlsplit(request.target).path.startswith(_API_PREFIXES):
+        body = json.dumps({"error": {"code": 403, "message": text,
+                                     "errors": [{"message": text, "domain": "global", "reason": "forbidden"}]}})
+        content_type = "application/json; charset=UTF-8"
+    else:
+        body = (f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>AccessDenied</Code>"
+                f"<Message>Access denied.</Message><Details>{text}</Details></Error>")
+        content_type = "application/xml; charset=UTF-8"
+    data = body.encode()
+    head = f"HTTP/1.1 403 Forbidden\r\nContent-Type: {content_type}\r\nContent-Length: {len(data)}\r\nConnection: close\r\n\r\n"
+    return head.encode() + data
+
 
 
 def fake_gcs_binary() -> str:
@@ -111,16 +246,34 @@ def _read_request(tls):
     return head, reader.exactly(int(fields.get(b"content-length", b"0")))
 
 
-class TlsFront:
-    """Terminates TLS on 127.0.0.1:443 and forwards one request per connection to `upstream`."""
+class Request(typing.NamedTuple):
+    """A request the front saw; `kind` (the API method) and `missing` are None if the map doesn't know it."""
 
-    def __init__(self, cert: str, key: str, upstream_port: int, port: int = 443):
+    method: str
+    target: str
+    kind: typing.Optional[str]
+    permissions: frozenset
+    missing: typing.Optional[list]
+
+    @property
+    def denied(self) -> bool:
+        return self.missing is None or bool(self.missing)
+
+
+class TlsFront:
+    """Terminates TLS on `address`:443, checks each request against the granted permissions, and
+    forwards one request per connection to fake-gcs-server on 127.0.0.1:`upstream_port`."""
+
+    def __init__(self, cert: str, key: str, upstream_port: int, server: socket.socket):
         self._context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self._context.load_cert_chain(cert, key)
         self._upstream = ("127.0.0.1", upstream_port)
-        self._server = socket.create_server(("127.0.0.1", port), reuse_port=False)
+        self._server = server
         self._server.settimeout(0.5)
         self._stopped = threading.Event()
+        self._lock = threading.Lock()
+        self.granted = None  # None: every known request is allowed; else a set of permissions
+        self.log = []
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self):
@@ -137,6 +290,10 @@ class TlsFront:
             client.settimeout(60)
             with self._context.wrap_socket(client, server_side=True) as tls:
                 head, body = _read_request(tls)
+                request = self._authorize(head, body)
+                if request.denied:
+                    tls.sendall(denial(request))
+                    return
                 with socket.create_connection(self._upstream) as upstream:
                     upstream.sendall(_rewrite_head(head, len(body)) + body)
                     response = b""
@@ -146,9 +303,50 @@ class TlsFront:
         except (OSError, ssl.SSLError, ValueError):
             client.close()
 
+    def _authorize(self, head: bytes, body: bytes) -> Request:
+        """Maps the request to its permissions and logs it; `missing` is None for an unknown kind."""
+        lines = head.decode("latin-1").split("\r\n")
+        method, target = lines[0].split(" ")[:2]
+        host = next((l.split(":", 1)[1].strip() for l in lines[1:] if l.lower().startswith("host:")), "")
+        known, granted = classify(method, target, host), self.granted
+        if known is None:
+            request = Request(method, target, None, frozenset(), None)
+        else:
+            kind, permissions, fields = known
+            if granted is not None and kind in _REPLACING:
+                where = destination(kind, target, fields, body)
+                if where and self._exists(*where):
+                    permissions = permissions | {"storage.objects.delete"}
+            missing = sorted(permissions - granted) if granted is not None else []
+            request = Request(method, target, kind, permissions, missing)
+        with self._lock:
+            self.log.append(request)
+        return request
+
+    def _exists(self, bucket: str, name: str) -> bool:
+        """Asks fake-gcs-server directly whether a write would replace an object."""
+        connection = http.client.HTTPConnection(*self._upstream, timeout=10)
+        try:
+            connection.request("GET", f"/storage/v1/b/{bucket}/o/{urllib.parse.quote(name, safe='')}")
+            return connection.getresponse().status == 200
+        finally:
+            connection.close()
+
     def close(self):
         self._stopped.set()
         self._server.close()
+
+
+def _bind_front() -> socket.socket:
+    """A listening socket on port 443 of a random 127.x.y.z address: test runs don't collide."""
+    error = None
+    for _ in range(20):
+        address = f"127.{random.randint(1, 254)}.{random.randint(0, 255)}.{random.randint(1, 254)}"
+        try:
+            return socket.create_server((address, 443))
+        except OSError as exc:
+            error = exc
+    raise OSError(f"no loopback address with port 443 free ({error})")
 
 
 class GcsEmulator:
@@ -165,10 +363,11 @@ class GcsEmulator:
              "memory", "-log-level", "debug", "-public-host", HOSTS[0], "-external-url", f"https://{HOSTS[0]}"],
             stdout=subprocess.DEVNULL, stderr=open(os.path.join(workdir, "fake-gcs.log"), "w"))
         self._wait_ready()
-        self._front = TlsFront(self.cert, key, self.port)
+        server = _bind_front()
+        self._front = TlsFront(self.cert, key, self.port, server)
         self.hosts_file = os.path.join(workdir, "hosts")
         with open(self.hosts_file, "w") as handle:
-            handle.write("127.0.0.1 localhost " + " ".join(HOSTS) + "\n")
+            handle.write(f"127.0.0.1 localhost\n{server.getsockname()[0]} {' '.join(HOSTS)}\n")
 
     def _wait_ready(self):
         deadline = time.time() + 15
@@ -200,6 +399,36 @@ class GcsEmulator:
         return storage.Client(project="test-project", credentials=AnonymousCredentials(),
                               client_options={"api_endpoint": f"http://127.0.0.1:{self.port}"})
 
+    def grant(self, *roles: str, permissions=()) -> None:
+        """From now on the front allows only what `roles` (keys of ROLES) and `permissions` grant."""
+        self._front.granted = frozenset().union(*(ROLES[role] for role in roles), permissions)
+
+    def allow_all(self) -> None:
+        """Back to the default: every request the map knows is allowed (unknown ones never are)."""
+        self._front.granted = None
+
+    @contextlib.contextmanager
+    def roles(self, *roles: str, permissions=()):
+        """`grant` for a `with` block; yields the list the block's requests are logged to."""
+        previous, start = self._front.granted, len(self._front.log)
+        self.grant(*roles, permissions=permissions)
+        seen = []
+        try:
+            yield seen
+        finally:
+            self._front.granted = previous
+            seen.extend(self._front.log[start:])
+
+    @property
+    def requests(self) -> list:
+        """Every request the front saw, in order (Request tuples)."""
+        return list(self._front.log)
+
+    @property
+    def unknown(self) -> list:
+        """Requests of a kind the permission map doesn't know: always denied, listed here."""
+        return [r for r in self._front.log if r.kind is None]
+
     def close(self):
         self._front.close()
         self._process.terminate()
@@ -207,13 +436,13 @@ class GcsEmulator:
 
 
 def unavailable_reason():
-    """Why the emulator can't run here (not root, no unshare, port 443 taken), or None."""
+    """Why the emulator can't run here (not root, no unshare, no loopback port 443 free), or None."""
     if os.geteuid() != 0:
         return "needs root for a private mount namespace (unshare -m)"
     if not shutil.which("unshare"):
         return "needs unshare (util-linux)"
     try:
-        socket.create_server(("127.0.0.1", 443)).close()
+        _bind_front().close()
     except OSError as exc:
-        return f"127.0.0.1:443 is not free ({exc})"
+        return str(exc)
     return None

@@ -41,8 +41,11 @@ def photos(tmp_path_factory):
 
 
 def _run(emu, *args, module="trainer.task"):
+    """Runs a CLI (or `python args` if module is None) against the emulator; no request may be unmodelled."""
     command = emu.wrap([sys.executable, "-m", module, *args]) if module else emu.wrap([sys.executable, *args])
-    return subprocess.run(command, cwd=REPO, env={**ENV, **emu.env}, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, cwd=REPO, env={**ENV, **emu.env}, capture_output=True, text=True, timeout=600)
+    assert not emu.unknown, f"requests the IAM model doesn't know (denied): {emu.unknown}"
+    return result
 
 
 def _objects(emu, prefix):
