@@ -1,0 +1,150 @@
+"""Checkpoints a fault can't cost more than the work since the last good one.
+
+  * Every save is read back (each tensor, with its CRC32C) before it counts: under storage faults
+    TF has written truncated checkpoint indexes without raising. A save that fails or doesn't
+    verify is retried; one that keeps failing is a TransientError (a restart resumes).
+  * Old checkpoints are deleted only after a newer one verified, so a bad save never pushes out a
+    good checkpoint.
+  * Restoring falls back from an unreadable newest checkpoint to the newest one that restores.
+  * model_dir records the run's identity (the flags that decide what its variables are), so a
+    restart with other flags is refused in one line instead of a restore traceback.
+"""
+
+import json
+import os
+import re
+import time
+
+import tensorflow as tf
+from absl import logging
+
+from trainer.errors import ConfigError, DataError, TransientError
+
+# The flags that decide a checkpoint's variables (and their meaning); epochs, patience or cadence
+# may change between restarts. mixed_precision wraps the optimizer (loss-scale variables).
+IDENTITY_FLAGS = ("model", "color_space", "loss", "base_filters", "mixed_precision")
+IDENTITY_FILE = "run.json"
+READ_ERRORS = (tf.errors.OpError, IndexError, ValueError)  # IndexError: a data file shorter than its index says
+# Storage trouble rather than a bad file: falling back to an older checkpoint would throw work away.
+STORAGE_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.ResourceExhaustedError)
+_NUMBER = re.compile(r"-(\d+)$")
+
+
+def check_identity(model_dir: str, config, write: bool) -> None:
+    """Refuses a model_dir started with different IDENTITY_FLAGS; records them when the run is new."""
+    path = os.path.join(model_dir, IDENTITY_FILE)
+    wanted = {name: getattr(config, name) for name in IDENTITY_FLAGS}
+    if tf.io.gfile.exists(path):
+        with tf.io.gfile.GFile(path) as handle:
+            recorded = json.load(handle)
+        differ = [n for n in IDENTITY_FLAGS if n in recorded and recorded[n] != wanted[n]]
+        if differ:
+            was = " ".join(f"--{n}={recorded[n]}" for n in differ)
+            now = " ".join(f"--{n}={wanted[n]}" for n in differ)
+            raise ConfigError(f"--model_dir={model_dir} holds a run with {was}, not {now}: pass the same flags "
+                              "to resume it, or a new --model_dir to start another run")
+    elif write:
+        tf.io.gfile.makedirs(model_dir)
+        with tf.io.gfile.GFile(path, "w") as handle:
+            json.dump(wanted, handle, indent=2)
+
+
+def _number(path: str) -> int:
+    return int(_NUMBER.search(path).group(1))
+
+
+def _verify(prefix: str) -> None:
+    """Reads every tensor back: the index parses and each tensor's bytes match their CRC32C."""
+    reader = tf.train.load_checkpoint(prefix)
+    for name in reader.get_variable_to_shape_map():
+        reader.get_tensor(name)
+
+
+def _first_line(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[-1][:200]}"
+
+
+def listed(directory: str) -> list:
+    """The checkpoints in `directory`, oldest first, found by their index files.
+
+    Not from the `checkpoint` state file: that is one more object a storage fault can truncate.
+    """
+    if not tf.io.gfile.isdir(directory):
+        return []
+    prefixes = [name[: -len(".index")] for name in tf.io.gfile.glob(os.path.join(directory, "ckpt-*.index"))]
+    return sorted((p for p in prefixes if _NUMBER.search(p)), key=_number)
+
+
+def restore_newest(checkpoint: tf.train.Checkpoint, directory: str, partial: bool = False):
+    """Restores the newest checkpoint of `directory` that reads; returns (path or None, bad paths).
+
+    A checkpoint that fails to read is named in a warning and skipped; if some exist and none
+    restores, that is a DataError: restarting would fail the same way.
+    """
+    bad = []
+    for path in reversed(listed(directory)):
+        try:
+            status = checkpoint.restore(path)
+            if partial:
+                status.expect_partial()
+            if bad:
+                logging.warning("resuming from %s instead", path)
+            return path, bad
+        except STORAGE_ERRORS as exc:
+            raise TransientError(f"reading checkpoint {path}: {_first_line(exc)}") from None
+        except READ_ERRORS as exc:
+            logging.warning("checkpoint %s is unreadable (%s); trying the one before it", path, _first_line(exc))
+            bad.append(path)
+    if bad:
+        raise DataError(f"no checkpoint in {directory} restores (newest {bad[0]}: unreadable); "
+                        "delete them to start over, or pass a new --model_dir")
+    return None, bad
+
+
+class VerifiedCheckpoints:
+    """Saves numbered checkpoints into one directory, keeping the newest `keep` that verified."""
+
+    def __init__(self, checkpoint: tf.train.Checkpoint, directory: str, keep: int, interval: int = 0,
+                 retries: int = 3, retry_seconds: float = 2.0):
+        self.checkpoint, self.directory, self.keep, self.interval = checkpoint, directory, keep, interval
+        self.retries, self.retry_seconds = retries, retry_seconds
+        self.paths = listed(directory)
+
+    @property
+    def latest(self):
+        return self.paths[-1] if self.paths else None
+
+    def forget(self, paths) -> None:
+        """Stops tracking unreadable checkpoints (found on restore): they never push out a good one."""
+        self.paths = [p for p in self.paths if p not in set(paths)]
+
+    def save(self, number: int, force: bool = True):
+        """Writes, verifies and records checkpoint `number`; None when the interval says not yet."""
+        if not force and self.interval and self.latest and number - _number(self.latest) < self.interval:
+            return None
+        prefix = os.path.join(self.directory, f"ckpt-{number}")
+        for attempt in range(1, self.retries + 1):
+            try:
+                path = self.checkpoint.write(prefix)
+                _verify(path)
+                break
+            except READ_ERRORS as exc:
+                if attempt == self.retries:
+                    raise TransientError(f"checkpoint {prefix} failed {attempt} times ({_first_line(exc)}); "
+                                         "a restart resumes from the last good one") from None
+                logging.warning("checkpoint %s failed to save or verify (%s); retrying", prefix, _first_line(exc))
+                time.sleep(self.retry_seconds * attempt)
+        self.paths = [p for p in self.paths if p != path] + [path]
+        self._record()
+        return path
+
+    def _record(self) -> None:
+        """Writes the state file, then deletes what fell out of the newest `keep`."""
+        dropped, self.paths = self.paths[:-self.keep], self.paths[-self.keep:]
+        names = [os.path.basename(p) for p in self.paths]
+        state = [f'model_checkpoint_path: "{names[-1]}"'] + [f'all_model_checkpoint_paths: "{n}"' for n in names]
+        with tf.io.gfile.GFile(os.path.join(self.directory, "checkpoint"), "w") as handle:
+            handle.write("\n".join(state) + "\n")  # for tf.train.latest_checkpoint and TensorBoard
+        for path in dropped:
+            for name in tf.io.gfile.glob(f"{path}.*"):
+                tf.io.gfile.remove(name)
