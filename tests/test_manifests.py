@@ -25,7 +25,10 @@ K8S = ROOT / "k8s"
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
 K8S_VERSION = "1.33"
 OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").exists())
-RAW_FILES = ["job.yaml", "base/serving.yaml", "components/multinode/multinode.yaml", "components/tfjob/tfjob.yaml"]
+RAW_FILES = ["job.yaml", "components/serving/serving.yaml", "components/multinode/multinode.yaml",
+             "components/tfjob/tfjob.yaml"]
+TRAINING_OVERLAYS = ("dev", "gke", "gke-multinode", "tfjob")
+SERVING_OVERLAYS = ("serve", "dev-serve")
 TRAINER_IMAGE = "colorizer-trainer"
 TRAINER_CONTAINERS = ("trainer", "tensorflow")
 FLAG = re.compile(r"^--(?:no)?([a-z_][a-z0-9_]*)(?:=.*)?$")
@@ -88,7 +91,7 @@ def docs(request):
 
 
 def test_there_is_something_to_check():
-    assert {"dev", "gke", "gke-multinode", "tfjob", "serve"} <= set(OVERLAYS)
+    assert set(TRAINING_OVERLAYS + SERVING_OVERLAYS) == set(OVERLAYS)
 
 
 def test_standalone_job_is_the_base_job():
@@ -236,12 +239,23 @@ def check_indexed_job(objects):
     assert int(env["COLORIZER_NUM_WORKERS"]["value"]) == job["completions"] == job["parallelism"]
     assert {"containerPort": int(env["COLORIZER_PORT"]["value"]), "name": "grpc", "protocol": "TCP"} in c["ports"]
     assert job["successPolicy"] == {"rules": [{"succeededIndexes": "0"}]}
-    rules = job["podFailurePolicy"]["rules"]
-    assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
-    fail_codes = {v for r in rules if r["action"] == "FailJob" for v in r.get("onExitCodes", {}).get("values", [])}
-    assert not fail_codes & {143, 144}, "143 (SIGTERM, checkpoint saved) and 144 (peer lost) must retry"
-    assert {"action": "Ignore", "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [144]}} in rules
+    check_failure_policy(jobs[0])
+    anti = spec["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert anti[0]["topologyKey"] == "kubernetes.io/hostname"
+    assert anti[0]["labelSelector"]["matchLabels"].items() <= labels.items()
+    assert anti[0]["matchLabelKeys"] == ["batch.kubernetes.io/job-name"], "two workers of one run never share a node"
     assert spec["restartPolicy"] == "Never"
+
+
+def check_failure_policy(job):
+    """trainer/errors.py's contract: 2 and 3 fail the Job, 143-145 and disruptions are ignored (by exit
+    code too: a stop vote makes every worker exit 143, only one carries DisruptionTarget), and a deadline."""
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    exit_rule = {"containerName": "trainer", "operator": "In"}
+    assert {"action": "FailJob", "onExitCodes": {**exit_rule, "values": [2, 3]}} in rules
+    assert {"action": "Ignore", "onExitCodes": {**exit_rule, "values": [143, 144, 145]}} in rules
+    assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]} in rules
+    assert job["spec"]["activeDeadlineSeconds"] > 0 and job["spec"]["podReplacementPolicy"] == "Failed"
 
 
 def test_multinode_overlay_wiring():
@@ -265,6 +279,11 @@ def test_tfjob_follows_the_operator_contract():
     [c] = worker["template"]["spec"]["containers"]
     assert c["name"] == "tensorflow"
     assert {"name": "tfjob-port", "containerPort": 2222, "protocol": "TCP"} in c["ports"]
+    assert tfjob["spec"]["runPolicy"]["activeDeadlineSeconds"] > 0, "ExitCode ignores backoffLimit (kubeflow/trainer#2045)"
+    anti = worker["template"]["spec"]["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert anti[0]["matchLabelKeys"] == ["training.kubeflow.org/job-name"]
+    assert "--model_dir=$(MODEL_DIR)/$(RUN_NAME)" in c["args"]
+    assert _env(c)["RUN_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['training.kubeflow.org/job-name']"
 
 
 def test_single_node_job():
@@ -274,8 +293,40 @@ def test_single_node_job():
     assert spec["nodeSelector"]["cloud.google.com/gke-accelerator"]
     [c] = spec["containers"]
     assert c["resources"]["limits"]["nvidia.com/gpu"] == c["resources"]["requests"]["nvidia.com/gpu"]
-    assert job["spec"]["podFailurePolicy"]["rules"][0]["onPodConditions"] == [{"type": "DisruptionTarget", "status": "True"}]
+    check_failure_policy(job)
     assert {d["kind"] for d in objects} >= {"Namespace", "ServiceAccount", "ConfigMap", "Job"}
+
+
+@pytest.mark.parametrize("overlay", ["dev", "gke", "gke-multinode"])
+def test_each_run_checkpoints_under_its_job_name(overlay):
+    """Re-running a finished Job must not silently resume it under another run's name: model_dir is per Job."""
+    for job in _by_kind(load(f"overlay:{overlay}"), "Job"):
+        [c] = job["spec"]["template"]["spec"]["containers"]
+        [model_dir] = [a for a in c["args"] if a.startswith("--model_dir=")]
+        var = model_dir.rsplit("/", 1)[1][2:-1]
+        assert model_dir == f"--model_dir=$(MODEL_DIR)/$({var})"
+        assert _env(c)[var]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['batch.kubernetes.io/job-name']"
+
+
+def test_job_names_differ_between_overlays():
+    """`kubectl apply -k` of one overlay after another (or after k8s/job.yaml) never hits an existing Job."""
+    names = [(d["metadata"]["namespace"], d["metadata"]["name"]) for source in ["job.yaml"] + [
+        f"overlay:{o}" for o in TRAINING_OVERLAYS] for d in load(source) if d["kind"] in ("Job", "TFJob")]
+    assert len(names) == len(set(names)), names
+
+
+def test_training_overlays_deploy_no_serving():
+    for overlay in TRAINING_OVERLAYS:
+        assert not _by_kind(load(f"overlay:{overlay}"), "Deployment"), overlay
+
+
+def test_trainer_network_policy_admits_nccl_between_trainers_only():
+    [policy] = [p for p in _by_kind(load("job.yaml"), "NetworkPolicy") if p["metadata"]["name"] == "colorizer-trainer"]
+    [rule] = policy["spec"]["ingress"]
+    trainers = {"app.kubernetes.io/component": "trainer"}
+    assert rule["from"] == [{"podSelector": {"matchLabels": trainers}}]
+    assert policy["spec"]["podSelector"]["matchLabels"] == trainers
+    assert rule["ports"] == [{"protocol": "TCP", "port": 1024, "endPort": 65535}], "2222 and NCCL's ephemeral ports"
 
 
 def test_dev_overlay_runs_on_cpu():
@@ -310,7 +361,12 @@ def test_serving_contract():
     for flag in ("--batching_parameters_file", "--monitoring_config_file"):
         assert os.path.basename(args[flag]) in config["data"], flag
     assert "prometheus_config" in config["data"]["monitoring.config"]
-    assert "exec" in c["readinessProbe"] and c["livenessProbe"]
+    assert "exec" in c["readinessProbe"] and c["livenessProbe"] and c["startupProbe"]["tcpSocket"]["port"] == "http"
+    for flag in ("--tensorflow_intra_op_parallelism", "--tensorflow_inter_op_parallelism"):
+        assert args[flag] == "$(CPU_LIMIT)", flag
+    assert env["CPU_LIMIT"]["valueFrom"]["resourceFieldRef"] == {"containerName": "serving", "resource": "limits.cpu",
+                                                                 "divisor": "1"}
+    assert "replicas" not in deploy["spec"], "the HPA owns the scale; replicas here would reset it on every apply"
 
 
 def test_serving_companions_select_the_pods():
@@ -321,6 +377,7 @@ def test_serving_companions_select_the_pods():
     assert hpa["spec"]["scaleTargetRef"]["name"] == deploy["metadata"]["name"]
     [pdb] = _by_kind(objects, "PodDisruptionBudget")
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow", "pods waiting for a model must not block drains"
     service = next(s for s in _by_kind(objects, "Service") if s["metadata"]["name"] == deploy["metadata"]["name"])
     assert service["spec"]["selector"].items() <= labels.items()
     policies = [p for p in _by_kind(objects, "NetworkPolicy") if p["spec"]["podSelector"]["matchLabels"].items() <= labels.items()]
@@ -375,6 +432,10 @@ def test_skaffold_config():
     assert {prof["name"] for prof in config["profiles"]} >= {"train", "multi-node", "serve"}
     for path in (p for group in paths for p in group):
         assert (ROOT / path / "kustomization.yaml").is_file(), path
+    assert config["manifests"]["kustomize"]["paths"] == ["k8s/overlays/dev"]
+    for prof in config["profiles"]:
+        [path] = prof["manifests"]["kustomize"]["paths"]
+        assert (prof["name"] in ("serve", "dev-serve")) == (path.split("/")[-1] in SERVING_OVERLAYS), prof["name"]
 
 
 def test_skaffold_schema_rejects_typos():
