@@ -5,6 +5,7 @@ pods, pod logs, kubeflow.org tfjobs) on 127.0.0.1 and records every request, so 
 what would reach a real cluster.
 """
 
+import base64
 import http.server
 import json
 import threading
@@ -17,9 +18,10 @@ import yaml
 from kubernetes import client
 
 from tests.test_manifests import SCHEMAS, check_indexed_job
-from trainer import launch
+from trainer import launch, launch_manifests
 
-IMAGE = "europe-docker.pkg.dev/p/colorizer/trainer:abc123"
+DIGEST = "sha256:" + "0123456789abcdef" * 4
+IMAGE = f"europe-docker.pkg.dev/p/colorizer/trainer@{DIGEST}"
 
 
 def dry_run(capsys, *argv):
@@ -69,11 +71,76 @@ def test_dry_run_tfjob_matches_the_crd(capsys):
 
 
 @pytest.mark.parametrize("argv", [["--name=Bad_Name"], ["--workers=0"], ["--gpus=-1"], ["--kind=tfjob"],
-                                  ["--arg=--epochz=3"], ["--manifests=/nonexistent"]])
+                                  ["--arg=--epochz=3"], ["--manifests=/nonexistent"], ["--max_hours=0"]])
 def test_bad_input_is_one_line_and_exit_2(argv, capsys):
     assert launch.main(["submit", f"--image={IMAGE}", "--dry_run", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ")
+
+
+@pytest.mark.parametrize("argv, where", [(["--name=a"], ["spec"]), (["--name=b", "--workers=3"], ["spec"]),
+                                         (["--name=c", "--workers=2", "--kind=tfjob"], ["spec", "runPolicy"])])
+def test_max_hours_sets_the_deadline(argv, where, capsys):
+    """Preemptions are ignored by the failure policies, so a deadline ends a run that never finishes."""
+    obj = dry_run(capsys, *argv, "--max_hours=1.5")[0]
+    for key in where:
+        obj = obj[key]
+    assert obj["activeDeadlineSeconds"] == 5400
+
+
+class FakeRegistry(http.server.BaseHTTPRequestHandler):
+    """Answers HEAD /v2/<repo>/manifests/<tag> like a registry: the digest of known tags, 404 otherwise."""
+
+    tags, seen = {"colorizer/trainer:v1": DIGEST}, []
+
+    def log_message(self, *args):
+        pass
+
+    def do_HEAD(self):  # noqa: N802  (http.server's naming)
+        FakeRegistry.seen.append((self.path, self.headers.get("Accept", ""), self.headers.get("Authorization")))
+        repo, _, tag = self.path.removeprefix("/v2/").partition("/manifests/")
+        digest = self.tags.get(f"{repo}:{tag}")
+        self.send_response(200 if digest else 404)
+        if digest:
+            self.send_header("Docker-Content-Digest", digest)
+        self.end_headers()
+
+
+@pytest.fixture
+def registry():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeRegistry)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    FakeRegistry.seen = []
+    yield f"127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_tag_is_resolved_to_its_digest(registry, capsys):
+    assert launch.main(["submit", f"--image={registry}/colorizer/trainer:v1", "--name=r", "--dry_run"]) == 0
+    [job] = list(yaml.safe_load_all(capsys.readouterr().out))
+    assert container(job)["image"] == f"{registry}/colorizer/trainer@{DIGEST}"
+    [(path, accept, auth)] = FakeRegistry.seen
+    assert path == "/v2/colorizer/trainer/manifests/v1" and "manifest.list.v2+json" in accept and auth is None
+
+
+def test_google_registries_get_an_access_token(registry, monkeypatch):
+    monkeypatch.setattr(launch_manifests, "GOOGLE_REGISTRIES", (registry,))
+    monkeypatch.setattr(launch_manifests, "google_access_token", lambda: "ya29.token")
+    assert launch_manifests.pinned_image(f"{registry}/colorizer/trainer:v1").endswith(DIGEST)
+    assert FakeRegistry.seen[0][2] == "Basic " + base64.b64encode(b"oauth2accesstoken:ya29.token").decode()
+
+
+@pytest.mark.parametrize("image", ["{registry}/colorizer/trainer:nope", "127.0.0.1:9/colorizer/trainer:v1"])
+def test_an_unresolvable_tag_is_refused_in_one_line(image, registry, capsys):
+    assert launch.main(["submit", f"--image={image.format(registry=registry)}", "--name=r", "--dry_run"]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: --image=") and "@sha256:" in line and "docker inspect" in line
+
+
+def test_a_pinned_image_is_used_as_is():
+    assert launch_manifests.pinned_image(IMAGE) == IMAGE
+    assert launch_manifests.split_image("tensorflow/serving:2.20.0") == ("registry-1.docker.io", "tensorflow/serving", "2.20.0")
 
 
 def test_missing_required_flag_is_one_line(capsys):

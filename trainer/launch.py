@@ -4,8 +4,9 @@
     status RUN | logs RUN | wait RUN | delete RUN
 
 `submit` loads the manifests in k8s/ (the same ones `kubectl apply` uses), applies the overrides,
-creates the objects, waits for the pods to be scheduled, streams the chief's log, and exits with the
-run's outcome: 0 when it succeeded, 1 with the failure reason otherwise. One worker is the
+creates the objects, waits for the pods to be scheduled (a Spot node may take minutes to scale up),
+streams the chief's log (again after each restart), and exits with the run's outcome: 0 when it
+succeeded, 1 with the failure reason otherwise. A tag-only --image is resolved to its digest first. One worker is the
 single-node Job (k8s/job.yaml); more are the Indexed Job + headless Service
 (k8s/components/multinode/) or, with --kind=tfjob, a Kubeflow TFJob. They need the namespace, the
 ServiceAccount and the colorizer-config ConfigMap that `kubectl apply -f k8s/job.yaml` creates.
@@ -20,7 +21,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from trainer.launch_manifests import (CHIEF_SELECTOR, PATH_FLAGS, TFJOB, LaunchError, UsageError, build, check_args,
-                                      manifest_dir)
+                                      manifest_dir, pinned_image)
 
 
 def api_client(context):
@@ -151,6 +152,7 @@ def delete(api, kind, ns, name):
 def submit(args, api):
     directory = manifest_dir(args.manifests)
     check_args(args)
+    args.image = pinned_image(args.image)
     objects = build(args, directory)
     if args.dry_run:
         print(yaml.safe_dump_all(objects, sort_keys=False), end="")
@@ -224,7 +226,8 @@ def parser():
     p.add_argument("--poll_seconds", type=float, default=10.0, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     s = sub.add_parser("submit", help="create a training run and follow it")
-    s.add_argument("--image", required=True, help="trainer image, e.g. REGION-docker.pkg.dev/PROJECT/colorizer/trainer:TAG")
+    s.add_argument("--image", required=True, help="trainer image, REGION-docker.pkg.dev/PROJECT/colorizer/trainer:TAG "
+                   "or ...@sha256:DIGEST; a tag is resolved to its digest, so every restarted worker runs the same code")
     s.add_argument("--name", default=time.strftime("colorizer-%Y%m%d-%H%M%S"), help="run name (also the Job's)")
     s.add_argument("--workers", type=int, default=1, help="nodes; 1: single-node Job, >1: Indexed Job or TFJob")
     s.add_argument("--gpus", type=int, default=1, help="GPUs per worker (0: CPU only)")
@@ -232,6 +235,8 @@ def parser():
     s.add_argument("--cpu", help="CPU request and limit per worker, e.g. 8")
     s.add_argument("--memory", help="memory request and limit per worker, e.g. 32Gi")
     s.add_argument("--spot", action="store_true", help="run on GKE Spot VMs")
+    s.add_argument("--max_hours", type=float, help="fail the run after this long (activeDeadlineSeconds; "
+                   "default: the manifest's 72 h), the backstop for preemptions that never end")
     for flag in PATH_FLAGS:
         s.add_argument(f"--{flag}", help="default: the colorizer-config ConfigMap's value")
     s.add_argument("--arg", action="append", help="extra trainer flag, e.g. --arg=--epochs=50 (repeatable)")

@@ -3,9 +3,12 @@
 Built from the same YAML that `kubectl apply` uses, so a launched run and an applied one can't drift.
 """
 
+import base64
 import copy
 import os
 import re
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import yaml
@@ -20,6 +23,13 @@ CHIEF_SELECTOR = {
     "TFJob": "training.kubeflow.org/job-name={name},training.kubeflow.org/replica-type=worker,"
              "training.kubeflow.org/replica-index=0",
 }
+
+
+DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+MANIFEST_TYPES = ("application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json",
+                  "application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json")
+GOOGLE_REGISTRIES = (".pkg.dev", "gcr.io")  # registries that take a Google access token as user oauth2accesstoken
+DIGEST_HINT = "pass --image=NAME@sha256:... (after docker push: docker inspect --format='{{index .RepoDigests 0}}' IMAGE)"
 
 
 class UsageError(Exception):
@@ -50,6 +60,8 @@ def check_args(args):
         raise UsageError("--workers must be >= 1 and --gpus >= 0")
     if args.kind == "tfjob" and args.workers < 2:
         raise UsageError("--kind=tfjob needs --workers >= 2 (one worker is the plain Job)")
+    if args.max_hours is not None and not args.max_hours > 0:
+        raise UsageError(f"--max_hours={args.max_hours}: must be > 0")
     if args.arg:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # the flags' module imports TensorFlow: keep it quiet
         from absl import flags
@@ -59,6 +71,59 @@ def check_args(args):
             match = re.match(r"^--(?:no)?([a-z_0-9]+)(=.*)?$", arg)
             if not match or match.group(1) not in flags.FLAGS:
                 raise UsageError(f"--arg={arg!r}: not a flag of python -m trainer.task")
+
+
+def split_image(image):
+    """(registry, repository, tag) of an image reference, Docker's defaults filled in."""
+    name, tag = image, "latest"
+    if ":" in image.rsplit("/", 1)[-1]:
+        name, tag = image.rsplit(":", 1)
+    first, _, rest = name.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        return first, rest, tag
+    return "registry-1.docker.io", name if rest else f"library/{name}", tag
+
+
+def google_access_token():
+    """An access token from Application Default Credentials (what Artifact Registry and gcr.io accept)."""
+    import google.auth
+    import google.auth.exceptions
+    import google.auth.transport.requests
+
+    try:
+        credentials, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
+        credentials.refresh(google.auth.transport.requests.Request())
+    except google.auth.exceptions.GoogleAuthError as exc:
+        raise OSError(f"no Google credentials for the registry (gcloud auth application-default login): {exc}") from None
+    return credentials.token
+
+
+def pinned_image(image, timeout=30):
+    """The image by digest: unchanged if pinned, else the tag resolved with the registry's v2 API.
+
+    Workers restarted hours apart must run the same code, and a tag can move in between. The digest
+    is the registry's Docker-Content-Digest answer to HEAD /v2/<repository>/manifests/<tag>.
+    """
+    if DIGEST.search(image):
+        return image
+    registry, repository, tag = split_image(image)
+    scheme = "http" if registry.split(":")[0] in ("localhost", "127.0.0.1") else "https"
+    request = urllib.request.Request(f"{scheme}://{registry}/v2/{repository}/manifests/{tag}", method="HEAD",
+                                     headers={"Accept": ", ".join(MANIFEST_TYPES)})
+    try:
+        if registry.endswith(GOOGLE_REGISTRIES):
+            token = base64.b64encode(f"oauth2accesstoken:{google_access_token()}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            digest = response.headers.get("Docker-Content-Digest", "")
+    except urllib.error.HTTPError as exc:
+        raise UsageError(f"--image={image}: the registry answered HTTP {exc.code} for tag {tag}; {DIGEST_HINT}") from None
+    except OSError as exc:  # unreachable registry, timeout, no credentials
+        raise UsageError(f"--image={image}: can't resolve the tag ({exc}); {DIGEST_HINT}") from None
+    if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+        raise UsageError(f"--image={image}: the registry gave no digest for tag {tag}; {DIGEST_HINT}")
+    name = image.rsplit(":", 1)[0] if ":" in image.rsplit("/", 1)[-1] else image
+    return f"{name}@{digest}"
 
 
 def trainer_args(args, base_args):
@@ -125,10 +190,17 @@ def _renamed(obj, args, name):
     return obj
 
 
+def deadline(run_spec, args):
+    """--max_hours as activeDeadlineSeconds: the backstop for failures the policies ignore (preemptions)."""
+    if args.max_hours is not None:
+        run_spec["activeDeadlineSeconds"] = int(args.max_hours * 3600)
+
+
 def single_job(job, args):
     job = _renamed(job, args, args.name)
     label(job, job["spec"]["template"], args.name)
     set_resources(job["spec"]["template"]["spec"], args)
+    deadline(job["spec"], args)
     return job
 
 
@@ -140,6 +212,7 @@ def indexed_job(job, service, args):
     label(service, {"metadata": {}}, args.name)
     service["spec"]["selector"]["colorizer.dev/run"] = args.name
     job["spec"]["completions"] = job["spec"]["parallelism"] = args.workers
+    deadline(job["spec"], args)
     template["spec"]["subdomain"] = service["metadata"]["name"]
     container = set_resources(template["spec"], args)
     for env in container["env"]:
@@ -154,6 +227,7 @@ def tf_job(tfjob, args):
     tfjob = _renamed(tfjob, args, args.name)
     worker = tfjob["spec"]["tfReplicaSpecs"]["Worker"]
     worker["replicas"] = args.workers
+    deadline(tfjob["spec"]["runPolicy"], args)
     label(tfjob, worker["template"], args.name)
     set_resources(worker["template"]["spec"], args)
     return tfjob
