@@ -32,7 +32,7 @@ import textwrap
 import pytest
 
 from tests.conftest import REPO, write_photos
-from tests.gcs_emulator import GcsEmulator, classify, unavailable_reason
+from tests.gcs_emulator import ROLES, GcsEmulator, classify, unavailable_reason
 
 BUCKET = "colorizer-iam"
 ENV = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -135,6 +135,21 @@ def test_serving_roles_cannot_write(emulator):
     wrote, seen = _run(emulator, SERVING_ROLES, "-c", script, module=None)
     assert wrote.returncode != 0 and "PermissionDenied" in wrote.stderr
     assert {m[0] for _, _, m in _denied(seen)} == {"storage.objects.create"}, _denied(seen)
+
+
+def test_serving_from_the_bucket_root_would_need_bucket_get(emulator):
+    """Why --model_base_path must stay below the root: FileExists(gs://BUCKET) is a bucket GET."""
+    script = f"import tensorflow as tf; tf.io.gfile.exists('gs://{BUCKET}')"
+    checked, seen = _run(emulator, SERVING_ROLES, "-c", script, module=None)
+    assert checked.returncode != 0
+    assert _denied(seen) == [("GET", f"/storage/v1/b/{BUCKET}", ["storage.buckets.get"])]
+
+
+def test_legacy_bucket_reader_adds_exactly_bucket_get_to_object_user():
+    """objectUser + legacyBucketReader is the least privilege: the same set as a custom role with only
+    storage.buckets.get, without creating and maintaining a custom role."""
+    trainer = ROLES["roles/storage.objectUser"] | ROLES["roles/storage.legacyBucketReader"]
+    assert trainer - ROLES["roles/storage.objectUser"] == {"storage.buckets.get"}
 
 
 def test_unknown_request_kinds_are_denied_and_reported(emulator):
