@@ -5,12 +5,13 @@ import sys
 
 import numpy as np
 import pytest
+import requests
 import tensorflow as tf
 from PIL import Image
 
 from tests.conftest import REPO, make_photo, write_photos
-from trainer import schema
-from trainer.errors import ConfigError, DataError
+from trainer import gcs, schema
+from trainer.errors import ConfigError, DataError, TransientError
 from trainer.prepare import assign_split, prepare
 
 
@@ -107,3 +108,32 @@ def test_cli_writes_shards_with_parallel_workers(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "train: 7 examples in 2 shards (raw)" in proc.stdout
     assert not [n for n in os.listdir(tmp_path / "out") if n.endswith(".tmp")]
+
+
+class _FailingClient:
+    """A google-cloud-storage client whose every call raises `error` (its retries already spent)."""
+
+    def __init__(self, error):
+        self.error = error
+
+    def list_blobs(self, *args, **kwargs):
+        raise self.error
+
+
+@pytest.mark.parametrize("make_error,expected", [
+    (lambda e: e.ServiceUnavailable("503 Backend Error"), TransientError),
+    (lambda e: e.TooManyRequests("429 rate limit"), TransientError),
+    (lambda e: e.InternalServerError("500 internal"), TransientError),
+    (lambda e: e.GatewayTimeout("504"), TransientError),
+    (lambda e: requests.exceptions.ConnectionError("connection reset"), TransientError),
+    (lambda e: e.Forbidden("403 denied"), DataError),
+    (lambda e: e.NotFound("404 no bucket"), DataError),
+])
+def test_cloud_storage_errors_are_transient_or_permanent(tmp_path, monkeypatch, make_error, expected):
+    from google.api_core import exceptions
+
+    monkeypatch.setattr(gcs, "_client", lambda: _FailingClient(make_error(exceptions)))
+    write_photos(tmp_path / "in", 2)
+    with pytest.raises(expected, match="^gs://bucket/data: ") as raised:
+        prepare(str(tmp_path / "in"), "gs://bucket/data", num_shards=1, progress=False)
+    assert "\n" not in str(raised.value)

@@ -52,6 +52,35 @@ def exit_on_user_error():
         sys.exit(exc.exit_code)
 
 
+def first_line(text: str, limit: int = 300) -> str:
+    """The first non-empty line of an error message (TF's and HTTP errors span many), shortened."""
+    line = next((l.strip() for l in str(text).splitlines() if l.strip()), "")
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+@contextlib.contextmanager
+def storage_errors(what: str, permanent=None):
+    """File I/O through tf.io on `what`: trouble that outlasted TF's own retries -> TransientError.
+
+    TF's GCS filesystem retries 5xx, 429 and timeouts itself, then raises AbortedError ("All 10
+    retry attempts failed", tsl/platform/retrying_utils.cc); so Aborted counts as transient here
+    too. A missing object or a denied permission raises `permanent` when given, else passes through.
+    """
+    import tensorflow as tf
+
+    transient = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.ResourceExhaustedError,
+                 tf.errors.InternalError, tf.errors.AbortedError)
+    try:
+        yield
+    except transient as exc:
+        raise TransientError(f"{what}: storage unavailable after retries ({type(exc).__name__}: "
+                             f"{first_line(exc.message)}); a restart resumes") from None
+    except (tf.errors.NotFoundError, tf.errors.PermissionDeniedError, tf.errors.UnauthenticatedError) as exc:
+        if permanent is None:
+            raise
+        raise permanent(f"{what}: {first_line(exc.message)}") from None
+
+
 def parse_flags_or_exit(argv):
     """`flags_parser` for absl's app.run: a bad flag is one line and EXIT_CONFIG (absl itself exits 1)."""
     from absl import flags

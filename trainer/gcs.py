@@ -9,7 +9,7 @@ Application Default Credentials (Workload Identity on GKE); no key files.
 import concurrent.futures
 import os
 
-from trainer.errors import DataError
+from trainer.errors import ConfigError, DataError, TransientError, first_line
 
 _RESUMABLE_CHUNK = 16 * 1024 * 1024  # files above this upload in resumable 16 MiB chunks
 
@@ -27,15 +27,35 @@ def split_path(path: str):
 
 
 def _client():
+    from google.auth import exceptions as auth_exceptions
     from google.cloud import storage  # imported on first use: local runs never need it
 
-    return storage.Client()
+    try:
+        return storage.Client()
+    except auth_exceptions.DefaultCredentialsError as exc:
+        raise ConfigError(f"no credentials for Cloud Storage ({first_line(exc)}); run `gcloud auth "
+                          "application-default login` or use Workload Identity") from None
 
 
-def _explain(exc, path: str) -> DataError:
-    """google.api_core errors -> one line naming the path."""
+def _api_errors():
+    """What the client raises once its own retries are spent: API errors, and dropped connections."""
+    import requests
+    from google.api_core import exceptions
+    from google.auth import exceptions as auth_exceptions
+
+    return (exceptions.GoogleAPIError, requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+            auth_exceptions.TransportError)
+
+
+def _explain(exc, path: str):
+    """google.api_core and requests errors -> a one-line DataError, or TransientError for 429/5xx/network."""
     from google.api_core import exceptions
 
+    transient = (exceptions.ServiceUnavailable, exceptions.TooManyRequests, exceptions.InternalServerError,
+                 exceptions.GatewayTimeout, exceptions.BadGateway, exceptions.RetryError)
+    if isinstance(exc, transient) or not isinstance(exc, exceptions.GoogleAPIError):
+        return TransientError(f"{path}: Cloud Storage unavailable after retries ({type(exc).__name__}: "
+                              f"{first_line(exc)}); a retry may succeed")
     if isinstance(exc, exceptions.NotFound):
         return DataError(f"{path}: not found (does the bucket gs://{split_path(path)[0]} exist?)")
     if isinstance(exc, exceptions.Forbidden):
@@ -44,18 +64,16 @@ def _explain(exc, path: str) -> DataError:
         return DataError(f"{path}: changed by another writer while this run was writing; nothing was overwritten")
     if isinstance(exc, exceptions.Unauthorized):
         return DataError(f"{path}: no valid credentials (run `gcloud auth application-default login`)")
-    return DataError(f"{path}: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+    return DataError(f"{path}: {type(exc).__name__}: {first_line(exc)}")
 
 
 def list_generations(directory: str, prefix: str) -> dict:
     """{object path: generation} of the objects in `directory` whose names start with `prefix`."""
-    from google.api_core import exceptions
-
     bucket, name = split_path(directory.rstrip("/") + "/")
     try:
         blobs = _client().list_blobs(bucket, prefix=name + prefix, delimiter="/")
         return {f"gs://{bucket}/{b.name}": b.generation for b in blobs}
-    except exceptions.GoogleAPIError as exc:
+    except _api_errors() as exc:
         raise _explain(exc, directory) from None
 
 
@@ -89,12 +107,10 @@ def delete(paths: dict, workers: int = 8) -> None:
 
 
 def _run_all(function, items, workers: int, path_of) -> None:
-    from google.api_core import exceptions
-
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         futures = {pool.submit(function, item): item for item in items}
         for future in concurrent.futures.as_completed(futures):
             try:
                 future.result()
-            except exceptions.GoogleAPIError as exc:
+            except _api_errors() as exc:
                 raise _explain(exc, path_of(futures[future])) from None

@@ -7,7 +7,7 @@ import tensorflow as tf
 from absl import logging
 
 from trainer import preprocess
-from trainer.errors import DataError
+from trainer.errors import DataError, first_line, storage_errors
 from trainer.schema import FEATURES, decode_pair, parse_shard_name, read_manifest
 
 _READ_BUFFER_BYTES = 8 << 20  # large reads amortise object-storage latency
@@ -24,11 +24,16 @@ class ShardSet:
 
 
 def find_shards(pattern: str) -> ShardSet:
-    """Globs `pattern` and checks the match against the manifest, so a missing shard is an error."""
+    """Globs `pattern` and checks the match against the manifest, so a missing shard is an error.
+
+    Storage that stays unavailable is a TransientError (a restart may succeed); anything else the
+    storage says (a missing bucket, a denied permission) is a DataError.
+    """
     try:
-        files = sorted(tf.io.gfile.glob(pattern))
-    except tf.errors.OpError as exc:  # e.g. a missing bucket or a permission error on gs://
-        raise DataError(f"{pattern}: {_first_line(exc)}") from None
+        with storage_errors(pattern):
+            files = sorted(tf.io.gfile.glob(pattern))
+    except tf.errors.OpError as exc:
+        raise DataError(f"{pattern}: {first_line(exc.message)}") from None
     if not files:
         raise DataError(f"no files match {pattern}")
     names = [parse_shard_name(f) for f in files]
@@ -40,9 +45,10 @@ def find_shards(pattern: str) -> ShardSet:
     if len(splits) > 1 or len(directories) > 1:
         raise DataError(f"{pattern} matches several splits or folders: {', '.join(sorted(splits | directories))}")
     try:
-        manifest = read_manifest(directories.pop(), splits.pop())
+        with storage_errors(f"{pattern}: manifest"):
+            manifest = read_manifest(directories.pop(), splits.pop())
     except tf.errors.OpError as exc:
-        raise DataError(f"{pattern}: manifest unreadable: {_first_line(exc)}") from None
+        raise DataError(f"{pattern}: manifest unreadable: {first_line(exc.message)}") from None
     found = {posixpath.basename(f) for f in files}
     missing = sorted(set(manifest.shards) - found)
     if missing:
@@ -145,10 +151,5 @@ def find_corrupt_record(shards: ShardSet):
                 _parse(record, shards.encoding)
                 index += 1
         except (tf.errors.DataLossError, tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as exc:
-            return f"{path} (record {index}): {_first_line(exc)}"
+            return f"{path} (record {index}): {first_line(exc.message)}"
     return None
-
-
-def _first_line(exc: tf.errors.OpError) -> str:
-    """The informative first line of a TF error (HTTP errors from gs:// span several lines)."""
-    return next((line.strip() for line in exc.message.splitlines() if line.strip()), type(exc).__name__)
