@@ -8,9 +8,9 @@ import tensorflow as tf
 
 from trainer import distribute, input_pipeline
 from trainer.config import TrainConfig
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, TransientError
 from trainer.input_pipeline import find_shards
-from trainer.train import Trainer, count_workers
+from trainer.train import Trainer
 
 
 def test_tf_config_with_several_tasks_is_a_cluster():
@@ -48,14 +48,24 @@ def test_no_cluster_means_mirrored_and_multi_worker_without_cluster_is_an_error(
         distribute.build_strategy("multi_worker", {})
 
 
-def test_wait_for_peers_names_the_missing_peer():
+def test_wait_for_peers_names_the_missing_peer_and_is_transient():
     def resolve(host, port):
         if host == "job-1.svc":
             raise OSError("no such host")
 
     distribute.wait_for_peers(["job-0.svc:2222"], 0.1, resolve)
-    with pytest.raises(ConfigError, match="peer job-1.svc did not resolve within 0s"):
+    # A peer's pod may simply not be scheduled yet: a retriable exit (145), never a failed Job.
+    with pytest.raises(TransientError, match="peer job-1.svc did not resolve within 0s") as raised:
         distribute.wait_for_peers(["job-0.svc:2222", "job-1.svc:2222"], 0.0, resolve)
+    assert raised.value.exit_code == 145
+
+
+def test_all_reduce_is_nccl_with_gpus_and_the_ring_on_cpus():
+    implementations = tf.distribute.experimental.CommunicationImplementation
+    on_gpus = distribute.communication_options([tf.config.PhysicalDevice("/physical_device:GPU:0", "GPU")], 30)
+    assert on_gpus.implementation == implementations.NCCL and on_gpus.timeout_seconds == 30
+    on_cpus = distribute.communication_options([], 45)
+    assert on_cpus.implementation == implementations.RING and on_cpus.timeout_seconds == 45
 
 
 def test_shard_policy():
@@ -80,7 +90,7 @@ def test_two_replicas_step_equals_one_device_with_same_global_batch(shards_dir, 
     """
     mirrored = _trainer(shards_dir, tmp_path / "a", mirrored, 2)
     single = _trainer(shards_dir, tmp_path / "b", tf.distribute.OneDeviceStrategy("/cpu:0"), 4)
-    assert mirrored.global_batch == single.global_batch == 4 and count_workers(mirrored.strategy) == 1
+    assert mirrored.global_batch == single.global_batch == 4 and distribute.count_workers(mirrored.strategy) == 1
     single.model.set_weights(mirrored.model.get_weights())
     start = [w.numpy().copy() for w in single.model.trainable_weights]
     for trainer in (mirrored, single):

@@ -16,7 +16,7 @@ import time
 import tensorflow as tf
 from absl import logging
 
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, TransientError
 
 STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device")
 DEFAULT_PORT = 2222
@@ -86,13 +86,17 @@ def resolve_cluster(environ) -> "Cluster | None":
 
 
 def wait_for_peers(addresses, timeout_seconds: float, resolve=socket.getaddrinfo) -> None:
-    """Blocks until every peer's host name resolves: a pod's DNS record appears only with the pod."""
+    """Blocks until every peer's host name resolves: a pod's DNS record appears only with the pod.
+
+    A peer still missing after `timeout_seconds` is transient (its pod not scheduled yet, a node
+    being replaced): the Job should retry, not fail.
+    """
     deadline = time.monotonic() + timeout_seconds
     pending = [a.rsplit(":", 1)[0] for a in addresses]
     while pending:
         pending = [h for h in pending if not _resolves(h, resolve)]
         if pending and time.monotonic() > deadline:
-            raise ConfigError(f"peer {pending[0]} did not resolve within {timeout_seconds:.0f}s "
+            raise TransientError(f"peer {pending[0]} did not resolve within {timeout_seconds:.0f}s "
                               f"({len(pending)} of {len(addresses)} missing)")
         if pending:
             time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
@@ -104,6 +108,15 @@ def _resolves(host: str, resolve) -> bool:
         return True
     except OSError:
         return False
+
+
+def count_workers(strategy: tf.distribute.Strategy) -> int:
+    """Worker processes taking part in training (1 unless multi-worker)."""
+    resolver = strategy.cluster_resolver
+    if resolver is None:
+        return 1
+    jobs = resolver.cluster_spec().as_dict()
+    return sum(len(jobs.get(job, ())) for job in ("chief", "worker")) or 1
 
 
 def build_strategy(name: str = "auto", environ=None, peer_timeout_seconds: float = 600,
@@ -127,12 +140,25 @@ def build_strategy(name: str = "auto", environ=None, peer_timeout_seconds: float
     return strategy
 
 
+def communication_options(gpus, collective_timeout_seconds: float) -> tf.distribute.experimental.CommunicationOptions:
+    """NCCL all-reduce when this worker has GPUs, the ring over gRPC on CPUs.
+
+    The ring copies GPU tensors through host memory and gRPC: much slower between GPU nodes. A
+    collective that waits longer than the timeout fails instead of hanging when a peer has died.
+    """
+    implementations = tf.distribute.experimental.CommunicationImplementation
+    implementation = implementations.NCCL if gpus else implementations.RING
+    return tf.distribute.experimental.CommunicationOptions(implementation=implementation,
+                                                           timeout_seconds=collective_timeout_seconds)
+
+
 def _multi_worker(cluster, peer_timeout_seconds, collective_timeout_seconds):
     if cluster is None:
         raise ConfigError("--strategy=multi_worker needs TF_CONFIG or an Indexed Job environment")
     wait_for_peers(cluster.workers, peer_timeout_seconds)
     resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
         cluster.spec, task_type=cluster.task_type, task_id=cluster.task_index, rpc_layer="grpc")
-    # A collective that waits longer than this fails instead of hanging when a peer has died.
-    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective_timeout_seconds)
+    gpus = tf.config.list_physical_devices("GPU")
+    options = communication_options(gpus, collective_timeout_seconds)
+    logging.info("all-reduce between workers: %s (%d GPU(s) on this worker)", options.implementation.name, len(gpus))
     return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver, communication_options=options)
