@@ -1,15 +1,17 @@
 import os
 import shutil
+import signal
+import types
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from trainer.config import TrainConfig
-from trainer.errors import ConfigError, DataError
+from trainer.errors import ConfigError, DataError, TransientError
 from trainer.input_pipeline import find_shards
-from trainer import preprocess
-from trainer.train import Trainer, learning_rate
+from trainer import preemption, preprocess
+from trainer.train import Trainer, _guard, learning_rate
 
 
 def _config(shards_dir, tmp_path, **overrides):
@@ -99,3 +101,60 @@ def test_loss_and_schedule_are_validated(shards_dir, tmp_path):
         _config(shards_dir, tmp_path, loss="hinge")
     with pytest.raises(ConfigError, match="--lr_schedule='step'"):
         _config(shards_dir, tmp_path, lr_schedule="step")
+
+
+def test_pacer_sizes_calls_from_timings_and_agrees_through_an_all_reduce(mirrored):
+    asked = []
+    # num_workers=2 takes the all-reduce path; the two local replicas stand in for two workers.
+    pacer = preemption.Pacer(mirrored, 2, lambda: bool(asked))
+    pacer.timed(1, 30.0)  # the first call includes tracing: not a measure of step time
+    assert not pacer.stop_agreed() and pacer.steps_per_call == 1
+    pacer.timed(10, 1.0)
+    assert not pacer.stop_agreed() and pacer.steps_per_call == 20  # 2 s worth of 0.1 s steps
+    pacer.timed(20, 0.001)
+    assert not pacer.stop_agreed() and pacer.steps_per_call == preemption.MAX_STEPS_PER_CALL
+    asked.append(True)
+    assert pacer.stop_agreed()
+
+
+def test_sigterm_watch_only_records_and_survives_a_second_signal():
+    watch, previous = preemption.SigtermWatch(), signal.getsignal(signal.SIGTERM)
+    try:
+        watch.install()
+        assert not watch.requested()
+        for _ in range(2):
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert watch.requested()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_storage_trouble_is_transient_and_a_lost_peer_passes_through(shards_dir, tmp_path):
+    shards = find_shards(os.path.join(shards_dir, "train-*"))
+
+    def fails(error):
+        def run():
+            raise error
+        return run
+
+    unavailable = tf.errors.AbortedError(None, None, f"All 10 retry attempts failed. The last failure: HTTP 503 "
+                                                     f"when reading {shards.files[1]}")
+    with pytest.raises(TransientError, match=r"reading .*train-\*: storage unavailable after retries"):
+        _guard(fails(unavailable), shards)
+    peer = tf.errors.UnavailableError(None, None, "Collective ops is aborted by: failed to connect")
+    with pytest.raises(tf.errors.UnavailableError):
+        _guard(fails(peer), shards)
+
+
+def test_checkpoint_storage_errors_are_one_line_and_classified(shards_dir, tmp_path, mirrored):
+    trainer = _trainer(_config(shards_dir, tmp_path), mirrored)
+
+    def manager(error):
+        def save(**kwargs):
+            raise error
+        return types.SimpleNamespace(save=save)
+
+    with pytest.raises(TransientError, match="checkpoints in .*model: storage unavailable"):
+        trainer._save(manager(tf.errors.UnavailableError(None, None, "HTTP 503")))
+    with pytest.raises(ConfigError, match="checkpoints in .*model: no access"):
+        trainer._save(manager(tf.errors.PermissionDeniedError(None, None, "no access")))

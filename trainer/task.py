@@ -6,25 +6,20 @@ Only this module reads flags and the environment; everything else takes a TrainC
 
 import os
 import shutil
-import signal
 import sys
 import tempfile
-import threading
 
 import tensorflow as tf
 from absl import app, flags, logging
 
-from trainer import distribute
+from trainer import distribute, preemption
 from trainer.config import LR_SCHEDULES, TrainConfig
-from trainer.errors import exit_on_user_error, parse_flags_or_exit
+from trainer.errors import (EXIT_PEER_LOST, EXIT_PREEMPTED, ConfigError, TransientError, exit_on_user_error,
+                            first_line, parse_flags_or_exit, storage_errors)
 from trainer.losses import LOSSES
 from trainer.models import MODELS
 from trainer.preprocess import COLOR_SPACES
 
-# Exit codes >= 128 are retriable for TFJob's ExitCode restart policy and the Job podFailurePolicy
-# in k8s/; 1 (bad data) and 2 (bad flags) are permanent: a restart would fail the same way.
-PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: stopped by a signal after saving a checkpoint
-PEER_LOST_EXIT_CODE = 144  # a peer worker died or stopped answering; all workers restart and resume
 SAMPLE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sample")
 DEFAULT_RUN_DIR = os.path.join("runs", "colorizer")
 
@@ -88,8 +83,9 @@ def run(config: TrainConfig, strategy, stop_requested=lambda: False) -> dict:
     # copy lands in export_dir, so a run has exactly one export.
     chief = strategy.extended.should_checkpoint
     export_dir = config.export_dir if chief else tempfile.mkdtemp(prefix="colorizer-worker-export-")
-    path = export_saved_model(trainer.model, config.color_space, export_dir,
-                              {"model": config.model, "step": result["step"], "best_val_loss": result["best_val_loss"]})
+    with storage_errors(f"export to {config.export_dir}", ConfigError):
+        path = export_saved_model(trainer.model, config.color_space, export_dir,
+                                  {"model": config.model, "step": result["step"], "best_val_loss": result["best_val_loss"]})
     if chief:
         result["export"] = path
     else:
@@ -98,43 +94,44 @@ def run(config: TrainConfig, strategy, stop_requested=lambda: False) -> dict:
     return result
 
 
-def _stop_on_sigterm() -> threading.Event:
-    """Kubernetes sends SIGTERM before killing a pod (preemption, eviction): finish the step, save, exit."""
-    stop = threading.Event()
-
-    def handler(signum, frame):
-        logging.warning("received signal %d: checkpointing and exiting with %d", signum, PREEMPTED_EXIT_CODE)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    return stop
-
-
+# What a failed collective raises. With peers, they mean a peer died or stopped answering; alone,
+# only storage (a file system) can raise them: errors.storage_errors names the path where it can.
 PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.DeadlineExceededError,
                tf.errors.CancelledError)
+
+
+def _train(config, strategy, stop_requested) -> dict:
+    """run(), with a lost peer exiting EXIT_PEER_LOST and unavailable storage a TransientError."""
+    try:
+        return run(config, strategy, stop_requested)
+    except PEER_ERRORS as exc:
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            reason = next((line for line in exc.message.splitlines() if "aborted" in line or "timed out" in line),
+                          type(exc).__name__)
+            print(f"error: lost a peer worker ({reason.strip()}); a restart resumes from the last checkpoint",
+                  file=sys.stderr)
+            sys.exit(EXIT_PEER_LOST)
+        if isinstance(exc, tf.errors.CancelledError):
+            raise
+        raise TransientError(f"storage unavailable ({type(exc).__name__}: {first_line(exc.message)}); "
+                             "a restart resumes from the last checkpoint") from None
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}", exitcode=2)
-    stop, strategy = _stop_on_sigterm(), None
+    sigterm = preemption.SigtermWatch()
+    sigterm.install()  # TF replaces it while building a multi-worker strategy: re-installed below
     with exit_on_user_error():
-        try:
-            config = config_from_flags()
-            strategy = distribute.build_strategy(FLAGS.strategy, dict(os.environ), FLAGS.peer_timeout_seconds,
-                                                 FLAGS.collective_timeout_seconds)
-            result = run(config, strategy, stop.is_set)
-        except PEER_ERRORS as exc:
-            if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-                raise
-            reason = next((line for line in exc.message.splitlines() if "aborted" in line or "timed out" in line),
-                          type(exc).__name__)
-            print(f"error: lost a peer worker ({reason.strip()}); a restart resumes from the last checkpoint",
-                  file=sys.stderr)
-            sys.exit(PEER_LOST_EXIT_CODE)
+        config = config_from_flags()
+        strategy = distribute.build_strategy(FLAGS.strategy, dict(os.environ), FLAGS.peer_timeout_seconds,
+                                             FLAGS.collective_timeout_seconds)
+        sigterm.reinstall(strategy)
+        result = _train(config, strategy, sigterm.requested)
     if result["preempted"]:
-        print(f"stopped by signal at step {result['step']}; checkpoint saved in {config.model_dir}")
-        sys.exit(PREEMPTED_EXIT_CODE)
+        print(f"stopped by SIGTERM at step {result['step']}; checkpoint saved in {config.model_dir}; "
+              f"exit {EXIT_PREEMPTED}: a restart resumes from it")
+        sys.exit(EXIT_PREEMPTED)
     print(f"trained {result['epoch']} epoch(s), {result['step']} steps, best val_loss {result['best_val_loss']:.5f}")
     print(f"checkpoints: {result['checkpoints']}")
     if "export" in result:

@@ -14,15 +14,10 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from trainer import input_pipeline, losses, preprocess, summaries
+from trainer import distribute, input_pipeline, losses, preemption, preprocess, summaries
 from trainer.config import TrainConfig
-from trainer.errors import DataError
+from trainer.errors import ConfigError, DataError, storage_errors
 from trainer.models import build_model
-
-# Steps run inside one tf.function call are sized to take about this long: long enough to amortise
-# Python overhead, short enough to notice a preemption signal well within its grace period.
-_SECONDS_PER_CALL = 2.0
-_MAX_STEPS_PER_CALL = 200
 
 
 class _State:
@@ -66,23 +61,14 @@ def _own_dir(shared: str, strategy: tf.distribute.Strategy) -> str:
     return shared if strategy.extended.should_checkpoint else tempfile.mkdtemp(prefix="colorizer-worker-")
 
 
-def count_workers(strategy: tf.distribute.Strategy) -> int:
-    """Worker processes taking part in training (1 unless multi-worker)."""
-    resolver = strategy.cluster_resolver
-    if resolver is None:
-        return 1
-    jobs = resolver.cluster_spec().as_dict()
-    return sum(len(jobs.get(job, ())) for job in ("chief", "worker")) or 1
-
-
 class Trainer:
     """Owns the model, optimizer, datasets and checkpoints of one run."""
 
     def __init__(self, config: TrainConfig, strategy: tf.distribute.Strategy, train_shards, eval_shards,
                  stop_requested=lambda: False):
-        self.config, self.strategy, self._stop_requested = config, strategy, stop_requested
-        self.num_workers = count_workers(strategy)
-        self.steps_per_call, self._timed_calls = 1, 0
+        self.config, self.strategy = config, strategy
+        self.num_workers = distribute.count_workers(strategy)
+        self.pacer = preemption.Pacer(strategy, self.num_workers, stop_requested)
         self.train_shards, self.eval_shards = train_shards, eval_shards
         self.global_batch = config.batch_size * strategy.num_replicas_in_sync
         self.steps_per_epoch = max(1, train_shards.num_examples // self.global_batch)
@@ -98,16 +84,25 @@ class Trainer:
         checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, epoch=self.state.epoch,
                                          best_val_loss=self.state.best_val_loss, bad_epochs=self.state.bad_epochs)
         self.shared_dirs = os.path.join(config.model_dir, "checkpoints"), os.path.join(config.model_dir, "best")
-        self.manager = tf.train.CheckpointManager(
-            checkpoint, _own_dir(self.shared_dirs[0], strategy), max_to_keep=3, step_counter=self.optimizer.iterations,
-            checkpoint_interval=config.checkpoint_every_steps or None)
-        self.best = tf.train.CheckpointManager(tf.train.Checkpoint(model=self.model),
-                                               _own_dir(self.shared_dirs[1], strategy), max_to_keep=1)
+        with self._storage():
+            self.manager = tf.train.CheckpointManager(
+                checkpoint, _own_dir(self.shared_dirs[0], strategy), max_to_keep=3,
+                step_counter=self.optimizer.iterations, checkpoint_interval=config.checkpoint_every_steps or None)
+            self.best = tf.train.CheckpointManager(tf.train.Checkpoint(model=self.model),
+                                                   _own_dir(self.shared_dirs[1], strategy), max_to_keep=1)
         self.writers = summaries.Writers(config.log_dir or os.path.join(config.model_dir, "logs"), strategy.extended.should_save_summary)
 
     @property
     def step(self) -> int:
         return int(self.optimizer.iterations.numpy())
+
+    def _storage(self):
+        """Checkpoint I/O: storage trouble is transient (145), a missing bucket or permission is config (2)."""
+        return storage_errors(f"checkpoints in {self.config.model_dir}", ConfigError)
+
+    def _save(self, manager, check_interval=True):
+        with self._storage():
+            manager.save(checkpoint_number=self.optimizer.iterations, check_interval=check_interval)
 
     def restore(self) -> int:
         """Restores the chief's latest checkpoint if any; returns the step training continues from.
@@ -115,13 +110,14 @@ class Trainer:
         Other workers also copy the chief's best weights into their own folder, so all workers
         restore the same best weights at the end of the run.
         """
-        latest, best = (tf.train.latest_checkpoint(d) for d in self.shared_dirs)
-        if best and not self.strategy.extended.should_checkpoint:
-            self.best.checkpoint.restore(best).expect_partial()
-            self.best.save(checkpoint_number=int(best.rsplit("-", 1)[1]))
-        if latest:
-            self.manager.checkpoint.restore(latest)
-            logging.info("resuming from step %d (epoch %d) of %s", self.step, int(self.state.epoch.numpy()), latest)
+        with self._storage():
+            latest, best = (tf.train.latest_checkpoint(d) for d in self.shared_dirs)
+            if best and not self.strategy.extended.should_checkpoint:
+                self.best.checkpoint.restore(best).expect_partial()
+                self.best.save(checkpoint_number=int(best.rsplit("-", 1)[1]))
+            if latest:
+                self.manager.checkpoint.restore(latest)
+                logging.info("resuming from step %d (epoch %d) of %s", self.step, int(self.state.epoch.numpy()), latest)
         return self.step
 
     def _datasets(self):
@@ -183,7 +179,7 @@ class Trainer:
         if val_loss < float(self.state.best_val_loss.numpy()):
             self.state.best_val_loss.assign(val_loss)
             self.state.bad_epochs.assign(0)
-            self.best.save(checkpoint_number=self.optimizer.iterations)
+            self._save(self.best, check_interval=False)
             return False
         self.state.bad_epochs.assign_add(1)
         return self.config.patience > 0 and int(self.state.bad_epochs.numpy()) >= self.config.patience
@@ -208,19 +204,20 @@ class Trainer:
             epoch = int(self.state.epoch.numpy())
             start = time.perf_counter()
             loss, preempted = self._run_epoch(run_train, train_iter, epoch)
-            if preempted:
-                break
             seconds = time.perf_counter() - start
-            val_loss = float(_guard(lambda: run_eval(iter(eval_dist), self.eval_steps), self.eval_shards))
+            val_loss = None if preempted else self._evaluate(run_eval, eval_dist)
+            if val_loss is None:  # a stop was agreed; a restart repeats this epoch's evaluation
+                preempted = True
+                break
             self.state.epoch.assign_add(1)
             stopped = self._early_stop(val_loss)
-            self.manager.save(checkpoint_number=self.optimizer.iterations, check_interval=False)
+            self._save(self.manager, check_interval=False)
             images_per_s = self.steps_per_epoch * self.global_batch / seconds
             self.writers.epoch(self.step, loss, val_loss, images_per_s, self._grid(preview))
             logging.info("epoch %d/%d step %d loss %.5f val_loss %.5f (%.0f images/s)%s", epoch + 1,
                          self.config.epochs, self.step, loss, val_loss, images_per_s, " early stop" if stopped else "")
         if preempted:
-            self.manager.save(checkpoint_number=self.optimizer.iterations, check_interval=False)
+            self._save(self.manager, check_interval=False)
             logging.warning("stop requested: saved checkpoint at step %d; a restart resumes from it", self.step)
         elif self.best.latest_checkpoint:
             self.best.checkpoint.restore(self.best.latest_checkpoint).expect_partial()
@@ -231,32 +228,32 @@ class Trainer:
         """Runs the rest of `epoch`; returns (mean loss, whether a stop was requested)."""
         losses, end = [], (epoch + 1) * self.steps_per_epoch
         while self.step < end:
-            if self._stop_agreed():
+            if self.pacer.stop_agreed():
                 return 0.0, True
-            steps = min(self.steps_per_call, end - self.step)
+            steps = min(self.pacer.steps_per_call, end - self.step)
             interval = self.config.checkpoint_every_steps
             if interval:
                 steps = min(steps, interval - self.step % interval)
             start = time.perf_counter()
             losses.append((float(_guard(lambda: run_train(train_iter, steps), self.train_shards)), steps))
-            self._resize_calls(steps, time.perf_counter() - start)
+            self.pacer.timed(steps, time.perf_counter() - start)
             if interval:
-                self.manager.save(checkpoint_number=self.optimizer.iterations)
+                self._save(self.manager)
         return sum(l * n for l, n in losses) / max(1, sum(n for _, n in losses)), False
 
-    def _resize_calls(self, steps: int, seconds: float) -> None:
-        """Sizes later calls to take about _SECONDS_PER_CALL; the first call includes tracing, so skip it."""
-        self._timed_calls += 1
-        if self._timed_calls > 1:
-            self.steps_per_call = int(min(_MAX_STEPS_PER_CALL, max(1, _SECONDS_PER_CALL * steps / seconds)))
+    def _evaluate(self, run_eval, eval_dist):
+        """Mean validation loss, in calls no longer than training's; None when a stop was agreed.
 
-    def _stop_agreed(self) -> bool:
-        """True when any worker was asked to stop; all workers must agree, as saving is collective."""
-        local = 1.0 if self._stop_requested() else 0.0
-        if self.num_workers == 1:
-            return bool(local)
-        votes = self.strategy.run(lambda: tf.constant(local))
-        return float(self.strategy.reduce(tf.distribute.ReduceOp.SUM, votes, axis=None)) > 0
+        One call over a large validation split could outlast a preemption's grace period.
+        """
+        iterator, total, done = iter(eval_dist), 0.0, 0
+        while done < self.eval_steps:
+            if self.pacer.stop_agreed():
+                return None
+            steps = min(self.pacer.steps_per_call, self.eval_steps - done)
+            total += float(_guard(lambda: run_eval(iterator, steps), self.eval_shards)) * steps
+            done += steps
+        return total / done
 
     def _grid(self, batch):
         inputs, targets = batch
@@ -268,7 +265,11 @@ class Trainer:
 
 
 def _guard(run, shards):
-    """Runs one loop call; a bad record or a vanished shard becomes a DataError naming the shard."""
+    """Runs one loop call; a bad record or a vanished shard becomes a DataError naming the shard.
+
+    A shard read that outlasted the storage's retries becomes a TransientError; other errors (a
+    lost peer, out of memory) pass through: only the shard's name in the message tells them apart.
+    """
     try:
         return run()
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as exc:
@@ -276,3 +277,8 @@ def _guard(run, shards):
         if where is None:
             raise
         raise DataError(f"unreadable record in {where}") from exc
+    except tf.errors.OpError as exc:
+        if not any(path in exc.message for path in shards.files):
+            raise
+        with storage_errors(f"reading {shards.pattern}"):
+            raise
