@@ -48,6 +48,14 @@ class SigtermWatch:
     def requested(self) -> bool:
         return self._event.is_set()
 
+    def ignore_from_now(self) -> None:
+        """Once the checkpoint is saved: a further SIGTERM must not turn exit 143 into death by signal.
+
+        Python's shutdown resets the handlers it installed to the default action (which kills), but
+        leaves SIG_IGN alone; TF's teardown of a multi-worker context can take a second or more.
+        """
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
     def reinstall(self, strategy: tf.distribute.Strategy) -> None:
         """Takes SIGTERM back from TF's coordination service once `strategy` exists (module docstring)."""
         self.install()
@@ -97,6 +105,6 @@ class Pacer:
             self.steps_per_call = max(1, int(round(total[1])) // replicas)
             votes = round(float(total[0]) * self._num_workers / replicas)
         if votes:
-            logging.warning("stop agreed: %d of %d worker(s) got SIGTERM%s; saving a checkpoint", votes,
-                            self._num_workers, " (this one too)" if local and self._num_workers > 1 else "")
+            logging.warning("stop agreed: %d of %d worker(s) asked to stop after a SIGTERM%s; saving a checkpoint",
+                            votes, self._num_workers, " (this one too)" if local and self._num_workers > 1 else "")
         return votes > 0

@@ -129,6 +129,7 @@ def main(argv):
         sigterm.reinstall(strategy)
         result = _train(config, strategy, sigterm.requested)
     if result["preempted"]:
+        sigterm.ignore_from_now()
         print(f"stopped by SIGTERM at step {result['step']}; checkpoint saved in {config.model_dir}; "
               f"exit {EXIT_PREEMPTED}: a restart resumes from it")
         sys.exit(EXIT_PREEMPTED)
