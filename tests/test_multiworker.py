@@ -58,6 +58,29 @@ def test_sigterm_to_the_chief_stops_both_workers_then_both_resume_agree_and_expo
     assert len(os.listdir(tmp_path / "export")) == 1 and "SavedModel:" not in outputs[1]
 
 
+def test_sigterm_while_the_cluster_forms_is_not_lost(data, tmp_path):
+    """SIGTERM to worker 0 after TF installed its own handler but before ours is back (worker 0
+    waits for worker 1 to connect): TF's notice in the coordination service stops both at step 0."""
+    ports = free_ports(2)
+    envs = [indexed_env(i, ports) for i in range(2)]
+    logs = [tmp_path / f"c{i}.log" for i in range(2)]
+    first = start(train_flags(data, tmp_path, 1000), {**envs[0], "TF_CPP_MIN_LOG_LEVEL": "0"}, open(logs[0], "w"))
+    deadline = time.time() + 120
+    while "Started server with target" not in logs[0].read_text():  # after TF's SIGTERM handler, in the same call
+        assert time.time() < deadline and first.poll() is None, logs[0].read_text()
+        time.sleep(0.1)
+    first.send_signal(signal.SIGTERM)
+    second = start(train_flags(data, tmp_path, 1000), envs[1], open(logs[1], "w"))
+    try:
+        codes = [p.wait(timeout=120) for p in (first, second)]
+    finally:
+        for p in (first, second):
+            p.kill()
+    assert codes == [143, 143], [log.read_text() for log in logs]
+    assert "a worker got SIGTERM while the cluster was forming" in logs[0].read_text()
+    assert all("stopped by SIGTERM at step 0" in log.read_text() for log in logs)
+
+
 def test_indexed_job_worker_loss_fails_fast_and_restart_resumes(data, tmp_path):
     ports = free_ports(2)
     envs = [indexed_env(i, ports) for i in range(2)]
