@@ -10,8 +10,7 @@ import time
 import tensorflow as tf
 
 from tests.conftest import REPO, write_photos
-
-ENV = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
+from tests.workers import ENV, checkpoint_step
 
 
 def _cli(module, *args, cwd=REPO, **kwargs):
@@ -31,12 +30,12 @@ def test_prepare_train_kill_resume_export_serve(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "trainer.task", *flags, "--epochs=1000"], cwd=REPO, env=ENV,
                             stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 300
-    while time.time() < deadline and not _checkpoint_step(tmp_path / "model" / "checkpoints") >= 3:
+    while time.time() < deadline and not checkpoint_step(tmp_path / "model" / "checkpoints") >= 3:
         assert proc.poll() is None, open(tmp_path / "first.log").read()
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = _checkpoint_step(tmp_path / "model" / "checkpoints")
+    killed_at = checkpoint_step(tmp_path / "model" / "checkpoints")
     assert killed_at >= 3 and not os.path.exists(tmp_path / "export")
 
     resumed = _cli("trainer.task", *flags, "--epochs=3")
@@ -49,11 +48,6 @@ def test_prepare_train_kill_resume_export_serve(tmp_path):
     gray = tf.io.encode_png(tf.zeros([30, 40, 1], tf.uint8) + 128)
     png = loaded.signatures["serving_default"](image_bytes=tf.stack([gray]))["colorized_bytes"][0]
     assert tf.io.decode_png(png).shape == (30, 40, 3)
-
-
-def _checkpoint_step(directory) -> int:
-    latest = tf.train.latest_checkpoint(str(directory)) if os.path.isdir(directory) else None
-    return int(latest.rsplit("-", 1)[1]) if latest else 0
 
 
 def test_no_flags_trains_on_bundled_sample(tmp_path):
