@@ -46,6 +46,7 @@ def test_sigterm_to_the_chief_stops_both_workers_then_both_resume_agree_and_expo
     codes, outputs = run_pair(train_flags(data, tmp_path, epochs, "--sync_batchnorm"), envs, tmp_path, "w")
     assert codes == [0, 0], outputs
     assert "MultiWorkerMirroredStrategy: 2 replica(s)" in outputs[0]
+    assert "all-reduce between workers: RING (0 GPU(s) on this worker)" in outputs[0]
     assert "global batch 4 (2 per replica x 2)" in outputs[0]
     assert f"resuming from step {step}" in outputs[0] and f"resuming from step {step}" in outputs[1]
     checkpoints = [re.search(r"checkpoints: (\S+)", o).group(1) for o in outputs]
