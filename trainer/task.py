@@ -129,10 +129,9 @@ def main(argv):
         sigterm.reinstall(strategy)
         result = _train(config, strategy, sigterm.requested)
     if result["preempted"]:
-        sigterm.ignore_from_now()
         print(f"stopped by SIGTERM at step {result['step']}; checkpoint saved in {config.model_dir}; "
               f"exit {EXIT_PREEMPTED}: a restart resumes from it")
-        sys.exit(EXIT_PREEMPTED)
+        preemption.exit_now(EXIT_PREEMPTED)
     print(f"trained {result['epoch']} epoch(s), {result['step']} steps, best val_loss {result['best_val_loss']:.5f}")
     print(f"checkpoints: {result['checkpoints']}")
     if "export" in result:

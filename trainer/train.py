@@ -217,6 +217,7 @@ class Trainer:
             logging.info("epoch %d/%d step %d loss %.5f val_loss %.5f (%.0f images/s)%s", epoch + 1,
                          self.config.epochs, self.step, loss, val_loss, images_per_s, " early stop" if stopped else "")
         if preempted:
+            preemption.keep_until_exit(train_iter, eval_dist)
             self._save(self.manager, check_interval=False)
             logging.warning("stop requested: saved checkpoint at step %d; a restart resumes from it", self.step)
         elif self.best.latest_checkpoint:
@@ -249,6 +250,7 @@ class Trainer:
         iterator, total, done = iter(eval_dist), 0.0, 0
         while done < self.eval_steps:
             if self.pacer.stop_agreed():
+                preemption.keep_until_exit(iterator)
                 return None
             steps = min(self.pacer.steps_per_call, self.eval_steps - done)
             total += float(_guard(lambda: run_eval(iterator, steps), self.eval_shards)) * steps
