@@ -7,10 +7,12 @@ import subprocess
 import sys
 import time
 
+import pytest
 import tensorflow as tf
 
 from tests.conftest import REPO, write_photos
 from tests.workers import ENV, checkpoint_step
+from trainer.errors import TransientError
 
 
 def _cli(module, *args, cwd=REPO, **kwargs):
@@ -69,3 +71,20 @@ def test_pattern_matching_nothing_is_one_line_error(tmp_path):
 def test_bad_flag_value_exits_2(tmp_path):
     run = _cli("trainer.task", "--batch_size=0", f"--model_dir={tmp_path}/m")
     assert run.returncode == 2 and "error: --batch_size=0: must be at least 1" in run.stderr
+
+
+def test_alone_a_failing_file_system_is_transient_and_a_cancellation_is_not(monkeypatch, mirrored):
+    """Without peers, Unavailable/Aborted/DeadlineExceeded can only come from storage (145)."""
+    from trainer import task
+
+    def failing(error):
+        def run(*args):
+            raise error
+        return run
+
+    monkeypatch.setattr(task, "run", failing(tf.errors.AbortedError(None, None, "All 10 retry attempts failed\nmore")))
+    with pytest.raises(TransientError, match=r"^storage unavailable \(AbortedError: All 10 retry attempts failed\)"):
+        task._train(None, mirrored, lambda: False)
+    monkeypatch.setattr(task, "run", failing(tf.errors.CancelledError(None, None, "cancelled")))
+    with pytest.raises(tf.errors.CancelledError):
+        task._train(None, mirrored, lambda: False)
