@@ -51,7 +51,6 @@ class SigtermWatch:
     def requested(self) -> bool:
         return self._event.is_set()
 
-
     def reinstall(self, strategy: tf.distribute.Strategy) -> None:
         """Takes SIGTERM back from TF's coordination service once `strategy` exists (module docstring)."""
         self.install()
