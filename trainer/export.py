@@ -39,6 +39,12 @@ class ColorizerModule(tf.Module):
     def __init__(self, model: keras.Model, color_space: str, max_pixels: int = DEFAULT_MAX_PIXELS):
         super().__init__()
         self.model = model
+        # The backend tf.Variables, tracked by the module itself. Without this the SavedModel's
+        # checkpoint restores Keras 3's wrapper objects under other names than the functions read,
+        # which tf.saved_model.load hides (it binds by object) but TF Serving's session loader does
+        # not: every predict failed with "Could not find variable ..." (tensorflow/tensorflow#72963,
+        # keras-team/keras#20095; tests/test_serving_runtime.py).
+        self.tf_variables = [variable.value for variable in model.variables]
         self.color_space = color_space
         self.max_pixels = max_pixels
 
