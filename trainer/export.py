@@ -18,6 +18,7 @@ from absl import logging
 from trainer import preprocess
 from trainer.image_limits import DEFAULT_MAX_PIXELS, check_image_size
 from trainer.schema import IMAGE_SIZE
+from trainer.warmup import write_warmup
 
 METADATA_FILE = "colorizer.json"
 
@@ -86,6 +87,9 @@ def export_saved_model(model: keras.Model, color_space: str, export_dir: str, me
                        max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
     """Writes `{export_dir}/{version}/` via a temporary folder that TF Serving ignores; returns its path.
 
+    The export carries TF Serving's warmup requests (`trainer.warmup`), so each version is warm
+    before it is marked AVAILABLE.
+
     TF Serving polls export_dir and only considers all-digit names, so it never sees the
     temporary folder; see `_publish` for how the version folder appears.
     """
@@ -99,6 +103,7 @@ def export_saved_model(model: keras.Model, color_space: str, export_dir: str, me
     with tf.io.gfile.GFile(os.path.join(tmp, METADATA_FILE), "w") as handle:
         json.dump({"color_space": color_space, "image_size": IMAGE_SIZE, "max_pixels": max_pixels, **(metadata or {})},
                   handle, indent=2)
+    write_warmup(tmp, max_pixels)
     _publish(tmp, final)
     logging.info("exported SavedModel to %s", final)
     return final
