@@ -2,6 +2,7 @@
 
     submit --image=IMG [--name=RUN] [--workers=N] [--gpus=G] [--kind=job|tfjob] [--dry_run] ...
     status RUN | logs RUN | wait RUN | delete RUN
+    promote VERSION --image_dir=HELD_OUT [--wait] | rollback [--wait]   (serving; trainer/launch_serving.py)
 
 `submit` loads the manifests in k8s/ (the same ones `kubectl apply` uses), applies the overrides,
 resolves a tag-only --image to its digest, creates the objects, waits for the pods to be scheduled
@@ -21,6 +22,7 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from trainer import launch_serving
 from trainer.launch_manifests import (CHIEF_SELECTOR, PATH_FLAGS, TFJOB, LaunchError, UsageError, build, check_args,
                                       manifest_dir, pinned_image)
 
@@ -246,6 +248,7 @@ def parser():
     s.add_argument("--no_wait", action="store_true", help="return once created")
     for name in ("status", "logs", "wait", "delete"):
         sub.add_parser(name).add_argument("name")
+    launch_serving.add_parsers(sub)
     return p
 
 
@@ -256,6 +259,9 @@ def main(argv, api=None):
         if args.command == "submit" and args.dry_run:
             return submit(args, None)
         api = api or api_client(args.context)
+        if args.command in ("promote", "rollback"):
+            cluster = launch_serving.Cluster(api, args.namespace, call)
+            return (launch_serving.run_promote if args.command == "promote" else launch_serving.run_rollback)(cluster, args)
         return submit(args, api) if args.command == "submit" else command_for_name(args, api)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,0 +1,148 @@
+"""`python -m trainer.launch promote|rollback`: gate, switch and watch the versions TF Serving serves.
+
+The state lives in the ConfigMap `colorizer-serving-models` (trainer/promote.py): its model config,
+which the serving pods read as a mounted file, and the history of live versions. `Cluster` is the
+only part that talks to Kubernetes, so tests drive the same steps against a fake.
+"""
+
+import json
+import sys
+import tempfile
+import time
+
+from kubernetes import client
+
+from trainer import promote
+from trainer.launch_manifests import LaunchError, UsageError
+
+SERVING_SELECTOR = "app.kubernetes.io/name=colorizer,app.kubernetes.io/component=serving"
+REST_PORT = 8501
+
+
+class Cluster:
+    """The serving state on a real cluster, through the API server (pods reached by its pod proxy)."""
+
+    def __init__(self, api, namespace: str, call):
+        self.core, self.namespace, self.call = client.CoreV1Api(api), namespace, call
+
+    def read(self):
+        """(model config text, annotations, EXPORT_DIR)."""
+        models = self.call(f"reading ConfigMap {promote.CONFIGMAP}", self.core.read_namespaced_config_map,
+                           promote.CONFIGMAP, self.namespace)
+        settings = self.call("reading ConfigMap colorizer-config", self.core.read_namespaced_config_map,
+                             "colorizer-config", self.namespace)
+        return ((models.data or {}).get(promote.CONFIG_KEY, ""), models.metadata.annotations or {},
+                (settings.data or {})["EXPORT_DIR"])
+
+    def write(self, text: str, live_history: list):
+        body = {"data": {promote.CONFIG_KEY: text},
+                "metadata": {"annotations": {promote.HISTORY_ANNOTATION: json.dumps(live_history)}}}
+        self.call(f"updating ConfigMap {promote.CONFIGMAP}", self.core.patch_namespaced_config_map,
+                  promote.CONFIGMAP, self.namespace, body)
+        # A pod update makes the kubelet sync that pod now, which re-projects its ConfigMap volumes
+        # (pkg/volume/configmap RequiresRemount), instead of at its next periodic sync (up to a minute).
+        stamp = {"metadata": {"annotations": {"colorizer.dev/models-config": str(hash(text))}}}
+        for pod in self.pods():
+            self.call(f"annotating pod {pod}", self.core.patch_namespaced_pod, pod, self.namespace, stamp)
+
+    def pods(self) -> list:
+        items = self.call("listing serving pods", self.core.list_namespaced_pod, self.namespace,
+                          label_selector=SERVING_SELECTOR).items
+        return sorted(p.metadata.name for p in items if p.status.phase == "Running")
+
+    def model_status(self, pod: str, model_name: str) -> dict:
+        """{version: state} from the pod's GET /v1/models/NAME ({} when the pod doesn't answer yet)."""
+        try:
+            body = self.core.connect_get_namespaced_pod_proxy_with_path(
+                f"{pod}:{REST_PORT}", self.namespace, f"v1/models/{model_name}", _preload_content=False).data
+            return {int(s["version"]): s["state"] for s in json.loads(body).get("model_version_status", [])}
+        except (client.exceptions.ApiException, ValueError, KeyError):
+            return {}
+
+
+def wait_available(cluster, model_name: str, version: int, timeout: float, poll: float) -> list:
+    """Waits until every serving pod reports `version` AVAILABLE; returns the pods."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pods = cluster.pods()
+        waiting = [p for p in pods if cluster.model_status(p, model_name).get(version) != "AVAILABLE"]
+        if pods and not waiting:
+            return pods
+        if time.monotonic() > deadline:
+            raise LaunchError(f"version {version} not AVAILABLE within {timeout:.0f}s on "
+                              f"{', '.join(waiting) or 'any pod (no serving pod is running)'}")
+        time.sleep(poll)
+
+
+def switch(cluster, args, live, target, live_history: list):
+    """Writes the configs that make `target` live, waiting for it to load between them."""
+    _, _, export_dir = cluster.read()
+    steps = promote.phases(live, target)
+    for index, (versions, labels) in enumerate(steps):
+        cluster.write(promote.render(args.model_name, export_dir, versions, labels), live_history)
+        if index < len(steps) - 1 or args.wait:
+            pods = wait_available(cluster, args.model_name, target, args.timeout, args.poll_seconds)
+    if args.wait:
+        print(f"version {target} is live on {len(pods)} pod(s); try it:\n"
+              f"  kubectl -n {args.namespace} port-forward svc/colorizer-serving 8501:8501 &\n"
+              f"  curl -s http://localhost:8501/v1/models/{args.model_name}/labels/stable")
+
+
+def score(export_dir: str, version: int, image_dir: str) -> dict:
+    """trainer.evaluate's report for one exported version on the user's held-out photos."""
+    from trainer.errors import ColorizerError
+    from trainer.evaluate import evaluate
+
+    try:
+        return evaluate(f"{export_dir.rstrip('/')}/{version}", tempfile.mkdtemp(prefix=f"colorizer-{version}-"),
+                        image_dir=image_dir)
+    except ColorizerError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def run_promote(cluster, args):
+    text, annotations, export_dir = cluster.read()
+    live, live_history = promote.live_version(text), promote.history(annotations)
+    if live == args.version:
+        raise UsageError(f"version {args.version} is already live")
+    if live is not None and not args.force:
+        if not args.image_dir:
+            raise UsageError("pass --image_dir=HELD_OUT_PHOTOS to score the candidate against the live version, "
+                             "or --force")
+        reasons = promote.gate(score(export_dir, args.version, args.image_dir),
+                               score(export_dir, live, args.image_dir), args.psnr_margin, args.colourfulness_margin)
+        if reasons:
+            raise LaunchError(f"refused: version {args.version} vs live {live}: {'; '.join(reasons)} (--force to override)")
+    switch(cluster, args, live, args.version, live_history + [args.version])
+    print(f"promoted {args.version}" + (f" (previous: {live})" if live else ""), file=sys.stderr)
+    return 0
+
+
+def run_rollback(cluster, args):
+    text, annotations, _ = cluster.read()
+    live, live_history = promote.live_version(text), promote.history(annotations)
+    if len(live_history) < 2 or live_history[-1] != live:
+        raise LaunchError("no previous live version to roll back to")
+    target = live_history[-2]
+    switch(cluster, args, live, target, live_history[:-1])
+    print(f"rolled back to {target} (was {live})", file=sys.stderr)
+    return 0
+
+
+def add_parsers(sub):
+    """The promote and rollback subcommands."""
+    for name in ("promote", "rollback"):
+        p = sub.add_parser(name, help="make a version live (after the gate)" if name == "promote"
+                           else "make the previous live version live again")
+        if name == "promote":
+            p.add_argument("version", type=int, help="the exported version (its folder name under EXPORT_DIR)")
+            p.add_argument("--image_dir", help="held-out photos scored with trainer.evaluate, candidate vs live")
+            p.add_argument("--psnr_margin", type=float, default=promote.PSNR_MARGIN_DB,
+                           help="refuse when PSNR is lower than the live version's by more than this (dB)")
+            p.add_argument("--colourfulness_margin", type=float, default=promote.COLOURFULNESS_MARGIN,
+                           help="refuse when colourfulness is lower by more than this fraction")
+            p.add_argument("--force", action="store_true", help="skip the gate")
+        p.add_argument("--model_name", default="colorizer")
+        p.add_argument("--wait", action="store_true", help="wait until every serving pod serves it, print a curl")
+        p.add_argument("--timeout", type=float, default=600, help="seconds to wait for a version to load")
+
