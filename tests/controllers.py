@@ -23,7 +23,10 @@ Each rule cites where it comes from, so a test of the model against the document
   which waits without a timeout (server_core.h:218) for the first version to load, and only then
   starts gRPC (:417) and HTTP (:446); file_system_storage_path_source.cc polls the base path at start
   and every --file_system_poll_wait_seconds, a missing base path being only a logged error (:257-262,
-  :414-419).
+  :414-419). With --model_config_file (the promotion gate), an empty config starts the server with no
+  model at once (server_core.cc:497-501), the file is re-read every --model_config_file_poll_wait_seconds
+  (server.cc:337-348), and a newly listed version is found at the next file-system poll
+  (FileSystemStoragePathSource::UpdateConfig does not poll).
 """
 
 import dataclasses
@@ -147,14 +150,30 @@ def tf_serving_ports_open_at(version_at, poll_seconds, load_seconds, poll_phase=
     return first_poll + load_seconds
 
 
+def _next_tick(t, period, phase):
+    return phase + max(0, math.ceil((t - phase) / period)) * period
+
+
+def tf_serving_gated_available_at(promoted_at, config_poll, fs_poll, load_seconds, propagation=0.0, phases=(0.0, 0.0)):
+    """Gated mode: when the promoted version is AVAILABLE. The kubelet projects the new ConfigMap after
+    `propagation`, the next config poll reads it, the next file-system poll finds the version, then the load."""
+    if promoted_at is None:
+        return None
+    read = _next_tick(promoted_at + propagation, config_poll, phases[0])
+    return _next_tick(read, fs_poll, phases[1]) + load_seconds
+
+
 def _probe_ticks(probe, phase, horizon):
     period = probe.get("periodSeconds", 10)
     return [phase + k * period for k in range(int((horizon - phase) // period) + 1)]
 
 
-def simulate_probes(container: dict, ports_open_at: float | None, horizon: float, phases=(0.0, 0.0, 0.0)):
+def simulate_probes(container: dict, ports_open_at: float | None, horizon: float, phases=(0.0, 0.0, 0.0),
+                    available_at="ports"):
     """Runs the kubelet's readiness, startup and liveness workers (phases: their tick offsets) against a
-    server whose probes all fail until ports_open_at (None: never) and succeed after."""
+    server whose probes all fail until ports_open_at (None: never) and succeed after. The readiness
+    probe (model AVAILABLE) succeeds from available_at, by default when the ports open."""
+    available_at = ports_open_at if available_at == "ports" else available_at
     # At one instant readiness runs before startup: the slower of the two orders, on purpose.
     kinds = ("readinessProbe", "startupProbe", "livenessProbe")
     events = sorted((t, order, kind) for order, (kind, phase) in enumerate(zip(kinds, phases))
@@ -164,7 +183,8 @@ def simulate_probes(container: dict, ports_open_at: float | None, horizon: float
         probe = container[kind]
         if t < probe.get("initialDelaySeconds", 0) or (kind == "startupProbe") == started:
             continue
-        ok = ports_open_at is not None and t >= ports_open_at
+        opens = available_at if kind == "readinessProbe" else ports_open_at
+        ok = opens is not None and t >= opens
         failures[kind] = 0 if ok else failures[kind] + 1
         if ok and kind == "startupProbe":
             started = True

@@ -11,8 +11,8 @@ import itertools
 import pytest
 import yaml
 
-from tests.controllers import (K8S, JobController, PodFailure, render_overlay, simulate_probes, tf_serving_ports_open_at,
-                               tfjob_restarts)
+from tests.controllers import (K8S, JobController, PodFailure, render_overlay, simulate_probes,
+                               tf_serving_gated_available_at, tf_serving_ports_open_at, tfjob_restarts)
 from trainer.errors import EXIT_CONFIG, EXIT_DATA, EXIT_UNEXPECTED, PERMANENT_EXIT_CODES, RETRIABLE_EXIT_CODES
 
 TRAINING_OVERLAYS = ("dev", "gke", "gke-multinode")
@@ -134,6 +134,33 @@ def test_serving_is_ready_within_a_minute_of_the_first_version(overlay):
         assert outcome.restarted_at is None
         worst = max(worst, outcome.ready_at - version_at)
     assert worst <= 60, f"Ready {worst:.1f} s after the first version appeared"
+
+
+def flag(container, name):
+    return int(next(a for a in container["args"] if a.startswith(f"--{name}=")).split("=")[1])
+
+
+def test_gated_serving_waits_a_day_unready_for_its_first_promotion_without_a_restart():
+    """The shipped empty model config: ports open at once, no model, so never Ready and never restarted."""
+    container = serving_container("serve-gated")
+    for phases in [(0, 0, 0), (4.9, 2.5, 19.9)]:
+        outcome = simulate_probes(container, ports_open_at=1, horizon=DAY + 60, phases=phases, available_at=None)
+        assert outcome.restarted_at is None and outcome.ready_at is None
+
+
+def test_gated_serving_is_ready_within_a_minute_of_a_promotion():
+    """From the launcher's ConfigMap write; its pod annotation makes the kubelet project it within seconds."""
+    container = serving_container("serve-gated")
+    config_poll, fs_poll = flag(container, "model_config_file_poll_wait_seconds"), flag(container, "file_system_poll_wait_seconds")
+    worst = 0
+    for promoted_at, poll_phases, phases in itertools.product(
+            [0, 7, 3600.1, DAY - 13], [(0, 0), (config_poll - 0.1, fs_poll - 0.1), (3, 7)],
+            [(0, 0, 0), (4.9, 0, 0), (2.4, 3.7, 11)]):
+        available = tf_serving_gated_available_at(promoted_at, config_poll, fs_poll, LOAD_SECONDS, 5, poll_phases)
+        outcome = simulate_probes(container, 1, promoted_at + 300, phases, available_at=available)
+        assert outcome.restarted_at is None
+        worst = max(worst, outcome.ready_at - promoted_at)
+    assert worst <= 60, f"Ready {worst:.1f} s after the promotion"
 
 
 def test_the_old_serving_probes_restarted_the_server_within_about_a_minute():

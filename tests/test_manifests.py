@@ -28,7 +28,7 @@ OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if (p / "kustomiz
 RAW_FILES = ["job.yaml", "components/serving/serving.yaml", "components/multinode/multinode.yaml",
              "components/tfjob/tfjob.yaml"]
 TRAINING_OVERLAYS = ("dev", "gke", "gke-multinode", "tfjob")
-SERVING_OVERLAYS = ("serve", "dev-serve")
+SERVING_OVERLAYS = ("serve", "dev-serve", "serve-gated")
 TRAINER_IMAGE = "colorizer-trainer"
 TRAINER_CONTAINERS = ("trainer", "tensorflow")
 FLAG = re.compile(r"^--(?:no)?([a-z_][a-z0-9_]*)(?:=.*)?$")
