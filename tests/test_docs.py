@@ -110,3 +110,22 @@ def test_readme_cluster_commands_are_the_walkthrough_s():
         command = " ".join(line.split("#")[0].split())
         if command.startswith(("kubectl", "python -m trainer.launch", "cat >")):
             assert command in " ".join(walkthrough.split()), command
+
+
+def test_every_serving_production_command_is_tested_or_cluster_only():
+    """docs/SERVING.md's export -> warm -> evaluate -> promote -> rollback blocks carry a marker naming a real test."""
+    path = ROOT / "docs" / "SERVING.md"
+    text = path.read_text()
+    section = text[text.index("## Production"):text.index("## The REST API")]
+    tests = "".join(p.read_text() for p in Path(__file__).parent.glob("test_*.py"))
+    blocks = [(m, b) for m, b in doc_blocks(path) if b in section]
+    assert len(blocks) >= 5
+    for marker, block in blocks:
+        match = MARKER.match(marker)
+        assert match, f"no <!-- cluster-only --> or <!-- tested: ... --> before:\n{block}"
+        assert not match.group(2) or f"def {match.group(2)}(" in tests, match.group(2)
+    assert "python -m trainer.launch promote" in section and "python -m trainer.launch rollback" in section
+    from trainer import launch
+
+    for command in ("promote 1712340000 --force --wait", "rollback --wait", "promote 1 --image_dir=x --psnr_margin=0.2"):
+        launch.parser().parse_args(command.split())  # the documented flags exist
