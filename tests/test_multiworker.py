@@ -40,7 +40,7 @@ def test_sigterm_to_the_chief_stops_both_workers_then_both_resume_agree_and_expo
     assert max(stopped.seconds) < GRACE_SECONDS
     step = stopped.steps[0]
     assert stopped.steps == [step, step] and step >= 4
-    assert checkpoint_step(tmp_path / "model" / "checkpoints") == step and not os.path.exists(tmp_path / "export")
+    assert checkpoint_step(tmp_path / "model" / "checkpoints") == step and not os.listdir(tmp_path / "export")
 
     epochs = step // 4 + 2  # 4 steps an epoch: at least one more epoch
     codes, outputs = run_pair(train_flags(data, tmp_path, epochs, "--sync_batchnorm"), envs, tmp_path, "w")
@@ -116,7 +116,7 @@ def test_sigterm_saves_and_exits_143_then_resumes(data, tmp_path):
     assert proc.wait(timeout=60) == 143
     saved = checkpoint_step(tmp_path / "model" / "checkpoints")
     assert saved >= 16 and "checkpoint saved" in log.read_text()
-    assert not os.path.exists(tmp_path / "export")
+    assert not os.listdir(tmp_path / "export")
     resumed = subprocess.run([sys.executable, "-m", "trainer.task", *train_flags(data, tmp_path, 6)], cwd=REPO, env=ENV,
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr

@@ -38,7 +38,7 @@ def test_prepare_train_kill_resume_export_serve(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = checkpoint_step(tmp_path / "model" / "checkpoints")
-    assert killed_at >= 3 and not os.path.exists(tmp_path / "export")
+    assert killed_at >= 3 and os.listdir(tmp_path / "export") == []  # checked writable, nothing exported
 
     resumed = _cli("trainer.task", *flags, "--epochs=3")
     assert resumed.returncode == 0, resumed.stderr
@@ -88,3 +88,57 @@ def test_alone_a_failing_file_system_is_transient_and_a_cancellation_is_not(monk
     monkeypatch.setattr(task, "run", failing(tf.errors.CancelledError(None, None, "cancelled")))
     with pytest.raises(tf.errors.CancelledError):
         task._train(None, mirrored, lambda: False)
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    from tests.workers import prepare_data
+
+    return prepare_data(tmp_path_factory.mktemp("safety"))
+
+
+def _train(data, run_dir, epochs, *extra):
+    from tests.workers import train_flags
+
+    return _cli("trainer.task", *train_flags(data, run_dir, epochs, *extra))
+
+
+def _one_line(run, code, start):
+    assert run.returncode == code, run.stderr
+    assert run.stderr.strip().splitlines()[-1].startswith(start), run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_unwritable_output_fails_before_any_step_in_one_line(small_data, tmp_path):
+    (tmp_path / "file").write_text("a file where the export folder should go")
+    start = time.monotonic()
+    run = _train(small_data, tmp_path, 1, f"--export_dir={tmp_path}/file/export")
+    _one_line(run, 2, f"error: --export_dir={tmp_path}/file/export: not writable (")
+    assert time.monotonic() - start < 30 and "epoch 1/" not in run.stderr
+    assert not os.path.exists(tmp_path / "model" / "checkpoints")
+
+
+def test_model_dir_guards_its_run_survives_bad_checkpoints_and_a_finished_run_is_left_alone(small_data, tmp_path):
+    first = _train(small_data, tmp_path, 1, "--checkpoint_every_steps=2")
+    assert first.returncode == 0, first.stderr
+    other = _train(small_data, tmp_path, 2, "--model=autoencoder", "--color_space=rgb")
+    _one_line(other, 2, f"error: --model_dir={tmp_path}/model holds a run with --model=unet --color_space=lab, "
+                        "not --model=autoencoder --color_space=rgb: pass the same flags")
+
+    checkpoints = tmp_path / "model" / "checkpoints"
+    [data] = [p for p in os.listdir(checkpoints) if p.startswith("ckpt-8.data")]
+    (checkpoints / data).write_bytes((checkpoints / data).read_bytes()[:100])  # a half-copied newest checkpoint
+    resumed = _train(small_data, tmp_path, 2, "--checkpoint_every_steps=2")  # compatible change: more epochs
+    assert resumed.returncode == 0, resumed.stderr
+    assert "ckpt-8 is unreadable" in resumed.stderr and "resuming from step 6" in resumed.stderr
+    assert checkpoint_step(checkpoints) == 16 and len(os.listdir(tmp_path / "export")) == 2
+
+    again = _train(small_data, tmp_path, 2, "--checkpoint_every_steps=2")
+    assert again.returncode == 0, again.stderr
+    assert "this run already finished (epoch 2 of 2)" in again.stderr and "already exported at step 16" in again.stderr
+    assert len(os.listdir(tmp_path / "export")) == 2
+
+    for index in checkpoints.glob("*.index"):
+        index.write_bytes(b"truncated")
+    broken = _train(small_data, tmp_path, 3)
+    _one_line(broken, 3, f"error: no checkpoint in {checkpoints} restores")

@@ -150,7 +150,7 @@ def test_checkpoint_storage_errors_are_one_line_and_classified(shards_dir, tmp_p
     trainer = _trainer(_config(shards_dir, tmp_path), mirrored)
 
     def manager(error):
-        def save(**kwargs):
+        def save(*args, **kwargs):
             raise error
         return types.SimpleNamespace(save=save)
 

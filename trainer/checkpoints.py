@@ -18,7 +18,7 @@ import time
 import tensorflow as tf
 from absl import logging
 
-from trainer.errors import ConfigError, DataError, TransientError
+from trainer.errors import ConfigError, DataError, TransientError, transient_storage_errors
 
 # The flags that decide a checkpoint's variables (and their meaning); epochs, patience or cadence
 # may change between restarts. mixed_precision wraps the optimizer (loss-scale variables).
@@ -26,7 +26,8 @@ IDENTITY_FLAGS = ("model", "color_space", "loss", "base_filters", "mixed_precisi
 IDENTITY_FILE = "run.json"
 READ_ERRORS = (tf.errors.OpError, IndexError, ValueError)  # IndexError: a data file shorter than its index says
 # Storage trouble rather than a bad file: falling back to an older checkpoint would throw work away.
-STORAGE_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.ResourceExhaustedError)
+# InternalError is left out: TF reports some corrupt files with it.
+STORAGE_ERRORS = tuple(e for e in transient_storage_errors() if e is not tf.errors.InternalError)
 _NUMBER = re.compile(r"-(\d+)$")
 
 
@@ -49,7 +50,8 @@ def check_identity(model_dir: str, config, write: bool) -> None:
             json.dump(wanted, handle, indent=2)
 
 
-def _number(path: str) -> int:
+def number(path: str) -> int:
+    """The step a checkpoint `.../ckpt-N` was saved at."""
     return int(_NUMBER.search(path).group(1))
 
 
@@ -72,7 +74,7 @@ def listed(directory: str) -> list:
     if not tf.io.gfile.isdir(directory):
         return []
     prefixes = [name[: -len(".index")] for name in tf.io.gfile.glob(os.path.join(directory, "ckpt-*.index"))]
-    return sorted((p for p in prefixes if _NUMBER.search(p)), key=_number)
+    return sorted((p for p in prefixes if _NUMBER.search(p)), key=number)
 
 
 def restore_newest(checkpoint: tf.train.Checkpoint, directory: str, partial: bool = False):
@@ -118,17 +120,17 @@ class VerifiedCheckpoints:
         """Stops tracking unreadable checkpoints (found on restore): they never push out a good one."""
         self.paths = [p for p in self.paths if p not in set(paths)]
 
-    def save(self, number: int, force: bool = True):
-        """Writes, verifies and records checkpoint `number`; None when the interval says not yet."""
-        if not force and self.interval and self.latest and number - _number(self.latest) < self.interval:
+    def save(self, step: int, force: bool = True):
+        """Writes, verifies and records checkpoint `ckpt-{step}`; None when the interval says not yet."""
+        if not force and self.interval and self.latest and step - number(self.latest) < self.interval:
             return None
-        prefix = os.path.join(self.directory, f"ckpt-{number}")
+        prefix = os.path.join(self.directory, f"ckpt-{step}")
         for attempt in range(1, self.retries + 1):
             try:
                 path = self.checkpoint.write(prefix)
                 _verify(path)
                 break
-            except READ_ERRORS as exc:
+            except READ_ERRORS as exc:  # storage errors included: TF's retries are spent, ours are not
                 if attempt == self.retries:
                     raise TransientError(f"checkpoint {prefix} failed {attempt} times ({_first_line(exc)}); "
                                          "a restart resumes from the last good one") from None

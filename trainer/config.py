@@ -4,6 +4,7 @@ import dataclasses
 from typing import Optional
 
 from trainer.errors import ConfigError
+from trainer.images import DEFAULT_MAX_PIXELS
 from trainer.losses import LOSSES
 from trainer.models import MODELS
 from trainer.preprocess import COLOR_SPACES
@@ -34,6 +35,7 @@ class TrainConfig:
     mixed_precision: bool = False
     jit_compile: bool = False
     seed: Optional[int] = None
+    max_pixels: int = DEFAULT_MAX_PIXELS  # serving refuses larger images (read from their headers)
     export: bool = True
 
     def __post_init__(self):
@@ -51,7 +53,7 @@ class TrainConfig:
             raise ConfigError("--loss=classification predicts a*b* bins: it needs --color_space=lab")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"--lr_schedule={self.lr_schedule!r}: choose one of {', '.join(LR_SCHEDULES)}")
-        for name in ("epochs", "batch_size", "base_filters"):
+        for name in ("epochs", "batch_size", "base_filters", "max_pixels"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name}={getattr(self, name)}: must be at least 1")
         if not self.learning_rate > 0:

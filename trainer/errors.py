@@ -58,6 +58,14 @@ def first_line(text: str, limit: int = 300) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
+def transient_storage_errors() -> tuple:
+    """The tf.errors that storage raises once TF's own retries are spent (see storage_errors)."""
+    import tensorflow as tf
+
+    return (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.ResourceExhaustedError,
+            tf.errors.InternalError, tf.errors.AbortedError)
+
+
 @contextlib.contextmanager
 def storage_errors(what: str, permanent=None):
     """File I/O through tf.io on `what`: trouble that outlasted TF's own retries -> TransientError.
@@ -68,11 +76,9 @@ def storage_errors(what: str, permanent=None):
     """
     import tensorflow as tf
 
-    transient = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.ResourceExhaustedError,
-                 tf.errors.InternalError, tf.errors.AbortedError)
     try:
         yield
-    except transient as exc:
+    except transient_storage_errors() as exc:
         raise TransientError(f"{what}: storage unavailable after retries ({type(exc).__name__}: "
                              f"{first_line(exc.message)}); a restart resumes") from None
     except (tf.errors.NotFoundError, tf.errors.PermissionDeniedError, tf.errors.UnauthenticatedError) as exc:

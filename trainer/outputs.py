@@ -10,9 +10,7 @@ import uuid
 
 import tensorflow as tf
 
-from trainer.errors import ConfigError, TransientError
-
-_STORAGE_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.ResourceExhaustedError)
+from trainer.errors import ConfigError, TransientError, transient_storage_errors
 
 
 def _reason(exc: Exception) -> str:
@@ -28,7 +26,7 @@ def check_writable(flag: str, path: str, worker: str = "0") -> None:
         with tf.io.gfile.GFile(probe, "w") as handle:
             handle.write("colorizer write check\n")
         tf.io.gfile.remove(probe)
-    except _STORAGE_ERRORS as exc:
+    except transient_storage_errors() as exc:
         raise TransientError(f"--{flag}={path}: storage unavailable ({_reason(exc)})") from None
     except tf.errors.PermissionDeniedError as exc:
         raise ConfigError(f"--{flag}={path}: permission denied ({_reason(exc)})") from None

@@ -4,6 +4,7 @@ With no flags it trains on the sample bundled with the package and writes under 
 Only this module reads flags and the environment; everything else takes a TrainConfig.
 """
 
+import json
 import os
 import shutil
 import sys
@@ -12,10 +13,11 @@ import tempfile
 import tensorflow as tf
 from absl import app, flags, logging
 
-from trainer import distribute, preemption
+from trainer import checkpoints, distribute, outputs, preemption
 from trainer.config import LR_SCHEDULES, TrainConfig
 from trainer.errors import (EXIT_PEER_LOST, EXIT_PREEMPTED, ConfigError, TransientError, exit_on_user_error,
                             first_line, parse_flags_or_exit, storage_errors)
+from trainer.images import DEFAULT_MAX_PIXELS
 from trainer.losses import LOSSES
 from trainer.models import MODELS
 from trainer.preprocess import COLOR_SPACES
@@ -49,6 +51,8 @@ flags.DEFINE_integer("peer_timeout_seconds", 600, "How long to wait for every pe
 flags.DEFINE_integer("collective_timeout_seconds", 300,
                      "A worker fails when a peer stops answering for this long, instead of hanging.")
 flags.DEFINE_integer("seed", None, "Random seed for shuffling.")
+flags.DEFINE_integer("max_pixels", DEFAULT_MAX_PIXELS,
+                     "Serving refuses images with more pixels (read from their headers), before decoding them.")
 
 
 def config_from_flags(environ=os.environ) -> TrainConfig:
@@ -62,16 +66,16 @@ def config_from_flags(environ=os.environ) -> TrainConfig:
         sync_batchnorm=FLAGS.sync_batchnorm, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
         learning_rate=FLAGS.learning_rate, lr_schedule=FLAGS.lr_schedule, patience=FLAGS.patience,
         augment=FLAGS.augment, checkpoint_every_steps=FLAGS.checkpoint_every_steps,
-        mixed_precision=FLAGS.mixed_precision, jit_compile=FLAGS.jit_compile, seed=FLAGS.seed)
+        mixed_precision=FLAGS.mixed_precision, jit_compile=FLAGS.jit_compile, seed=FLAGS.seed,
+        max_pixels=FLAGS.max_pixels)
 
 
-def run(config: TrainConfig, strategy, stop_requested=lambda: False) -> dict:
-    """Verifies the data, trains, and exports; returns what happened."""
+def run(config: TrainConfig, strategy, stop_requested=lambda: False, shards=None) -> dict:
+    """Trains on `shards` (train, eval; verified here if not given) and exports; returns what happened."""
     from trainer.export import export_saved_model
-    from trainer.input_pipeline import find_shards
     from trainer.train import Trainer
 
-    train_shards, eval_shards = find_shards(config.train_data), find_shards(config.eval_data)
+    train_shards, eval_shards = shards or verify_data(config)
     trainer = Trainer(config, strategy, train_shards, eval_shards, stop_requested)
     logging.info("%d training / %d validation examples; global batch %d (%d per replica x %d); %d steps/epoch",
                  train_shards.num_examples, eval_shards.num_examples, trainer.global_batch, config.batch_size,
@@ -79,13 +83,19 @@ def run(config: TrainConfig, strategy, stop_requested=lambda: False) -> dict:
     result = trainer.fit()
     if result["preempted"]:
         return result
+    with storage_errors(f"export to {config.export_dir}", ConfigError):
+        done = previous_export(config.export_dir, config.model_dir, result["step"])
+    if done:  # a re-run of a finished run: every worker sees the same folder, so all skip together
+        logging.info("this run was already exported at step %d as %s: not exporting again", result["step"], done)
+        return {**result, "export": done, "checkpoints": trainer.manager.directory}
     # Every worker takes part in saving (variables may need collectives to read); only the chief's
     # copy lands in export_dir, so a run has exactly one export.
     chief = strategy.extended.should_checkpoint
     export_dir = config.export_dir if chief else tempfile.mkdtemp(prefix="colorizer-worker-export-")
+    metadata = {"model": config.model, "model_dir": config.model_dir, "step": result["step"],
+                "best_val_loss": result["best_val_loss"]}
     with storage_errors(f"export to {config.export_dir}", ConfigError):
-        path = export_saved_model(trainer.model, config.color_space, export_dir,
-                                  {"model": config.model, "step": result["step"], "best_val_loss": result["best_val_loss"]})
+        path = export_saved_model(trainer.model, config.color_space, export_dir, metadata, config.max_pixels)
     if chief:
         result["export"] = path
     else:
@@ -94,16 +104,31 @@ def run(config: TrainConfig, strategy, stop_requested=lambda: False) -> dict:
     return result
 
 
+def previous_export(export_dir: str, model_dir: str, step: int):
+    """The version folder an earlier attempt of this run exported at `step`, or None."""
+    from trainer.export import METADATA_FILE
+
+    versions = [n.rstrip("/") for n in tf.io.gfile.listdir(export_dir)] if tf.io.gfile.isdir(export_dir) else []
+    for version in sorted((v for v in versions if v.isdigit()), key=int, reverse=True):
+        path = os.path.join(export_dir, version, METADATA_FILE)
+        if tf.io.gfile.exists(path):
+            with tf.io.gfile.GFile(path) as handle:
+                metadata = json.load(handle)
+            if metadata.get("model_dir") == model_dir and metadata.get("step") == step:
+                return os.path.join(export_dir, version)
+    return None
+
+
 # What a failed collective raises. With peers, they mean a peer died or stopped answering; alone,
 # only storage (a file system) can raise them: errors.storage_errors names the path where it can.
 PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.DeadlineExceededError,
                tf.errors.CancelledError)
 
 
-def _train(config, strategy, stop_requested) -> dict:
+def _train(config, strategy, stop_requested, shards=None) -> dict:
     """run(), with a lost peer exiting EXIT_PEER_LOST and unavailable storage a TransientError."""
     try:
-        return run(config, strategy, stop_requested)
+        return run(config, strategy, stop_requested, shards)
     except PEER_ERRORS as exc:
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             reason = next((line for line in exc.message.splitlines() if "aborted" in line or "timed out" in line),
@@ -117,6 +142,27 @@ def _train(config, strategy, stop_requested) -> dict:
                              "a restart resumes from the last checkpoint") from None
 
 
+def verify_data(config: TrainConfig) -> tuple:
+    """The training and validation shards, checked against their manifests."""
+    from trainer.input_pipeline import find_shards
+
+    return find_shards(config.train_data), find_shards(config.eval_data)
+
+
+def check_before_training(config: TrainConfig) -> tuple:
+    """On every worker, before peers or model: data complete, outputs writable, model_dir's run the same.
+
+    Returns the verified shards. Nothing is created when the data is bad.
+    """
+    shards = verify_data(config)
+    outputs.check_outputs({"model_dir": config.model_dir,
+                           "tensorboard_dir": config.log_dir or os.path.join(config.model_dir, "logs"),
+                           "export_dir": config.export_dir})
+    with storage_errors(f"--model_dir={config.model_dir}", ConfigError):
+        checkpoints.check_identity(config.model_dir, config, write=False)
+    return shards
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}", exitcode=2)
@@ -124,10 +170,11 @@ def main(argv):
     sigterm.install()  # TF replaces it while building a multi-worker strategy: re-installed below
     with exit_on_user_error():
         config = config_from_flags()
+        shards = check_before_training(config)
         strategy = distribute.build_strategy(FLAGS.strategy, dict(os.environ), FLAGS.peer_timeout_seconds,
                                              FLAGS.collective_timeout_seconds)
         sigterm.reinstall(strategy)
-        result = _train(config, strategy, sigterm.requested)
+        result = _train(config, strategy, sigterm.requested, shards)
     if result["preempted"]:
         print(f"stopped by SIGTERM at step {result['step']}; checkpoint saved in {config.model_dir}; "
               f"exit {EXIT_PREEMPTED}: a restart resumes from it")

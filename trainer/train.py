@@ -14,7 +14,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from trainer import distribute, input_pipeline, losses, preemption, preprocess, summaries
+from trainer import checkpoints, distribute, input_pipeline, losses, preemption, preprocess, summaries
 from trainer.config import TrainConfig
 from trainer.errors import ConfigError, DataError, storage_errors
 from trainer.models import build_model
@@ -85,11 +85,11 @@ class Trainer:
                                          best_val_loss=self.state.best_val_loss, bad_epochs=self.state.bad_epochs)
         self.shared_dirs = os.path.join(config.model_dir, "checkpoints"), os.path.join(config.model_dir, "best")
         with self._storage():
-            self.manager = tf.train.CheckpointManager(
-                checkpoint, _own_dir(self.shared_dirs[0], strategy), max_to_keep=3,
-                step_counter=self.optimizer.iterations, checkpoint_interval=config.checkpoint_every_steps or None)
-            self.best = tf.train.CheckpointManager(tf.train.Checkpoint(model=self.model),
-                                                   _own_dir(self.shared_dirs[1], strategy), max_to_keep=1)
+            checkpoints.check_identity(config.model_dir, config, write=strategy.extended.should_checkpoint)
+            self.manager = checkpoints.VerifiedCheckpoints(checkpoint, _own_dir(self.shared_dirs[0], strategy),
+                                                           keep=3, interval=config.checkpoint_every_steps)
+            self.best = checkpoints.VerifiedCheckpoints(tf.train.Checkpoint(model=self.model),
+                                                        _own_dir(self.shared_dirs[1], strategy), keep=1)
         self.writers = summaries.Writers(config.log_dir or os.path.join(config.model_dir, "logs"), strategy.extended.should_save_summary)
 
     @property
@@ -102,7 +102,7 @@ class Trainer:
 
     def _save(self, manager, check_interval=True):
         with self._storage():
-            manager.save(checkpoint_number=self.optimizer.iterations, check_interval=check_interval)
+            manager.save(self.step, force=not check_interval)
 
     def restore(self) -> int:
         """Restores the chief's latest checkpoint if any; returns the step training continues from.
@@ -110,14 +110,17 @@ class Trainer:
         Other workers also copy the chief's best weights into their own folder, so all workers
         restore the same best weights at the end of the run.
         """
+        chief = self.strategy.extended.should_checkpoint
         with self._storage():
-            latest, best = (tf.train.latest_checkpoint(d) for d in self.shared_dirs)
-            if best and not self.strategy.extended.should_checkpoint:
-                self.best.checkpoint.restore(best).expect_partial()
-                self.best.save(checkpoint_number=int(best.rsplit("-", 1)[1]))
-            if latest:
-                self.manager.checkpoint.restore(latest)
-                logging.info("resuming from step %d (epoch %d) of %s", self.step, int(self.state.epoch.numpy()), latest)
+            if not chief:
+                best, _ = checkpoints.restore_newest(self.best.checkpoint, self.shared_dirs[1], partial=True)
+                if best:
+                    self.best.save(checkpoints.number(best))
+            latest, unreadable = checkpoints.restore_newest(self.manager.checkpoint, self.shared_dirs[0])
+            if chief:
+                self.manager.forget(unreadable)
+        if latest:
+            logging.info("resuming from step %d (epoch %d) of %s", self.step, int(self.state.epoch.numpy()), latest)
         return self.step
 
     def _datasets(self):
@@ -197,8 +200,10 @@ class Trainer:
         preview = next(iter(eval_ds))
         run_train, run_eval = self._step_functions()
         stopped = self.config.patience > 0 and int(self.state.bad_epochs.numpy()) >= self.config.patience
-        if stopped:
-            logging.info("early stopping already triggered in this run; not training further")
+        if stopped or int(self.state.epoch.numpy()) >= self.config.epochs:
+            logging.info("this run already finished (epoch %d of %d%s); not training again: raise --epochs to "
+                         "continue it, or pass a new --model_dir for a new run", int(self.state.epoch.numpy()),
+                         self.config.epochs, ", early stopped" if stopped else "")
         preempted = False
         while not stopped and int(self.state.epoch.numpy()) < self.config.epochs:
             epoch = int(self.state.epoch.numpy())
@@ -220,8 +225,9 @@ class Trainer:
             preemption.keep_until_exit(train_iter, eval_dist)
             self._save(self.manager, check_interval=False)
             logging.warning("stop requested: saved checkpoint at step %d; a restart resumes from it", self.step)
-        elif self.best.latest_checkpoint:
-            self.best.checkpoint.restore(self.best.latest_checkpoint).expect_partial()
+        else:
+            with self._storage():
+                checkpoints.restore_newest(self.best.checkpoint, self.best.directory, partial=True)
         return {"step": self.step, "epoch": int(self.state.epoch.numpy()), "preempted": preempted,
                 "best_val_loss": float(self.state.best_val_loss.numpy())}
 
