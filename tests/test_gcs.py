@@ -5,6 +5,7 @@ Set COLORIZER_REQUIRE_GCS_TESTS=1 (CI does) to fail instead of skipping where it
 """
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -158,3 +159,33 @@ def test_fault_injection_answers_a_seeded_share_with_503(emulator):
     codes = run.stdout.split()
     assert run.returncode == 0, run.stderr
     assert set(codes) == {"200", "503"} and codes.count("503") == front.faults_injected > 0
+
+
+def test_a_run_survives_five_percent_503s(emulator, photos, tmp_path):
+    """prepare -> train with checkpoints -> resume -> export while GCS answers 5% of requests 503."""
+    import tensorflow as tf
+
+    data, run = f"gs://{BUCKET}/faults/data", f"gs://{BUCKET}/faults/run"
+    flags = [f"--train_data={data}/train-*", f"--eval_data={data}/validation-*", f"--model_dir={run}/model",
+             f"--export_dir={run}/export", "--base_filters=4", "--batch_size=2", "--patience=0",
+             "--checkpoint_every_steps=3"]
+    with emulator.faults(0.05, seed=5) as front:
+        steps = [_run(emulator, f"--input_dir={photos}", f"--output_dir={data}", "--num_shards=2",
+                      "--holdout_fraction=0.25", module="trainer.prepare"),
+                 _run(emulator, *flags, "--epochs=1"), _run(emulator, *flags, "--epochs=2")]
+    for step in steps:
+        assert step.returncode == 0, step.stderr
+    assert front.faults_injected >= 5 and "resuming from step" in steps[2].stderr
+    checkpoints = sorted({o.rsplit(".", 1)[0] for o in _objects(emulator, "faults/run/model/checkpoints/ckpt-")})
+    assert len(checkpoints) == 3
+    for prefix in checkpoints:  # every checkpoint kept is whole: each tensor reads back with its CRC
+        local = tmp_path / "ckpt"
+        shutil.rmtree(local, ignore_errors=True)
+        local.mkdir()
+        for blob in emulator.client().list_blobs(BUCKET, prefix=prefix + "."):
+            blob.download_to_filename(local / blob.name.rsplit("/", 1)[1])
+        reader = tf.train.load_checkpoint(str(local / prefix.rsplit("/", 1)[1]))
+        assert all(reader.get_tensor(name) is not None for name in reader.get_variable_to_shape_map())
+    exports = {o.split("/")[4] for o in _objects(emulator, "faults/run/export/")}
+    assert len(exports) == 2 and all(f"faults/run/export/{v}/saved_model.pb" in _objects(emulator, "faults/")
+                                     for v in exports)

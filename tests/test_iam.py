@@ -27,6 +27,7 @@ same files. A --model_base_path of the bucket root (gs://BUCKET) would need stor
 import os
 import subprocess
 import sys
+import time
 import textwrap
 
 import pytest
@@ -101,10 +102,14 @@ def _train_flags(model_dir, export_dir):
 def test_object_user_alone_fails_the_first_write_on_bucket_get(emulator, data):
     """The defect: objectUser alone, first run under new prefixes -> 403 on GET /storage/v1/b/BUCKET."""
     alone = f"gs://{BUCKET}/alone"
+    start = time.monotonic()
     trained, seen = _run(emulator, ("roles/storage.objectUser",), *_train_flags(f"{alone}/runs", f"{alone}/export"))
-    assert trained.returncode != 0
     assert _denied(seen) == [("GET", f"/storage/v1/b/{BUCKET}", ["storage.buckets.get"])]
-    assert "403" in trained.stderr and "storage.buckets.get" in trained.stderr
+    # Found by the trainer's output check before any step: one line naming the flag and the roles.
+    assert trained.returncode == 2 and time.monotonic() - start < 30, trained.stderr
+    last = trained.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: --model_dir={alone}/runs: permission denied (") and "403" in last, last
+    assert "roles/storage.legacyBucketReader" in last and "Traceback" not in trained.stderr
     assert not list(emulator.client().list_blobs(BUCKET, prefix="alone/"))
 
 

@@ -19,6 +19,7 @@ import tensorflow as tf
 from absl import logging
 
 from trainer.errors import ConfigError, DataError, TransientError, transient_storage_errors
+from trainer.outputs import read_json, write_text_verified
 
 # The flags that decide a checkpoint's variables (and their meaning); epochs, patience or cadence
 # may change between restarts. mixed_precision wraps the optimizer (loss-scale variables).
@@ -35,9 +36,8 @@ def check_identity(model_dir: str, config, write: bool) -> None:
     """Refuses a model_dir started with different IDENTITY_FLAGS; records them when the run is new."""
     path = os.path.join(model_dir, IDENTITY_FILE)
     wanted = {name: getattr(config, name) for name in IDENTITY_FLAGS}
-    if tf.io.gfile.exists(path):
-        with tf.io.gfile.GFile(path) as handle:
-            recorded = json.load(handle)
+    recorded = read_json(path)
+    if recorded is not None:
         differ = [n for n in IDENTITY_FLAGS if n in recorded and recorded[n] != wanted[n]]
         if differ:
             was = " ".join(f"--{n}={recorded[n]}" for n in differ)
@@ -46,8 +46,7 @@ def check_identity(model_dir: str, config, write: bool) -> None:
                               "to resume it, or a new --model_dir to start another run")
     elif write:
         tf.io.gfile.makedirs(model_dir)
-        with tf.io.gfile.GFile(path, "w") as handle:
-            json.dump(wanted, handle, indent=2)
+        write_text_verified(path, json.dumps(wanted, indent=2))
 
 
 def number(path: str) -> int:

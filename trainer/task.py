@@ -4,7 +4,6 @@ With no flags it trains on the sample bundled with the package and writes under 
 Only this module reads flags and the environment; everything else takes a TrainConfig.
 """
 
-import json
 import os
 import shutil
 import sys
@@ -111,11 +110,9 @@ def previous_export(export_dir: str, model_dir: str, step: int):
     versions = [n.rstrip("/") for n in tf.io.gfile.listdir(export_dir)] if tf.io.gfile.isdir(export_dir) else []
     for version in sorted((v for v in versions if v.isdigit()), key=int, reverse=True):
         path = os.path.join(export_dir, version, METADATA_FILE)
-        if tf.io.gfile.exists(path):
-            with tf.io.gfile.GFile(path) as handle:
-                metadata = json.load(handle)
-            if metadata.get("model_dir") == model_dir and metadata.get("step") == step:
-                return os.path.join(export_dir, version)
+        metadata = outputs.read_json(path) or {}
+        if metadata.get("model_dir") == model_dir and metadata.get("step") == step:
+            return os.path.join(export_dir, version)
     return None
 
 
