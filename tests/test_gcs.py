@@ -41,10 +41,11 @@ def photos(tmp_path_factory):
     return folder
 
 
-def _run(emu, *args, module="trainer.task"):
+def _run(emu, *args, module="trainer.task", env=None):
     """Runs a CLI (or `python args` if module is None) against the emulator; no request may be unmodelled."""
     command = emu.wrap([sys.executable, "-m", module, *args]) if module else emu.wrap([sys.executable, *args])
-    result = subprocess.run(command, cwd=REPO, env={**ENV, **emu.env}, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, cwd=REPO, env={**ENV, **emu.env, **(env or {})}, capture_output=True, text=True,
+                            timeout=600)
     assert not emu.unknown, f"requests the IAM model doesn't know (denied): {emu.unknown}"
     return result
 
@@ -169,10 +170,12 @@ def test_a_run_survives_five_percent_503s(emulator, photos, tmp_path):
     flags = [f"--train_data={data}/train-*", f"--eval_data={data}/validation-*", f"--model_dir={run}/model",
              f"--export_dir={run}/export", "--base_filters=4", "--batch_size=2", "--patience=0",
              "--checkpoint_every_steps=3"]
+    # TF's own retry path, with shorter waits than its default 1 s doubling (keeps the test short).
+    faster = {"GCS_RETRY_CONFIG_INIT_DELAY_TIME_US": "100000", "GCS_RETRY_CONFIG_MAX_DELAY_TIME_US": "1000000"}
     with emulator.faults(0.05, seed=5) as front:
         steps = [_run(emulator, f"--input_dir={photos}", f"--output_dir={data}", "--num_shards=2",
                       "--holdout_fraction=0.25", module="trainer.prepare"),
-                 _run(emulator, *flags, "--epochs=1"), _run(emulator, *flags, "--epochs=2")]
+                 _run(emulator, *flags, "--epochs=1", env=faster), _run(emulator, *flags, "--epochs=2", env=faster)]
     for step in steps:
         assert step.returncode == 0, step.stderr
     assert front.faults_injected >= 5 and "resuming from step" in steps[2].stderr
@@ -186,6 +189,13 @@ def test_a_run_survives_five_percent_503s(emulator, photos, tmp_path):
             blob.download_to_filename(local / blob.name.rsplit("/", 1)[1])
         reader = tf.train.load_checkpoint(str(local / prefix.rsplit("/", 1)[1]))
         assert all(reader.get_tensor(name) is not None for name in reader.get_variable_to_shape_map())
-    exports = {o.split("/")[4] for o in _objects(emulator, "faults/run/export/")}
-    assert len(exports) == 2 and all(f"faults/run/export/{v}/saved_model.pb" in _objects(emulator, "faults/")
-                                     for v in exports)
+    objects = _objects(emulator, "faults/run/export/")
+    exports = {o.split("/")[3] for o in objects if o.split("/")[3].isdigit()}
+    assert len(exports) == 2 and all(f"faults/run/export/{v}/saved_model.pb" in objects for v in exports)
+    for version in exports:  # each export loads and answers, as TF Serving would need it to
+        local = tmp_path / "export" / version
+        for name in (o for o in objects if o.startswith(f"faults/run/export/{version}/") and not o.endswith("/")):
+            (local / name.split("/", 4)[4]).parent.mkdir(parents=True, exist_ok=True)
+            emulator.client().bucket(BUCKET).blob(name).download_to_filename(local / name.split("/", 4)[4])
+        loaded = tf.saved_model.load(str(local))
+        assert loaded.signatures["colorize_tensor"](gray=tf.zeros([1, 120, 120, 1]))["rgb"].shape == (1, 120, 120, 3)

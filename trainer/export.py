@@ -9,6 +9,8 @@ Signatures (both run `trainer.preprocess`, the same code training used):
 
 import json
 import os
+import shutil
+import tempfile
 import time
 
 import keras
@@ -16,6 +18,7 @@ import tensorflow as tf
 from absl import logging
 
 from trainer import preprocess
+from trainer.errors import TransientError
 from trainer.image_limits import DEFAULT_MAX_PIXELS, check_image_size
 from trainer.schema import IMAGE_SIZE
 from trainer.warmup import write_warmup
@@ -88,19 +91,20 @@ def export_saved_model(model: keras.Model, color_space: str, export_dir: str, me
     """Writes `{export_dir}/{version}/` via a temporary folder that TF Serving ignores; returns its path.
 
     The export carries TF Serving's warmup requests (`trainer.warmup`), so each version is warm
-    before it is marked AVAILABLE.
-
-    TF Serving polls export_dir and only considers all-digit names, so it never sees the
-    temporary folder; see `_publish` for how the version folder appears.
+    before it is marked AVAILABLE. For an object store the export is written to local disk first
+    and each file uploaded and read back (see `_publish`).
     """
     module = ColorizerModule(model, color_space, max_pixels)
     version = next_version(export_dir)
-    tmp = os.path.join(export_dir, f".tmp-{version}-{os.getpid()}")
     final = os.path.join(export_dir, str(version))
+    if "://" in export_dir:
+        tmp = tempfile.mkdtemp(prefix=f"colorizer-export-{version}-")
+    else:  # TF Serving only considers all-digit names, so it never sees this folder
+        tmp = os.path.join(export_dir, f".tmp-{version}-{os.getpid()}")
+        tf.io.gfile.makedirs(export_dir)
     signatures = {"serving_default": module.colorize_bytes, "colorize_tensor": module.colorize_tensor}
-    tf.io.gfile.makedirs(export_dir)
     tf.saved_model.save(module, tmp, signatures=signatures)
-    with tf.io.gfile.GFile(os.path.join(tmp, METADATA_FILE), "w") as handle:
+    with open(os.path.join(tmp, METADATA_FILE), "w") as handle:
         json.dump({"color_space": color_space, "image_size": IMAGE_SIZE, "max_pixels": max_pixels, **(metadata or {})},
                   handle, indent=2)
     write_warmup(tmp, max_pixels)
@@ -110,18 +114,30 @@ def export_saved_model(model: keras.Model, color_space: str, export_dir: str, me
 
 
 def _publish(tmp: str, final: str) -> None:
-    """Moves a finished export into its version folder.
+    """Moves a finished local export into its version folder.
 
     A local rename is atomic. Object stores have no directory rename, so there every file is
-    copied and `saved_model.pb` goes last: TF Serving only loads a version once that file exists.
+    uploaded, read back and compared (TF's GCS writer has finished uploads as empty objects without
+    raising under 503s: tests/test_gcs.py), and `saved_model.pb` goes last: TF Serving only loads
+    a version once that file exists.
     """
-    if "://" not in tmp:
+    if "://" not in final:
         tf.io.gfile.rename(tmp, final)
         return
-    files = [os.path.join(root, name) for root, _, names in tf.io.gfile.walk(tmp) for name in names]
+    files = [os.path.join(root, name) for root, _, names in os.walk(tmp) for name in names]
     files.sort(key=lambda path: os.path.basename(path) == "saved_model.pb")
     for path in files:
-        target = os.path.join(final, os.path.relpath(path, tmp))
-        tf.io.gfile.makedirs(os.path.dirname(target))
+        _upload_verified(path, os.path.join(final, os.path.relpath(path, tmp)))
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _upload_verified(path: str, target: str, attempts: int = 3) -> None:
+    with open(path, "rb") as handle:
+        data = handle.read()
+    for attempt in range(1, attempts + 1):
         tf.io.gfile.copy(path, target, overwrite=True)
-    tf.io.gfile.rmtree(tmp)
+        with tf.io.gfile.GFile(target, "rb") as handle:
+            if handle.read() == data:
+                return
+        logging.warning("%s read back differently after uploading it (attempt %d of %d)", target, attempt, attempts)
+    raise TransientError(f"{target}: uploaded {attempts} times, never read back intact")
