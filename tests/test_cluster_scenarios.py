@@ -132,9 +132,9 @@ def _retried_forever(code, job, tfjob):
     assert not controller.failed and tfjob_restarts(tfjob, "Worker", code)
 
 
-def test_peer_that_does_not_resolve_is_retried_and_never_fails_the_job(tmp_path, job, tfjob):
+def test_peer_that_does_not_resolve_is_retried_and_never_fails_the_job(data, tmp_path, job, tfjob):
     ports = free_ports(2)
-    run = _task(*train_flags(tmp_path, tmp_path, 1), "--peer_timeout_seconds=2",
+    run = _task(*train_flags(data, tmp_path, 1), "--peer_timeout_seconds=2",
                 env=indexed_env(0, ports, resolvable=[0]))
     assert run.returncode == 145, run.stderr
     _one_line_error(run, "error: peer colorizer-1.colorizer-workers did not resolve within 2s")

@@ -29,7 +29,7 @@ def prepare_data(root) -> str:
 def train_flags(data, run_dir, epochs, *extra) -> list:
     return [f"--train_data={data}/train-*", f"--eval_data={data}/validation-*", f"--model_dir={run_dir}/model",
             f"--export_dir={run_dir}/export", "--base_filters=4", "--batch_size=2", f"--epochs={epochs}",
-            "--patience=0", "--collective_timeout_seconds=30", "--peer_timeout_seconds=30", *extra]
+            "--patience=0", "--peer_timeout_seconds=30", *extra]
 
 
 def free_ports(n) -> list:

@@ -120,7 +120,7 @@ def count_workers(strategy: tf.distribute.Strategy) -> int:
 
 
 def build_strategy(name: str = "auto", environ=None, peer_timeout_seconds: float = 600,
-                   collective_timeout_seconds: float = 300) -> tf.distribute.Strategy:
+                   collective_timeout_seconds: float = 0) -> tf.distribute.Strategy:
     """Builds the strategy `name` asks for; `auto` decides from `environ` as the module says."""
     if name not in STRATEGIES:
         raise ConfigError(f"--strategy={name!r}: choose one of {', '.join(STRATEGIES)}")
@@ -143,13 +143,15 @@ def build_strategy(name: str = "auto", environ=None, peer_timeout_seconds: float
 def communication_options(gpus, collective_timeout_seconds: float) -> tf.distribute.experimental.CommunicationOptions:
     """NCCL all-reduce when this worker has GPUs, the ring over gRPC on CPUs.
 
-    The ring copies GPU tensors through host memory and gRPC: much slower between GPU nodes. A
-    collective that waits longer than the timeout fails instead of hanging when a peer has died.
+    The ring copies GPU tensors through host memory and gRPC: much slower between GPU nodes.
+    A timeout (0: none) is for debugging only: TF starts a thread per collective that lives for the
+    whole timeout (tensorflow/python/distribute/collective_util.py:101 in TF 2.21), thousands at GPU
+    step rates. A dead peer is found without it by the coordination service's heartbeats.
     """
     implementations = tf.distribute.experimental.CommunicationImplementation
     implementation = implementations.NCCL if gpus else implementations.RING
     return tf.distribute.experimental.CommunicationOptions(implementation=implementation,
-                                                           timeout_seconds=collective_timeout_seconds)
+                                                           timeout_seconds=collective_timeout_seconds or None)
 
 
 def _multi_worker(cluster, peer_timeout_seconds, collective_timeout_seconds):

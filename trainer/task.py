@@ -47,8 +47,9 @@ flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
 flags.DEFINE_enum("strategy", "auto", distribute.STRATEGIES,
                   "auto: MultiWorkerMirrored when TF_CONFIG or an Indexed Job names peers, else Mirrored.")
 flags.DEFINE_integer("peer_timeout_seconds", 600, "How long to wait for every peer's DNS name to resolve.")
-flags.DEFINE_integer("collective_timeout_seconds", 300,
-                     "A worker fails when a peer stops answering for this long, instead of hanging.")
+flags.DEFINE_integer("collective_timeout_seconds", 0,
+                     "Debugging only: fail a collective after this long (0: never; TF starts a thread per "
+                     "collective for the whole timeout). A dead peer is detected without it.")
 flags.DEFINE_integer("seed", None, "Random seed for shuffling.")
 flags.DEFINE_integer("max_pixels", DEFAULT_MAX_PIXELS,
                      "Serving refuses images with more pixels (read from their headers), before decoding them.")
