@@ -134,6 +134,17 @@ def test_documented_roles_prepare_train_export_and_load(emulator, data, tmp_path
     assert {r.kind for r in seen} <= {"objects.get", "objects.list", "XML GET object"}
 
 
+def test_prepare_into_a_bucket_it_cannot_write_fails_before_decoding(emulator, data):
+    """Under read-only roles, prepare's output check is refused: one line, exit 2, nothing written."""
+    prepared, seen = _run(emulator, SERVING_ROLES, f"--input_dir={data}", f"--output_dir=gs://{BUCKET}/readonly",
+                          module="trainer.prepare")
+    assert prepared.returncode == 2 and "Traceback" not in prepared.stderr, prepared.stderr
+    assert prepared.stderr.strip().splitlines()[-1].startswith(f"error: gs://{BUCKET}/readonly: permission denied")
+    # (google-cloud-storage also tries a bucket GET of its own, denied and ignored by the library)
+    assert ["storage.objects.create"] in [r.missing for r in seen if r.denied]
+    assert not list(emulator.client().list_blobs(BUCKET, prefix="readonly"))
+
+
 def test_serving_roles_cannot_write(emulator):
     """objectViewer is read-only: a write under it is a 403 on storage.objects.create."""
     script = f"import tensorflow as tf\nwith tf.io.gfile.GFile('{EXPORT}/probe.txt', 'w') as f: f.write('x')"

@@ -110,6 +110,33 @@ def test_cli_writes_shards_with_parallel_workers(tmp_path):
     assert not [n for n in os.listdir(tmp_path / "out") if n.endswith(".tmp")]
 
 
+def test_cli_unwritable_output_is_one_line_before_any_photo_is_decoded(tmp_path, monkeypatch):
+    write_photos(tmp_path / "in", 2)
+    (tmp_path / "file").write_text("not a folder")
+    proc = subprocess.run([sys.executable, "-m", "trainer.prepare", f"--input_dir={tmp_path}/in",
+                           f"--output_dir={tmp_path}/file/out"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: --output_dir={tmp_path}/file/out: not writable (")
+    from trainer import prepare as module
+
+    monkeypatch.setattr(module, "_load", lambda job: pytest.fail("a photo was decoded"))
+    with pytest.raises(ConfigError):
+        prepare(str(tmp_path / "in"), str(tmp_path / "file" / "out"), progress=False)
+
+
+def test_decompression_bomb_is_skipped_and_named(tmp_path):
+    from tests.test_image_limits import png_bomb
+
+    write_photos(tmp_path / "in", 3)
+    (tmp_path / "in" / "bomb.png").write_bytes(png_bomb(15000, 12000))
+    manifests = prepare(str(tmp_path / "in"), str(tmp_path / "out"), num_shards=1, progress=False)
+    assert manifests["train"].num_examples == 3
+    [skipped] = manifests["train"].skipped
+    assert skipped.startswith("bomb.png (ValueError: ") and "decompression bomb" in skipped
+    written = json.loads((tmp_path / "out" / "train.manifest.json").read_text())
+    assert written["skipped"] == [skipped]
+
+
 class _FailingClient:
     """A google-cloud-storage client whose every call raises `error` (its retries already spent)."""
 
@@ -119,6 +146,9 @@ class _FailingClient:
     def list_blobs(self, *args, **kwargs):
         raise self.error
 
+    def bucket(self, *args, **kwargs):
+        raise self.error
+
 
 @pytest.mark.parametrize("make_error,expected", [
     (lambda e: e.ServiceUnavailable("503 Backend Error"), TransientError),
@@ -126,7 +156,7 @@ class _FailingClient:
     (lambda e: e.InternalServerError("500 internal"), TransientError),
     (lambda e: e.GatewayTimeout("504"), TransientError),
     (lambda e: requests.exceptions.ConnectionError("connection reset"), TransientError),
-    (lambda e: e.Forbidden("403 denied"), DataError),
+    (lambda e: e.Forbidden("403 denied"), ConfigError),
     (lambda e: e.NotFound("404 no bucket"), DataError),
 ])
 def test_cloud_storage_errors_are_transient_or_permanent(tmp_path, monkeypatch, make_error, expected):

@@ -8,6 +8,7 @@ Application Default Credentials (Workload Identity on GKE); no key files.
 
 import concurrent.futures
 import os
+import uuid
 
 from trainer.errors import ConfigError, DataError, TransientError, first_line
 
@@ -59,12 +60,23 @@ def _explain(exc, path: str):
     if isinstance(exc, exceptions.NotFound):
         return DataError(f"{path}: not found (does the bucket gs://{split_path(path)[0]} exist?)")
     if isinstance(exc, exceptions.Forbidden):
-        return DataError(f"{path}: permission denied; the account needs roles/storage.objectUser on the bucket")
+        return ConfigError(f"{path}: permission denied; the account needs roles/storage.objectUser on the bucket")
     if isinstance(exc, exceptions.PreconditionFailed):
         return DataError(f"{path}: changed by another writer while this run was writing; nothing was overwritten")
     if isinstance(exc, exceptions.Unauthorized):
         return DataError(f"{path}: no valid credentials (run `gcloud auth application-default login`)")
     return DataError(f"{path}: {type(exc).__name__}: {first_line(exc)}")
+
+
+def check_writable(directory: str) -> None:
+    """Creates and deletes a probe object in `directory` the way shards are uploaded, before any work."""
+    bucket, name = split_path(directory.rstrip("/") + f"/.colorizer-probe-{uuid.uuid4().hex[:8]}")
+    try:
+        blob = _client().bucket(bucket).blob(name)
+        blob.upload_from_string(b"colorizer write check\n", checksum="crc32c", if_generation_match=0)
+        blob.delete()
+    except _api_errors() as exc:
+        raise _explain(exc, directory) from None
 
 
 def list_generations(directory: str, prefix: str) -> dict:

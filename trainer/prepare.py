@@ -14,7 +14,7 @@ import zlib
 
 from absl import app, flags
 
-from trainer import images
+from trainer import gcs, images, outputs
 from trainer.errors import ConfigError, DataError, exit_on_user_error, parse_flags_or_exit
 from trainer.schema import ENCODINGS, IMAGE_SIZE, Manifest, encode_example, manifest_path, shard_name
 from trainer.shard_writer import ShardWriter, existing_split_files, write_text_atomic
@@ -50,6 +50,14 @@ def list_photos(input_dir: str, gray_dir=None):
     return photos, sorted(set(names) - set(photos))
 
 
+def check_output_dir(output_dir: str) -> None:
+    """Proves --output_dir writable the way shards are written, before a single photo is decoded."""
+    if gcs.is_gcs(output_dir):
+        gcs.check_writable(output_dir)
+    else:
+        outputs.check_writable("output_dir", output_dir)
+
+
 def assign_split(name: str, split: str, holdout_split: str, holdout_fraction: float) -> str:
     """Stable by file name, so re-running prepare on a grown folder keeps old photos where they were."""
     if holdout_fraction <= 0:
@@ -77,6 +85,7 @@ def prepare(input_dir, output_dir, split="train", num_shards=8, gray_dir=None, h
     if holdout_fraction and holdout_split == split:
         raise ConfigError(f"--holdout_split={holdout_split} is the same as --split")
     photos, ignored = list_photos(input_dir, gray_dir)
+    check_output_dir(output_dir)
     random.Random(seed).shuffle(photos)
     assigned = {}
     for name in photos:
