@@ -82,6 +82,23 @@ def test_sigterm_while_the_cluster_forms_is_not_lost(data, tmp_path):
     assert all("stopped by SIGTERM at step 0" in log.read_text() for log in logs)
 
 
+def test_a_frozen_chief_is_found_by_heartbeats_without_a_collective_timeout(data, tmp_path):
+    """A node that vanishes sends no TCP reset: SIGSTOP stands in. The coordination service's
+    heartbeats find it (the collective timeout is off by default: it costs a thread per collective)."""
+    ports = free_ports(2)
+    paths = [tmp_path / f"z{i}.log" for i in range(2)]
+    procs = [start(train_flags(data, tmp_path, 1000, "--checkpoint_every_steps=2"), indexed_env(i, ports),
+                   open(path, "w")) for i, path in enumerate(paths)]
+    try:
+        wait_for_checkpoint(tmp_path / "model" / "checkpoints", 2, procs, paths)
+        procs[0].send_signal(signal.SIGSTOP)
+        frozen = time.time()
+        assert procs[1].wait(timeout=90) == 144 and time.time() - frozen < 60
+        assert "error: lost a peer worker" in paths[1].read_text()
+    finally:
+        procs[0].kill()
+
+
 def test_indexed_job_worker_loss_fails_fast_and_restart_resumes(data, tmp_path):
     ports = free_ports(2)
     envs = [indexed_env(i, ports) for i in range(2)]
