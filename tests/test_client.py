@@ -205,6 +205,9 @@ def test_oversized_images_are_refused_before_any_request(tmp_path):
     assert len(client.plan_outputs(files[:1], str(tmp_path / "out"), False, max_pixels=64 * 48)) == 1
     with pytest.raises(client.DataError, match=r"photo000.png: more than 3071 pixels, which serving refuses"):
         client.plan_outputs(files[:1], str(tmp_path / "out"), False, max_pixels=64 * 48 - 1)
+    (tmp_path / "cut.png").write_bytes(open(files[0], "rb").read()[:12])  # a header cut short
+    with pytest.raises(client.DataError, match=r"cut.png: not a readable image \("):
+        client.plan_outputs([str(tmp_path / "cut.png")], str(tmp_path / "out"), False, max_pixels=100)
     with pytest.raises(client.DataError, match=r"b.png: more than 51000000 pixels"):
         client.plan_outputs(files, str(tmp_path / "out"), False, max_pixels=client.images.DEFAULT_MAX_PIXELS)
 
@@ -219,7 +222,7 @@ def _cli(*args, cwd=REPO):
                           text=True, timeout=300, check=False)
 
 
-def test_cli_server_error_is_one_line_and_exit_1(fake, tmp_path):
+def test_cli_server_error_is_one_line_and_exit_3(fake, tmp_path):
     fake.on("GET", PATH, AVAILABLE)
     fake.on("POST", f"{PATH}:predict", BAD_IMAGE)
     files = [str(tmp_path / n) for n in write_photos(tmp_path, 1)]

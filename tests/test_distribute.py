@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from trainer import distribute, input_pipeline
 from trainer.config import TrainConfig
-from trainer.errors import ConfigError, TransientError
+from trainer.errors import ConfigError, StoppedError, TransientError
 from trainer.input_pipeline import find_shards
 from trainer.train import Trainer
 
@@ -103,3 +103,17 @@ def test_two_replicas_step_equals_one_device_with_same_global_batch(shards_dir, 
     update_s = np.concatenate([(w.numpy() - w0).ravel() for w0, w in zip(start, single.model.trainable_weights)])
     # Float reduction order differs between one and two devices; a wrong batch scaling would be 50% off.
     assert np.linalg.norm(update_m - update_s) <= 0.02 * np.linalg.norm(update_s)
+
+
+def test_sigterm_while_waiting_for_peers_stops_at_once():
+    with pytest.raises(StoppedError, match="stopped by SIGTERM while waiting for peers"):
+        distribute.wait_for_peers(["job-1.svc:2222"], 600, lambda host, port: _unresolvable(), lambda: True)
+
+
+def _unresolvable():
+    raise OSError("no such host")
+
+
+def test_worker_count_that_is_not_a_number_is_one_line():
+    with pytest.raises(ConfigError, match="COLORIZER_NUM_WORKERS='two': not a number"):
+        distribute.resolve_cluster({"JOB_COMPLETION_INDEX": "0", "COLORIZER_NUM_WORKERS": "two"})

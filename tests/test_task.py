@@ -142,3 +142,15 @@ def test_model_dir_guards_its_run_survives_bad_checkpoints_and_a_finished_run_is
         index.write_bytes(b"truncated")
     broken = _train(small_data, tmp_path, 3)
     _one_line(broken, 3, f"error: no checkpoint in {checkpoints} restores")
+
+
+def test_an_export_cut_off_before_saved_model_pb_does_not_count_as_done(tmp_path):
+    from trainer import task
+
+    version = tmp_path / "export" / "1700000000"
+    version.mkdir(parents=True)
+    (version / "colorizer.json").write_text('{"model_dir": "gs://b/m", "step": 16}')
+    assert task.previous_export(str(tmp_path / "export"), "gs://b/m", 16) is None  # saved_model.pb goes last
+    (version / "saved_model.pb").write_bytes(b"pb")
+    assert task.previous_export(str(tmp_path / "export"), "gs://b/m", 16) == str(version)
+    assert task.previous_export(str(tmp_path / "export"), "gs://b/m", 17) is None

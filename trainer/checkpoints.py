@@ -25,7 +25,9 @@ from trainer.outputs import read_json, write_text_verified
 # may change between restarts. mixed_precision wraps the optimizer (loss-scale variables).
 IDENTITY_FLAGS = ("model", "color_space", "loss", "base_filters", "mixed_precision")
 IDENTITY_FILE = "run.json"
-READ_ERRORS = (tf.errors.OpError, IndexError, ValueError)  # IndexError: a data file shorter than its index says
+# IndexError: a data file shorter than its index says; ValueError/NotImplementedError: Keras refusing a
+# checkpoint whose variables don't match the model (a model_dir from before run.json existed).
+READ_ERRORS = (tf.errors.OpError, IndexError, ValueError, NotImplementedError)
 # Storage trouble rather than a bad file: falling back to an older checkpoint would throw work away.
 # InternalError is left out: TF reports some corrupt files with it.
 STORAGE_ERRORS = tuple(e for e in transient_storage_errors() if e is not tf.errors.InternalError)
@@ -97,8 +99,8 @@ def restore_newest(checkpoint: tf.train.Checkpoint, directory: str, partial: boo
             logging.warning("checkpoint %s is unreadable (%s); trying the one before it", path, _first_line(exc))
             bad.append(path)
     if bad:
-        raise DataError(f"no checkpoint in {directory} restores (newest {bad[0]}: unreadable); "
-                        "delete them to start over, or pass a new --model_dir")
+        raise DataError(f"no checkpoint in {directory} restores (newest {bad[0]}: unreadable, or from a run "
+                        "with other flags); delete them to start over, or pass a new --model_dir")
     return None, bad
 
 

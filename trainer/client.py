@@ -21,7 +21,7 @@ import urllib.request
 from absl import app, flags
 
 from trainer import images, rest
-from trainer.errors import ColorizerError, ConfigError, DataError, exit_on_user_error, parse_flags_or_exit
+from trainer.errors import ColorizerError, ConfigError, DataError, exit_on_user_error, first_line, parse_flags_or_exit
 
 RETRY_STATUSES = (429, 503, 504)
 MAX_BACKOFF_SECONDS = 30.0
@@ -116,6 +116,13 @@ class Client:
             raise ServingError(f"unexpected predict answer: {exc}") from None
 
 
+def _pixel_count(path: str) -> int:
+    try:
+        return images.pixel_count(path)
+    except (OSError, SyntaxError, ValueError) as exc:  # what Pillow raises for a damaged header
+        raise DataError(f"{path}: not a readable image ({type(exc).__name__}: {first_line(str(exc))})") from None
+
+
 def plan_outputs(files: list, output_dir: str, overwrite: bool, max_pixels: int = 0) -> list:
     """(input, output) pairs; refuses missing, non-image and oversized inputs, clashes and existing outputs."""
     pairs, taken = [], {}
@@ -125,7 +132,7 @@ def plan_outputs(files: list, output_dir: str, overwrite: bool, max_pixels: int 
         with open(path, "rb") as handle:
             if not handle.read(8).startswith(_MAGIC):
                 raise DataError(f"{path}: not a JPEG, PNG, GIF or BMP file")
-        if max_pixels and images.pixel_count(path) > max_pixels:
+        if max_pixels and _pixel_count(path) > max_pixels:
             raise DataError(f"{path}: more than {max_pixels} pixels, which serving refuses (--max_pixels)")
         target = os.path.join(output_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
         if target in taken:

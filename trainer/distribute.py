@@ -16,7 +16,7 @@ import time
 import tensorflow as tf
 from absl import logging
 
-from trainer.errors import ConfigError, TransientError
+from trainer.errors import ConfigError, StoppedError, TransientError
 
 STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device")
 DEFAULT_PORT = 2222
@@ -74,26 +74,35 @@ def _from_indexed_job(environ) -> Cluster:
     return Cluster((("worker", tuple(overrides.get(n, n) for n in names)),), "worker", index, "indexed job")
 
 
+def _worker_count(environ) -> int:
+    try:
+        return int(environ.get("COLORIZER_NUM_WORKERS", "1"))
+    except ValueError:
+        raise ConfigError(f"COLORIZER_NUM_WORKERS={environ['COLORIZER_NUM_WORKERS']!r}: not a number") from None
+
+
 def resolve_cluster(environ) -> "Cluster | None":
     """The multi-worker cluster this process belongs to, or None when it runs alone."""
     if environ.get("TF_CONFIG"):
         cluster = _from_tf_config(environ["TF_CONFIG"])
-    elif "JOB_COMPLETION_INDEX" in environ and int(environ.get("COLORIZER_NUM_WORKERS", "1")) > 1:
+    elif "JOB_COMPLETION_INDEX" in environ and _worker_count(environ) > 1:
         cluster = _from_indexed_job(environ)
     else:
         return None
     return cluster if len(cluster.workers) > 1 else None
 
 
-def wait_for_peers(addresses, timeout_seconds: float, resolve=socket.getaddrinfo) -> None:
+def wait_for_peers(addresses, timeout_seconds: float, resolve=socket.getaddrinfo, stop_requested=lambda: False):
     """Blocks until every peer's host name resolves: a pod's DNS record appears only with the pod.
 
     A peer still missing after `timeout_seconds` is transient (its pod not scheduled yet, a node
-    being replaced): the Job should retry, not fail.
+    being replaced): the Job should retry, not fail. A SIGTERM meanwhile stops at once (exit 143).
     """
     deadline = time.monotonic() + timeout_seconds
     pending = [a.rsplit(":", 1)[0] for a in addresses]
     while pending:
+        if stop_requested():
+            raise StoppedError("stopped by SIGTERM while waiting for peers; nothing to save yet")
         pending = [h for h in pending if not _resolves(h, resolve)]
         if pending and time.monotonic() > deadline:
             raise TransientError(f"peer {pending[0]} did not resolve within {timeout_seconds:.0f}s "
@@ -120,13 +129,13 @@ def count_workers(strategy: tf.distribute.Strategy) -> int:
 
 
 def build_strategy(name: str = "auto", environ=None, peer_timeout_seconds: float = 600,
-                   collective_timeout_seconds: float = 0) -> tf.distribute.Strategy:
+                   collective_timeout_seconds: float = 0, stop_requested=lambda: False) -> tf.distribute.Strategy:
     """Builds the strategy `name` asks for; `auto` decides from `environ` as the module says."""
     if name not in STRATEGIES:
         raise ConfigError(f"--strategy={name!r}: choose one of {', '.join(STRATEGIES)}")
     cluster = resolve_cluster(environ or {})
     if name == "multi_worker" or (name == "auto" and cluster):
-        strategy = _multi_worker(cluster, peer_timeout_seconds, collective_timeout_seconds)
+        strategy = _multi_worker(cluster, peer_timeout_seconds, collective_timeout_seconds, stop_requested)
         logging.info("strategy MultiWorkerMirroredStrategy: %d replica(s), %s cluster %s, this is %s %d",
                      strategy.num_replicas_in_sync, cluster.source, list(cluster.workers), cluster.task_type,
                      cluster.task_index)
@@ -154,10 +163,10 @@ def communication_options(gpus, collective_timeout_seconds: float) -> tf.distrib
                                                            timeout_seconds=collective_timeout_seconds or None)
 
 
-def _multi_worker(cluster, peer_timeout_seconds, collective_timeout_seconds):
+def _multi_worker(cluster, peer_timeout_seconds, collective_timeout_seconds, stop_requested):
     if cluster is None:
         raise ConfigError("--strategy=multi_worker needs TF_CONFIG or an Indexed Job environment")
-    wait_for_peers(cluster.workers, peer_timeout_seconds)
+    wait_for_peers(cluster.workers, peer_timeout_seconds, stop_requested=stop_requested)
     resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
         cluster.spec, task_type=cluster.task_type, task_id=cluster.task_index, rpc_layer="grpc")
     gpus = tf.config.list_physical_devices("GPU")

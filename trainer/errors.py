@@ -42,6 +42,12 @@ class TransientError(ColorizerError):
     exit_code = EXIT_TRANSIENT
 
 
+class StoppedError(ColorizerError):
+    """Stopped by SIGTERM before there was anything to save (e.g. while waiting for peers)."""
+
+    exit_code = EXIT_PREEMPTED
+
+
 @contextlib.contextmanager
 def exit_on_user_error():
     """For CLI mains: a ColorizerError becomes `error: ...` on stderr and its class's exit code."""

@@ -65,7 +65,8 @@ class ColorizerModule(tf.Module):
     def colorize_bytes(self, image_bytes):
         small = tf.map_fn(
             lambda b: preprocess.resize_to_model(decode_gray(b, self.max_pixels), IMAGE_SIZE),
-            image_bytes, fn_output_signature=tf.TensorSpec([IMAGE_SIZE, IMAGE_SIZE, 1], tf.float32))
+            image_bytes, fn_output_signature=tf.TensorSpec([IMAGE_SIZE, IMAGE_SIZE, 1], tf.float32),
+            parallel_iterations=1)
         predictions = self._colorize_small(small)
 
         def compose(args):
@@ -75,7 +76,10 @@ class ColorizerModule(tf.Module):
             rgb = preprocess.predictions_to_rgb(prediction[tf.newaxis], gray[tf.newaxis], self.color_space)[0]
             return tf.io.encode_png(tf.image.convert_image_dtype(rgb, tf.uint8, saturate=True))
 
-        encoded = tf.map_fn(compose, (image_bytes, predictions), fn_output_signature=tf.string)
+        # One image at a time (map_fn runs 10 in parallel in a graph): a request's memory is that of
+        # its largest image, ~47 bytes a pixel, not of ten of them (trainer/images.py).
+        encoded = tf.map_fn(compose, (image_bytes, predictions), fn_output_signature=tf.string,
+                            parallel_iterations=1)
         return {"colorized_bytes": encoded}
 
 

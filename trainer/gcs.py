@@ -60,7 +60,8 @@ def _explain(exc, path: str):
     if isinstance(exc, exceptions.NotFound):
         return DataError(f"{path}: not found (does the bucket gs://{split_path(path)[0]} exist?)")
     if isinstance(exc, exceptions.Forbidden):
-        return ConfigError(f"{path}: permission denied; the account needs roles/storage.objectUser on the bucket")
+        return ConfigError(f"{path}: permission denied; uploading takes roles/storage.objectUser on the bucket "
+                           "(docs/KUBERNETES.md, IAM)")
     if isinstance(exc, exceptions.PreconditionFailed):
         return DataError(f"{path}: changed by another writer while this run was writing; nothing was overwritten")
     if isinstance(exc, exceptions.Unauthorized):

@@ -112,7 +112,8 @@ def previous_export(export_dir: str, model_dir: str, step: int):
     for version in sorted((v for v in versions if v.isdigit()), key=int, reverse=True):
         path = os.path.join(export_dir, version, METADATA_FILE)
         metadata = outputs.read_json(path) or {}
-        if metadata.get("model_dir") == model_dir and metadata.get("step") == step:
+        complete = tf.io.gfile.exists(os.path.join(export_dir, version, "saved_model.pb"))  # uploaded last
+        if complete and metadata.get("model_dir") == model_dir and metadata.get("step") == step:
             return os.path.join(export_dir, version)
     return None
 
@@ -170,7 +171,7 @@ def main(argv):
         config = config_from_flags()
         shards = check_before_training(config)
         strategy = distribute.build_strategy(FLAGS.strategy, dict(os.environ), FLAGS.peer_timeout_seconds,
-                                             FLAGS.collective_timeout_seconds)
+                                             FLAGS.collective_timeout_seconds, sigterm.requested)
         sigterm.reinstall(strategy)
         result = _train(config, strategy, sigterm.requested, shards)
     if result["preempted"]:
