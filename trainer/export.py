@@ -1,7 +1,7 @@
 """Export a trained model as a SavedModel that stock TF Serving loads: `{export_dir}/{version}/`.
 
 Signatures (both run `trainer.preprocess`, the same code training used):
-  * `serving_default`: `image_bytes` (JPEG/PNG/GIF/BMP of any size, 1, 3 or 4 channels) ->
+  * `serving_default`: `image_bytes` (JPEG/PNG/GIF/BMP up to `max_pixels`, 1, 3 or 4 channels) ->
     `colorized_bytes` (PNG at the input's own resolution). The `_bytes` suffix makes TF Serving's
     REST API exchange these as `{"b64": ...}`.
   * `colorize_tensor`: `gray` float32 [N, 120, 120, 1] in [0, 1] -> `rgb` float32 [N, 120, 120, 3].
