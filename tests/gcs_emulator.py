@@ -463,6 +463,22 @@ class GcsEmulator:
         self._process.wait(timeout=10)
 
 
+def start_or_skip(workdir: str, bucket: str = None) -> "GcsEmulator":
+    """A running emulator (with `bucket` created), or the test skips; with COLORIZER_REQUIRE_GCS_TESTS
+    set (CI) it fails instead, so CI can't silently lose these tests."""
+    import pytest
+
+    reason = unavailable_reason()
+    if reason:
+        if os.environ.get("COLORIZER_REQUIRE_GCS_TESTS"):
+            pytest.fail(f"GCS emulator required but unavailable: {reason}")
+        pytest.skip(f"GCS emulator unavailable: {reason}")
+    emulator = GcsEmulator(workdir)
+    if bucket:
+        emulator.client().create_bucket(bucket)
+    return emulator
+
+
 def unavailable_reason():
     """Why the emulator can't run here (not root, no unshare, no loopback port 443 free), or None."""
     if os.geteuid() != 0:

@@ -7,7 +7,6 @@ ExitCode restart policy (overlay tfjob). One preemption run serves all preemptio
 """
 
 import copy
-import os
 import shutil
 import subprocess
 import sys
@@ -144,14 +143,9 @@ def test_peer_that_does_not_resolve_is_retried_and_never_fails_the_job(data, tmp
 @pytest.fixture(scope="module")
 def failing_storage(tmp_path_factory):
     """The GCS emulator answering every request 503, as storage does during an incident."""
-    from tests.gcs_emulator import GcsEmulator, unavailable_reason
+    from tests.gcs_emulator import start_or_skip
 
-    reason = unavailable_reason()
-    if reason:
-        if os.environ.get("COLORIZER_REQUIRE_GCS_TESTS"):
-            pytest.fail(f"GCS emulator required but unavailable: {reason}")
-        pytest.skip(f"GCS emulator unavailable: {reason}")
-    emulator = GcsEmulator(str(tmp_path_factory.mktemp("gcs")))
+    emulator = start_or_skip(str(tmp_path_factory.mktemp("gcs")))
     with emulator.faults(1.0):
         yield emulator
     emulator.close()

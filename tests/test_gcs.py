@@ -13,7 +13,7 @@ import textwrap
 import pytest
 
 from tests.conftest import REPO, write_photos
-from tests.gcs_emulator import GcsEmulator, unavailable_reason
+from tests.gcs_emulator import start_or_skip
 from trainer import gcs
 from trainer.errors import DataError
 
@@ -23,13 +23,7 @@ ENV = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory):
-    reason = unavailable_reason()
-    if reason:
-        if os.environ.get("COLORIZER_REQUIRE_GCS_TESTS"):
-            pytest.fail(f"GCS emulator required but unavailable: {reason}")
-        pytest.skip(f"GCS emulator unavailable: {reason}")
-    emu = GcsEmulator(str(tmp_path_factory.mktemp("gcs")))
-    emu.client().create_bucket(BUCKET)
+    emu = start_or_skip(str(tmp_path_factory.mktemp("gcs")), BUCKET)
     yield emu
     emu.close()
 

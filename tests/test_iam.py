@@ -33,7 +33,7 @@ import textwrap
 import pytest
 
 from tests.conftest import REPO, write_photos
-from tests.gcs_emulator import ROLES, GcsEmulator, classify, unavailable_reason
+from tests.gcs_emulator import ROLES, classify, start_or_skip
 
 BUCKET = "colorizer-iam"
 ENV = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -56,13 +56,7 @@ _SERVING_STARTUP = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory):
-    reason = unavailable_reason()
-    if reason:
-        if os.environ.get("COLORIZER_REQUIRE_GCS_TESTS"):
-            pytest.fail(f"GCS emulator required but unavailable: {reason}")
-        pytest.skip(f"GCS emulator unavailable: {reason}")
-    emu = GcsEmulator(str(tmp_path_factory.mktemp("gcs-iam")))
-    emu.client().create_bucket(BUCKET)
+    emu = start_or_skip(str(tmp_path_factory.mktemp("gcs-iam")), BUCKET)
     yield emu
     emu.close()
 

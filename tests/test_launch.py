@@ -1,27 +1,26 @@
 """`python -m trainer.launch`: the objects it builds, and its API calls against a local fake API server.
 
-The fake server answers the Kubernetes REST paths the `kubernetes` client uses (jobs, services,
-pods, pod logs, kubeflow.org tfjobs) on 127.0.0.1 and records every request, so the tests assert on
-what would reach a real cluster.
+The fake server (tests/fake_kubernetes.py) answers the Kubernetes REST paths the `kubernetes` client
+uses on 127.0.0.1 and records every request, so the tests assert on what would reach a real cluster.
 """
 
 import base64
 import http.server
 import json
 import threading
-from urllib.parse import parse_qs, urlparse
 
 import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from kubernetes import client
 
+from tests import fake_kubernetes
 from tests.test_manifests import SCHEMAS, check_indexed_job
 from trainer import launch, launch_manifests
 
 DIGEST = "sha256:" + "0123456789abcdef" * 4
 IMAGE = f"europe-docker.pkg.dev/p/colorizer/trainer@{DIGEST}"
+cluster = fake_kubernetes.cluster  # the fixture
 
 
 def dry_run(capsys, *argv):
@@ -148,81 +147,6 @@ def test_missing_required_flag_is_one_line(capsys):
         launch.main(["submit", "--dry_run"])
     assert exc.value.code == 2
     assert capsys.readouterr().err.count("\n") == 1
-
-
-class FakeCluster(http.server.ThreadingHTTPServer):
-    """Just enough of the Kubernetes API; `statuses` are returned by successive Job status reads."""
-
-    def __init__(self):
-        super().__init__(("127.0.0.1", 0), FakeApi)
-        self.requests, self.objects, self.pods, self.logs, self.statuses = [], {}, [], {}, []
-        self.fail_create, self.after_log = None, {}
-
-    def api(self):
-        return client.ApiClient(client.Configuration(host=f"http://127.0.0.1:{self.server_port}"))
-
-
-class FakeApi(http.server.BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def reply(self, code, body, content_type="application/json"):
-        data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def handle_any(self, method):
-        url, cluster = urlparse(self.path), self.server
-        length = int(self.headers.get("Content-Length") or 0)
-        body = json.loads(self.rfile.read(length)) if length else None
-        cluster.requests.append((method, url.path, parse_qs(url.query), body))
-        parts = url.path.strip("/").split("/")
-        if method == "POST":
-            return self.create(parts[-1], body)
-        if parts[-1] == "log":
-            self.reply(200, cluster.logs[parts[-2]].encode(), "text/plain")
-            return cluster.after_log.get(parts[-2], lambda: None)()
-        if parts[-1] == "pods":
-            return self.reply(200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": cluster.pods})
-        name = parts[-2] if parts[-1] == "status" else parts[-1]
-        key = (parts[-3] if parts[-1] == "status" else parts[-2], name)
-        if key not in cluster.objects:
-            return self.reply(404, {"kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404,
-                                    "message": f"{key[0]} \"{name}\" not found"})
-        if method == "DELETE":
-            return self.reply(200, {"kind": "Status", "status": "Success"})
-        obj = dict(cluster.objects[key])
-        obj["status"] = cluster.statuses.pop(0) if len(cluster.statuses) > 1 else cluster.statuses[0]
-        return self.reply(200, obj)
-
-    def create(self, plural, body):
-        cluster = self.server
-        if cluster.fail_create:
-            return self.reply(cluster.fail_create[0], cluster.fail_create[1])
-        body["metadata"]["uid"] = f"uid-{body['metadata']['name']}"
-        cluster.objects[(plural, body["metadata"]["name"])] = body
-        return self.reply(201, body)
-
-    def do_GET(self):  # noqa: N802  (http.server's naming)
-        self.handle_any("GET")
-
-    def do_POST(self):  # noqa: N802
-        self.handle_any("POST")
-
-    def do_DELETE(self):  # noqa: N802
-        self.handle_any("DELETE")
-
-
-@pytest.fixture
-def cluster():
-    server = FakeCluster()
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
 
 
 def pod(name, phase, index="0", created="2026-01-01T00:00:00Z", scheduled=None):
