@@ -21,14 +21,14 @@ MERGE_PATCHES = ("application/strategic-merge-patch+json", "application/merge-pa
 class FakeCluster(http.server.ThreadingHTTPServer):
     """Just enough of the Kubernetes API; `statuses` are returned by successive Job status reads.
 
-    `on_patch(plural, name)` runs after each PATCH is applied (a pod update is what makes the kubelet
+    `patch_types` are the Content-Types of the PATCHes; `on_patch(plural, name)` runs after each PATCH is applied (a pod update is what makes the kubelet
     sync that pod); `proxy(pod, port, path)` answers pod-proxy GETs with (HTTP code, JSON body).
     """
 
     def __init__(self):
         super().__init__(("127.0.0.1", 0), FakeApi)
         self.requests, self.objects, self.pods, self.logs, self.statuses = [], {}, [], {}, []
-        self.fail_create, self.after_log, self.content_types = None, {}, []
+        self.fail_create, self.after_log, self.patch_types = None, {}, []
         self.on_patch = lambda plural, name: None
         self.proxy = lambda pod, port, path: (404, {"error": "nothing listens"})
 
@@ -71,7 +71,6 @@ class FakeApi(http.server.BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(length)) if length else None
         path = unquote(url.path)
         cluster.requests.append((method, path, parse_qs(url.query), body))
-        cluster.content_types.append(self.headers.get("Content-Type"))
         parts = path.strip("/").split("/")
         if "proxy" in parts and parts[parts.index("proxy") - 2] == "pods" and method == "GET":
             return self.pod_proxy(parts)
@@ -105,6 +104,7 @@ class FakeApi(http.server.BaseHTTPRequestHandler):
 
     def patch(self, plural, name, body):
         cluster = self.server
+        cluster.patch_types.append(self.headers.get("Content-Type"))
         if self.headers.get("Content-Type") not in MERGE_PATCHES or not isinstance(body, dict):
             return self.reply(415, {"kind": "Status", "status": "Failure", "code": 415,
                                     "message": f"unsupported patch {self.headers.get('Content-Type')}"})

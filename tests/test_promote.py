@@ -5,6 +5,9 @@ on (model_servers/server_core.cc): the specific versions listed are loaded, the 
 config that moves an existing label to a version that is not AVAILABLE is refused as a whole
 (UpdateModelVersionLabelMap), and a pod that starts fresh accepts any labels
 (--allow_version_labels_for_unavailable_models). Exports are real, and scored by trainer.evaluate.
+
+The last tests drive the real `launch_serving.Cluster` (kubernetes client, HTTP) against the fake API
+server of tests/fake_kubernetes.py, with the same FakeServing pods behind its pod proxy.
 """
 
 import json
@@ -14,9 +17,12 @@ import pytest
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
+from tests import fake_kubernetes
 from tests.conftest import write_photos
 from trainer import export, launch, launch_serving, promote
 from trainer.models import build_model
+
+cluster = fake_kubernetes.cluster  # the fixture
 
 
 class FakeServing:
@@ -149,3 +155,172 @@ def test_promote_needs_held_out_photos_or_force(versions, serving, capsys):
     _, (v1, v2, _), _ = versions
     run("promote", str(v1), "--force")
     assert run("promote", str(v2)) == 2 and "--image_dir" in capsys.readouterr().err
+
+
+class ServingPods(FakeServing):
+    """FakeServing's pods behind the fake API server (namespace colorizer).
+
+    As on a cluster, a pod sees a new ConfigMap content when the pod is updated (the kubelet syncs
+    it), and TF Serving answers GET /v1/models/NAME on port 8501 through the API server's pod proxy;
+    a version a pod has just loaded reports LOADING once, and moving a label onto it before then is
+    refused like a label moved to a version not loaded.
+    """
+
+    def __init__(self, cluster, export_dir):
+        super().__init__(export_dir)
+        self.cluster, self.loading = cluster, set()
+        meta = lambda name: {"name": name, "namespace": "colorizer"}  # noqa: E731
+        cluster.objects[("configmaps", promote.CONFIGMAP)] = {
+            "apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(promote.CONFIGMAP), "data": {promote.CONFIG_KEY: ""}}
+        cluster.objects[("configmaps", "colorizer-config")] = {
+            "apiVersion": "v1", "kind": "ConfigMap", "metadata": meta("colorizer-config"), "data": {"EXPORT_DIR": export_dir}}
+        cluster.pods = [{"metadata": meta(name), "status": {"phase": phase}}
+                        for name, phase in [("serving-a", "Running"), ("serving-b", "Running"), ("serving-old", "Failed")]]
+        cluster.on_patch, cluster.proxy = self.synced, self.answer
+
+    def configmap(self):
+        return self.cluster.objects[("configmaps", promote.CONFIGMAP)]
+
+    def synced(self, plural, name):
+        if plural != "pods" or name not in self.pods_state:
+            return
+        state, (versions, labels) = self.pods_state[name], promote.parse(self.configmap()["data"][promote.CONFIG_KEY])
+        if any(state["labels"].get(label, version) != version and (name, version) in self.loading
+               for label, version in labels.items()):
+            self.refused += 1
+            return
+        before = set(state["versions"])
+        self.reload(state, versions, labels)
+        self.loading |= {(name, v) for v in set(state["versions"]) - before}
+
+    def answer(self, pod, port, path):
+        if (port, path) != ("8501", "/v1/models/colorizer"):
+            return 404, {"error": f"nothing at :{port}{path}"}
+        versions = sorted(self.pods_state[pod]["versions"], reverse=True)
+        if not versions:
+            return 404, {"error": "Could not find any versions of model colorizer"}
+        statuses = [{"version": str(v), "state": "LOADING" if (pod, v) in self.loading else "AVAILABLE",
+                     "status": {"error_code": "OK", "error_message": ""}} for v in versions]
+        self.loading -= {(pod, v) for v in versions}
+        return 200, {"model_version_status": statuses}
+
+
+@pytest.fixture
+def kube(versions, cluster):
+    return ServingPods(cluster, versions[0])
+
+
+def kube_run(kube, *argv):
+    return launch.main(["--poll_seconds=0", *argv], api=kube.cluster.api())
+
+
+def configmap_writes(kube):
+    """(versions, labels, live history) of each ConfigMap PATCH (or PUT) the API server received."""
+    return [(*promote.parse(body["data"][promote.CONFIG_KEY]),
+             json.loads(body["metadata"]["annotations"][promote.HISTORY_ANNOTATION]))
+            for method, path, _, body in kube.cluster.requests
+            if method in ("PATCH", "PUT") and "/configmaps/" in path]
+
+
+def the_configmap(kube):
+    data = kube.configmap()
+    return (*promote.parse(data["data"][promote.CONFIG_KEY]),
+            json.loads(data["metadata"]["annotations"][promote.HISTORY_ANNOTATION]))
+
+
+PROXY = "/api/v1/namespaces/colorizer/pods/{}:8501/proxy/v1/models/colorizer"
+
+
+def test_cluster_promotes_through_the_canary_step(versions, kube, capsys):
+    export_dir, (v1, v2, _), photos = versions
+    assert kube_run(kube, "promote", str(v1), "--force") == 0
+    assert configmap_writes(kube) == [([v1], {"stable": v1}, [v1])]
+    kube.cluster.requests.clear()
+    capsys.readouterr()
+
+    assert kube_run(kube, "promote", str(v2), f"--image_dir={photos}", "--wait") == 0
+    assert configmap_writes(kube) == [([v1, v2], {"stable": v1, "canary": v2}, [v1, v2]),
+                                      ([v1, v2], {"stable": v2, "previous": v1}, [v1, v2])]
+    assert the_configmap(kube) == ([v1, v2], {"stable": v2, "previous": v1}, [v1, v2])
+    assert f"base_path: \"{export_dir}\"" in kube.configmap()["data"][promote.CONFIG_KEY]
+    assert all(p == {"versions": [v1, v2], "labels": {"stable": v2, "previous": v1}} for p in kube.pods_state.values())
+    assert kube.refused == 0, "stable moved only once every pod had loaded the candidate"
+
+    requests = [(m, p) for m, p, _, _ in kube.cluster.requests]
+    cm = "/api/v1/namespaces/colorizer/configmaps/colorizer-serving-models"
+    pod = "/api/v1/namespaces/colorizer/pods/{}"
+    step = [("PATCH", cm), ("GET", "/api/v1/namespaces/colorizer/pods"),
+            ("PATCH", pod.format("serving-a")), ("PATCH", pod.format("serving-b"))]
+    first, second = [i for i, r in enumerate(requests) if r == ("PATCH", cm)]
+    assert requests[first:first + 4] == requests[second:second + 4] == step, "each write: ConfigMap, then every running pod"
+    polled = [PROXY.format("serving-a"), PROXY.format("serving-b")]
+    assert [p for m, p in requests[first + 4:second] if m == "GET" and "/proxy/" in p] == polled * 2, \
+        "each pod polled until the candidate is AVAILABLE (LOADING at first), before stable moves"
+    assert [p for m, p in requests[second + 4:] if "/proxy/" in p] == polled, "--wait: the end state is polled too"
+    assert not any("serving-old" in p for _, p in requests), "a pod that is not Running is left alone"
+    lists = [q for m, p, q, _ in kube.cluster.requests if p.endswith("/pods")]
+    assert all(q["labelSelector"] == [launch_serving.SERVING_SELECTOR] for q in lists)
+    assert set(kube.cluster.patch_types) == {"application/strategic-merge-patch+json"}
+    stamps = {p["metadata"]["name"]: p["metadata"].get("annotations") for p in kube.cluster.pods}
+    assert stamps["serving-a"] == stamps["serving-b"] and stamps["serving-a"]["colorizer.dev/models-config"]
+    assert stamps["serving-old"] is None
+    out = capsys.readouterr()
+    assert out.out == (f"version {v2} is live on 2 pod(s); try it:\n"
+                       "  kubectl -n colorizer port-forward svc/colorizer-serving 8501:8501 &\n"
+                       "  curl -s http://localhost:8501/v1/models/colorizer/labels/stable\n")
+    assert out.err == f"promoted {v2} (previous: {v1})\n"
+
+
+def test_cluster_refuses_a_worse_candidate_without_writing(versions, kube, capsys):
+    _, (v1, _, v3), photos = versions
+    kube_run(kube, "promote", str(v1), "--force")
+    before = json.loads(json.dumps(kube.configmap()))
+    kube.cluster.requests.clear()
+    capsys.readouterr()
+    assert kube_run(kube, "promote", str(v3), f"--image_dir={photos}", "--wait") == 1
+    assert capsys.readouterr().err.startswith(f"error: refused: version {v3} vs live {v1}: colourfulness")
+    assert [m for m, _, _, _ in kube.cluster.requests] == ["GET", "GET"], "the two ConfigMaps read, nothing written"
+    assert kube.configmap() == before
+    assert kube_run(kube, "promote", str(v3), "--force") == 0
+    assert configmap_writes(kube) == [([v1, v3], {"stable": v1, "canary": v3}, [v1, v3]),
+                                      ([v1, v3], {"stable": v3, "previous": v1}, [v1, v3])]
+    assert kube.refused == 0
+
+
+def test_cluster_rollback_restores_the_previous_version(versions, kube, capsys):
+    _, (v1, v2, _), _ = versions
+    kube_run(kube, "promote", str(v1), "--force")
+    kube_run(kube, "promote", str(v2), "--force")
+    kube.cluster.requests.clear()
+    capsys.readouterr()
+    assert kube_run(kube, "rollback", "--wait") == 0
+    assert configmap_writes(kube) == [([v1, v2], {"stable": v2, "canary": v1}, [v1]), ([v1], {"stable": v1}, [v1])]
+    assert the_configmap(kube) == ([v1], {"stable": v1}, [v1])
+    assert all(p == {"versions": [v1], "labels": {"stable": v1}} for p in kube.pods_state.values())
+    assert kube.refused == 0
+    out = capsys.readouterr()
+    assert f"version {v1} is live on 2 pod(s)" in out.out and out.err == f"rolled back to {v1} (was {v2})\n"
+    assert kube_run(kube, "rollback") == 1 and "no previous live version" in capsys.readouterr().err
+
+
+def test_cluster_model_status_through_the_pod_proxy(versions, kube):
+    _, (v1, _, _), _ = versions
+    serving = launch_serving.Cluster(kube.cluster.api(), "colorizer", launch.call)
+    assert serving.model_status("serving-a", "colorizer") == {}, "TF Serving's 404 before any version is configured"
+    kube_run(kube, "promote", str(v1), "--force")
+    assert serving.model_status("serving-a", "colorizer") == {v1: "LOADING"}
+    assert serving.model_status("serving-a", "colorizer") == {v1: "AVAILABLE"}
+    assert serving.model_status("serving-gone", "colorizer") == {}, "the API server's 404 for a pod deleted meanwhile"
+    assert kube.cluster.requests[0][1] == PROXY.format("serving-a")
+
+
+def test_cluster_a_forbidden_pod_proxy_is_an_error_not_a_wait(versions, kube, capsys):
+    """Without RBAC `get pods/proxy` the API server answers 403: say so at once, not "not AVAILABLE" after --timeout."""
+    _, (v1, _, _), _ = versions
+    message = 'pods "serving-a" is forbidden: User "dev@example.com" cannot get resource "pods/proxy"'
+    kube.cluster.proxy = lambda pod, port, path: (403, {"kind": "Status", "status": "Failure", "reason": "Forbidden",
+                                                        "code": 403, "message": message})
+    assert kube_run(kube, "promote", str(v1), "--force", "--wait", "--timeout=60") == 1
+    assert capsys.readouterr().err == (f"error: reading /v1/models/colorizer of pod serving-a through the API server: "
+                                       f"HTTP 403: {message}\n")
+    assert len([p for _, p, _, _ in kube.cluster.requests if "/proxy/" in p]) == 1

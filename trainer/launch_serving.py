@@ -51,12 +51,21 @@ class Cluster:
         return sorted(p.metadata.name for p in items if p.status.phase == "Running")
 
     def model_status(self, pod: str, model_name: str) -> dict:
-        """{version: state} from the pod's GET /v1/models/NAME ({} when the pod doesn't answer yet)."""
+        """{version: state} from the pod's GET /v1/models/NAME ({} when the pod doesn't answer yet).
+
+        The API server's own refusals (401, 403: no RBAC `get pods/proxy`) are errors, not a wait.
+        """
         try:
-            body = self.core.connect_get_namespaced_pod_proxy_with_path(
-                f"{pod}:{REST_PORT}", self.namespace, f"v1/models/{model_name}", _preload_content=False).data
-            return {int(s["version"]): s["state"] for s in json.loads(body).get("model_version_status", [])}
-        except (client.exceptions.ApiException, ValueError, KeyError):
+            response = self.call(f"reading /v1/models/{model_name} of pod {pod} through the API server",
+                                 self.core.connect_get_namespaced_pod_proxy_with_path, f"{pod}:{REST_PORT}",
+                                 self.namespace, f"v1/models/{model_name}", _preload_content=False)
+        except LaunchError as exc:
+            if "HTTP 401:" in str(exc) or "HTTP 403:" in str(exc):
+                raise
+            return {}
+        try:
+            return {int(s["version"]): s["state"] for s in json.loads(response.data).get("model_version_status", [])}
+        except (ValueError, KeyError):
             return {}
 
 
