@@ -11,6 +11,7 @@ server of tests/fake_kubernetes.py, with the same FakeServing pods behind its po
 """
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -324,3 +325,12 @@ def test_cluster_a_forbidden_pod_proxy_is_an_error_not_a_wait(versions, kube, ca
     assert capsys.readouterr().err == (f"error: reading /v1/models/colorizer of pod serving-a through the API server: "
                                        f"HTTP 403: {message}\n")
     assert len([p for _, p, _, _ in kube.cluster.requests if "/proxy/" in p]) == 1
+
+
+def test_cluster_a_pod_that_never_answers_is_not_ready_yet(versions, kube, monkeypatch):
+    """The API server lets a proxied request hang; each status poll gives up after its own timeout."""
+    monkeypatch.setattr(launch_serving, "PROXY_TIMEOUT_SECONDS", 0.5)
+    kube.cluster.proxy = lambda pod, port, path: (time.sleep(3), (200, {}))[1]
+    serving = launch_serving.Cluster(kube.cluster.api(), "colorizer", launch.call)
+    start = time.monotonic()
+    assert serving.model_status("serving-a", "colorizer") == {} and time.monotonic() - start < 2.5

@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 
+import urllib3
 from kubernetes import client
 
 from trainer import promote
@@ -17,6 +18,8 @@ from trainer.launch_manifests import LaunchError, UsageError
 
 SERVING_SELECTOR = "app.kubernetes.io/name=colorizer,app.kubernetes.io/component=serving"
 REST_PORT = 8501
+
+PROXY_TIMEOUT_SECONDS = 10  # per status poll: a pod that accepts but never answers counts as not ready
 
 
 class Cluster:
@@ -58,10 +61,13 @@ class Cluster:
         try:
             response = self.call(f"reading /v1/models/{model_name} of pod {pod} through the API server",
                                  self.core.connect_get_namespaced_pod_proxy_with_path, f"{pod}:{REST_PORT}",
-                                 self.namespace, f"v1/models/{model_name}", _preload_content=False)
+                                 self.namespace, f"v1/models/{model_name}", _preload_content=False,
+                                 _request_timeout=PROXY_TIMEOUT_SECONDS)
         except LaunchError as exc:
             if "HTTP 401:" in str(exc) or "HTTP 403:" in str(exc):
                 raise
+            return {}
+        except urllib3.exceptions.HTTPError:  # no answer in time (the API server lets proxy calls hang)
             return {}
         try:
             return {int(s["version"]): s["state"] for s in json.loads(response.data).get("model_version_status", [])}
