@@ -18,7 +18,7 @@ import time
 import tensorflow as tf
 from absl import logging
 
-from trainer.errors import ConfigError, DataError, TransientError, transient_storage_errors
+from trainer.errors import ConfigError, DataError, TransientError, first_line, transient_storage_errors
 from trainer.outputs import read_json, write_text_verified
 
 # The flags that decide a checkpoint's variables (and their meaning); epochs, patience or cadence
@@ -64,7 +64,7 @@ def _verify(prefix: str) -> None:
 
 
 def _first_line(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[-1][:200]}"
+    return f"{type(exc).__name__}: {first_line(getattr(exc, 'message', exc), 200)}"
 
 
 def listed(directory: str) -> list:

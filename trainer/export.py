@@ -19,7 +19,8 @@ from absl import logging
 
 from trainer import preprocess
 from trainer.errors import TransientError
-from trainer.image_limits import DEFAULT_MAX_PIXELS, check_image_size
+from trainer.image_limits import check_image_size
+from trainer.images import DEFAULT_MAX_PIXELS
 from trainer.schema import IMAGE_SIZE
 from trainer.warmup import write_warmup
 

@@ -7,8 +7,6 @@ image is, so a request over the limit fails as InvalidArgument (HTTP 400) in mic
 
 import tensorflow as tf
 
-from trainer.images import DEFAULT_MAX_PIXELS  # noqa: F401  (re-exported: the limit lives TF-free for the client)
-
 _HEAD = 32  # every header field read here lies within the first 32 bytes
 _PNG = (0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A)
 

@@ -12,7 +12,7 @@ import uuid
 import tensorflow as tf
 from absl import logging
 
-from trainer.errors import ConfigError, TransientError, transient_storage_errors
+from trainer.errors import ConfigError, TransientError, first_line, transient_storage_errors
 
 # Why two roles: TF creates folders up to the bucket, and that asks for the bucket's metadata
 # (tests/test_iam.py; docs/KUBERNETES.md, IAM).
@@ -21,8 +21,7 @@ GCS_ROLES_HINT = ("writing to a bucket takes roles/storage.objectUser and roles/
 
 
 def _reason(exc: Exception) -> str:
-    lines = str(getattr(exc, "message", exc)).strip().splitlines()
-    return lines[0][:200] if lines else type(exc).__name__
+    return first_line(getattr(exc, "message", exc), 200) or type(exc).__name__
 
 
 def check_writable(flag: str, path: str, worker: str = "0") -> None:

@@ -194,16 +194,17 @@ class Trainer:
         `preempted`, so the caller can exit with a retriable code and a restart resumes here.
         """
         self.restore()
+        stopped = self.config.patience > 0 and int(self.state.bad_epochs.numpy()) >= self.config.patience
+        if stopped or int(self.state.epoch.numpy()) >= self.config.epochs:  # the same on every worker
+            logging.info("this run already finished (epoch %d of %d%s); not training again: raise --epochs to "
+                         "continue it, or pass a new --model_dir for a new run", int(self.state.epoch.numpy()),
+                         self.config.epochs, ", early stopped" if stopped else "")
+            return self._finished(preempted=False)
         train_ds, eval_ds = self._datasets()
         train_iter = iter(self.strategy.experimental_distribute_dataset(train_ds))
         eval_dist = self.strategy.experimental_distribute_dataset(eval_ds)
         preview = next(iter(eval_ds))
         run_train, run_eval = self._step_functions()
-        stopped = self.config.patience > 0 and int(self.state.bad_epochs.numpy()) >= self.config.patience
-        if stopped or int(self.state.epoch.numpy()) >= self.config.epochs:
-            logging.info("this run already finished (epoch %d of %d%s); not training again: raise --epochs to "
-                         "continue it, or pass a new --model_dir for a new run", int(self.state.epoch.numpy()),
-                         self.config.epochs, ", early stopped" if stopped else "")
         preempted = False
         while not stopped and int(self.state.epoch.numpy()) < self.config.epochs:
             epoch = int(self.state.epoch.numpy())
@@ -223,6 +224,11 @@ class Trainer:
                          self.config.epochs, self.step, loss, val_loss, images_per_s, " early stop" if stopped else "")
         if preempted:
             preemption.keep_until_exit(train_iter, eval_dist)
+        return self._finished(preempted)
+
+    def _finished(self, preempted: bool) -> dict:
+        """Saves where a stop left off, or restores the best weights for export; returns the summary."""
+        if preempted:
             self._save(self.manager, check_interval=False)
             logging.warning("stop requested: saved checkpoint at step %d; a restart resumes from it", self.step)
         else:
