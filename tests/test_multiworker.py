@@ -78,7 +78,10 @@ def test_sigterm_while_the_cluster_forms_is_not_lost(data, tmp_path):
         for p in (first, second):
             p.kill()
     assert codes == [143, 143], [log.read_text() for log in logs]
-    assert "a worker got SIGTERM while the cluster was forming" in logs[0].read_text()
+    # TF logs "Started server" just before installing its handler: the signal may land on ours
+    # (stop vote) or on TF's (its notice, read back once our handler is reinstalled). Both must stop.
+    text = logs[0].read_text()
+    assert "a worker got SIGTERM while the cluster was forming" in text or "stop agreed" in text, text
     assert all("stopped by SIGTERM at step 0" in log.read_text() for log in logs)
 
 
