@@ -83,9 +83,13 @@ def run(config: TrainConfig, strategy, stop_requested=lambda: False, shards=None
     result = trainer.fit()
     if result["preempted"]:
         return result
-    with storage_errors(f"export to {config.export_dir}", ConfigError):
-        done = previous_export(config.export_dir, config.model_dir, result["step"])
-    if done:  # a re-run of a finished run: every worker sees the same folder, so all skip together
+    # Only a run that was finished before this attempt may have been exported: every worker knows that
+    # from the same checkpoint. Looking after training instead races the chief's own export.
+    done = None
+    if result["already_finished"]:
+        with storage_errors(f"export to {config.export_dir}", ConfigError):
+            done = previous_export(config.export_dir, config.model_dir, result["step"])
+    if done:
         logging.info("this run was already exported at step %d as %s: not exporting again", result["step"], done)
         return {**result, "export": done, "checkpoints": trainer.manager.directory}
     # Every worker takes part in saving (variables may need collectives to read); only the chief's

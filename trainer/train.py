@@ -199,7 +199,7 @@ class Trainer:
             logging.info("this run already finished (epoch %d of %d%s); not training again: raise --epochs to "
                          "continue it, or pass a new --model_dir for a new run", int(self.state.epoch.numpy()),
                          self.config.epochs, ", early stopped" if stopped else "")
-            return self._finished(preempted=False)
+            return {**self._finished(preempted=False), "already_finished": True}
         train_ds, eval_ds = self._datasets()
         train_iter = iter(self.strategy.experimental_distribute_dataset(train_ds))
         eval_dist = self.strategy.experimental_distribute_dataset(eval_ds)
@@ -235,7 +235,7 @@ class Trainer:
             with self._storage():
                 checkpoints.restore_newest(self.best.checkpoint, self.best.directory, partial=True)
         return {"step": self.step, "epoch": int(self.state.epoch.numpy()), "preempted": preempted,
-                "best_val_loss": float(self.state.best_val_loss.numpy())}
+                "best_val_loss": float(self.state.best_val_loss.numpy()), "already_finished": False}
 
     def _run_epoch(self, run_train, train_iter, epoch: int):
         """Runs the rest of `epoch`; returns (mean loss, whether a stop was requested)."""
