@@ -1,8 +1,9 @@
-"""Input pipeline: raw shard reads vs the trainer's full pipeline, scaling knobs, per-stage costs.
+"""Input pipeline: raw shard reads, decode only, and the trainer's host pipeline; scaling knobs; per-stage costs.
 
-The full pipeline is `trainer.input_pipeline.build_dataset` itself. Its parallelism is fixed
-(AUTOTUNE, interleave cycle min(shards, 16)), so the scaling variants are rebuilt here from the
-same pieces (`_parse`, `preprocess`) with explicit knobs.
+The host pipeline is `trainer.input_pipeline.build_dataset` itself: read, parse, decode, shuffle
+and batch uint8 (float conversion, flips and Lab targets run in the train step, timed in
+benchmarks/training.py). Its parallelism is fixed (AUTOTUNE, interleave cycle min(shards, 16)), so
+the scaling variants are rebuilt here from the same pieces (`_parse`) with explicit knobs.
 """
 
 import os
@@ -11,7 +12,7 @@ import tempfile
 import tensorflow as tf
 
 from benchmarks import common
-from trainer import input_pipeline, preprocess
+from trainer import input_pipeline
 from trainer.prepare import prepare
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -39,13 +40,14 @@ def raw_read(shards, batch: int) -> tf.data.Dataset:
     return records.batch(batch).prefetch(AUTOTUNE)
 
 
-def variant(shards, batch: int, parallel=AUTOTUNE, cycle: int = 16, threads: int = 0, stage: str = "all"):
-    """`build_dataset`'s training pipeline with explicit knobs, or cut after `stage` for profiling.
+def variant(shards, batch: int, parallel=AUTOTUNE, cycle: int = 16, threads: int = 0, stage: str = "batch",
+            shuffle: bool = True):
+    """`build_dataset`'s host pipeline with explicit knobs, or cut after `stage` for profiling.
 
-    stages: read, parse (Example proto), decode (PNG/raw -> uint8), batch, float (to [0, 1] + flip),
-    all (+ colour-space targets, i.e. the full pipeline).
+    stages: read, parse (Example proto), decode (PNG/raw -> uint8), batch (the whole host pipeline).
     """
-    files = tf.data.Dataset.from_tensor_slices(list(shards.files)).shuffle(len(shards.files)).repeat()
+    files = tf.data.Dataset.from_tensor_slices(list(shards.files))
+    files = (files.shuffle(len(shards.files)) if shuffle else files).repeat()
     ds = files.interleave(lambda f: tf.data.TFRecordDataset(f, buffer_size=8 << 20),
                           cycle_length=min(len(shards.files), cycle), num_parallel_calls=parallel,
                           deterministic=False)
@@ -54,17 +56,14 @@ def variant(shards, batch: int, parallel=AUTOTUNE, cycle: int = 16, threads: int
     elif stage != "read":
         ds = ds.map(lambda r: input_pipeline._parse(r, shards.encoding), num_parallel_calls=parallel)
     ds = ds.batch(batch, drop_remainder=True, num_parallel_calls=None if stage == "read" else parallel)
-    if stage in ("float", "all"):
-        def to_model(gray, color):
-            gray, color = input_pipeline._random_flip(preprocess.to_float(gray), preprocess.to_float(color))
-            if stage == "float":
-                return preprocess.model_inputs(gray), color
-            return preprocess.model_inputs(gray), preprocess.model_targets(color, "lab")
-
-        ds = ds.map(to_model, num_parallel_calls=parallel)
     options = tf.data.Options()
     options.threading.private_threadpool_size = threads
     return ds.prefetch(AUTOTUNE).with_options(options)
+
+
+def decode_only(shards, batch: int) -> tf.data.Dataset:
+    """Read, parse and decode only (no shuffles), batched so that pulling costs the same as the host pipeline's."""
+    return variant(shards, batch, shuffle=False)
 
 
 def puller(dataset: tf.data.Dataset, batches: int):
@@ -81,20 +80,23 @@ def puller(dataset: tf.data.Dataset, batches: int):
 
 
 def full_pipeline(shards, batch: int) -> tf.data.Dataset:
-    """The trainer's own training pipeline (lab targets, flips, shuffling)."""
-    return input_pipeline.build_dataset(shards, batch, "lab", training=True, augment=True)
+    """The trainer's own host pipeline for training (shuffled uint8 batches)."""
+    return input_pipeline.build_dataset(shards, batch, training=True)
 
 
 def measure_encoding(shards, batch: int, batches: int, repeats: int) -> dict:
-    """Raw read vs full pipeline (interleaved), in images/s and MB/s of stored bytes."""
+    """Raw read, decode only and the host pipeline (interleaved), in images/s and MB/s of stored bytes."""
     per_record = record_bytes(shards)
     raw_batches = batches * 4
     seconds = common.interleave({"raw": puller(raw_read(shards, batch), raw_batches),
+                                 "decode_only": puller(decode_only(shards, batch), batches),
                                  "full": puller(full_pipeline(shards, batch), batches)}, repeats)
     raw_rate = common.median_rate(raw_batches * batch, seconds["raw"])
     full_rate = common.median_rate(batches * batch, seconds["full"])
     return {"record_bytes": per_record, "raw_records_per_s": raw_rate, "raw_mb_s": raw_rate * per_record / 1e6,
             "images_per_s": full_rate, "mb_s": full_rate * per_record / 1e6,
+            "decode_only_images_per_s": common.median_rate(batches * batch, seconds["decode_only"]),
+            "host_over_decode_only": common.median_ratio(seconds["full"], seconds["decode_only"]),
             "full_over_raw": common.median_ratio(seconds["full"], seconds["raw"], batches, raw_batches)}
 
 
@@ -102,7 +104,7 @@ SCALING = {"threads1_np1_cycle1": dict(parallel=1, cycle=1, threads=1),
            "np1_cycle8": dict(parallel=1, cycle=8), "np2_cycle8": dict(parallel=2, cycle=8),
            "autotune_cycle1": dict(cycle=1), "autotune_cycle2": dict(cycle=2),
            "autotune_cycle8": dict(cycle=8), "autotune_cycle16": dict(cycle=16)}
-STAGES = ("read", "parse", "decode", "batch", "float", "all")
+STAGES = ("read", "parse", "decode", "batch")
 
 
 def measure_scaling(shards, batch: int, batches: int, repeats: int, names) -> dict:
@@ -139,5 +141,7 @@ def run(photo_dir: str, encodings, num_shards: int, batch: int, batches: int, re
     default = result[encodings[0]]
     result.update(encoding=encodings[0], raw_mb_s=default["raw_mb_s"], images_per_s=default["images_per_s"],
                   mb_s=default["mb_s"], full_over_raw=default["full_over_raw"],
+                  decode_only_images_per_s=default["decode_only_images_per_s"],
+                  host_over_decode_only=min(result[e]["host_over_decode_only"] for e in encodings),
                   per_core_images_per_s=default["scaling_images_per_s"]["threads1_np1_cycle1"])
     return result

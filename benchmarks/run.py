@@ -15,7 +15,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from benchmarks import common, pipeline, proposed, serving, training
+from benchmarks import common, pipeline, serving, training
 from trainer.models import build_model
 
 FULL = dict(photos=512, photo_size=(320, 240), shards=8, pipeline_batch=32, pipeline_batches=20, repeats=3,
@@ -35,7 +35,7 @@ def parse_args(argv):
     parser.add_argument("--data_dir", default=None, help="Folder of photos; default: synthetic photos.")
     parser.add_argument("--encodings", default=None, help="trainer.prepare encodings, the first being the default "
                         "(png); default: png,raw (--quick: png).")
-    parser.add_argument("--sections", default="pipeline,train,serving,proposal", help="Which sections to run.")
+    parser.add_argument("--sections", default="pipeline,train,serving", help="Which sections to run.")
     parser.add_argument("--max_load", type=float, default=1.5, help="Wait for the 1-minute load to drop below this.")
     parser.add_argument("--max_wait_s", type=float, default=0.0, help="How long to wait for a quiet machine.")
     return parser.parse_args(argv)
@@ -79,8 +79,6 @@ def run_sections(args, preset, photos: str, scratch: str) -> dict:
         model = build_model("unet", 2, preset["base_filters"])
         results["serving"] = serving.run(model, "lab", serving.load_photos(photos, 32), preset["serving_batches"],
                                          preset["serving_calls"], preset["repeats"], preset["latency_calls"])
-    if "proposal" in sections:
-        results["proposal"] = proposed.run(preset["pipeline_batch"], preset["repeats"])
     return results
 
 

@@ -1,10 +1,13 @@
 """Training: the real `trainer.train.Trainer` loop vs a bare tf.function step, FLOPs and MFU.
 
-Three variants run interleaved on the same model, optimizer and batch size:
-  * loop: `Trainer._step_functions()` pulling from `Trainer._datasets()` (what `fit` runs);
-  * loop_cached: the same loop fed one in-memory batch, isolating the loop's own overhead from
-    the input pipeline competing for the same CPU cores;
-  * bare: a plain tf.function train step called on one fixed batch.
+Four variants run interleaved on the same model, optimizer and batch size:
+  * loop: `Trainer._step_functions()` pulling from `Trainer._datasets()` (what `fit` runs: uint8
+    batches, flips and Lab targets inside the step);
+  * loop_cached: the same loop fed one in-memory uint8 batch, isolating the loop's own overhead
+    from the input pipeline competing for the same CPU cores;
+  * bare: a plain tf.function train step called on one fixed float batch (inputs and targets made);
+  * bare_preprocess: the same step with the device-side preprocessing in front of it, on the
+    same uint8 batch: `device_preprocess_share` is the share of the step's time that costs.
 """
 
 import tempfile
@@ -14,7 +17,7 @@ import tensorflow as tf
 from tensorflow.python.profiler import model_analyzer, option_builder
 
 from benchmarks import common
-from trainer import preprocess
+from trainer import augment, preprocess
 from trainer.config import TrainConfig
 from trainer.train import Trainer
 
@@ -94,25 +97,45 @@ def bare_step(model, optimizer):
     return step
 
 
+def preprocessing_step(step, optimizer, color_space: str):
+    """`step` behind what the trainer's step does first: flip and make inputs and targets from uint8."""
+
+    @tf.function
+    def run(gray, color):
+        gray, color = augment.random_flip(gray, color, augment.step_seed(0, optimizer.iterations, 0))
+        return step(*preprocess.model_pair(gray, color, color_space))
+
+    return run
+
+
+def _variants(trainer, steps: int) -> dict:
+    """name -> a function running `steps` train steps, all on the same model and optimizer."""
+    train_ds, _ = trainer._datasets()
+    run_train, _ = trainer._step_functions()
+    strategy = trainer.strategy
+    real = iter(strategy.experimental_distribute_dataset(train_ds))
+    gray, color = next(iter(train_ds))
+    cached = iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors((gray, color)).repeat()))
+    step = bare_step(trainer.model, trainer.optimizer)
+    with_preprocess = preprocessing_step(step, trainer.optimizer, trainer.config.color_space)
+    inputs, targets = preprocess.model_pair(gray, color, trainer.config.color_space)
+
+    def repeat(fn, *args):
+        def run():
+            for _ in range(steps):
+                loss = fn(*args)
+            loss.numpy()
+        return run
+
+    return {"loop": lambda: float(run_train(real, steps)), "loop_cached": lambda: float(run_train(cached, steps)),
+            "bare": repeat(step, inputs, targets), "bare_preprocess": repeat(with_preprocess, gray, color)}
+
+
 def measure_model(shards, model: str, batch: int, base_filters: int, steps: int, repeats: int) -> dict:
-    """Loop / cached loop / bare step images per second (interleaved) and the model's FLOPs."""
+    """Loop / cached loop / bare step images per second (interleaved), the preprocessing share, FLOPs."""
     with tempfile.TemporaryDirectory(prefix="colorizer-bench-train-") as model_dir:
         trainer = make_trainer(shards, model, batch, base_filters, model_dir)
-        train_ds, _ = trainer._datasets()
-        run_train, _ = trainer._step_functions()
-        strategy = trainer.strategy
-        real = iter(strategy.experimental_distribute_dataset(train_ds))
-        inputs, targets = next(iter(train_ds))
-        cached = iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors((inputs, targets)).repeat()))
-        step = bare_step(trainer.model, trainer.optimizer)
-
-        def bare():
-            for _ in range(steps):
-                loss = step(inputs, targets)
-            loss.numpy()
-
-        variants = {"loop": lambda: float(run_train(real, steps)), "loop_cached": lambda: float(run_train(cached, steps)),
-                    "bare": bare}
+        variants = _variants(trainer, steps)
         for fn in variants.values():
             fn()
         seconds = common.interleave(variants, repeats)
@@ -122,6 +145,7 @@ def measure_model(shards, model: str, batch: int, base_filters: int, steps: int,
     result.update(flops)
     result["loop_over_bare"] = common.median_ratio(seconds["loop"], seconds["bare"])
     result["loop_cached_over_bare"] = common.median_ratio(seconds["loop_cached"], seconds["bare"])
+    result["device_preprocess_share"] = 1.0 - common.median_ratio(seconds["bare_preprocess"], seconds["bare"])
     result["parameters"] = int(trainer.model.count_params())
     return result
 
@@ -138,5 +162,6 @@ def run(shards, models, batch: int, base_filters: int, steps: int, repeats: int,
     main = result[models[0]]
     result.update(model=models[0], loop_images_per_s=main["loop_images_per_s"],
                   bare_step_images_per_s=main["bare_images_per_s"], loop_over_bare=main["loop_over_bare"],
-                  mfu=main["loop_mfu"], flops_per_image=main["train_flops_per_image"])
+                  mfu=main["loop_mfu"], flops_per_image=main["train_flops_per_image"],
+                  device_preprocess_share=main["device_preprocess_share"])
     return result

@@ -128,7 +128,7 @@ def test_shard_deleted_after_listing_is_a_clear_error(emulator, photos):
         from trainer.train import _guard
         shards = find_shards("{data}/train-*")
         storage.Client().bucket("{BUCKET}").blob("gone/data/train-00001-of-00002.tfrecord").delete()
-        dataset = build_dataset(shards, 4, "lab", training=False)
+        dataset = build_dataset(shards, 4, training=False)
         try:
             _guard(lambda: [b for b in dataset.take(20)], shards)
         except DataError as exc:

@@ -10,6 +10,9 @@ from trainer.models import MODELS
 from trainer.preprocess import COLOR_SPACES
 
 LR_SCHEDULES = ("constant", "cosine")
+# Keras precision policies: mixed_float16 needs loss scaling (GPUs with float16 tensor cores);
+# mixed_bfloat16 has float32's range and needs none (A100, H100, TPU-class hardware).
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,11 +35,16 @@ class TrainConfig:
     augment: bool = True
     shuffle_buffer: int = 2048
     checkpoint_every_steps: int = 0  # 0: checkpoint at the end of every epoch only
-    mixed_precision: bool = False
+    precision: str = "float32"  # a Keras policy, see PRECISIONS
     jit_compile: bool = False
     seed: Optional[int] = None
     max_pixels: int = DEFAULT_MAX_PIXELS  # serving refuses larger images (read from their headers)
     export: bool = True
+
+    @property
+    def mixed_precision(self) -> bool:
+        """Whether the optimizer is wrapped for loss scaling: the precision choice a checkpoint records."""
+        return self.precision == "mixed_float16"
 
     def __post_init__(self):
         self.validate()
@@ -51,6 +59,8 @@ class TrainConfig:
             raise ConfigError(f"--loss={self.loss!r}: choose one of {', '.join(LOSSES)}")
         if self.loss == "classification" and self.color_space != "lab":
             raise ConfigError("--loss=classification predicts a*b* bins: it needs --color_space=lab")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision={self.precision!r}: choose one of {', '.join(PRECISIONS)}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"--lr_schedule={self.lr_schedule!r}: choose one of {', '.join(LR_SCHEDULES)}")
         for name in ("epochs", "batch_size", "base_filters", "max_pixels"):

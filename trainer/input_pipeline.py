@@ -1,4 +1,4 @@
-"""tf.data input: find and verify shards, then read, decode, augment and batch them."""
+"""tf.data input: find and verify shards, then read, decode and batch them as uint8."""
 
 import dataclasses
 import posixpath
@@ -6,7 +6,6 @@ import posixpath
 import tensorflow as tf
 from absl import logging
 
-from trainer import preprocess
 from trainer.errors import DataError, first_line, storage_errors
 from trainer.schema import FEATURES, decode_pair, parse_shard_name, read_manifest
 
@@ -64,34 +63,26 @@ def _parse(record: tf.Tensor, encoding: str):
     return decode_pair(example["gray"], example["color"], encoding)
 
 
-def _random_flip(gray: tf.Tensor, color: tf.Tensor):
-    """Flips one pair left-right with probability 1/2, gray and colour together.
-
-    Runs per example on uint8 inside the parallel parse map: the batched tf.where with a broadcast
-    [N,1,1,1] mask it replaces cost about 5x more CPU (docs/PERFORMANCE.md).
-    """
-    flip = tf.random.uniform([]) < 0.5
-    return tf.cond(flip, lambda: (tf.reverse(gray, [-2]), tf.reverse(color, [-2])), lambda: (gray, color))
-
-
 def build_dataset(
     shards: ShardSet,
     global_batch_size: int,
-    color_space: str,
     training: bool,
-    augment: bool = False,
     shuffle_buffer: int = 2048,
     seed=None,
     num_workers: int = 1,
 ) -> tf.data.Dataset:
-    """Endless full batches of (model inputs, targets); `training` shuffles files and examples.
+    """Endless full batches of uint8 (gray [N,H,W,1], colour [N,H,W,3]); `training` shuffles files and examples.
+
+    The host only reads, parses and decodes: conversion to float, flips and colour-space targets
+    run on the training device inside the step (`preprocess.model_pair`, `trainer.augment`), where
+    they cost a few percent of the step instead of most of the host's cores (docs/SCALING.md).
+    uint8 also crosses to the device in a quarter of float32's bytes.
 
     Both splits repeat and drop partial batches so every worker runs the same number of steps
     (an uneven last batch would stall a multi-worker collective); callers count steps.
 
     Batches hold the GLOBAL batch: `strategy.experimental_distribute_dataset` splits them across
-    replicas. Per-image work (parse, decode) runs in parallel before batching; colour conversion
-    and flips run vectorised on whole batches after it.
+    replicas and prefetches them to the devices.
     """
     policy = shard_policy(len(shards.files), num_workers, shards.pattern)
     if policy == tf.data.experimental.AutoShardPolicy.DATA and seed is None:
@@ -109,18 +100,8 @@ def build_dataset(
     if training:
         records = records.shuffle(shuffle_buffer, seed=seed)
 
-    def parse(record):
-        gray, color = _parse(record, shards.encoding)
-        return _random_flip(gray, color) if augment else (gray, color)
-
-    pairs = records.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    pairs = records.map(lambda record: _parse(record, shards.encoding), num_parallel_calls=tf.data.AUTOTUNE)
     batches = pairs.batch(global_batch_size, drop_remainder=True, num_parallel_calls=tf.data.AUTOTUNE)
-
-    def to_model(gray, color):
-        gray, color = preprocess.to_float(gray), preprocess.to_float(color)
-        return preprocess.model_inputs(gray), preprocess.model_targets(color, color_space)
-
-    batches = batches.map(to_model, num_parallel_calls=tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = policy
     return batches.prefetch(tf.data.AUTOTUNE).with_options(options)

@@ -118,6 +118,17 @@ def model_targets(color: tf.Tensor, color_space: str) -> tf.Tensor:
     return rgb_to_lab(color)[..., 1:] / AB_SCALE
 
 
+def model_pair(gray: tf.Tensor, color: tf.Tensor, color_space: str):
+    """uint8 gray [..., 1] and colour [..., 3] -> (model inputs, targets), both float32.
+
+    What a stored example becomes on the training device; serving runs the same `to_float` and
+    `model_inputs` on its decoded photos. float32 whatever the precision policy: the colour
+    conversion's exp/log would lose the targets' precision in float16.
+    """
+    gray, color = to_float(gray), to_float(color)
+    return model_inputs(gray), model_targets(color, color_space)
+
+
 def predictions_to_rgb(prediction: tf.Tensor, gray: tf.Tensor, color_space: str) -> tf.Tensor:
     """Model output -> sRGB in [0, 1] at the gray image's resolution.
 

@@ -13,7 +13,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from trainer import checkpoints, distribute, outputs, preemption
-from trainer.config import LR_SCHEDULES, TrainConfig
+from trainer.config import LR_SCHEDULES, PRECISIONS, TrainConfig
 from trainer.errors import (EXIT_PEER_LOST, EXIT_PREEMPTED, ConfigError, TransientError, exit_on_user_error,
                             first_line, parse_flags_or_exit, storage_errors)
 from trainer.images import DEFAULT_MAX_PIXELS
@@ -42,7 +42,10 @@ flags.DEFINE_enum("lr_schedule", "constant", LR_SCHEDULES, "constant, or cosine:
 flags.DEFINE_integer("patience", 3, "Early stopping: epochs without validation improvement (0: off).")
 flags.DEFINE_bool("augment", True, "Random left-right flips of training pairs.")
 flags.DEFINE_integer("checkpoint_every_steps", 0, "Also checkpoint every N steps (0: at epoch ends only).")
-flags.DEFINE_bool("mixed_precision", False, "float16 compute with loss scaling (GPUs with tensor cores).")
+flags.DEFINE_enum("precision", "float32", PRECISIONS,
+                  "mixed_float16: float16 compute with loss scaling (V100/T4-class tensor cores); mixed_bfloat16: "
+                  "bfloat16 compute, no loss scaling (A100/H100). Colour conversions stay float32.")
+flags.DEFINE_bool("mixed_precision", False, "Alias of --precision=mixed_float16.")
 flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
 flags.DEFINE_enum("strategy", "auto", distribute.STRATEGIES,
                   "auto: MultiWorkerMirrored when TF_CONFIG or an Indexed Job names peers, else Mirrored.")
@@ -50,9 +53,19 @@ flags.DEFINE_integer("peer_timeout_seconds", 600, "How long to wait for every pe
 flags.DEFINE_integer("collective_timeout_seconds", 0,
                      "Debugging only: fail a collective after this long (0: never; TF starts a thread per "
                      "collective for the whole timeout). A dead peer is detected without it.")
-flags.DEFINE_integer("seed", None, "Random seed for shuffling.")
+flags.DEFINE_integer("seed", None, "Random seed of shuffles and flips (unset: a different run each time).")
 flags.DEFINE_integer("max_pixels", DEFAULT_MAX_PIXELS,
                      "Serving refuses images with more pixels (read from their headers), before decoding them.")
+
+
+def _precision() -> str:
+    """--precision, or mixed_float16 when the older --mixed_precision is set (the manifests pass it)."""
+    if not FLAGS.mixed_precision:
+        return FLAGS.precision
+    if FLAGS.precision not in ("float32", "mixed_float16"):
+        raise ConfigError(f"--mixed_precision means --precision=mixed_float16, not --precision={FLAGS.precision}: "
+                          "pass one of them")
+    return "mixed_float16"
 
 
 def config_from_flags(environ=os.environ) -> TrainConfig:
@@ -66,7 +79,7 @@ def config_from_flags(environ=os.environ) -> TrainConfig:
         sync_batchnorm=FLAGS.sync_batchnorm, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
         learning_rate=FLAGS.learning_rate, lr_schedule=FLAGS.lr_schedule, patience=FLAGS.patience,
         augment=FLAGS.augment, checkpoint_every_steps=FLAGS.checkpoint_every_steps,
-        mixed_precision=FLAGS.mixed_precision, jit_compile=FLAGS.jit_compile, seed=FLAGS.seed,
+        precision=_precision(), jit_compile=FLAGS.jit_compile, seed=FLAGS.seed,
         max_pixels=FLAGS.max_pixels)
 
 

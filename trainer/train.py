@@ -7,6 +7,7 @@ node) and MultiWorkerMirroredStrategy (many nodes).
 
 import math
 import os
+import random
 import tempfile
 import time
 
@@ -14,7 +15,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from trainer import checkpoints, distribute, input_pipeline, losses, preemption, preprocess, summaries
+from trainer import checkpoints, distribute, input_pipeline, losses, preemption, preprocess, steps, summaries
 from trainer.config import TrainConfig
 from trainer.errors import ConfigError, DataError, storage_errors
 from trainer.models import build_model
@@ -47,7 +48,7 @@ def learning_rate(config: TrainConfig, steps_per_epoch: int):
 
 def build_optimizer(config: TrainConfig, steps_per_epoch: int = 1) -> keras.optimizers.Optimizer:
     optimizer = keras.optimizers.Adam(learning_rate(config, steps_per_epoch))
-    if config.mixed_precision:
+    if config.precision == "mixed_float16":  # float16 gradients underflow without it; bfloat16's don't
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
 
@@ -73,8 +74,9 @@ class Trainer:
         self.global_batch = config.batch_size * strategy.num_replicas_in_sync
         self.steps_per_epoch = max(1, train_shards.num_examples // self.global_batch)
         self.eval_steps = max(1, math.ceil(eval_shards.num_examples / self.global_batch))
-        if config.mixed_precision:
-            keras.mixed_precision.set_global_policy("mixed_float16")
+        keras.mixed_precision.set_global_policy(config.precision)  # process-wide: set it either way
+        # Flips are reproducible with --seed; without it each run draws its own.
+        self.seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
         with strategy.scope():
             channels = preprocess.output_channels(config.color_space, config.loss == "classification")
             self.model = build_model(config.model, channels, config.base_filters, config.sync_batchnorm)
@@ -127,9 +129,9 @@ class Trainer:
         config = self.config
 
         def build(shards, training):
-            return input_pipeline.build_dataset(
-                shards, self.global_batch, config.color_space, training=training, augment=training and config.augment,
-                shuffle_buffer=config.shuffle_buffer, seed=config.seed, num_workers=self.num_workers)
+            return input_pipeline.build_dataset(shards, self.global_batch, training=training,
+                                                shuffle_buffer=config.shuffle_buffer, seed=config.seed,
+                                                num_workers=self.num_workers)
 
         return build(self.train_shards, True), build(self.eval_shards, False)
 
@@ -141,41 +143,14 @@ class Trainer:
         """
         if self.config.loss != "classification":
             return None
-        dataset = input_pipeline.build_dataset(self.train_shards, self.global_batch, self.config.color_space,
-                                               training=False)
+        dataset = input_pipeline.build_dataset(self.train_shards, self.global_batch, training=False)
+        targets = dataset.map(lambda gray, color: preprocess.model_pair(gray, color, self.config.color_space))
         batches = min(_PRIOR_BATCHES, max(1, self.train_shards.num_examples // self.global_batch))
-        return losses.rebalancing_weights(losses.count_bins(dataset, batches))
+        return losses.rebalancing_weights(losses.count_bins(targets, batches))
 
     def _step_functions(self):
-        model, optimizer, strategy, global_batch = self.model, self.optimizer, self.strategy, self.global_batch
-        loss_name, bin_weights = self.config.loss, self._bin_weights()
-
-        def per_example_loss(inputs, targets, training):
-            return losses.per_example_loss(loss_name, model(inputs, training=training), targets, bin_weights)
-
-        def train_step(inputs, targets):
-            with tf.GradientTape() as tape:
-                loss = tf.nn.compute_average_loss(per_example_loss(inputs, targets, True), global_batch_size=global_batch)
-                scaled = optimizer.scale_loss(loss)
-            grads = tape.gradient(scaled, model.trainable_variables)
-            optimizer.apply_gradients(zip(grads, model.trainable_variables))
-            return loss
-
-        def eval_step(inputs, targets):
-            return tf.nn.compute_average_loss(per_example_loss(inputs, targets, False), global_batch_size=global_batch)
-
-        train_step = tf.function(train_step, jit_compile=self.config.jit_compile or None)
-
-        @tf.function
-        def run_steps(iterator, steps, step_fn):
-            total = tf.constant(0.0)
-            for _ in tf.range(steps):
-                per_replica = strategy.run(step_fn, args=next(iterator))
-                total += strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
-            return total / tf.cast(steps, tf.float32)
-
-        return (lambda it, n: run_steps(it, tf.constant(n), train_step),
-                lambda it, n: run_steps(it, tf.constant(n), eval_step))
+        return steps.build_step_functions(self.config, self.model, self.optimizer, self.strategy, self.global_batch,
+                                          self.seed, self._bin_weights())
 
     def _early_stop(self, val_loss: float) -> bool:
         """Records the epoch's validation loss; True when patience is exhausted."""
@@ -270,8 +245,7 @@ class Trainer:
         return total / done
 
     def _grid(self, batch):
-        inputs, targets = batch
-        inputs, targets = inputs[:4], targets[:4]
+        inputs, targets = preprocess.model_pair(batch[0][:4], batch[1][:4], self.config.color_space)
         gray = inputs[..., :1]
         predicted = preprocess.predictions_to_rgb(self.model(inputs, training=False), gray, self.config.color_space)
         truth = preprocess.predictions_to_rgb(targets, gray, self.config.color_space)

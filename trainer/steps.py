@@ -1,0 +1,60 @@
+"""The replicated train and eval steps, and the loop that runs many of them per call.
+
+Each replica receives its share of a uint8 batch and does everything after decoding on its own
+device: float conversion, the random flip and the colour-space targets (`preprocess.model_pair`,
+the conversion serving also runs), then the model, loss and update.
+"""
+
+import tensorflow as tf
+
+from trainer import augment, losses, preprocess
+from trainer.config import TrainConfig
+
+
+def replica_seed(seed: int, optimizer) -> tf.Tensor:
+    """This replica's flip seed at the optimizer's current step (different on every replica and step)."""
+    replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+    return augment.step_seed(seed, optimizer.iterations, replica)
+
+
+def build_step_functions(config: TrainConfig, model, optimizer, strategy, global_batch: int, seed: int,
+                         bin_weights=None):
+    """(run_train, run_eval): each `run(iterator, steps)` runs `steps` steps in one call, returns the mean loss.
+
+    The loss is summed over replicas and divided by the GLOBAL batch (`compute_average_loss`), so an
+    update is the same whatever the number of replicas.
+    """
+
+    def loss_of(gray, color, flip_seed, training):
+        if flip_seed is not None:
+            gray, color = augment.random_flip(gray, color, flip_seed)
+        inputs, targets = preprocess.model_pair(gray, color, config.color_space)
+        per_example = losses.per_example_loss(config.loss, model(inputs, training=training), targets, bin_weights)
+        return tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+
+    def train_step(gray, color):
+        flip_seed = replica_seed(seed, optimizer) if config.augment else None
+        with tf.GradientTape() as tape:
+            loss = loss_of(gray, color, flip_seed, training=True)
+            scaled = optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    # Handed to strategy.run as a tf.function: MirroredStrategy then runs it in a replica context
+    # where the optimizer's gradient all-reduce may happen (a Python wrapper around it may not).
+    train_step = tf.function(train_step, jit_compile=config.jit_compile or None)
+
+    def eval_replica(gray, color):
+        return loss_of(gray, color, None, training=False)
+
+    @tf.function
+    def run_steps(iterator, steps, step_fn):
+        total = tf.constant(0.0)
+        for _ in tf.range(steps):
+            per_replica = strategy.run(step_fn, args=next(iterator))
+            total += strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+        return total / tf.cast(steps, tf.float32)
+
+    return (lambda it, n: run_steps(it, tf.constant(n), train_step),
+            lambda it, n: run_steps(it, tf.constant(n), eval_replica))
