@@ -90,3 +90,18 @@ def test_bin_logits_become_rgb_at_the_gray_resolution():
     logits = tf.zeros([1, 12, 12, len(preprocess.ab_bins())])
     rgb = preprocess.predictions_to_rgb(logits, tf.random.uniform([1, 40, 60, 1]), "lab")
     assert rgb.shape == (1, 40, 60, 3) and np.all(np.isfinite(rgb.numpy()))
+
+
+def test_gray_lightness_is_rgb_to_lab_of_the_neutral_colour():
+    gray = tf.linspace(0.0, 1.0, 4097)[:, None]
+    expected = preprocess.rgb_to_lab(tf.concat([gray] * 3, axis=-1))[:, :1]
+    np.testing.assert_allclose(preprocess.gray_lightness(gray).numpy(), expected.numpy(), atol=2e-4)
+
+
+def test_model_pair_converts_uint8_to_float32_inputs_and_targets():
+    color = tf.constant([[[[255, 0, 0], [0, 0, 0]]]], tf.uint8)
+    gray = tf.constant([[[[76], [0]]]], tf.uint8)
+    inputs, targets = preprocess.model_pair(gray, color, "lab")
+    assert inputs.dtype == tf.float32 and targets.dtype == tf.float32
+    np.testing.assert_allclose(inputs.numpy()[0, 0, 0], [76 / 255] * 3, rtol=1e-6)
+    np.testing.assert_allclose(targets.numpy(), preprocess.model_targets(preprocess.to_float(color), "lab").numpy())

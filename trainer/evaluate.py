@@ -126,7 +126,7 @@ def evaluate_full(loaded, paths: list, max_pixels: int | None, skipped: list) ->
                                f"above the export's limit of {max_pixels}")
                 continue
             truth = np.asarray(image.convert("RGB"))
-        gray = tf.image.convert_image_dtype(decode_gray(tf.io.encode_png(truth)), tf.uint8, saturate=True)
+        gray = decode_gray(tf.io.encode_png(truth))
         png = signature(image_bytes=tf.stack([tf.io.encode_png(gray)]))["colorized_bytes"][0]
         section.add(gray.numpy()[np.newaxis], tf.io.decode_png(png, channels=3).numpy()[np.newaxis], truth[np.newaxis])
     return section.report()

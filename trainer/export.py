@@ -28,14 +28,15 @@ METADATA_FILE = "colorizer.json"
 
 
 def decode_gray(image_bytes: tf.Tensor, max_pixels: int = DEFAULT_MAX_PIXELS) -> tf.Tensor:
-    """A JPEG, PNG, GIF or BMP file -> gray float [H, W, 1] in [0, 1] (BT.601 luma, alpha dropped).
+    """A JPEG, PNG, GIF or BMP file -> gray uint8 [H, W, 1] (BT.601 luma, alpha dropped).
 
-    Not an image, an empty string, a truncated file or one with more than `max_pixels` pixels
-    (checked in its header, before anything is decoded) raise InvalidArgumentError for the request.
+    uint8, as `trainer.prepare` stores gray images. Not an image, an empty string, a truncated file
+    or one with more than `max_pixels` pixels (checked in its header, before anything is decoded)
+    raise InvalidArgumentError for the request.
     """
     with tf.control_dependencies([check_image_size(image_bytes, max_pixels)]):
         image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
-    return tf.image.rgb_to_grayscale(preprocess.to_float(image))
+    return tf.image.rgb_to_grayscale(image)
 
 
 class ColorizerModule(tf.Module):
@@ -64,23 +65,25 @@ class ColorizerModule(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def colorize_bytes(self, image_bytes):
-        small = tf.map_fn(
-            lambda b: preprocess.resize_to_model(decode_gray(b, self.max_pixels), IMAGE_SIZE),
-            image_bytes, fn_output_signature=tf.TensorSpec([IMAGE_SIZE, IMAGE_SIZE, 1], tf.float32),
-            parallel_iterations=1)
+        def decode(data):
+            # Each photo is decoded once; its full-size gray waits as a uint8 string (1 byte a pixel)
+            # while the batch runs through the model: photos differ in size, so they can't be stacked.
+            gray = decode_gray(data, self.max_pixels)
+            return preprocess.resize_to_model(preprocess.to_float(gray), IMAGE_SIZE), tf.io.serialize_tensor(gray)
+
+        small, grays = tf.map_fn(decode, image_bytes, parallel_iterations=1, fn_output_signature=(
+            tf.TensorSpec([IMAGE_SIZE, IMAGE_SIZE, 1], tf.float32), tf.TensorSpec([], tf.string)))
         predictions = self._colorize_small(small)
 
         def compose(args):
-            # Decoded again at full size: images in a batch differ in size, so they can't be stacked.
-            data, prediction = args
-            gray = decode_gray(data, self.max_pixels)
+            serialized, prediction = args
+            gray = tf.ensure_shape(preprocess.to_float(tf.io.parse_tensor(serialized, tf.uint8)), [None, None, 1])
             rgb = preprocess.predictions_to_rgb(prediction[tf.newaxis], gray[tf.newaxis], self.color_space)[0]
             return tf.io.encode_png(tf.image.convert_image_dtype(rgb, tf.uint8, saturate=True))
 
         # One image at a time (map_fn runs 10 in parallel in a graph): a request's memory is that of
-        # its largest image, ~47 bytes a pixel, not of ten of them (trainer/images.py).
-        encoded = tf.map_fn(compose, (image_bytes, predictions), fn_output_signature=tf.string,
-                            parallel_iterations=1)
+        # its largest image, ~47 bytes a pixel, plus 1 byte a pixel of every photo's gray (trainer/images.py).
+        encoded = tf.map_fn(compose, (grays, predictions), fn_output_signature=tf.string, parallel_iterations=1)
         return {"colorized_bytes": encoded}
 
 
