@@ -4,6 +4,10 @@ Uploads are verified (CRC32C), resumable for large files, and guarded by generat
 preconditions: an object is only created if it does not exist, or only replaced if it is still the
 version this run listed, so two writers can't silently clobber each other. Credentials are
 Application Default Credentials (Workload Identity on GKE); no key files.
+
+It also lists and reads photos for `trainer.prepare --input_dir=gs://...`: listings stream page
+by page (a bucket of millions starts being processed after its first page), and each decode
+process reads objects through a client of its own.
 """
 
 import concurrent.futures
@@ -80,6 +84,89 @@ def check_writable(directory: str) -> None:
         raise _explain(exc, directory) from None
 
 
+class Listing:
+    """Iterates (name relative to `directory`, size) of the objects under it, one page at a time.
+
+    Without `recursive`, objects in subfolders are not listed; `subfolders` counts those skipped.
+    """
+
+    def __init__(self, directory: str, recursive: bool, page_size: int = 1000):
+        self.directory, self.recursive, self.page_size, self.subfolders = directory, recursive, page_size, 0
+
+    def __iter__(self):
+        bucket, prefix = split_path(self.directory.rstrip("/") + "/")
+        prefix = "" if prefix == "/" else prefix
+        try:
+            blobs = _client().list_blobs(bucket, prefix=prefix, delimiter=None if self.recursive else "/",
+                                         page_size=self.page_size, fields="items(name,size),prefixes,nextPageToken")
+            for page in blobs.pages:
+                self.subfolders += len(page.prefixes)
+                for blob in page:
+                    if not blob.name.endswith("/"):  # folder placeholders of the console
+                        yield blob.name[len(prefix):], blob.size or 0
+        except _api_errors() as exc:
+            raise _explain(exc, self.directory) from None
+
+
+_PROCESS_CLIENT = {}
+
+
+def read_bytes(path: str) -> bytes:
+    """An object's bytes through this process's own client (decode workers are separate processes).
+
+    A missing object is FileNotFoundError (prepare skips and names it); other failures are the
+    one-line errors of `_explain` (a transient one stops the run: a photo is never silently dropped).
+    """
+    from google.api_core import exceptions
+
+    bucket, name = split_path(path)
+    if os.getpid() not in _PROCESS_CLIENT:
+        _PROCESS_CLIENT.clear()
+        _PROCESS_CLIENT[os.getpid()] = _client()
+    try:
+        return _PROCESS_CLIENT[os.getpid()].bucket(bucket).blob(name).download_as_bytes()
+    except exceptions.NotFound:
+        raise FileNotFoundError(f"{path}: no such object") from None
+    except _api_errors() as exc:
+        raise _explain(exc, path) from None
+
+
+def read_text(path: str):
+    """(text, generation) of a small object, or (None, 0) if it does not exist."""
+    from google.api_core import exceptions
+
+    bucket, name = split_path(path)
+    for _ in range(5):  # replaced between the metadata read and the download: read the new one
+        try:
+            blob = _client().bucket(bucket).get_blob(name)
+            if blob is None:
+                return None, 0
+            return blob.download_as_bytes(if_generation_match=blob.generation).decode("utf-8"), blob.generation
+        except (exceptions.NotFound, exceptions.PreconditionFailed):
+            continue
+        except _api_errors() as exc:
+            raise _explain(exc, path) from None
+    raise DataError(f"{path}: kept changing while being read")
+
+
+def write_text(path: str, text: str, generation: int) -> int:
+    """Writes a small object only if it still has `generation` (0: only if absent).
+
+    Returns the new object's generation, or 0 when the precondition failed (someone else wrote it).
+    """
+    from google.api_core import exceptions
+
+    bucket, name = split_path(path)
+    try:
+        blob = _client().bucket(bucket).blob(name)
+        blob.upload_from_string(text.encode("utf-8"), checksum="crc32c", if_generation_match=generation)
+        return int(blob.generation or 1)
+    except exceptions.PreconditionFailed:
+        return 0
+    except _api_errors() as exc:
+        raise _explain(exc, path) from None
+
+
 def list_generations(directory: str, prefix: str) -> dict:
     """{object path: generation} of the objects in `directory` whose names start with `prefix`."""
     bucket, name = split_path(directory.rstrip("/") + "/")
@@ -108,13 +195,19 @@ def upload(pairs, expected: dict, workers: int = 8) -> None:
     _run_all(one, pairs, workers, lambda pair: pair[1])
 
 
-def delete(paths: dict, workers: int = 8) -> None:
+def delete(paths: dict, workers: int = 8, missing_ok: bool = False) -> None:
     """Deletes {gs:// path: generation}, each only if it is still that generation."""
+    from google.api_core import exceptions
+
     client = _client()
 
     def one(item):
         bucket, name = split_path(item[0])
-        client.bucket(bucket).blob(name).delete(if_generation_match=item[1])
+        try:
+            client.bucket(bucket).blob(name).delete(if_generation_match=item[1])
+        except exceptions.NotFound:
+            if not missing_ok:
+                raise
 
     _run_all(one, list(paths.items()), workers, lambda item: item[0])
 

@@ -79,6 +79,7 @@ class Manifest:
     image_size: int = IMAGE_SIZE
     schema_version: int = SCHEMA_VERSION
     skipped: tuple = ()  # source files that could not be read
+    run: str = ""  # prepare tasks only: the identity of the run that wrote it (trainer/prepare_tasks.py)
 
     @property
     def num_examples(self) -> int:
@@ -88,6 +89,8 @@ class Manifest:
         body = dataclasses.asdict(self)
         body["skipped"] = list(self.skipped)
         body["num_examples"] = self.num_examples
+        if not self.run:
+            del body["run"]
         return json.dumps(body, indent=2, sort_keys=True) + "\n"
 
     @classmethod
@@ -101,6 +104,7 @@ class Manifest:
                 image_size=int(body["image_size"]),
                 schema_version=int(body["schema_version"]),
                 skipped=tuple(body.get("skipped", ())),
+                run=str(body.get("run", "")),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise DataError(f"{source}: not a valid manifest ({exc})") from None

@@ -8,6 +8,7 @@ object appears only once its upload finishes) with generation preconditions (see
 
 import os
 import posixpath
+import random
 import shutil
 import tempfile
 
@@ -47,46 +48,72 @@ def write_text_atomic(path: str, text: str, existing: dict) -> None:
 
 
 class ShardWriter:
-    """Round-robin writer of serialized examples into `num_shards` shards of one split.
+    """Round-robin writer of serialized examples into the shards `indices` of a split of `total`.
 
+    A prepare task owns a range of a split's shard indices; a lone prepare owns them all and, with
+    `trim`, keeps only as many as it filled (fewer photos than shards). Each shard's records are
+    shuffled (seeded) before it is published, so a shard never holds its photos in listing order.
     `existing` is what `existing_split_files` found: with --overwrite, those objects are replaced
     (or removed, if the new shard count leaves them stale) only if nobody changed them meanwhile.
     """
 
-    def __init__(self, output_dir: str, split: str, num_shards: int, existing: dict):
+    def __init__(self, output_dir: str, split: str, indices: range, total: int, existing: dict, seed: int = 0,
+                 trim: bool = False):
         self.split, self._output_dir, self._existing = split, output_dir, existing
-        self._names = [shard_name(split, i, num_shards) for i in range(num_shards)]
+        self._indices, self._total, self._seed, self._trim = indices, total, seed, trim
         self._stage = tempfile.mkdtemp(prefix="colorizer-shards-") if gcs.is_gcs(output_dir) else None
         if not self._stage:
             tf.io.gfile.makedirs(output_dir)
-        self._tmp = [posixpath.join(self._stage or output_dir, n + ".tmp") for n in self._names]
+        self._tmp = [posixpath.join(self._stage or output_dir, shard_name(split, i, total) + ".tmp") for i in indices]
         self._writers = [tf.io.TFRecordWriter(p) for p in self._tmp]
-        self._counts = [0] * num_shards
+        self._counts = [0] * len(indices)
+        self.bytes = 0
         self._next = 0
 
     def write(self, serialized: bytes) -> None:
         self._writers[self._next].write(serialized)
         self._counts[self._next] += 1
+        self.bytes += len(serialized) + 16  # TFRecord framing: length, two CRCs
         self._next = (self._next + 1) % len(self._writers)
+
+    def _final_names(self) -> list:
+        if not self._trim:
+            return [shard_name(self.split, i, self._total) for i in self._indices]
+        filled = max(1, sum(1 for c in self._counts if c))  # round-robin fills the first ones
+        return [shard_name(self.split, i, filled) for i in range(filled)]
+
+    def _shuffle(self, path: str, index: int) -> None:
+        records = list(tf.data.TFRecordDataset(path).as_numpy_iterator())
+        random.Random(self._seed * 1_000_003 + index).shuffle(records)
+        with tf.io.TFRecordWriter(path + ".shuffled") as writer:
+            for record in records:
+                writer.write(record)
+        tf.io.gfile.rename(path + ".shuffled", path, overwrite=True)
 
     def commit(self) -> dict:
         """Publishes the shards and removes the split's stale ones; returns {shard name: count}."""
         for writer in self._writers:
             writer.close()
-        final = [posixpath.join(self._output_dir, n) for n in self._names]
+        names = self._final_names()
+        for tmp in self._tmp[len(names):]:  # trimmed: never filled
+            tf.io.gfile.remove(tmp)
+        tmps = self._tmp[: len(names)]
+        for index, tmp in zip(self._indices, tmps):
+            self._shuffle(tmp, index)
+        final = [posixpath.join(self._output_dir, n) for n in names]
         old_shards = {p: g for p, g in self._existing.items() if parse_shard_name(p)}
         stale = {p: g for p, g in old_shards.items() if p not in final}
         if self._stage:
             expected = {p: g for p, g in self._existing.items() if p in final}
-            gcs.upload(list(zip(self._tmp, final)), expected)
+            gcs.upload(list(zip(tmps, final)), expected)
             gcs.delete(stale)
             shutil.rmtree(self._stage, ignore_errors=True)
         else:
             for path in stale:
                 tf.io.gfile.remove(path)
-            for tmp, path in zip(self._tmp, final):
+            for tmp, path in zip(tmps, final):
                 tf.io.gfile.rename(tmp, path, overwrite=True)
-        return dict(zip(self._names, self._counts))
+        return dict(zip(names, self._counts))
 
     def abort(self) -> None:
         for writer, tmp in zip(self._writers, self._tmp):

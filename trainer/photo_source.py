@@ -1,0 +1,89 @@
+"""Where `trainer.prepare` finds photos: a local folder or a gs:// prefix, listed as a stream.
+
+Free of TensorFlow, like trainer/images.py: decode worker processes import only this, Pillow and
+(for gs://) google-cloud-storage. A listing yields names as the storage returns them (a page of
+1000 at a time on Cloud Storage), so the first photo is decoded seconds after start whatever the
+size of the bucket, and no list of every name is ever built.
+"""
+
+import concurrent.futures
+import hashlib
+import io
+import os
+import posixpath
+
+from trainer import gcs, images
+from trainer.errors import ConfigError
+
+_DOWNLOAD_THREADS = 8  # per decode process: hides object-storage latency behind decoding
+
+
+def is_image(name: str) -> bool:
+    return name.lower().endswith(images.IMAGE_EXTENSIONS)
+
+
+def task_of(name: str, num_tasks: int) -> int:
+    """The task that owns a photo: a stable hash of its name (unrelated to the holdout's CRC32)."""
+    if num_tasks == 1:
+        return 0
+    return int.from_bytes(hashlib.blake2b(name.encode("utf-8"), digest_size=8).digest(), "big") % num_tasks
+
+
+def join(directory: str, name: str) -> str:
+    return posixpath.join(directory, name) if gcs.is_gcs(directory) else os.path.join(directory, name)
+
+
+class PhotoSource:
+    """Names (relative to `input_dir`, '/'-separated) and sizes of the files under it, streamed.
+
+    Without `recursive` only the folder's own files are listed (as prepare always did), and
+    `subfolders` counts the subfolders left out; with it, every file below, named by its path.
+    """
+
+    def __init__(self, input_dir: str, recursive: bool = False):
+        self.input_dir, self.recursive, self.subfolders = input_dir, recursive, 0
+        if not gcs.is_gcs(input_dir) and not os.path.isdir(input_dir):
+            raise ConfigError(f"--input_dir={input_dir}: no such folder")
+
+    def __iter__(self):
+        if gcs.is_gcs(self.input_dir):
+            listing = gcs.Listing(self.input_dir, self.recursive)
+            yield from listing
+            self.subfolders = listing.subfolders
+            return
+        yield from self._walk(self.input_dir, "")
+
+    def _walk(self, folder: str, relative: str):
+        """Sorted, one folder at a time, so the order (and so the shards) is the same on every run."""
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        subfolders = [e for e in entries if e.is_dir()]
+        for entry in entries:
+            if entry.is_file():
+                yield relative + entry.name, entry.stat().st_size
+        if not self.recursive:
+            self.subfolders += len(subfolders)
+            return
+        for entry in subfolders:
+            yield from self._walk(entry.path, relative + entry.name + "/")
+
+
+def _read(path: str):
+    """Bytes of a gs:// object, or the local path itself (Pillow opens it)."""
+    return io.BytesIO(gcs.read_bytes(path)) if gcs.is_gcs(path) else path
+
+
+def fetch(jobs):
+    """The jobs (name, colour path, gray path or None, encoding) with gs:// paths replaced by their
+    bytes, downloaded by a few threads at once; a missing object's exception takes its place."""
+
+    def one(job):
+        name, color, gray, encoding = job
+        try:
+            return name, _read(color), gray and _read(gray), encoding
+        except FileNotFoundError as exc:
+            return name, exc, None, encoding
+
+    if not any(gcs.is_gcs(job[1]) for job in jobs):
+        return jobs
+    with concurrent.futures.ThreadPoolExecutor(max_workers=_DOWNLOAD_THREADS) as pool:
+        return list(pool.map(one, jobs))
