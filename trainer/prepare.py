@@ -18,6 +18,7 @@ import math
 import os
 import posixpath
 import sys
+import time
 import zlib
 
 from absl import app, flags
@@ -128,6 +129,7 @@ class _Pass:
     recursive: bool
     task: int
     num_tasks: int
+    started: float
 
     def run(self, names, writer_for, label: str):
         def job_of(name):
@@ -138,7 +140,7 @@ class _Pass:
             return assign_split(name, self.split, self.holdout_split, self.holdout_fraction)
 
         counter = functools.partial(count_share, self.input_dir, self.recursive, self.task, self.num_tasks)
-        progress = Progress(label, counter, enabled=self.progress)
+        progress = Progress(label, counter, enabled=self.progress, start=self.started)
         return write_photos(names, job_of, split_of, writer_for, _load_chunk, self.workers, progress, encode_example)
 
 
@@ -148,8 +150,9 @@ def prepare(input_dir, output_dir, split="train", num_shards=8, gray_dir=None, h
     """Writes the shards and manifests; returns {split: Manifest}. Raises ColorizerError for bad input.
 
     With `num_tasks` set this is task `task_index` of a run (trainer/prepare_tasks.py): it returns
-    the manifests if it wrote them (the last task to finish), else {}.
+    the manifests once every task's part is done (the last task to finish writes them), else {}.
     """
+    started = time.monotonic()
     _check_flags(split, num_shards, holdout_fraction, holdout_split, gray_dir)
     plan = None
     if num_tasks is not None:
@@ -164,7 +167,7 @@ def prepare(input_dir, output_dir, split="train", num_shards=8, gray_dir=None, h
     names = first_photos(scan, input_dir)
     check_output_dir(output_dir)
     how = _Pass(input_dir, gray_dir, split, holdout_split, holdout_fraction, encoding, workers, progress, recursive,
-                *task)
+                *task, started)
     if plan is None:
         return _prepare_alone(scan, names, how, output_dir, num_shards, seed, overwrite)
     if plan.state == "work":

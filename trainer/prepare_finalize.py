@@ -27,18 +27,19 @@ def _manifest_run(path: str):
     return (Manifest.from_json(text, path).run if text else None), generation
 
 
-def _publish(plan, manifest: Manifest) -> None:
-    """Creates the manifest if absent; replaces another run's only with --overwrite."""
+def _publish(plan, manifest: Manifest) -> bool:
+    """Creates the manifest if absent (replaces another run's only with --overwrite); False if a peer did."""
     path = manifest_path(plan.output_dir, manifest.split)
     run, generation = _manifest_run(path)
     if run == plan.run:
-        return
+        return False
     if run is not None and not plan.overwrite:
         raise DataError(f"{path}: written by another run ({run}) while this one ran; nothing was overwritten")
     if _write(path, manifest.to_json(), generation):
-        return
+        return True
     if _manifest_run(path)[0] != plan.run:
         raise DataError(f"{path}: changed by another writer while this run was writing; nothing was overwritten")
+    return False
 
 
 def _clean(plan, manifests: dict) -> None:
@@ -52,7 +53,8 @@ def _clean(plan, manifests: dict) -> None:
 
 
 def finalize(plan, encoding: str, log) -> dict:
-    """Writes the manifests if every part is done; returns them, or {} when other tasks are still at work."""
+    """Writes the manifests if every part is done (unless a peer just did); returns them, or {} while
+    other tasks are still at work."""
     parts = _parts(plan)
     waiting = [task for task, part in enumerate(parts) if part is None]
     if waiting:
@@ -63,7 +65,7 @@ def finalize(plan, encoding: str, log) -> dict:
             print(f"{plan.label}: waiting for task(s) {', '.join(map(str, waiting[:10]))}{more}; the last task "
                   "to finish writes the manifests", file=log)
         return {}
-    manifests = {}
+    manifests, wrote = {}, False
     for split, total in plan.splits.items():
         shards, skipped = {}, []
         for part in parts:
@@ -75,13 +77,14 @@ def finalize(plan, encoding: str, log) -> dict:
             raise DataError(f"{plan.output_dir}: the parts of run {plan.run} don't cover split {split!r}")
         manifests[split] = Manifest(split=split, encoding=encoding, shards=dict(sorted(shards.items())),
                                     skipped=tuple(sorted(skipped)), run=plan.run)
-        _publish(plan, manifests[split])
+        wrote = _publish(plan, manifests[split]) or wrote
     if plan.overwrite:
         _clean(plan, manifests)
     for split, manifest in manifests.items():
         print(f"{split}: {manifest.num_examples} examples in {len(manifest.shards)} shards ({encoding}), "
               f"{len(manifest.skipped)} skipped -> {manifest_path(plan.output_dir, split)}", file=log)
-    print(f"{plan.label} wrote the manifests; all {plan.num_tasks} tasks: {summary(parts)}", file=log)
+    who = "wrote the manifests" if wrote else "found the manifests written by another task"
+    print(f"{plan.label} {who}; all {plan.num_tasks} tasks: {summary(parts)}", file=log)
     if not any(m.num_examples for m in manifests.values()):
         photos = sum(p["photos"] for p in parts)
         raise DataError(f"none of {photos} image files could be read (run {plan.run})")

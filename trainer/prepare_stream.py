@@ -52,9 +52,10 @@ def count_share(input_dir: str, recursive: bool, task: int, num_tasks: int) -> i
 class Progress:
     """`{label}: done/total photos (k skipped), r photos/s, ETA` to stderr at most every `every` seconds."""
 
-    def __init__(self, label: str, count=None, every: float = 10.0, enabled: bool = True, out=None):
+    def __init__(self, label: str, count=None, every: float = 10.0, enabled: bool = True, out=None, start=None):
         self.label, self.every, self.enabled, self.out = label, every, enabled, out or sys.stderr
-        self.start = self.last = time.monotonic()
+        self.start = start or time.monotonic()
+        self.last = time.monotonic()
         self.total, self.first_after, self._counter = None, None, count
 
     def count_in_background(self) -> None:

@@ -25,6 +25,7 @@ import posixpath
 import re
 import sys
 import time
+import uuid
 
 from trainer import gcs
 from trainer.errors import ConfigError, DataError
@@ -50,7 +51,7 @@ def _write(path: str, text: str, generation: int) -> int:
     """Writes only if `path` still has `generation` (0: only if absent); returns the new one, 0 if not."""
     if gcs.is_gcs(path):
         return gcs.write_text(path, text, generation)
-    tmp = f"{path}.tmp-{os.getpid()}"
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     with open(tmp, "w", encoding="utf-8") as handle:
         handle.write(text)
     try:
@@ -186,8 +187,9 @@ class Plan:
         self.part_generation = generation
 
 
-def run(plan: Plan, scan, do_pass, seed: int, log=sys.stderr) -> str:
+def run(plan: Plan, scan, do_pass, seed: int, log=None) -> str:
     """Does this task's part unless it is done already; returns the plan's state."""
+    log = log or sys.stderr
     if plan.state == "complete":
         print(f"{plan.label}: {', '.join(plan.splits)} already complete (run {plan.run}); nothing to do", file=log)
         return plan.state

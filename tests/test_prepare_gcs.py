@@ -1,0 +1,137 @@
+"""Prepare tasks as an Indexed Job runs them, against a real GCS server (fake-gcs-server, tests/gcs_emulator.py).
+
+Photos in gs://BUCKET/photos/ -> 3 `python -m trainer.prepare` processes with JOB_COMPLETION_INDEX,
+COLORIZER_NUM_TASKS and COLORIZER_RUN_NAME set -> shards and one manifest per split in the bucket ->
+`python -m trainer.task` trains from them. A SIGKILLed task is restarted and the split ends complete.
+Set COLORIZER_REQUIRE_GCS_TESTS=1 (CI does) to fail instead of skipping where the emulator can't start.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import tensorflow as tf
+
+from tests.conftest import REPO
+from tests.gcs_emulator import start_or_skip
+from tests.test_prepare_tasks import ids
+from trainer import schema
+
+BUCKET = "prepare-tasks"
+ENV = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "3"}
+FLAGS = ["--num_shards=6", "--holdout_fraction=0.2", "--workers=1"]
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+    emu = start_or_skip(str(tmp_path_factory.mktemp("gcs")), BUCKET)
+    yield emu
+    emu.close()
+
+
+@pytest.fixture(scope="module")
+def photos(emulator):
+    """The bundled sample's 80 real photos as JPEGs in photos/, a truncated JPEG, a text file and a subfolder."""
+    bucket, names = emulator.client().bucket(BUCKET), []
+    for shard in sorted(tf.io.gfile.glob(os.path.join(REPO, "trainer", "sample", "*.tfrecord"))):
+        for record in tf.data.TFRecordDataset(shard):
+            example = tf.io.parse_single_example(record, schema.FEATURES)
+            name = os.path.splitext(example["id"].numpy().decode())[0] + ".jpg"
+            jpeg = tf.io.encode_jpeg(tf.io.decode_png(example["color"])).numpy()
+            bucket.blob(f"photos/{name}").upload_from_string(jpeg)
+            names.append(name)
+    bucket.blob("photos/zz-truncated.jpg").upload_from_string(jpeg[: len(jpeg) // 3])
+    bucket.blob("photos/README.txt").upload_from_string(b"not a photo")
+    bucket.blob("photos/old/elsewhere.jpg").upload_from_string(jpeg)  # not read without --recursive
+    return sorted(names)
+
+
+def task(emu, index, output, run="prep-a", **popen):
+    """One task of the Indexed Job, as a process group of its own (a pod's container)."""
+    env = {**ENV, **emu.env, "JOB_COMPLETION_INDEX": str(index), "COLORIZER_NUM_TASKS": "3",
+           "COLORIZER_RUN_NAME": run}
+    command = emu.wrap([sys.executable, "-m", "trainer.prepare", f"--input_dir=gs://{BUCKET}/photos/",
+                        f"--output_dir=gs://{BUCKET}/{output}", *FLAGS])
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, **popen)
+
+
+def finish(proc, timeout=300):
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err
+    return err
+
+
+def objects(emu, prefix):
+    return sorted(b.name for b in emu.client().list_blobs(BUCKET, prefix=prefix))
+
+
+def records(emu, prefix, tmp_path):
+    """ids of every record in the split's shards (downloaded), and its manifest."""
+    local = tmp_path / prefix.replace("/", "_")
+    local.mkdir()
+    for blob in emu.client().list_blobs(BUCKET, prefix=prefix + "-"):
+        blob.download_to_filename(local / blob.name.rsplit("/", 1)[1])
+    manifest = json.loads(emu.client().bucket(BUCKET).blob(prefix + ".manifest.json").download_as_bytes())
+    return ids(sorted(str(p) for p in local.iterdir())), manifest
+
+
+def test_three_tasks_prepare_a_bucket_and_the_trainer_trains_on_it(emulator, photos, tmp_path):
+    started = time.monotonic()
+    procs = [task(emulator, i, "data") for i in range(3)]
+    first = procs[0].stderr.readline()
+    while "first photo decoded" not in first:
+        first = procs[0].stderr.readline()
+    assert time.monotonic() - started < 30, "the first photo must be decoded within 30 s of start"
+    logs = [finish(p) for p in procs]
+    assert not emulator.unknown
+    # Tasks finishing together race for the manifests: each is created once (if-generation-match=0).
+    assert any("wrote the manifests" in log for log in logs), logs
+    done = [("wrote the manifests" in log or "found the manifests" in log) for log in logs]
+    assert all(d != ("waiting for task(s)" in log) for d, log in zip(done, logs)), logs
+    assert objects(emulator, "data/") == sorted(
+        [f"data/train-0000{i}-of-00006.tfrecord" for i in range(6)] + ["data/train.manifest.json"]
+        + [f"data/train.part-0000{i}-of-00003.json" for i in range(3)]
+        + [f"data/validation-0000{i}-of-00003.tfrecord" for i in range(3)] + ["data/validation.manifest.json"])
+    train, train_manifest = records(emulator, "data/train", tmp_path)
+    validation, validation_manifest = records(emulator, "data/validation", tmp_path)
+    assert sorted(train + validation) == photos, "every photo exactly once"
+    assert train_manifest["num_examples"] == len(train) and validation_manifest["num_examples"] == len(validation)
+    assert [s.split(" ")[0] for s in train_manifest["skipped"] + validation_manifest["skipped"]] == ["zz-truncated.jpg"]
+    data, run = f"gs://{BUCKET}/data", f"gs://{BUCKET}/run"
+    trained = subprocess.run(emulator.wrap([
+        sys.executable, "-m", "trainer.task", f"--train_data={data}/train-*", f"--eval_data={data}/validation-*",
+        f"--model_dir={run}/model", f"--export_dir={run}/export", "--base_filters=4", "--batch_size=8",
+        "--patience=0", "--epochs=1"]), cwd=REPO, env={**ENV, **emulator.env}, capture_output=True, text=True,
+        timeout=600)
+    assert trained.returncode == 0, trained.stderr
+    assert any(o.endswith("/saved_model.pb") for o in objects(emulator, "run/export/"))
+
+
+def test_a_killed_task_is_restarted_and_the_split_ends_complete_once(emulator, photos, tmp_path):
+    killed = task(emulator, 1, "killed")
+    line = killed.stderr.readline()
+    while "first photo decoded" not in line:
+        assert line, "task 1 ended before it decoded a photo"
+        line = killed.stderr.readline()
+    os.killpg(killed.pid, signal.SIGKILL)  # mid-run: decoding, nothing of its own uploaded yet
+    killed.communicate()
+    part = json.loads(emulator.client().bucket(BUCKET).blob("killed/train.part-00001-of-00003.json")
+                      .download_as_bytes())
+    assert part["state"] == "writing"
+    # As if the killed attempt had got one shard of its range uploaded: the restart must replace it.
+    emulator.client().bucket(BUCKET).blob("killed/train-00002-of-00006.tfrecord").upload_from_string(b"partial")
+    others = [finish(task(emulator, i, "killed")) for i in (0, 2)]
+    assert all("waiting for task(s) 1" in log for log in others), others
+    assert not [o for o in objects(emulator, "killed/") if o.endswith(".manifest.json")], "no manifest before the end"
+    restarted = finish(task(emulator, 1, "killed"))
+    assert "task 1/3 wrote the manifests" in restarted
+    train, manifest = records(emulator, "killed/train", tmp_path)
+    validation, _ = records(emulator, "killed/validation", tmp_path)
+    assert sorted(train + validation) == photos and manifest["num_examples"] == len(train)
+    again = finish(task(emulator, 1, "killed"))
+    assert "already complete" in again
