@@ -26,9 +26,10 @@ SCHEMAS = Path(__file__).resolve().parent / "schemas"
 K8S_VERSION = "1.33"
 OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").exists())
 RAW_FILES = ["job.yaml", "components/serving/serving.yaml", "components/multinode/multinode.yaml",
-             "components/tfjob/tfjob.yaml"]
+             "components/tfjob/tfjob.yaml", "components/prepare/prepare.yaml"]
 TRAINING_OVERLAYS = ("dev", "gke", "gke-multinode", "tfjob")
 SERVING_OVERLAYS = ("serve", "dev-serve", "serve-gated")
+PREPARE_OVERLAYS = ("prepare",)  # tests/test_prepare_job.py
 TRAINER_IMAGE = "colorizer-trainer"
 TRAINER_CONTAINERS = ("trainer", "tensorflow")
 FLAG = re.compile(r"^--(?:no)?([a-z_][a-z0-9_]*)(?:=.*)?$")
@@ -91,7 +92,7 @@ def docs(request):
 
 
 def test_there_is_something_to_check():
-    assert set(TRAINING_OVERLAYS + SERVING_OVERLAYS) == set(OVERLAYS)
+    assert set(TRAINING_OVERLAYS + SERVING_OVERLAYS + PREPARE_OVERLAYS) == set(OVERLAYS)
 
 
 def test_standalone_job_is_the_base_job():
@@ -147,6 +148,10 @@ def test_trainer_flags_exist(docs):
     for doc in objects:
         for owner, spec in pod_specs(doc):
             for c in spec["containers"]:
+                if c["name"] == "prepare":  # trainer.prepare's flags: tests/test_prepare_job.py
+                    from tests.test_prepare_job import check_prepare_container
+
+                    checked += check_prepare_container(c, f"{name} {owner}")
                 if c["name"] not in TRAINER_CONTAINERS:
                     continue
                 checked += 1

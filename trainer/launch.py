@@ -3,6 +3,7 @@
     submit --image=IMG [--name=RUN] [--workers=N] [--gpus=G] [--kind=job|tfjob] [--dry_run] ...
     status RUN | logs RUN | wait RUN | delete RUN
     promote VERSION --image_dir=HELD_OUT [--wait] | rollback [--wait]   (serving; trainer/launch_serving.py)
+    prepare --image=IMG --tasks=N [--input_dir=gs://...] [--output_dir=gs://...]   (trainer/launch_prepare.py)
 
 `submit` loads the manifests in k8s/ (the same ones `kubectl apply` uses), applies the overrides,
 resolves a tag-only --image to its digest, creates the objects, waits for the pods to be scheduled
@@ -22,7 +23,7 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from trainer import launch_serving
+from trainer import launch_prepare, launch_serving
 from trainer.launch_manifests import (CHIEF_SELECTOR, PATH_FLAGS, TFJOB, LaunchError, UsageError, build, check_args,
                                       manifest_dir, pinned_image)
 
@@ -249,6 +250,7 @@ def parser():
     for name in ("status", "logs", "wait", "delete"):
         sub.add_parser(name).add_argument("name")
     launch_serving.add_parsers(sub)
+    launch_prepare.add_parser(sub)
     return p
 
 
@@ -258,6 +260,8 @@ def main(argv, api=None):
     try:
         if args.command == "submit" and args.dry_run:
             return submit(args, None)
+        if args.command == "prepare":
+            return launch_prepare.run(args, None if args.dry_run else api or api_client(args.context), create, follow)
         api = api or api_client(args.context)
         if args.command in ("promote", "rollback"):
             cluster = launch_serving.Cluster(api, args.namespace, call)
