@@ -19,7 +19,7 @@ import tensorflow as tf
 from tests.conftest import REPO
 from tests.gcs_emulator import start_or_skip
 from tests.test_prepare_tasks import ids
-from trainer import schema
+from trainer import photo_source, schema
 
 BUCKET = "prepare-tasks"
 ENV = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -35,7 +35,8 @@ def emulator(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def photos(emulator):
-    """The bundled sample's 80 real photos as JPEGs in photos/, a truncated JPEG, a text file and a subfolder."""
+    """The bundled sample's 80 real photos as JPEGs in photos/, 3 large ones, a truncated JPEG, a text file
+    and a subfolder."""
     bucket, names = emulator.client().bucket(BUCKET), []
     for shard in sorted(tf.io.gfile.glob(os.path.join(REPO, "trainer", "sample", "*.tfrecord"))):
         for record in tf.data.TFRecordDataset(shard):
@@ -44,6 +45,13 @@ def photos(emulator):
             jpeg = tf.io.encode_jpeg(tf.io.decode_png(example["color"])).numpy()
             bucket.blob(f"photos/{name}").upload_from_string(jpeg)
             names.append(name)
+    # 12-MP photos late in task 1's share keep it busy for a while after its first photo (test below)
+    large = tf.io.encode_jpeg(tf.cast(tf.random.stateless_uniform([3000, 4000, 3], [1, 2], maxval=256, dtype=tf.int32),
+                                      tf.uint8), quality=90).numpy()
+    slow = [n for n in (f"zz-large-{k:02d}.jpg" for k in range(30)) if photo_source.task_of(n, 3) == 1][:3]
+    for name in slow:
+        bucket.blob(f"photos/{name}").upload_from_string(large)
+    names += slow
     bucket.blob("photos/zz-truncated.jpg").upload_from_string(jpeg[: len(jpeg) // 3])
     bucket.blob("photos/README.txt").upload_from_string(b"not a photo")
     bucket.blob("photos/old/elsewhere.jpg").upload_from_string(jpeg)  # not read without --recursive
