@@ -161,7 +161,11 @@ def prepare(input_dir, output_dir, split="train", num_shards=8, gray_dir=None, h
         plan = prepare_tasks.Plan.make(output_dir, num_tasks, task_index, run_name, split,
                                        holdout_split if holdout_fraction else None, num_shards, overwrite, config)
         if plan.state == "complete":
-            return prepare_tasks.run(plan, None, None, seed) and {}
+            print(f"{plan.label}: {', '.join(plan.splits)} already complete (run {plan.run}); nothing to do",
+                  file=sys.stderr)
+            return {}
+        if plan.state == "finalize":  # this task's part was done before it was restarted
+            return prepare_finalize.finalize(plan, encoding, sys.stderr)
     task = (task_index or 0, num_tasks or 1)
     scan = Scan(photo_source.PhotoSource(input_dir, recursive), *task)
     names = first_photos(scan, input_dir)
@@ -170,8 +174,7 @@ def prepare(input_dir, output_dir, split="train", num_shards=8, gray_dir=None, h
                 *task, started)
     if plan is None:
         return _prepare_alone(scan, names, how, output_dir, num_shards, seed, overwrite)
-    if plan.state == "work":
-        prepare_tasks.run(plan, scan, lambda writer_for: how.run(names, writer_for, plan.label), seed)
+    prepare_tasks.run(plan, scan, lambda writer_for: how.run(names, writer_for, plan.label), seed)
     return prepare_finalize.finalize(plan, encoding, sys.stderr)
 
 

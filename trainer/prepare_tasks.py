@@ -166,7 +166,7 @@ class Plan:
                 other.append(mine)
             if self.existing[split] and not ours:
                 other += sorted(self.existing[split])
-            conflict = sorted(set(other) | set(foreign))
+            conflict = sorted(foreign) + sorted(set(other) - set(foreign))  # a manifest says most
             if conflict:
                 raise ConfigError(f"{conflict[0]} exists (not from run {self.run}); pass --overwrite to replace "
                                   f"split {split!r}")
@@ -187,34 +187,32 @@ class Plan:
         self.part_generation = generation
 
 
-def run(plan: Plan, scan, do_pass, seed: int, log=None) -> str:
-    """Does this task's part unless it is done already; returns the plan's state."""
+def run(plan: Plan, scan, do_pass, seed: int, log=None) -> None:
+    """Does this task's part: claim, decode and write its shards, record them as done."""
     log = log or sys.stderr
-    if plan.state == "complete":
-        print(f"{plan.label}: {', '.join(plan.splits)} already complete (run {plan.run}); nothing to do", file=log)
-        return plan.state
-    if plan.state == "work":
-        started = time.monotonic()
-        plan.write_part({"state": "writing"})
-        writers = plan.writers(seed)
-        try:
-            written = do_pass(writers.__getitem__)
-            counts = {s: w.commit() for s, w in writers.items()}
-        except BaseException:
-            for writer in writers.values():
-                writer.abort()
-            raise
-        body = {"state": "done", "photos": scan.mine, "bytes_read": scan.bytes, "ignored": scan.ignored,
-                "ignored_names": scan.ignored_names, "bytes_written": sum(w.bytes for w in writers.values()),
-                "seconds": round(time.monotonic() - started, 1),
-                "splits": {s: {"shards": counts[s], "skipped": sorted(written.skipped[s])} for s in counts}}
-        plan.write_part(body)
-        print(f"{plan.label}: " + summary([body]), file=log)
-        for split, part in body["splits"].items():
-            if part["skipped"]:
-                print(f"{plan.label}: {split}: skipped {len(part['skipped'])} unreadable file(s): "
-                      f"{'; '.join(part['skipped'][:10])}", file=log)
-    return plan.state
+    started = time.monotonic()
+    plan.write_part({"state": "writing"})
+    writers = plan.writers(seed)
+    try:
+        written = do_pass(writers.__getitem__)
+        counts = {s: w.commit() for s, w in writers.items()}
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        raise
+    body = {"state": "done", "photos": scan.mine, "bytes_read": scan.bytes, "ignored": scan.ignored,
+            "ignored_names": scan.ignored_names, "bytes_written": sum(w.bytes for w in writers.values()),
+            "seconds": round(time.monotonic() - started, 1),
+            "splits": {s: {"shards": counts[s], "skipped": sorted(written.skipped[s])} for s in counts}}
+    plan.write_part(body)
+    print(f"{plan.label}: " + summary([body]), file=log)
+    for split, part in body["splits"].items():
+        if part["skipped"]:
+            print(f"{plan.label}: {split}: skipped {len(part['skipped'])} unreadable file(s): "
+                  f"{'; '.join(part['skipped'][:10])}", file=log)
+    if scan.source.subfolders:
+        print(f"{plan.label}: left out {scan.source.subfolders} subfolder(s) of --input_dir (pass --recursive "
+              "to read them)", file=log)
 
 
 def summary(parts: list) -> str:
