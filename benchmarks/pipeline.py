@@ -13,9 +13,11 @@ import tensorflow as tf
 
 from benchmarks import common
 from trainer import input_pipeline
+from trainer.config import TrainConfig
 from trainer.prepare import prepare
 
 AUTOTUNE = tf.data.AUTOTUNE
+SHUFFLE_BUFFER = TrainConfig.shuffle_buffer  # what build_dataset shuffles with in training
 
 
 def make_shards(photo_dir: str, root: str, encoding: str, num_shards: int) -> input_pipeline.ShardSet:
@@ -66,10 +68,15 @@ def decode_only(shards, batch: int) -> tf.data.Dataset:
     return variant(shards, batch, shuffle=False)
 
 
-def puller(dataset: tf.data.Dataset, batches: int):
-    """A warmed-up iterator and a function that pulls `batches` batches from it."""
+def puller(dataset: tf.data.Dataset, batches: int, warmup_images: int = 0):
+    """A warmed-up iterator and a function that pulls `batches` batches from it.
+
+    `warmup_images`: examples to pull first, e.g. a shuffle buffer's size, so the timed pulls see
+    the steady state (a filling buffer reads two examples for each it returns).
+    """
     iterator = iter(dataset)
-    for _ in range(max(2, batches // 4)):
+    batch = int(dataset.element_spec[0].shape[0] or 1) if isinstance(dataset.element_spec, tuple) else 1
+    for _ in range(max(2, batches // 4, -(-warmup_images // batch) + 2)):
         next(iterator)
 
     def pull():
@@ -81,7 +88,7 @@ def puller(dataset: tf.data.Dataset, batches: int):
 
 def full_pipeline(shards, batch: int) -> tf.data.Dataset:
     """The trainer's own host pipeline for training (shuffled uint8 batches)."""
-    return input_pipeline.build_dataset(shards, batch, training=True)
+    return input_pipeline.build_dataset(shards, batch, training=True, shuffle_buffer=SHUFFLE_BUFFER)
 
 
 def measure_encoding(shards, batch: int, batches: int, repeats: int) -> dict:
@@ -90,7 +97,7 @@ def measure_encoding(shards, batch: int, batches: int, repeats: int) -> dict:
     raw_batches = batches * 4
     seconds = common.interleave({"raw": puller(raw_read(shards, batch), raw_batches),
                                  "decode_only": puller(decode_only(shards, batch), batches),
-                                 "full": puller(full_pipeline(shards, batch), batches)}, repeats)
+                                 "full": puller(full_pipeline(shards, batch), batches, SHUFFLE_BUFFER)}, repeats)
     raw_rate = common.median_rate(raw_batches * batch, seconds["raw"])
     full_rate = common.median_rate(batches * batch, seconds["full"])
     return {"record_bytes": per_record, "raw_records_per_s": raw_rate, "raw_mb_s": raw_rate * per_record / 1e6,
