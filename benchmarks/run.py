@@ -18,7 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from benchmarks import common, pipeline, serving, training
 from trainer.models import build_model
 
-FULL = dict(photos=512, photo_size=(320, 240), shards=8, pipeline_batch=32, pipeline_batches=20, repeats=3,
+FULL = dict(photos=512, photo_size=(320, 240), shards=8, pipeline_batch=32, pipeline_batches=64, repeats=3,
             scaling=tuple(pipeline.SCALING), models=("unet", "autoencoder"), train_batch=16, base_filters=32,
             train_steps=2, train_repeats=3, peak_size=2048, serving_batches=(1, 16, 64), serving_calls=32,
             latency_calls=100, encodings="png,raw")
