@@ -153,19 +153,22 @@ def delete(api, kind, ns, name):
              TFJOB[0], TFJOB[1], ns, TFJOB[2], name, body=body)
 
 
+def create_and_follow(args, api, objects, what: str) -> int:
+    """Prints the objects (--dry_run), or creates them and follows the run unless --no_wait."""
+    if args.dry_run:
+        print(yaml.safe_dump_all(objects, sort_keys=False), end="")
+        return 0
+    create(api, objects)
+    print(f"submitted {what}", file=sys.stderr)
+    return 0 if args.no_wait else follow(api, args)
+
+
 def submit(args, api):
     directory = manifest_dir(args.manifests)
     check_args(args)
     args.image = pinned_image(args.image)
     objects = build(args, directory)
-    if args.dry_run:
-        print(yaml.safe_dump_all(objects, sort_keys=False), end="")
-        return 0
-    create(api, objects)
-    print(f"submitted {objects[0]['kind']} {args.namespace}/{args.name}", file=sys.stderr)
-    if args.no_wait:
-        return 0
-    return follow(api, args)
+    return create_and_follow(args, api, objects, f"{objects[0]['kind']} {args.namespace}/{args.name}")
 
 
 def follow(api, args):
@@ -261,7 +264,7 @@ def main(argv, api=None):
         if args.command == "submit" and args.dry_run:
             return submit(args, None)
         if args.command == "prepare":
-            return launch_prepare.run(args, None if args.dry_run else api or api_client(args.context), create, follow)
+            return launch_prepare.run(args, None if args.dry_run else api or api_client(args.context), create_and_follow)
         api = api or api_client(args.context)
         if args.command in ("promote", "rollback"):
             cluster = launch_serving.Cluster(api, args.namespace, call)

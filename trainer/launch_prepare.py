@@ -11,10 +11,8 @@ that run; the last task to finish writes the manifests (trainer/prepare_tasks.py
 
 import os
 import re
-import sys
 import time
 
-import yaml
 
 from trainer.launch_manifests import NAME, UsageError, _renamed, deadline, label, load_objects, manifest_dir, pinned_image
 
@@ -111,15 +109,10 @@ def build(args, directory):
     return [job]
 
 
-def run(args, api, create, follow):
-    """Builds, creates and follows the Job; `create` and `follow` are trainer.launch's."""
+def run(args, api, create_and_follow):
+    """Builds the Job, then `create_and_follow` (trainer.launch's) prints or creates and follows it."""
     directory = manifest_dir(args.manifests)
     check(args)
     args.image = pinned_image(args.image)
-    objects = build(args, directory)
-    if args.dry_run:
-        print(yaml.safe_dump_all(objects, sort_keys=False), end="")
-        return 0
-    create(api, objects)
-    print(f"submitted Job {args.namespace}/{args.name} ({args.tasks} prepare tasks)", file=sys.stderr)
-    return 0 if args.no_wait else follow(api, args)
+    return create_and_follow(args, api, build(args, directory),
+                             f"Job {args.namespace}/{args.name} ({args.tasks} prepare tasks)")
