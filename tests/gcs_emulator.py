@@ -479,6 +479,19 @@ def start_or_skip(workdir: str, bucket: str = None) -> "GcsEmulator":
     return emulator
 
 
+def module_fixture(bucket: str):
+    """A module-scoped pytest fixture: an emulator with `bucket`, closed after the module's tests."""
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def emulator(tmp_path_factory):
+        emu = start_or_skip(str(tmp_path_factory.mktemp("gcs")), bucket)
+        yield emu
+        emu.close()
+
+    return emulator
+
+
 def unavailable_reason():
     """Why the emulator can't run here (not root, no unshare, no loopback port 443 free), or None."""
     if os.geteuid() != 0:

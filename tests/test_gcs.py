@@ -13,7 +13,7 @@ import textwrap
 import pytest
 
 from tests.conftest import REPO, write_photos
-from tests.gcs_emulator import start_or_skip
+from tests.gcs_emulator import module_fixture
 from trainer import gcs
 from trainer.errors import DataError
 
@@ -21,11 +21,7 @@ BUCKET = "colorizer-test"
 ENV = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory):
-    emu = start_or_skip(str(tmp_path_factory.mktemp("gcs")), BUCKET)
-    yield emu
-    emu.close()
+emulator = module_fixture(BUCKET)
 
 
 @pytest.fixture(scope="module")

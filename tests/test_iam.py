@@ -33,7 +33,7 @@ import textwrap
 import pytest
 
 from tests.conftest import REPO, write_photos
-from tests.gcs_emulator import ROLES, classify, start_or_skip
+from tests.gcs_emulator import ROLES, classify, module_fixture
 
 BUCKET = "colorizer-iam"
 ENV = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -54,11 +54,7 @@ _SERVING_STARTUP = textwrap.dedent("""
 """)
 
 
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory):
-    emu = start_or_skip(str(tmp_path_factory.mktemp("gcs-iam")), BUCKET)
-    yield emu
-    emu.close()
+emulator = module_fixture(BUCKET)
 
 
 def _run(emu, roles, *args, module="trainer.task"):

@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import REPO
-from tests.gcs_emulator import start_or_skip
+from tests.gcs_emulator import module_fixture
 from tests.test_prepare_tasks import ids
 from trainer import photo_source, schema
 
@@ -26,11 +26,7 @@ ENV = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "3"}
 FLAGS = ["--num_shards=6", "--holdout_fraction=0.2", "--workers=1"]
 
 
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory):
-    emu = start_or_skip(str(tmp_path_factory.mktemp("gcs")), BUCKET)
-    yield emu
-    emu.close()
+emulator = module_fixture(BUCKET)
 
 
 @pytest.fixture(scope="module")
