@@ -41,6 +41,17 @@ def test_classification_loss_prefers_logits_at_the_true_colour():
     assert good.shape == (2,) and np.all(good < uniform)
 
 
+def test_two_heads_loss_scores_the_bins_and_the_regressed_colour():
+    targets = _targets()
+    logits = 10.0 * losses.soft_encode(targets * preprocess.AB_SCALE)
+    right = losses.per_example_loss("two_heads", tf.concat([logits, targets], -1), targets).numpy()
+    wrong_colour = losses.per_example_loss("two_heads", tf.concat([logits, -targets], -1), targets).numpy()
+    wrong_bins = losses.per_example_loss("two_heads", tf.concat([tf.zeros_like(logits), targets], -1), targets).numpy()
+    bins_only = losses.per_example_loss("classification", logits, targets).numpy()
+    np.testing.assert_allclose(right, bins_only, rtol=1e-6)  # a perfect regression adds nothing
+    assert np.all(right < wrong_colour) and np.all(right < wrong_bins)
+
+
 def test_rebalancing_weights_favour_rare_bins_with_mean_one_under_the_prior():
     counts = np.zeros(len(preprocess.ab_bins()), np.int64)
     counts[:3] = [1000, 10, 0]

@@ -68,7 +68,7 @@ def test_model_inputs_replicate_gray():
 
 def test_ab_bins_cover_the_srgb_gamut():
     bins = preprocess.ab_bins()
-    assert 200 < len(bins) < 400 and preprocess.output_channels("lab", classify=True) == len(bins)
+    assert 200 < len(bins) < 400 and preprocess.output_channels("lab", "classification") == len(bins)
     ab = preprocess.rgb_to_lab(tf.constant(_colours(), tf.float32)).numpy()[:, 1:]
     nearest = np.min(np.linalg.norm(ab[:, None] - bins[None], axis=-1), axis=1)
     assert nearest.max() <= preprocess.AB_BIN_SIZE / np.sqrt(2) + 0.5
@@ -90,6 +90,17 @@ def test_bin_logits_become_rgb_at_the_gray_resolution():
     logits = tf.zeros([1, 12, 12, len(preprocess.ab_bins())])
     rgb = preprocess.predictions_to_rgb(logits, tf.random.uniform([1, 40, 60, 1]), "lab")
     assert rgb.shape == (1, 40, 60, 3) and np.all(np.isfinite(rgb.numpy()))
+
+
+def test_two_heads_decode_to_the_blend_of_annealed_mean_and_regression():
+    logits = tf.random.normal([1, 4, 4, len(preprocess.ab_bins())])
+    regressed = tf.random.uniform([1, 4, 4, 2], -0.5, 0.5)
+    blend = preprocess.decode_heads(tf.concat([logits, regressed], -1), blend=0.25)
+    expected = 0.25 * preprocess.decode_bins(logits) + 0.75 * regressed
+    np.testing.assert_allclose(blend.numpy(), expected.numpy(), atol=1e-6)
+    assert preprocess.output_channels("lab", "two_heads") == len(preprocess.ab_bins()) + 2
+    rgb = preprocess.predictions_to_rgb(tf.concat([logits, regressed], -1), tf.random.uniform([1, 8, 8, 1]), "lab")
+    assert rgb.shape == (1, 8, 8, 3)
 
 
 def test_gray_lightness_is_rgb_to_lab_of_the_neutral_colour():

@@ -79,10 +79,11 @@ def test_invalid_config_is_rejected(shards_dir, tmp_path):
         _config(shards_dir, tmp_path, color_space="hsv")
 
 
-def test_classification_loss_and_cosine_schedule_train(shards_dir, tmp_path, mirrored):
-    config = _config(shards_dir, tmp_path, loss="classification", lr_schedule="cosine", epochs=1)
+@pytest.mark.parametrize("loss,extra", [("classification", 0), ("two_heads", 2)])
+def test_bin_losses_and_cosine_schedule_train(shards_dir, tmp_path, mirrored, loss, extra):
+    config = _config(shards_dir, tmp_path, loss=loss, lr_schedule="cosine", epochs=1)
     trainer = _trainer(config, mirrored)
-    assert trainer.model.output_shape[-1] == len(preprocess.ab_bins())
+    assert trainer.model.output_shape[-1] == len(preprocess.ab_bins()) + extra
     result = trainer.fit()
     assert result["step"] == 3 and np.isfinite(result["best_val_loss"])
     assert float(trainer.optimizer.learning_rate) == pytest.approx(0.0, abs=1e-9)  # decayed by the last step

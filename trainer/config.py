@@ -5,7 +5,7 @@ from typing import Optional
 
 from trainer.errors import ConfigError
 from trainer.images import DEFAULT_MAX_PIXELS
-from trainer.losses import LOSSES
+from trainer.losses import BIN_LOSSES, LOSSES
 from trainer.models import MODELS
 from trainer.preprocess import COLOR_SPACES
 
@@ -24,7 +24,7 @@ class TrainConfig:
     log_dir: str = ""  # TensorBoard; empty: {model_dir}/logs
     model: str = "unet"
     color_space: str = "lab"
-    loss: str = "mse"  # see trainer/losses.py; classification needs color_space=lab
+    loss: str = "mse"  # see trainer/losses.py; classification and two_heads need color_space=lab
     base_filters: int = 32
     sync_batchnorm: bool = False  # U-Net batch statistics over all replicas
     epochs: int = 10
@@ -57,8 +57,8 @@ class TrainConfig:
             raise ConfigError(f"--color_space={self.color_space!r}: choose one of {', '.join(COLOR_SPACES)}")
         if self.loss not in LOSSES:
             raise ConfigError(f"--loss={self.loss!r}: choose one of {', '.join(LOSSES)}")
-        if self.loss == "classification" and self.color_space != "lab":
-            raise ConfigError("--loss=classification predicts a*b* bins: it needs --color_space=lab")
+        if self.loss in BIN_LOSSES and self.color_space != "lab":
+            raise ConfigError(f"--loss={self.loss} predicts a*b* bins: it needs --color_space=lab")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision={self.precision!r}: choose one of {', '.join(PRECISIONS)}")
         if self.lr_schedule not in LR_SCHEDULES:

@@ -15,10 +15,14 @@ import tensorflow as tf
 
 from trainer import preprocess
 
-LOSSES = ("mse", "l1", "huber", "classification")
+LOSSES = ("mse", "l1", "huber", "classification", "two_heads")
+BIN_LOSSES = ("classification", "two_heads")  # the losses that need bin logits and rebalancing weights
 SOFT_ENCODING_SIGMA = 5.0  # a*b* units: targets spread over the nearest bins, as in Zhang et al.
 REBALANCE_LAMBDA = 0.5  # mix of the empirical bin prior and the uniform one (Zhang et al.'s lambda)
 HUBER_DELTA = 0.1  # in a*b* / 128 units: about 13 a*b* units, quadratic below, linear above
+# two_heads: weight of the regression head's MSE (a*b* / 128 units, ~0.01) next to the bins' cross
+# entropy (~2-5), so both shape the shared layers.
+REGRESSION_WEIGHT = 100.0
 # The classification loss scores every 3rd pixel in each direction: its tensors hold one value per
 # bin (~260) per pixel, which at full 120x120 made a CPU step several times slower than the model's.
 # Neighbouring pixels carry nearly the same colour, and an odd stride visits every phase of the
@@ -62,11 +66,23 @@ def count_bins(dataset: tf.data.Dataset, batches: int) -> np.ndarray:
     return counts
 
 
+def _bin_cross_entropy(logits: tf.Tensor, targets: tf.Tensor, bin_weights=None) -> tf.Tensor:
+    """Rebalanced cross entropy of bin logits against the soft-encoded targets, per example."""
+    stride = CLASSIFICATION_PIXEL_STRIDE
+    logits, targets = logits[:, ::stride, ::stride], targets[:, ::stride, ::stride]
+    soft = soft_encode(_ab(targets))
+    cross_entropy = tf.nn.softmax_cross_entropy_with_logits(soft, logits, axis=-1)
+    if bin_weights is not None:  # the soft encoding peaks at the nearest bin
+        cross_entropy *= tf.gather(tf.constant(bin_weights, tf.float32), tf.argmax(soft, axis=-1))
+    return tf.reduce_mean(cross_entropy, axis=[1, 2])
+
+
 def per_example_loss(name: str, predictions: tf.Tensor, targets: tf.Tensor, bin_weights=None) -> tf.Tensor:
     """One loss value per example [N]: the pixel mean of the chosen per-pixel loss.
 
     `targets` are what `preprocess.model_targets` makes; for `classification`, `predictions` are
-    bin logits and `bin_weights` [Q] the rebalancing weights (None: unweighted).
+    bin logits and `bin_weights` [Q] the rebalancing weights (None: unweighted); for `two_heads`,
+    bin logits followed by the regressed a*b*, scored by both losses.
     """
     predictions, targets = tf.cast(predictions, tf.float32), tf.cast(targets, tf.float32)
     if name == "mse":
@@ -78,11 +94,9 @@ def per_example_loss(name: str, predictions: tf.Tensor, targets: tf.Tensor, bin_
         quadratic = tf.minimum(error, HUBER_DELTA)
         return tf.reduce_mean(0.5 * tf.square(quadratic) + HUBER_DELTA * (error - quadratic), axis=[1, 2, 3])
     if name == "classification":
-        stride = CLASSIFICATION_PIXEL_STRIDE
-        predictions, targets = predictions[:, ::stride, ::stride], targets[:, ::stride, ::stride]
-        soft = soft_encode(_ab(targets))
-        cross_entropy = tf.nn.softmax_cross_entropy_with_logits(soft, predictions, axis=-1)
-        if bin_weights is not None:  # the soft encoding peaks at the nearest bin
-            cross_entropy *= tf.gather(tf.constant(bin_weights, tf.float32), tf.argmax(soft, axis=-1))
-        return tf.reduce_mean(cross_entropy, axis=[1, 2])
+        return _bin_cross_entropy(predictions, targets, bin_weights)
+    if name == "two_heads":
+        bins = len(preprocess.ab_bins())
+        regression = tf.reduce_mean(tf.square(predictions[..., bins:] - targets), axis=[1, 2, 3])
+        return _bin_cross_entropy(predictions[..., :bins], targets, bin_weights) + REGRESSION_WEIGHT * regression
     raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")

@@ -17,13 +17,17 @@ COLOR_SPACES = ("rgb", "lab")
 AB_SCALE = 128.0  # a*, b* of sRGB colours lie within about [-128, 127]
 AB_BIN_SIZE = 10.0  # a*b* quantisation step of the classification head (Zhang et al. 2016)
 ANNEAL_TEMPERATURE = 0.38  # annealed-mean decode: between the mean (1, desaturated) and the mode (0, noisy)
+# Two heads (Zhang et al. 2017): the decoded a*b* is this share of the classification head's
+# annealed mean plus the rest of the regression head's a*b*.
+TWO_HEAD_BLEND = 0.5
 
 
-def output_channels(color_space: str, classify: bool = False) -> int:
-    """3 (RGB), 2 (a*b* / 128), or one logit per in-gamut a*b* bin for the classification head."""
+def output_channels(color_space: str, loss: str = "mse") -> int:
+    """3 (RGB); 2 (a*b* / 128); one logit per in-gamut a*b* bin (`classification`); or the bin
+    logits followed by a*b* / 128 (`two_heads`: classification and regression heads)."""
     if color_space == "rgb":
         return 3
-    return len(ab_bins()) if classify else 2
+    return {"classification": len(ab_bins()), "two_heads": len(ab_bins()) + 2}.get(loss, 2)
 
 
 def _srgb_to_ab_numpy(rgb: np.ndarray) -> np.ndarray:
@@ -56,6 +60,14 @@ def decode_bins(logits: tf.Tensor, temperature: float = None) -> tf.Tensor:
     temperature = ANNEAL_TEMPERATURE if temperature is None else temperature
     probabilities = tf.nn.softmax(tf.cast(logits, tf.float32) / temperature, axis=-1)
     return tf.tensordot(probabilities, tf.constant(ab_bins() / AB_SCALE), axes=[[-1], [0]])
+
+
+def decode_heads(prediction: tf.Tensor, blend: float = TWO_HEAD_BLEND) -> tf.Tensor:
+    """Bin logits [..., Q], or bin logits then regressed a*b* [..., Q + 2] -> a*b* / 128 [..., 2]."""
+    bins = len(ab_bins())
+    if prediction.shape[-1] == bins:
+        return decode_bins(prediction)
+    return blend * decode_bins(prediction[..., :bins]) + (1.0 - blend) * prediction[..., bins:]
 
 
 _XYZ_FROM_RGB = ((0.412453, 0.357580, 0.180423), (0.212671, 0.715160, 0.072169), (0.019334, 0.119193, 0.950227))
@@ -144,12 +156,12 @@ def predictions_to_rgb(prediction: tf.Tensor, gray: tf.Tensor, color_space: str)
 
     `gray` may be larger than the prediction (serving a full-resolution photo): chroma is upsampled
     and joined with the full-resolution L*, so the result stays sharp. RGB predictions are resized.
-    A `lab` prediction with more than two channels is the classification head's bin logits,
+    A `lab` prediction with more than two channels holds bin logits (see `output_channels`),
     decoded to a*b* first (the channel count is static, so this is decided when tracing).
     """
     prediction = tf.cast(prediction, tf.float32)
     if color_space == "lab" and prediction.shape[-1] != 2:
-        prediction = decode_bins(prediction)
+        prediction = decode_heads(prediction)
     size = tf.shape(gray)[-3:-1]
     if color_space == "rgb":
         return tf.clip_by_value(tf.image.resize(prediction, size, method="bilinear"), 0.0, 1.0)

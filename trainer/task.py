@@ -32,7 +32,7 @@ flags.DEFINE_string("export_dir", None, "SavedModel versions [$AIP_MODEL_DIR or 
 flags.DEFINE_string("tensorboard_dir", None, "TensorBoard logs [$AIP_TENSORBOARD_LOG_DIR or {model_dir}/logs].")
 flags.DEFINE_enum("model", "unet", MODELS, "autoencoder: the seed's model; unet: skip connections.")
 flags.DEFINE_enum("color_space", "lab", COLOR_SPACES, "rgb: predict RGB (the seed); lab: predict a*b*, keep L*.")
-flags.DEFINE_enum("loss", "mse", LOSSES, "mse, l1, huber on the targets, or classification over a*b* bins (lab).")
+flags.DEFINE_enum("loss", "mse", LOSSES, "mse, l1, huber on the targets; classification over a*b* bins; two_heads: both (lab).")
 flags.DEFINE_integer("base_filters", 32, "Filters of the U-Net's first level (doubled at each level).")
 flags.DEFINE_bool("sync_batchnorm", False, "U-Net batch statistics over the global batch, not each replica's.")
 flags.DEFINE_integer("epochs", 10, "Epochs (passes over the training split).")

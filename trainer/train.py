@@ -78,7 +78,7 @@ class Trainer:
         # Flips are reproducible with --seed; without it each run draws its own.
         self.seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
         with strategy.scope():
-            channels = preprocess.output_channels(config.color_space, config.loss == "classification")
+            channels = preprocess.output_channels(config.color_space, config.loss)
             self.model = build_model(config.model, channels, config.base_filters, config.sync_batchnorm)
             self.optimizer = build_optimizer(config, self.steps_per_epoch)
             self.optimizer.build(self.model.trainable_variables)
@@ -141,7 +141,7 @@ class Trainer:
         Read in file order from the shards themselves (not the distributed dataset), so every worker
         computes the same weights.
         """
-        if self.config.loss != "classification":
+        if self.config.loss not in losses.BIN_LOSSES:
             return None
         dataset = input_pipeline.build_dataset(self.train_shards, self.global_batch, training=False)
         targets = dataset.map(lambda gray, color: preprocess.model_pair(gray, color, self.config.color_space))

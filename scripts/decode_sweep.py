@@ -1,0 +1,87 @@
+"""Decode settings of one trained run, scored without retraining (issue 17's inference-side levers).
+
+    python scripts/decode_sweep.py --run=runs/quality/recommended
+    python scripts/decode_sweep.py --run=runs/quality/two_heads --blends=0,0.25,0.5,0.75,1 --scales=1
+
+Settings: chroma upsampling method x a global a*b* scale x, for a `--loss=two_heads` run, the
+blend of the classification head's annealed mean with the regression head. Restores the run's
+best weights (`{run}/model/best` of a `--model=unet --color_space=lab` run; loss and width from
+its run.json) and scores, for each setting, the cbsd432 tuning slice (the photos `trainer.prepare
+--holdout_fraction` holds out; never trained on, the only photos a setting may be chosen on) and
+cbsd68 (reported), each photo at full resolution with the serving path's composition: the
+prediction for the 120x120 gray, a*b* upsampled to the photo's size and scaled, joined with the
+photo's own L*.
+"""
+
+import argparse
+import itertools
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from trainer import metrics, preprocess  # noqa: E402
+from trainer.models import build_model  # noqa: E402
+from trainer.prepare import assign_split  # noqa: E402
+
+def compose(prediction, gray, method: str, scale: float, blend: float) -> np.ndarray:
+    """predictions_to_rgb's lab branch with the upsampling method, a*b* scale and head blend as parameters."""
+    if prediction.shape[-1] != 2:
+        prediction = preprocess.decode_heads(prediction, blend)
+    ab = tf.image.resize(prediction, tf.shape(gray)[1:3], method=method) * (preprocess.AB_SCALE * scale)
+    rgb = preprocess.lab_to_rgb(tf.concat([preprocess.gray_lightness(gray), ab], axis=-1))
+    return tf.image.convert_image_dtype(rgb, tf.uint8, saturate=True).numpy()
+
+
+def score(model, paths, settings) -> tuple:
+    """(truth colourfulness, {(method, scale, blend): metric means}) over `paths`."""
+    results = {setting: metrics.Accumulator() for setting in settings}
+    truth_colourfulness = []
+    for path in paths:
+        with Image.open(path) as image:
+            truth = np.asarray(image.convert("RGB"))
+        gray = preprocess.to_float(tf.image.rgb_to_grayscale(tf.constant(truth)))[tf.newaxis]
+        prediction = model(preprocess.model_inputs(preprocess.resize_to_model(gray, 120)), training=False)
+        for setting, accumulator in results.items():
+            accumulator.add(metrics.image_metrics(compose(prediction, gray, *setting), truth[np.newaxis]))
+        truth_colourfulness.append(float(metrics.colourfulness(truth[np.newaxis])[0]))
+    return float(np.mean(truth_colourfulness)), {k: a.means() for k, a in results.items()}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True, help="a quality.sh run folder (holds model/best)")
+    parser.add_argument("--data_root", default="../shared/data")
+    parser.add_argument("--tuning_fraction", type=float, default=0.1, help="quality.sh's --holdout_fraction")
+    parser.add_argument("--methods", default="bilinear,bicubic", help="tf.image.resize methods for a*b*")
+    parser.add_argument("--scales", default="1,1.2,1.4,1.6,1.8,2", help="a*b* multipliers")
+    parser.add_argument("--blends", default="0.5", help="two_heads runs: shares of the classification head")
+    args = parser.parse_args()
+    with open(os.path.join(args.run, "model", "run.json")) as handle:
+        run = json.load(handle)
+    model = build_model("unet", preprocess.output_channels("lab", run["loss"]), run["base_filters"])
+    tf.train.Checkpoint(model=model).restore(tf.train.latest_checkpoint(os.path.join(args.run, "model", "best"))
+                                             ).expect_partial()
+    train_dir, test_dir = (os.path.join(args.data_root, name) for name in ("cbsd432", "cbsd68"))
+    tuning = [n for n in sorted(os.listdir(train_dir))
+              if assign_split(n, "train", "tuning", args.tuning_fraction) == "tuning"]
+    blends = [float(b) for b in args.blends.split(",")] if run["loss"] == "two_heads" else [None]
+    settings = list(itertools.product(args.methods.split(","), [float(s) for s in args.scales.split(",")], blends))
+    for name, paths in (("tuning slice of cbsd432", [os.path.join(train_dir, n) for n in tuning]),
+                        ("cbsd68", [os.path.join(test_dir, n) for n in sorted(os.listdir(test_dir))])):
+        truth, results = score(model, paths, settings)
+        print(f"{name}: {len(paths)} photos, truth colourfulness {truth:.1f}")
+        for (method, scale, blend), r in results.items():
+            head = "" if blend is None else f" blend {blend:.2f}"
+            print(f"  {method:8s} a*b* x{scale:.1f}{head}  PSNR {r['psnr']:.2f}  SSIM {r['ssim']:.3f}  "
+                  f"colourfulness {r['colourfulness']:.1f} ({100 * r['colourfulness'] / truth:.0f}%)")
+
+
+if __name__ == "__main__":
+    main()
