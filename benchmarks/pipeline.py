@@ -3,7 +3,7 @@
 The host pipeline is `trainer.input_pipeline.build_dataset` itself: read, parse, decode, shuffle
 and batch uint8 (float conversion, flips and Lab targets run in the train step, timed in
 benchmarks/training.py). Its parallelism is fixed (AUTOTUNE, interleave cycle min(shards, 16)), so
-the scaling variants are rebuilt here from the same pieces (`_parse`) with explicit knobs.
+the scaling variants are rebuilt here from the same pieces (`parse_record`) with explicit knobs.
 """
 
 import os
@@ -56,7 +56,7 @@ def variant(shards, batch: int, parallel=AUTOTUNE, cycle: int = 16, threads: int
     if stage == "parse":
         ds = ds.map(lambda r: tf.io.parse_single_example(r, input_pipeline.FEATURES), num_parallel_calls=parallel)
     elif stage != "read":
-        ds = ds.map(lambda r: input_pipeline._parse(r, shards.encoding), num_parallel_calls=parallel)
+        ds = ds.map(lambda r: input_pipeline.parse_record(r, shards.encoding), num_parallel_calls=parallel)
     ds = ds.batch(batch, drop_remainder=True, num_parallel_calls=None if stage == "read" else parallel)
     options = tf.data.Options()
     options.threading.private_threadpool_size = threads

@@ -27,8 +27,8 @@ from trainer import metrics
 from trainer.errors import ConfigError, DataError, exit_on_user_error, parse_flags_or_exit
 from trainer.export import METADATA_FILE, decode_gray
 from trainer.images import IMAGE_EXTENSIONS, load_pair
-from trainer.input_pipeline import find_shards
-from trainer.schema import FEATURES, IMAGE_SIZE, decode_pair
+from trainer.input_pipeline import find_shards, parse_record
+from trainer.schema import IMAGE_SIZE
 
 REPORT_FILE = "metrics.json"
 SHEET_FILE = "contact_sheet.png"
@@ -39,15 +39,11 @@ def shard_batches(pattern: str, batch_size: int, limit: int):
     """(gray uint8 [n,120,120,1], colour uint8 [n,120,120,3]) batches from `trainer.prepare` shards."""
     shards = find_shards(pattern)
     records = tf.data.TFRecordDataset(list(shards.files))
-    pairs = records.map(lambda r: _decode_record(r, shards.encoding))
+    pairs = records.map(lambda r: parse_record(r, shards.encoding))
     if limit:
         pairs = pairs.take(limit)
     yield from pairs.batch(batch_size).as_numpy_iterator()
 
-
-def _decode_record(record, encoding: str):
-    example = tf.io.parse_single_example(record, FEATURES)
-    return decode_pair(example["gray"], example["color"], encoding)
 
 
 def list_photos(image_dir: str) -> list:

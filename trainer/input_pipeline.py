@@ -58,7 +58,12 @@ def find_shards(pattern: str) -> ShardSet:
     return ShardSet(pattern, tuple(files), manifest.num_examples, manifest.encoding)
 
 
-def _parse(record: tf.Tensor, encoding: str):
+# What reading a damaged or vanished shard raises; `find_corrupt_record` then names the shard.
+CORRUPT_RECORD_ERRORS = (tf.errors.DataLossError, tf.errors.InvalidArgumentError, tf.errors.NotFoundError)
+
+
+def parse_record(record: tf.Tensor, encoding: str):
+    """One serialized example -> (gray uint8 [120,120,1], colour uint8 [120,120,3])."""
     example = tf.io.parse_single_example(record, FEATURES)
     return decode_pair(example["gray"], example["color"], encoding)
 
@@ -100,7 +105,7 @@ def build_dataset(
     if training:
         records = records.shuffle(shuffle_buffer, seed=seed)
 
-    pairs = records.map(lambda record: _parse(record, shards.encoding), num_parallel_calls=tf.data.AUTOTUNE)
+    pairs = records.map(lambda record: parse_record(record, shards.encoding), num_parallel_calls=tf.data.AUTOTUNE)
     batches = pairs.batch(global_batch_size, drop_remainder=True, num_parallel_calls=tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = policy
@@ -129,8 +134,8 @@ def find_corrupt_record(shards: ShardSet):
         index = 0
         try:
             for record in tf.data.TFRecordDataset(path):
-                _parse(record, shards.encoding)
+                parse_record(record, shards.encoding)
                 index += 1
-        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as exc:
+        except CORRUPT_RECORD_ERRORS as exc:
             return f"{path} (record {index}): {first_line(exc.message)}"
     return None

@@ -260,7 +260,7 @@ def _guard(run, shards):
     """
     try:
         return run()
-    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as exc:
+    except input_pipeline.CORRUPT_RECORD_ERRORS as exc:
         where = input_pipeline.find_corrupt_record(shards)
         if where is None:
             raise
