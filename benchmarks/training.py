@@ -19,6 +19,7 @@ from tensorflow.python.profiler import model_analyzer, option_builder
 
 from benchmarks import common
 from trainer import augment, preprocess
+from trainer import steps as trainer_steps
 from trainer.config import TrainConfig
 from trainer.train import Trainer
 
@@ -99,13 +100,9 @@ def bare_step(model, optimizer):
 
 
 def device_preprocess(optimizer, color_space: str):
-    """What the trainer's step does before the model: flip, then inputs and targets from uint8."""
-
-    def run(gray, color):
-        gray, color = augment.random_flip(gray, color, augment.step_seed(0, optimizer.iterations, 0))
-        return preprocess.model_pair(gray, color, color_space)
-
-    return run
+    """The trainer's own device-side preprocessing (`steps.device_preprocess`), seeded as replica 0."""
+    return lambda gray, color: trainer_steps.device_preprocess(
+        gray, color, color_space, augment.step_seed(0, optimizer.iterations, 0))
 
 
 def preprocessing_step(step, optimizer, color_space: str):

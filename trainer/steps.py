@@ -17,6 +17,13 @@ def replica_seed(seed: int, optimizer) -> tf.Tensor:
     return augment.step_seed(seed, optimizer.iterations, replica)
 
 
+def device_preprocess(gray: tf.Tensor, color: tf.Tensor, color_space: str, flip_seed=None):
+    """A uint8 batch -> (model inputs, targets) on the device: the flip (when seeded), then `model_pair`."""
+    if flip_seed is not None:
+        gray, color = augment.random_flip(gray, color, flip_seed)
+    return preprocess.model_pair(gray, color, color_space)
+
+
 def build_step_functions(config: TrainConfig, model, optimizer, strategy, global_batch: int, seed: int,
                          bin_weights=None):
     """(run_train, run_eval): each `run(iterator, steps)` runs `steps` steps in one call, returns the mean loss.
@@ -26,9 +33,7 @@ def build_step_functions(config: TrainConfig, model, optimizer, strategy, global
     """
 
     def loss_of(gray, color, flip_seed, training):
-        if flip_seed is not None:
-            gray, color = augment.random_flip(gray, color, flip_seed)
-        inputs, targets = preprocess.model_pair(gray, color, config.color_space)
+        inputs, targets = device_preprocess(gray, color, config.color_space, flip_seed)
         per_example = losses.per_example_loss(config.loss, model(inputs, training=training), targets, bin_weights)
         return tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
 

@@ -174,7 +174,7 @@ class Trainer:
             logging.info("this run already finished (epoch %d of %d%s); not training again: raise --epochs to "
                          "continue it, or pass a new --model_dir for a new run", int(self.state.epoch.numpy()),
                          self.config.epochs, ", early stopped" if stopped else "")
-            return {**self._finished(preempted=False), "already_finished": True}
+            return self._finished(preempted=False, already_finished=True)
         train_ds, eval_ds = self._datasets()
         train_iter = iter(self.strategy.experimental_distribute_dataset(train_ds))
         eval_dist = self.strategy.experimental_distribute_dataset(eval_ds)
@@ -201,8 +201,11 @@ class Trainer:
             preemption.keep_until_exit(train_iter, eval_dist)
         return self._finished(preempted)
 
-    def _finished(self, preempted: bool) -> dict:
-        """Saves where a stop left off, or restores the best weights for export; returns the summary."""
+    def _finished(self, preempted: bool, already_finished: bool = False) -> dict:
+        """Saves where a stop left off, or restores the best weights for export; returns the summary.
+
+        `already_finished`: this attempt trained nothing (the run had ended before it started).
+        """
         if preempted:
             self._save(self.manager, check_interval=False)
             logging.warning("stop requested: saved checkpoint at step %d; a restart resumes from it", self.step)
@@ -210,7 +213,7 @@ class Trainer:
             with self._storage():
                 checkpoints.restore_newest(self.best.checkpoint, self.best.directory, partial=True)
         return {"step": self.step, "epoch": int(self.state.epoch.numpy()), "preempted": preempted,
-                "best_val_loss": float(self.state.best_val_loss.numpy()), "already_finished": False}
+                "best_val_loss": float(self.state.best_val_loss.numpy()), "already_finished": already_finished}
 
     def _run_epoch(self, run_train, train_iter, epoch: int):
         """Runs the rest of `epoch`; returns (mean loss, whether a stop was requested)."""
