@@ -3,8 +3,7 @@
     python scripts/decode_sweep.py --run=runs/quality/recommended
     python scripts/decode_sweep.py --run=runs/quality/two_heads --blends=0,0.25,0.5,0.75,1 --scales=1
 
-Settings: chroma upsampling method x a global a*b* scale x, for a `--loss=two_heads` run, the
-blend of the classification head's annealed mean with the regression head. Restores the run's
+Settings: a global a*b* scale x, for a `--loss=two_heads` run, the blend of the classification head's annealed mean with the regression head. Restores the run's
 best weights (`{run}/model/best` of a `--model=unet --color_space=lab` run; loss and width from
 its run.json) and scores, for each setting, the cbsd432 tuning slice (the photos `trainer.prepare
 --holdout_fraction` holds out; never trained on, the only photos a setting may be chosen on) and
@@ -26,21 +25,19 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from trainer import metrics, preprocess  # noqa: E402
+from trainer import decode_fit, metrics, preprocess  # noqa: E402
+from trainer.input_pipeline import find_shards  # noqa: E402
 from trainer.models import build_model  # noqa: E402
 from trainer.prepare import assign_split  # noqa: E402
 
-def compose(prediction, gray, method: str, scale: float, blend: float) -> np.ndarray:
-    """predictions_to_rgb's lab branch with the upsampling method, a*b* scale and head blend as parameters."""
-    if prediction.shape[-1] != 2:
-        prediction = preprocess.decode_heads(prediction, blend)
-    ab = tf.image.resize(prediction, tf.shape(gray)[1:3], method=method) * (preprocess.AB_SCALE * scale)
-    rgb = preprocess.lab_to_rgb(tf.concat([preprocess.gray_lightness(gray), ab], axis=-1))
+def compose(prediction, gray, scale: float, blend: float) -> np.ndarray:
+    """The serving path's composition with one decode setting, as uint8 RGB."""
+    rgb = preprocess.predictions_to_rgb(prediction, gray, "lab", preprocess.DecodeSettings(scale, blend))
     return tf.image.convert_image_dtype(rgb, tf.uint8, saturate=True).numpy()
 
 
 def score(model, paths, settings) -> tuple:
-    """(truth colourfulness, {(method, scale, blend): metric means}) over `paths`."""
+    """(truth colourfulness, {(scale, blend): metric means}) over `paths`."""
     results = {setting: metrics.Accumulator() for setting in settings}
     truth_colourfulness = []
     for path in paths:
@@ -59,9 +56,9 @@ def main():
     parser.add_argument("--run", required=True, help="a quality.sh run folder (holds model/best)")
     parser.add_argument("--data_root", default="../shared/data")
     parser.add_argument("--tuning_fraction", type=float, default=0.1, help="quality.sh's --holdout_fraction")
-    parser.add_argument("--methods", default="bilinear,bicubic", help="tf.image.resize methods for a*b*")
     parser.add_argument("--scales", default="1,1.2,1.4,1.6,1.8,2", help="a*b* multipliers")
-    parser.add_argument("--blends", default="0.5", help="two_heads runs: shares of the classification head")
+    parser.add_argument("--blends", default="0,0.25", help="two_heads runs: shares of the classification head")
+    parser.add_argument("--tuning_data", help="shards of the tuning slice: also print trainer.decode_fit's choice")
     args = parser.parse_args()
     with open(os.path.join(args.run, "model", "run.json")) as handle:
         run = json.load(handle)
@@ -71,15 +68,17 @@ def main():
     train_dir, test_dir = (os.path.join(args.data_root, name) for name in ("cbsd432", "cbsd68"))
     tuning = [n for n in sorted(os.listdir(train_dir))
               if assign_split(n, "train", "tuning", args.tuning_fraction) == "tuning"]
-    blends = [float(b) for b in args.blends.split(",")] if run["loss"] == "two_heads" else [None]
-    settings = list(itertools.product(args.methods.split(","), [float(s) for s in args.scales.split(",")], blends))
+    blends = [float(b) for b in args.blends.split(",")] if run["loss"] == "two_heads" else [0.0]
+    settings = list(itertools.product([float(s) for s in args.scales.split(",")], blends))
+    if args.tuning_data:
+        chosen, scores = decode_fit.fit_decode(model, find_shards(args.tuning_data), "lab", run["loss"])
+        print(f"decode_fit's choice on {args.tuning_data} (120x120): {chosen} {scores}")
     for name, paths in (("tuning slice of cbsd432", [os.path.join(train_dir, n) for n in tuning]),
                         ("cbsd68", [os.path.join(test_dir, n) for n in sorted(os.listdir(test_dir))])):
         truth, results = score(model, paths, settings)
         print(f"{name}: {len(paths)} photos, truth colourfulness {truth:.1f}")
-        for (method, scale, blend), r in results.items():
-            head = "" if blend is None else f" blend {blend:.2f}"
-            print(f"  {method:8s} a*b* x{scale:.1f}{head}  PSNR {r['psnr']:.2f}  SSIM {r['ssim']:.3f}  "
+        for (scale, blend), r in results.items():
+            print(f"  a*b* x{scale:.1f} blend {blend:.2f}  PSNR {r['psnr']:.2f}  SSIM {r['ssim']:.3f}  "
                   f"colourfulness {r['colourfulness']:.1f} ({100 * r['colourfulness'] / truth:.0f}%)")
 
 

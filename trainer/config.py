@@ -24,7 +24,7 @@ class TrainConfig:
     log_dir: str = ""  # TensorBoard; empty: {model_dir}/logs
     model: str = "unet"
     color_space: str = "lab"
-    loss: str = "mse"  # see trainer/losses.py; classification and two_heads need color_space=lab
+    loss: str = "two_heads"  # see trainer/losses.py; classification and two_heads need color_space=lab
     base_filters: int = 32
     sync_batchnorm: bool = False  # U-Net batch statistics over all replicas
     epochs: int = 10
@@ -37,6 +37,8 @@ class TrainConfig:
     checkpoint_every_steps: int = 0  # 0: checkpoint at the end of every epoch only
     precision: str = "float32"  # a Keras policy, see PRECISIONS
     jit_compile: bool = False
+    fit_decode: bool = True  # fit the serving decode (a*b* scale, head blend) on eval_data: trainer/decode_fit.py
+    colour_target: float = 0.6  # the decode fit's goal: this share of the truth's colourfulness
     seed: Optional[int] = None
     max_pixels: int = DEFAULT_MAX_PIXELS  # serving refuses larger images (read from their headers)
     export: bool = True
@@ -66,6 +68,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "base_filters", "max_pixels"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name}={getattr(self, name)}: must be at least 1")
+        if not 0.0 <= self.colour_target <= 1.0:
+            raise ConfigError(f"--colour_target={self.colour_target}: must be between 0 and 1")
         if not self.learning_rate > 0:
             raise ConfigError(f"--learning_rate={self.learning_rate}: must be positive")
         for name in ("patience", "checkpoint_every_steps"):

@@ -7,6 +7,7 @@ Signatures (both run `trainer.preprocess`, the same code training used):
   * `colorize_tensor`: `gray` float32 [N, 120, 120, 1] in [0, 1] -> `rgb` float32 [N, 120, 120, 3].
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -42,7 +43,8 @@ def decode_gray(image_bytes: tf.Tensor, max_pixels: int = DEFAULT_MAX_PIXELS) ->
 class ColorizerModule(tf.Module):
     """The exported object: the Keras model plus the serving functions around it."""
 
-    def __init__(self, model: keras.Model, color_space: str, max_pixels: int = DEFAULT_MAX_PIXELS):
+    def __init__(self, model: keras.Model, color_space: str, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 decode: preprocess.DecodeSettings = preprocess.DecodeSettings()):
         super().__init__()
         self.model = model
         # The backend tf.Variables, tracked by the module itself. Without this the SavedModel's
@@ -53,6 +55,7 @@ class ColorizerModule(tf.Module):
         self.tf_variables = [variable.value for variable in model.variables]
         self.color_space = color_space
         self.max_pixels = max_pixels
+        self.decode = decode  # constants of the traced graph: the serving decode the run fitted
 
     def _colorize_small(self, gray: tf.Tensor) -> tf.Tensor:
         """gray [N, 120, 120, 1] -> model prediction (RGB, or a*b* / 128)."""
@@ -60,7 +63,7 @@ class ColorizerModule(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 1], tf.float32, name="gray")])
     def colorize_tensor(self, gray):
-        rgb = preprocess.predictions_to_rgb(self._colorize_small(gray), gray, self.color_space)
+        rgb = preprocess.predictions_to_rgb(self._colorize_small(gray), gray, self.color_space, self.decode)
         return {"rgb": rgb}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
@@ -78,7 +81,8 @@ class ColorizerModule(tf.Module):
         def compose(args):
             serialized, prediction = args
             gray = tf.ensure_shape(preprocess.to_float(tf.io.parse_tensor(serialized, tf.uint8)), [None, None, 1])
-            rgb = preprocess.predictions_to_rgb(prediction[tf.newaxis], gray[tf.newaxis], self.color_space)[0]
+            rgb = preprocess.predictions_to_rgb(prediction[tf.newaxis], gray[tf.newaxis], self.color_space,
+                                                self.decode)[0]
             # zlib level 1: on cbsd68 photos 4x faster than the default level 6 and 0.05% larger.
             return tf.io.encode_png(tf.image.convert_image_dtype(rgb, tf.uint8, saturate=True), compression=1)
 
@@ -96,14 +100,16 @@ def next_version(export_dir: str) -> int:
 
 
 def export_saved_model(model: keras.Model, color_space: str, export_dir: str, metadata: dict = None,
-                       max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
+                       max_pixels: int = DEFAULT_MAX_PIXELS,
+                       decode: preprocess.DecodeSettings = preprocess.DecodeSettings()) -> str:
     """Writes `{export_dir}/{version}/` via a temporary folder that TF Serving ignores; returns its path.
 
+    `decode` (fitted by `trainer.decode_fit`) is part of both signatures and of `colorizer.json`.
     The export carries TF Serving's warmup requests (`trainer.warmup`), so each version is warm
     before it is marked AVAILABLE. For an object store the export is written to local disk first
     and each file uploaded and read back (see `_publish`).
     """
-    module = ColorizerModule(model, color_space, max_pixels)
+    module = ColorizerModule(model, color_space, max_pixels, decode)
     version = next_version(export_dir)
     final = os.path.join(export_dir, str(version))
     if "://" in export_dir:
@@ -114,8 +120,8 @@ def export_saved_model(model: keras.Model, color_space: str, export_dir: str, me
     signatures = {"serving_default": module.colorize_bytes, "colorize_tensor": module.colorize_tensor}
     tf.saved_model.save(module, tmp, signatures=signatures)
     with open(os.path.join(tmp, METADATA_FILE), "w") as handle:
-        json.dump({"color_space": color_space, "image_size": IMAGE_SIZE, "max_pixels": max_pixels, **(metadata or {})},
-                  handle, indent=2)
+        json.dump({"color_space": color_space, "image_size": IMAGE_SIZE, "max_pixels": max_pixels,
+                   "decode": dataclasses.asdict(decode), **(metadata or {})}, handle, indent=2)
     write_warmup(tmp, max_pixels)
     _publish(tmp, final)
     logging.info("exported SavedModel to %s", final)

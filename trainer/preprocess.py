@@ -8,6 +8,7 @@ an RGB image depend on the colour space:
     structure comes from the input and only chroma is learned.
 """
 
+import dataclasses
 import functools
 
 import numpy as np
@@ -17,9 +18,10 @@ COLOR_SPACES = ("rgb", "lab")
 AB_SCALE = 128.0  # a*, b* of sRGB colours lie within about [-128, 127]
 AB_BIN_SIZE = 10.0  # a*b* quantisation step of the classification head (Zhang et al. 2016)
 ANNEAL_TEMPERATURE = 0.38  # annealed-mean decode: between the mean (1, desaturated) and the mode (0, noisy)
-# Two heads (Zhang et al. 2017): the decoded a*b* is this share of the classification head's
-# annealed mean plus the rest of the regression head's a*b*.
-TWO_HEAD_BLEND = 0.5
+# Two heads (Zhang et al. 2017): the decoded a*b* is `blend` x the classification head's annealed
+# mean plus the rest x the regression head's a*b*. Unfitted, the regression head alone: it scored the
+# best PSNR (docs/QUALITY.md); `trainer.decode_fit` fits the blend and exports it with the model.
+TWO_HEAD_BLEND = 0.0
 
 
 def output_channels(color_space: str, loss: str = "mse") -> int:
@@ -67,6 +69,8 @@ def decode_heads(prediction: tf.Tensor, blend: float = TWO_HEAD_BLEND) -> tf.Ten
     bins = len(ab_bins())
     if prediction.shape[-1] == bins:
         return decode_bins(prediction)
+    if blend == 0.0:  # a Python number: decided when tracing, so serving skips the softmax over bins
+        return prediction[..., bins:]
     return blend * decode_bins(prediction[..., :bins]) + (1.0 - blend) * prediction[..., bins:]
 
 
@@ -151,21 +155,34 @@ def model_pair(gray: tf.Tensor, color: tf.Tensor, color_space: str):
     return model_inputs(gray), model_targets(color, color_space)
 
 
-def predictions_to_rgb(prediction: tf.Tensor, gray: tf.Tensor, color_space: str) -> tf.Tensor:
+@dataclasses.dataclass(frozen=True)
+class DecodeSettings:
+    """How a lab prediction becomes a*b*: `blend` (two heads, see `decode_heads`), then x `chroma_scale`.
+
+    Fitted per run by `trainer.decode_fit` and exported with the model.
+    """
+
+    chroma_scale: float = 1.0
+    blend: float = TWO_HEAD_BLEND
+
+
+def predictions_to_rgb(prediction: tf.Tensor, gray: tf.Tensor, color_space: str,
+                       decode: DecodeSettings = DecodeSettings()) -> tf.Tensor:
     """Model output -> sRGB in [0, 1] at the gray image's resolution.
 
     `gray` may be larger than the prediction (serving a full-resolution photo): chroma is upsampled
     and joined with the full-resolution L*, so the result stays sharp. RGB predictions are resized.
     A `lab` prediction with more than two channels holds bin logits (see `output_channels`),
-    decoded to a*b* first (the channel count is static, so this is decided when tracing).
+    decoded to a*b* first (the channel count is static, so this is decided when tracing); `decode`
+    says how, and by how much the a*b* is scaled.
     """
     prediction = tf.cast(prediction, tf.float32)
     if color_space == "lab" and prediction.shape[-1] != 2:
-        prediction = decode_heads(prediction)
+        prediction = decode_heads(prediction, decode.blend)
     size = tf.shape(gray)[-3:-1]
     if color_space == "rgb":
         return tf.clip_by_value(tf.image.resize(prediction, size, method="bilinear"), 0.0, 1.0)
-    ab = tf.image.resize(prediction, size, method="bilinear") * AB_SCALE
+    ab = tf.image.resize(prediction, size, method="bilinear") * (AB_SCALE * decode.chroma_scale)
     return lab_to_rgb(tf.concat([gray_lightness(gray), ab], axis=-1))
 
 

@@ -22,12 +22,16 @@ class Writers:
         else:
             self.train = self.eval = tf.summary.create_noop_writer()
 
-    def epoch(self, step: int, loss: float, val_loss: float, images_per_s: float, grid: tf.Tensor) -> None:
+    def epoch(self, step: int, loss: float, val_loss: float, images_per_s: float, grid: tf.Tensor,
+              quality: dict) -> None:
+        """One epoch's scalars; `quality`: validation `psnr` and `colourfulness_share` (of the truth's)."""
         with self.train.as_default(step=step):
             tf.summary.scalar("loss", loss)
             tf.summary.scalar("images_per_second", images_per_s)
         with self.eval.as_default(step=step):
             tf.summary.scalar("loss", val_loss)
+            for name, value in quality.items():
+                tf.summary.scalar(name, value)
             tf.summary.image("gray_predicted_truth", grid)
         self.train.flush()
         self.eval.flush()

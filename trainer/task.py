@@ -32,7 +32,8 @@ flags.DEFINE_string("export_dir", None, "SavedModel versions [$AIP_MODEL_DIR or 
 flags.DEFINE_string("tensorboard_dir", None, "TensorBoard logs [$AIP_TENSORBOARD_LOG_DIR or {model_dir}/logs].")
 flags.DEFINE_enum("model", "unet", MODELS, "autoencoder: the seed's model; unet: skip connections.")
 flags.DEFINE_enum("color_space", "lab", COLOR_SPACES, "rgb: predict RGB (the seed); lab: predict a*b*, keep L*.")
-flags.DEFINE_enum("loss", "mse", LOSSES, "mse, l1, huber on the targets; classification over a*b* bins; two_heads: both (lab).")
+flags.DEFINE_enum("loss", "two_heads", LOSSES, "two_heads: a*b* bins and regression (lab; the default); mse, l1, "
+                  "huber on the targets; classification over a*b* bins (lab).")
 flags.DEFINE_integer("base_filters", 32, "Filters of the U-Net's first level (doubled at each level).")
 flags.DEFINE_bool("sync_batchnorm", False, "U-Net batch statistics over the global batch, not each replica's.")
 flags.DEFINE_integer("epochs", 10, "Epochs (passes over the training split).")
@@ -46,6 +47,10 @@ flags.DEFINE_enum("precision", "float32", PRECISIONS,
                   "mixed_float16: float16 compute with loss scaling (V100/T4-class tensor cores); mixed_bfloat16: "
                   "bfloat16 compute, no loss scaling (A100/H100). Colour conversions stay float32.")
 flags.DEFINE_bool("mixed_precision", False, "Alias of --precision=mixed_float16.")
+flags.DEFINE_bool("fit_decode", True, "After training, fit the a*b* scale (and two heads' blend) on --eval_data "
+                  "and export it with the model (trainer/decode_fit.py).")
+flags.DEFINE_float("colour_target", 0.6, "Decode fit: reach this share of the truth's colourfulness on --eval_data, "
+                   "at the least PSNR, within 0.5 dB of the most accurate setting (0: accuracy only).")
 flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
 flags.DEFINE_enum("strategy", "auto", distribute.STRATEGIES,
                   "auto: MultiWorkerMirrored when TF_CONFIG or an Indexed Job names peers, else Mirrored.")
@@ -79,7 +84,8 @@ def config_from_flags(environ=os.environ) -> TrainConfig:
         sync_batchnorm=FLAGS.sync_batchnorm, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
         learning_rate=FLAGS.learning_rate, lr_schedule=FLAGS.lr_schedule, patience=FLAGS.patience,
         augment=FLAGS.augment, checkpoint_every_steps=FLAGS.checkpoint_every_steps,
-        precision=_precision(), jit_compile=FLAGS.jit_compile, seed=FLAGS.seed,
+        precision=_precision(), jit_compile=FLAGS.jit_compile, fit_decode=FLAGS.fit_decode,
+        colour_target=FLAGS.colour_target, seed=FLAGS.seed,
         max_pixels=FLAGS.max_pixels)
 
 
@@ -109,16 +115,32 @@ def run(config: TrainConfig, strategy, stop_requested=lambda: False, shards=None
     # copy lands in export_dir, so a run has exactly one export.
     chief = strategy.extended.should_checkpoint
     export_dir = config.export_dir if chief else tempfile.mkdtemp(prefix="colorizer-worker-export-")
+    decode = _fit_decode(config, trainer)
     metadata = {"model": config.model, "model_dir": config.model_dir, "step": result["step"],
                 "best_val_loss": result["best_val_loss"]}
     with storage_errors(f"export to {config.export_dir}", ConfigError):
-        path = export_saved_model(trainer.model, config.color_space, export_dir, metadata, config.max_pixels)
+        path = export_saved_model(trainer.model, config.color_space, export_dir, metadata, config.max_pixels, decode)
     if chief:
         result["export"] = path
     else:
         shutil.rmtree(export_dir, ignore_errors=True)
     result["checkpoints"] = trainer.manager.directory
     return result
+
+
+def _fit_decode(config: TrainConfig, trainer):
+    """The serving decode for the best weights, fitted on the validation split (same on every worker)."""
+    from trainer import decode_fit, preprocess
+
+    if not config.fit_decode:
+        return preprocess.DecodeSettings()
+    decode, scores = decode_fit.fit_decode(trainer.model, trainer.eval_shards, config.color_space, config.loss,
+                                           config.colour_target)
+    if scores:
+        logging.info("decode fitted on the validation split: a*b* x%.1f, classification-head blend %.2f "
+                     "(PSNR %.2f dB, colourfulness %.0f%% of the truth's)", decode.chroma_scale, decode.blend,
+                     scores["psnr"], 100 * scores["colourfulness"] / max(scores["truth_colourfulness"], 1e-6))
+    return decode
 
 
 def previous_export(export_dir: str, model_dir: str, step: int):

@@ -15,7 +15,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from trainer import checkpoints, distribute, input_pipeline, losses, preemption, preprocess, steps, summaries
+from trainer import checkpoints, decode_fit, distribute, input_pipeline, losses, preemption, preprocess, steps, summaries
 from trainer.config import TrainConfig
 from trainer.errors import ConfigError, DataError, storage_errors
 from trainer.models import build_model
@@ -31,6 +31,7 @@ class _State:
 
 
 _PRIOR_BATCHES = 64  # batches of training targets counted for the classification loss's bin prior
+_QUALITY_EXAMPLES = 512  # validation pairs scored for PSNR and colourfulness after each epoch
 
 
 def learning_rate(config: TrainConfig, steps_per_epoch: int):
@@ -146,7 +147,7 @@ class Trainer:
         dataset = input_pipeline.build_dataset(self.train_shards, self.global_batch, training=False)
         targets = dataset.map(lambda gray, color: preprocess.model_pair(gray, color, self.config.color_space))
         batches = min(_PRIOR_BATCHES, max(1, self.train_shards.num_examples // self.global_batch))
-        return losses.rebalancing_weights(losses.count_bins(targets, batches))
+        return losses.rebalancing_weights(_guard(lambda: losses.count_bins(targets, batches), self.train_shards))
 
     def _step_functions(self):
         return steps.build_step_functions(self.config, self.model, self.optimizer, self.strategy, self.global_batch,
@@ -194,9 +195,12 @@ class Trainer:
             stopped = self._early_stop(val_loss)
             self._save(self.manager, check_interval=False)
             images_per_s = self.steps_per_epoch * self.global_batch / seconds
-            self.writers.epoch(self.step, loss, val_loss, images_per_s, self._grid(preview))
-            logging.info("epoch %d/%d step %d loss %.5f val_loss %.5f (%.0f images/s)%s", epoch + 1,
-                         self.config.epochs, self.step, loss, val_loss, images_per_s, " early stop" if stopped else "")
+            quality = self._quality()
+            self.writers.epoch(self.step, loss, val_loss, images_per_s, self._grid(preview), quality)
+            logging.info("epoch %d/%d step %d loss %.5f val_loss %.5f val_psnr %.2f dB colourfulness %.0f%% of the "
+                         "truth's (%.0f images/s)%s", epoch + 1, self.config.epochs, self.step, loss, val_loss,
+                         quality["psnr"], quality["colourfulness_share"] * 100, images_per_s,
+                         " early stop" if stopped else "")
         if preempted:
             preemption.keep_until_exit(train_iter, eval_dist)
         return self._finished(preempted)
@@ -246,6 +250,18 @@ class Trainer:
             total += float(_guard(lambda: run_eval(iterator, steps), self.eval_shards)) * steps
             done += steps
         return total / done
+
+    def _quality(self) -> dict:
+        """PSNR and colourfulness of this epoch's pictures (unfitted decode) on the first validation pairs.
+
+        The validation loss alone chose a sepia tint once (docs/QUALITY.md): these say what a user sees.
+        """
+        batches = decode_fit.validation_batches(self.eval_shards, _QUALITY_EXAMPLES)
+        scores = _guard(lambda: decode_fit.score(self.model, batches, self.config.color_space,
+                                                 [preprocess.DecodeSettings()]), self.eval_shards)
+        (result,) = scores.values()
+        share = result["colourfulness"] / max(result["truth_colourfulness"], 1e-6)
+        return {"psnr": result["psnr"], "colourfulness_share": share}
 
     def _grid(self, batch):
         inputs, targets = preprocess.model_pair(batch[0][:4], batch[1][:4], self.config.color_space)

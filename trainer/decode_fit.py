@@ -1,0 +1,83 @@
+"""Decode settings fitted after training on the validation split, then exported with the model.
+
+A model trained for accuracy predicts muted chroma (a regression head averages plausible
+colours). Two settings turn its prediction into a picture without retraining: a global a*b*
+scale and, for `--loss=two_heads`, the share of the classification head's annealed mean in the
+decoded a*b* (`preprocess.decode_heads`). The rule: accuracy first, within a budget of
+PSNR_BUDGET_DB below the best candidate's PSNR; among those, the most accurate setting that
+reaches `colour_target` x the truth's colourfulness (the product goal of docs/QUALITY.md), or the
+most colourful one if none does. Fit on `--eval_data` only: photos the reported scores never use.
+"""
+
+import itertools
+from typing import Dict, Iterable, List
+
+import numpy as np
+import tensorflow as tf
+
+from trainer import metrics, preprocess
+from trainer.input_pipeline import ShardSet, parse_record
+from trainer.preprocess import DecodeSettings
+
+CHROMA_SCALES = (1.0, 1.1, 1.2, 1.3, 1.4)
+BLENDS = (0.0, 0.25)  # more classification head bought SSIM but neither PSNR nor colour (QUALITY.md)
+PSNR_BUDGET_DB = 0.5
+COLOUR_TARGET = 0.6  # of the truth's Hasler-Suesstrunk colourfulness
+MAX_EXAMPLES = 2048  # enough for a mean to 0.05 dB; a user's validation split may be far larger
+_BATCH = 64
+
+
+def candidates(color_space: str, loss: str) -> List[DecodeSettings]:
+    """The settings a run of this kind can use: none to fit for RGB, no blend without two heads."""
+    if color_space != "lab":
+        return [DecodeSettings()]
+    blends = BLENDS if loss == "two_heads" else (0.0,)
+    return [DecodeSettings(scale, blend) for blend, scale in itertools.product(blends, CHROMA_SCALES)]
+
+
+def validation_batches(shards: ShardSet, max_examples: int = MAX_EXAMPLES) -> tf.data.Dataset:
+    """The first `max_examples` validation pairs, in file order, as uint8 batches (same on every worker)."""
+    records = tf.data.TFRecordDataset(list(shards.files)).take(max_examples)
+    pairs = records.map(lambda record: parse_record(record, shards.encoding), num_parallel_calls=tf.data.AUTOTUNE)
+    return pairs.batch(_BATCH).prefetch(tf.data.AUTOTUNE)
+
+
+def score(model, batches: Iterable, color_space: str,
+          settings: List[DecodeSettings]) -> Dict[DecodeSettings, Dict[str, float]]:
+    """Mean PSNR and colourfulness (and the truth's) of each setting's pictures, as metrics.py computes them."""
+    psnr = {s: [] for s in settings}
+    colour = {s: [] for s in settings}
+    truth_colour = []
+    for gray, color in batches:
+        inputs = preprocess.model_inputs(preprocess.to_float(gray))
+        prediction = model(inputs, training=False)
+        for setting in settings:
+            rgb = preprocess.predictions_to_rgb(prediction, inputs[..., :1], color_space, setting)
+            picture = tf.image.convert_image_dtype(rgb, tf.uint8, saturate=True).numpy()
+            psnr[setting].append(metrics.psnr(picture, color))
+            colour[setting].append(metrics.colourfulness(picture))
+        truth_colour.append(metrics.colourfulness(color.numpy()))
+    truth = float(np.mean(np.concatenate(truth_colour))) if truth_colour else 0.0
+    return {s: {"psnr": float(np.mean(np.concatenate(psnr[s]))), "colourfulness": float(np.mean(np.concatenate(colour[s]))),
+                "truth_colourfulness": truth} for s in settings}
+
+
+def choose(scores: Dict[DecodeSettings, Dict[str, float]], colour_target: float = COLOUR_TARGET,
+           psnr_budget_db: float = PSNR_BUDGET_DB) -> DecodeSettings:
+    """Within `psnr_budget_db` of the best PSNR: the most accurate setting reaching `colour_target`, else the most colourful."""
+    best = max(s["psnr"] for s in scores.values())
+    affordable = {k: s for k, s in scores.items() if s["psnr"] >= best - psnr_budget_db}
+    vivid = [k for k, s in affordable.items() if s["colourfulness"] >= colour_target * s["truth_colourfulness"]]
+    if vivid:
+        return max(vivid, key=lambda k: affordable[k]["psnr"])
+    return max(affordable, key=lambda k: (affordable[k]["colourfulness"], affordable[k]["psnr"]))
+
+
+def fit_decode(model, shards: ShardSet, color_space: str, loss: str, colour_target: float = COLOUR_TARGET) -> tuple:
+    """(chosen DecodeSettings, its scores): scores every candidate on the validation split."""
+    settings = candidates(color_space, loss)
+    if len(settings) == 1:
+        return settings[0], None
+    scores = score(model, validation_batches(shards), color_space, settings)
+    chosen = choose(scores, colour_target)
+    return chosen, scores[chosen]
