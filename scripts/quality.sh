@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
-# The reproducible quality run of issue 7: train the seed recipe and the default (recommended)
-# configuration with the same budget, score both and the gray baseline on photos no model saw,
-# and write docs/QUALITY.md plus a contact sheet.
+# The reproducible quality run (issues 7 and 17): train the default (recommended) configuration,
+# the previous default (MSE regression, plain decode) and the seed recipe with the same budget,
+# score them and the gray baseline on photos no model saw, run the default once more with 30
+# epochs allowed for the learning curve, and write docs/QUALITY.md plus a contact sheet.
 #   scripts/quality.sh                      # data from ../shared/data, runs under runs/quality
 #   DATA_ROOT=/data OUT=/tmp/q scripts/quality.sh
 #   MODELS=seed scripts/quality.sh          # (re)train only these; the table uses every report in OUT
 # Budget: 10 epochs over cbsd432. Early stopping and the best epoch are chosen on a tuning slice
 # of cbsd432 (a stable 10% by file name hash, never trained on); the scores are on cbsd68, which
 # no choice saw, at full resolution through the exported serving_default signature. About 13
-# minutes on 2 CPU cores (25 when other jobs share them).
+# minutes on 2 CPU cores for the 10-epoch models, plus up to 30 for the curve (more when other
+# jobs share the cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
 DATA_ROOT=${DATA_ROOT:-../shared/data}
 OUT=${OUT:-runs/quality}
 EPOCHS=${EPOCHS:-10}
-MODELS=${MODELS:-recommended seed}
+MODELS=${MODELS:-recommended previous seed curve}
+NOTES=${NOTES-docs/quality_notes.md}  # appended to QUALITY.md after the tables
 start=$(date +%s)
 
 "$PYTHON" -m trainer.prepare --input_dir="$DATA_ROOT/cbsd432" --output_dir="$OUT/data" --split=train \
@@ -28,7 +31,8 @@ train_and_score() {
     run_start=$(date +%s)
     rm -rf "${OUT:?}/$name"
     "$PYTHON" -m trainer.task --train_data="$OUT/data/train-*" --eval_data="$OUT/data/tuning-*" \
-        --model_dir="$OUT/$name/model" --export_dir="$OUT/$name/export" --epochs="$EPOCHS" --seed=1 "$@"
+        --model_dir="$OUT/$name/model" --export_dir="$OUT/$name/export" --epochs="$EPOCHS" --seed=1 "$@" \
+        2>&1 | tee "$OUT/$name.log"
     "$PYTHON" -m trainer.evaluate --image_dir="$DATA_ROOT/cbsd68" --report_dir="$OUT/$name/report" \
         --saved_model="$(ls -d "$OUT/$name"/export/[0-9]* | sort | tail -1)"
     echo "$name: $(( $(date +%s) - run_start ))s" | tee -a "$OUT/timings.txt"
@@ -38,12 +42,17 @@ touch "$OUT/timings.txt"
 for name in $MODELS; do
     case $name in
         recommended) train_and_score recommended ;;                               # the trainer's default flags
-        seed) train_and_score seed --model=autoencoder --color_space=rgb ;;       # the seed notebook's recipe
-        *) echo "unknown model $name (recommended, seed)" >&2; exit 2 ;;
+        previous) train_and_score previous --loss=mse --fit_decode=false ;;       # the default before issue 17
+        seed) train_and_score seed --model=autoencoder --color_space=rgb --fit_decode=false ;;  # the seed notebook
+        curve) train_and_score curve --epochs=30 ;;                               # the default, 30 epochs allowed
+        *) echo "unknown model $name (recommended, previous, seed, curve)" >&2; exit 2 ;;
     esac
 done
 
+[ -d "$OUT/curve/model/logs/eval" ] && CURVE=1
 echo "quality.sh MODELS=$MODELS: $(( $(date +%s) - start ))s" | tee -a "$OUT/timings.txt"
 "$PYTHON" scripts/quality_table.py --output=docs/QUALITY.md --sheet=docs/quality_contact_sheet.png \
     --timings="$OUT/timings.txt" ${NOTES:+--notes="$NOTES"} \
-    "seed recipe (autoencoder, rgb)=$OUT/seed/report" "recommended (default flags)=$OUT/recommended/report"
+    --reference="previous default (MSE, plain decode)" ${CURVE:+--curve="$OUT/curve/model/logs/eval"} \
+    "seed recipe (autoencoder, rgb)=$OUT/seed/report" "previous default (MSE, plain decode)=$OUT/previous/report" \
+    "default flags, 30 epochs allowed=$OUT/curve/report" "recommended (default flags)=$OUT/recommended/report"

@@ -25,11 +25,28 @@ def _report(folder, model):
     return str(folder)
 
 
-def test_goals_name_what_misses():
-    gray = _metrics(20.0, 0.9, 0.0)
-    assert quality_table.goals(_metrics(22.0, 0.91, 35.0), gray, 50.0) == "met"
-    assert quality_table.goals(_metrics(21.0, 0.8, 10.0), gray, 50.0) == \
-        "misses: PSNR -0.50 dB, SSIM -0.100, colourfulness 20% < 60%"
+def test_goals_name_what_misses_against_the_reference():
+    reference = _metrics(22.0, 0.92, 20.0)
+    assert quality_table.goals(_metrics(22.0, 0.911, 35.0), reference, 50.0) == "met"
+    assert quality_table.goals(_metrics(21.5, 0.8, 10.0), reference, 50.0) == \
+        "misses: PSNR -0.50 dB, SSIM -0.120, colourfulness 20% < 60%"
+
+
+def test_curve_comes_from_the_runs_tensorboard_events(tmp_path):
+    import tensorflow as tf
+
+    writer = tf.summary.create_file_writer(str(tmp_path))
+    with writer.as_default():
+        for step, (loss, psnr, share) in zip((5, 10, 15), ((0.5, 22.0, 0.4), (0.4, 22.5, 0.5), (0.45, 22.4, 0.55))):
+            tf.summary.scalar("loss", loss, step=step)
+            tf.summary.scalar("psnr", psnr, step=step)
+            tf.summary.scalar("colourfulness_share", share, step=step)
+            tf.summary.image("grid", tf.zeros([1, 4, 4, 3]), step=step)
+    writer.close()
+    curve = quality_table.read_curve(str(tmp_path))
+    assert [step for step, _ in curve] == [5, 10, 15]
+    lines = quality_table.curve_table(curve).splitlines()
+    assert lines[2] == "| 1 | 5 | 0.5000 | 22.00 | 40% |" and lines[4] == "| 3 | 15 | 0.4500 | 22.40 | 55% |"
 
 
 def test_writes_table_sheet_and_notes(tmp_path):
@@ -38,10 +55,10 @@ def test_writes_table_sheet_and_notes(tmp_path):
     (tmp_path / "notes.md").write_text("## Experiments\n")
     out, sheet = tmp_path / "QUALITY.md", tmp_path / "sheet.png"
     quality_table.main([f"seed={seed}", f"best={best}", f"--output={out}", f"--sheet={sheet}", "--wall_seconds=600",
-                        f"--notes={tmp_path / 'notes.md'}"])
+                        f"--notes={tmp_path / 'notes.md'}", "--reference=seed"])
     text = out.read_text()
     assert "| gray input returned as is | 20.00 | 0.900 | 0.0 (0%)" in text
-    assert "| best | 22.00 | 0.910 | 35.0 (70%) |" in text and "| met |" in text
+    assert "| best | 22.00 | 0.910 | 35.0 (70%) |" in text and "| met |" in text and "| reference |" in text
     assert "10.0 min" in text and "![gray | model | truth](sheet.png)" in text and text.endswith("## Experiments\n")
     assert Image.open(sheet).size == (360, 16 + 8 * 120)
 
