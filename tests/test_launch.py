@@ -7,7 +7,10 @@ uses on 127.0.0.1 and records every request, so the tests assert on what would r
 import base64
 import http.server
 import json
+import subprocess
+import sys
 import threading
+import time
 
 import jsonschema
 import kubernetes_validate
@@ -15,8 +18,8 @@ import pytest
 import yaml
 
 from tests import fake_kubernetes
-from tests.test_manifests import SCHEMAS, check_indexed_job
-from trainer import launch, launch_manifests
+from tests.test_manifests import ROOT, SCHEMAS, check_indexed_job
+from trainer import launch, launch_image
 
 DIGEST = "sha256:" + "0123456789abcdef" * 4
 IMAGE = f"europe-docker.pkg.dev/p/colorizer/trainer@{DIGEST}"
@@ -77,6 +80,45 @@ def test_bad_input_is_one_line_and_exit_2(argv, capsys):
     assert err[-1].startswith("error: ")
 
 
+@pytest.mark.parametrize("arg", ["--arg=--epochs=abc", "--arg=--model=foo", "--arg=--epochs", "--arg=--noepochs",
+                                 "--arg=--jit_compile=maybe", "--arg=--nojit_compile=true", "--arg=--strategy=ps",
+                                 "--arg=--seed=1.5", "--arg=epochs=3", "--arg=--epochz=3"])
+def test_a_bad_trainer_arg_is_refused_in_one_line_naming_it(arg, capsys):
+    """Names and values are checked against trainer/config.py's definitions of python -m trainer.task's flags."""
+    assert launch.main(["submit", f"--image={IMAGE}", "--dry_run", arg]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: --arg={arg.split('=', 1)[1]!r}: ")
+
+
+def test_every_kind_of_trainer_flag_is_accepted(capsys):
+    """Booleans in all three spellings, and the flags that are not config fields (the multi-node manifests')."""
+    extra = ["--nojit_compile", "--augment=false", "--sync_batchnorm", "--mixed_precision", "--strategy=multi_worker",
+             "--peer_timeout_seconds=60", "--collective_timeout_seconds=0", "--seed=7", "--learning_rate=3e-4",
+             "--model=autoencoder", "--tensorboard_dir=gs://b/tb"]
+    [job] = dry_run(capsys, "--name=flags", *(f"--arg={a}" for a in extra))
+    assert container(job)["args"][-len(extra):] == extra
+
+
+SUBMIT = ["submit", f"--image={IMAGE}", "--name=fast", "--dry_run", "--arg=--epochs=3", "--arg=--nojit_compile"]
+
+
+def test_submit_dry_run_loads_no_tensorflow_and_takes_well_under_a_second():
+    """The --arg check reads the trainer's flags from trainer/config.py; TensorFlow would take seconds to load."""
+    run = subprocess.run([sys.executable, "-X", "importtime", "-m", "trainer.launch", *SUBMIT], cwd=ROOT,
+                         capture_output=True, text=True, check=True)
+    imported = {line.rsplit("|", 1)[1].strip() for line in run.stderr.splitlines() if line.startswith("import time:")}
+    assert "trainer.config" in imported and "yaml" in imported, "importtime lists every module"
+    assert not {m for m in imported if m.split(".")[0] == "tensorflow"}
+    start = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "trainer.launch", *SUBMIT], cwd=ROOT, capture_output=True, text=True,
+                         check=True)
+    seconds = time.monotonic() - start
+    [job] = list(yaml.safe_load_all(run.stdout))
+    assert container(job)["args"][-2:] == ["--epochs=3", "--nojit_compile"]
+    print(f"python -m trainer.launch {' '.join(SUBMIT)}: {seconds:.2f} s")
+    assert seconds < 1.5
+
+
 @pytest.mark.parametrize("argv, where", [(["--name=a"], ["spec"]), (["--name=b", "--workers=3"], ["spec"]),
                                          (["--name=c", "--workers=2", "--kind=tfjob"], ["spec", "runPolicy"])])
 def test_max_hours_sets_the_deadline(argv, where, capsys):
@@ -124,9 +166,9 @@ def test_a_tag_is_resolved_to_its_digest(registry, capsys):
 
 
 def test_google_registries_get_an_access_token(registry, monkeypatch):
-    monkeypatch.setattr(launch_manifests, "GOOGLE_REGISTRIES", (registry,))
-    monkeypatch.setattr(launch_manifests, "google_access_token", lambda: "ya29.token")
-    assert launch_manifests.pinned_image(f"{registry}/colorizer/trainer:v1").endswith(DIGEST)
+    monkeypatch.setattr(launch_image, "GOOGLE_REGISTRIES", (registry,))
+    monkeypatch.setattr(launch_image, "google_access_token", lambda: "ya29.token")
+    assert launch_image.pinned_image(f"{registry}/colorizer/trainer:v1").endswith(DIGEST)
     assert FakeRegistry.seen[0][2] == "Basic " + base64.b64encode(b"oauth2accesstoken:ya29.token").decode()
 
 
@@ -138,8 +180,9 @@ def test_an_unresolvable_tag_is_refused_in_one_line(image, registry, capsys):
 
 
 def test_a_pinned_image_is_used_as_is():
-    assert launch_manifests.pinned_image(IMAGE) == IMAGE
-    assert launch_manifests.split_image("tensorflow/serving:2.20.0") == ("registry-1.docker.io", "tensorflow/serving", "2.20.0")
+    assert launch_image.pinned_image(IMAGE) == IMAGE
+    assert launch_image.split_image("tensorflow/serving:2.20.0") == ("registry-1.docker.io", "tensorflow/serving",
+                                                                      "2.20.0")
 
 
 def test_missing_required_flag_is_one_line(capsys):

@@ -1,21 +1,29 @@
 """Kubernetes objects for `trainer.launch`: the manifests in k8s/ with a run's overrides applied.
 
 Built from the same YAML that `kubectl apply` uses, so a launched run and an applied one can't drift.
+A run is described once by a frozen request (`SubmitRequest` here, `PrepareRequest` in
+trainer/launch_prepare.py), built and checked from the command line before anything is created.
+TensorFlow-free: --arg flags are checked against trainer/config.py's definitions of the trainer's.
 """
 
-import base64
+import argparse
 import copy
-import os
+import dataclasses
 import re
-import urllib.error
-import urllib.request
+import time
 from pathlib import Path
+from typing import Optional, TypeVar
 
 import yaml
+from absl import flags
+
+from trainer import config
+from trainer.launch_image import UnresolvedImage, pinned_image
 
 MANIFEST_DIRS = (Path(__file__).resolve().parents[1] / "k8s", Path.cwd() / "k8s")
 TRAINER_CONTAINERS = ("trainer", "tensorflow")
 NAME = re.compile(r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$")
+FLAG_ARG = re.compile(r"--([a-z_0-9]+)(?:=(.*))?", re.S)
 PATH_FLAGS = ("train_data", "eval_data", "model_dir", "export_dir")
 TFJOB = ("kubeflow.org", "v1", "tfjobs")
 CHIEF_SELECTOR = {
@@ -23,12 +31,8 @@ CHIEF_SELECTOR = {
     "TFJob": "training.kubeflow.org/job-name={name},training.kubeflow.org/replica-type=worker,"
              "training.kubeflow.org/replica-index=0",
 }
-
-
-DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
-MANIFEST_TYPES = ("application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json",
-                  "application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json")
-GOOGLE_REGISTRIES = (".pkg.dev", "gcr.io")  # registries that take a Google access token as user oauth2accesstoken
+SPOT_TOLERATION = {"key": "cloud.google.com/gke-spot", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
+MANIFESTS_HELP = "folder holding job.yaml and components/ (default: the repository's k8s/)"
 DIGEST_HINT = "pass --image=NAME@sha256:... (after docker push: docker inspect --format='{{index .RepoDigests 0}}' IMAGE)"
 
 
@@ -40,7 +44,7 @@ class LaunchError(Exception):
     """The cluster refused or lacks something: reported in one line, exit code 1."""
 
 
-def manifest_dir(explicit):
+def manifest_dir(explicit: Optional[str]) -> Path:
     """k8s/ next to the package (a checkout or editable install), else under the working directory."""
     for path in ([Path(explicit)] if explicit else MANIFEST_DIRS):
         if (path / "job.yaml").is_file():
@@ -48,186 +52,234 @@ def manifest_dir(explicit):
     raise UsageError(f"no k8s/job.yaml under {explicit or ' or '.join(map(str, MANIFEST_DIRS))}: pass --manifests")
 
 
-def load_objects(directory, relative):
+def load_objects(directory: Path, relative: str) -> list:
     return [d for d in yaml.safe_load_all((directory / relative).read_text()) if d]
 
 
-def check_args(args):
-    """Validates what the cluster would only reject later (or never)."""
-    if not NAME.match(args.name):
-        raise UsageError(f"--name={args.name!r}: lowercase letters, digits and '-', at most 40 characters")
-    if args.workers < 1 or args.gpus < 0:
-        raise UsageError("--workers must be >= 1 and --gpus >= 0")
-    if args.kind == "tfjob" and args.workers < 2:
-        raise UsageError("--kind=tfjob needs --workers >= 2 (one worker is the plain Job)")
-    if args.max_hours is not None and not args.max_hours > 0:
-        raise UsageError(f"--max_hours={args.max_hours}: must be > 0")
-    if args.arg:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # the flags' module imports TensorFlow: keep it quiet
-        from absl import flags
-        import trainer.task  # noqa: F401  (defines the trainer's flags)
-
-        for arg in args.arg:
-            match = re.match(r"^--(?:no)?([a-z_0-9]+)(=.*)?$", arg)
-            if not match or match.group(1) not in flags.FLAGS:
-                raise UsageError(f"--arg={arg!r}: not a flag of python -m trainer.task")
+def check_flag_args(flag_args, known: flags.FlagValues, program: str) -> None:
+    """Each --arg must be a flag of `program` with a value it parses: refused here, not by a pod later."""
+    for arg in flag_args:
+        problem = flag_problem(arg, known, program)
+        if problem:
+            raise UsageError(f"--arg={arg!r}: {problem}")
 
 
-def split_image(image):
-    """(registry, repository, tag) of an image reference, Docker's defaults filled in."""
-    name, tag = image, "latest"
-    if ":" in image.rsplit("/", 1)[-1]:
-        name, tag = image.rsplit(":", 1)
-    first, _, rest = name.partition("/")
-    if rest and ("." in first or ":" in first or first == "localhost"):
-        return first, rest, tag
-    return "registry-1.docker.io", name if rest else f"library/{name}", tag
-
-
-def google_access_token():
-    """An access token from Application Default Credentials (what Artifact Registry and gcr.io accept)."""
-    import google.auth
-    import google.auth.exceptions
-    import google.auth.transport.requests
-
+def flag_problem(arg: str, known: flags.FlagValues, program: str) -> Optional[str]:
+    """Why absl would refuse `arg` (--name, --noname or --name=value) given the flags `known`; None if it wouldn't."""
+    match = FLAG_ARG.fullmatch(arg)
+    name, value = match.groups() if match else ("", None)
+    if name not in known and name.startswith("no") and name[2:] in known and known[name[2:]].boolean:
+        return None if value is None else f"--{name} takes no value"
+    if name not in known:
+        return f"not a flag of {program}"
+    flag = known[name]
+    if value is None:
+        return None if flag.boolean else f"--{name} needs a value (--{name}=...)"
     try:
-        credentials, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
-        credentials.refresh(google.auth.transport.requests.Request())
-    except google.auth.exceptions.GoogleAuthError as exc:
-        raise OSError(f"no Google credentials for the registry (gcloud auth application-default login): {exc}") from None
-    return credentials.token
+        flag.parser.parse(value)
+    except (TypeError, ValueError) as exc:
+        return f"bad value for --{name}: {exc.args[0] if exc.args else exc}"
+    return None
 
 
-def pinned_image(image, timeout=30):
-    """The image by digest: unchanged if pinned, else the tag resolved with the registry's v2 API.
+def trainer_flags() -> flags.FlagValues:
+    """Every flag of `python -m trainer.task`, defined by trainer/config.py without importing TensorFlow."""
+    known = flags.FlagValues()
+    config.define_flags(known)
+    return known
 
-    Workers restarted hours apart must run the same code, and a tag can move in between. The digest
-    is the registry's Docker-Content-Digest answer to HEAD /v2/<repository>/manifests/<tag>.
+
+Request = TypeVar("Request", bound="RunRequest")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunRequest:
+    """What `submit` and `prepare` share: the run's name and place, its image, its limits, and how to start it.
+
+    Field names are the command line's (`extra_flags` is --arg), so `from_args` reads them all alike.
     """
-    if DIGEST.search(image):
-        return image
-    registry, repository, tag = split_image(image)
-    scheme = "http" if registry.split(":")[0] in ("localhost", "127.0.0.1") else "https"
-    request = urllib.request.Request(f"{scheme}://{registry}/v2/{repository}/manifests/{tag}", method="HEAD",
-                                     headers={"Accept": ", ".join(MANIFEST_TYPES)})
-    try:
-        if registry.endswith(GOOGLE_REGISTRIES):
-            token = base64.b64encode(f"oauth2accesstoken:{google_access_token()}".encode()).decode()
-            request.add_header("Authorization", f"Basic {token}")
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            digest = response.headers.get("Docker-Content-Digest", "")
-    except urllib.error.HTTPError as exc:
-        raise UsageError(f"--image={image}: the registry answered HTTP {exc.code} for tag {tag}; {DIGEST_HINT}") from None
-    except OSError as exc:  # unreachable registry, timeout, no credentials
-        raise UsageError(f"--image={image}: can't resolve the tag ({exc}); {DIGEST_HINT}") from None
-    if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
-        raise UsageError(f"--image={image}: the registry gave no digest for tag {tag}; {DIGEST_HINT}")
-    name = image.rsplit(":", 1)[0] if ":" in image.rsplit("/", 1)[-1] else image
-    return f"{name}@{digest}"
+
+    namespace: str
+    name: str
+    image: str  # by digest once built by from_args: restarted pods must run the same code
+    manifests: Path  # the folder holding job.yaml and components/
+    cpu: Optional[str]
+    memory: Optional[str]
+    spot: bool
+    max_hours: Optional[float]
+    extra_flags: tuple[str, ...]
+    dry_run: bool
+    no_wait: bool
+
+    @classmethod
+    def from_args(cls: type[Request], args: argparse.Namespace) -> Request:
+        """The request from the command line, checked once; a tag is resolved last (it asks the registry)."""
+        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
+        request = cls(**{**values, "manifests": manifest_dir(args.manifests),
+                         "extra_flags": tuple(args.extra_flags or ())})
+        request.validate()
+        try:
+            return dataclasses.replace(request, image=pinned_image(request.image))
+        except UnresolvedImage as exc:
+            raise UsageError(f"--image={request.image}: {exc}; {DIGEST_HINT}") from None
+
+    def validate(self) -> None:
+        """Raises UsageError for what the cluster would only reject later, or never."""
+        if not NAME.match(self.name):
+            raise UsageError(f"--name={self.name!r}: lowercase letters, digits and '-', at most 40 characters")
+        if self.max_hours is not None and not self.max_hours > 0:
+            raise UsageError(f"--max_hours={self.max_hours}: must be > 0")
+
+    def named(self, obj: dict, name: str) -> dict:
+        """A copy of a manifest's object under `name` in this run's namespace (kubectl's annotations dropped)."""
+        obj = copy.deepcopy(obj)
+        obj["metadata"].update(name=name, namespace=self.namespace)
+        obj["metadata"].pop("annotations", None)
+        return obj
+
+    def label(self, obj: dict, template: dict) -> None:
+        """Marks the object and its pods with the run name, so runs never select each other's pods."""
+        for meta in (obj["metadata"], template["metadata"]):
+            meta.setdefault("labels", {})["colorizer.dev/run"] = self.name
+
+    def set_deadline(self, run_spec: dict) -> None:
+        """--max_hours as activeDeadlineSeconds: the backstop for failures the policies ignore (preemptions)."""
+        if self.max_hours is not None:
+            run_spec["activeDeadlineSeconds"] = int(self.max_hours * 3600)
+
+    def set_limits(self, pod_spec: dict, container: dict) -> None:
+        """The container's image, --cpu and --memory (request and limit alike), and Spot nodes with --spot."""
+        container["image"] = self.image
+        for kind in ("requests", "limits"):
+            for key, value in (("cpu", self.cpu), ("memory", self.memory)):
+                if value:
+                    container["resources"][kind][key] = value
+        if self.spot:
+            pod_spec.setdefault("nodeSelector", {})["cloud.google.com/gke-spot"] = "true"
+            pod_spec.setdefault("tolerations", []).append(dict(SPOT_TOLERATION))
 
 
-def trainer_args(args, base_args):
-    """The trainer's flags: the manifest's, with paths and --arg overrides replacing same-named ones."""
-    overrides = [f"--{flag}={getattr(args, flag)}" for flag in PATH_FLAGS if getattr(args, flag)]
-    if not args.model_dir:  # one checkpoint folder per run: resubmitting a name resumes that run
-        overrides.append(f"--model_dir=$(MODEL_DIR)/{args.name}")
-    if args.workers > 1:
-        overrides.append("--strategy=multi_worker")
-    overrides += args.arg or []
+def overridden(base_args: list, overrides: list) -> list:
+    """The manifest's flags with same-named ones (--x, --nox, --x=...) replaced by `overrides`, appended."""
     names = {o.split("=", 1)[0].replace("--no", "--", 1) for o in overrides}
-    kept = [a for a in base_args if a.split("=", 1)[0].replace("--no", "--", 1) not in names]
-    return kept + overrides
+    return [a for a in base_args if a.split("=", 1)[0].replace("--no", "--", 1) not in names] + overrides
 
 
-def set_resources(pod_spec, args):
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SubmitRequest(RunRequest):
+    """A training run: one single-node Job, or an Indexed Job + Service or a TFJob of `workers` nodes."""
+
+    workers: int
+    gpus: int
+    kind: str  # the multi-node flavour: job or tfjob
+    train_data: Optional[str]
+    eval_data: Optional[str]
+    model_dir: Optional[str]
+    export_dir: Optional[str]
+
+    def validate(self) -> None:
+        super().validate()
+        if self.workers < 1 or self.gpus < 0:
+            raise UsageError("--workers must be >= 1 and --gpus >= 0")
+        if self.kind == "tfjob" and self.workers < 2:
+            raise UsageError("--kind=tfjob needs --workers >= 2 (one worker is the plain Job)")
+        check_flag_args(self.extra_flags, trainer_flags(), "python -m trainer.task")
+
+    def trainer_args(self, base_args: list) -> list:
+        """The trainer's flags: the manifest's, with paths and --arg overrides replacing same-named ones."""
+        overrides = [f"--{flag}={getattr(self, flag)}" for flag in PATH_FLAGS if getattr(self, flag)]
+        if not self.model_dir:  # one checkpoint folder per run: resubmitting a name resumes that run
+            overrides.append(f"--model_dir=$(MODEL_DIR)/{self.name}")
+        if self.workers > 1:
+            overrides.append("--strategy=multi_worker")
+        return overridden(base_args, overrides + list(self.extra_flags))
+
+
+def add_parser(sub) -> None:
+    """The submit subcommand; its flags are SubmitRequest's fields."""
+    s = sub.add_parser("submit", help="create a training run and follow it")
+    s.add_argument("--image", required=True, help="trainer image, REGION-docker.pkg.dev/PROJECT/colorizer/trainer:TAG "
+                   "or ...@sha256:DIGEST; a tag is resolved to its digest, so every restarted worker runs the same code")
+    s.add_argument("--name", default=time.strftime("colorizer-%Y%m%d-%H%M%S"), help="run name (also the Job's)")
+    s.add_argument("--workers", type=int, default=1, help="nodes; 1: single-node Job, >1: Indexed Job or TFJob")
+    s.add_argument("--gpus", type=int, default=1, help="GPUs per worker (0: CPU only)")
+    s.add_argument("--kind", choices=("job", "tfjob"), default="job", help="multi-node flavour")
+    s.add_argument("--cpu", help="CPU request and limit per worker, e.g. 8")
+    s.add_argument("--memory", help="memory request and limit per worker, e.g. 32Gi")
+    s.add_argument("--spot", action="store_true", help="run on GKE Spot VMs")
+    s.add_argument("--max_hours", type=float, help="fail the run after this long (activeDeadlineSeconds; "
+                   "default: the manifest's 72 h), the backstop for preemptions that never end")
+    for flag in PATH_FLAGS:
+        s.add_argument(f"--{flag}", help="default: the colorizer-config ConfigMap's value")
+    s.add_argument("--arg", dest="extra_flags", action="append", help="extra trainer flag, e.g. --arg=--epochs=50 "
+                   "(repeatable; checked against python -m trainer.task's flags)")
+    s.add_argument("--manifests", help=MANIFESTS_HELP)
+    s.add_argument("--dry_run", action="store_true", help="print the objects instead of creating them")
+    s.add_argument("--no_wait", action="store_true", help="return once created")
+
+
+def set_resources(pod_spec: dict, request: SubmitRequest) -> dict:
     """Image, flags, GPUs (0: CPU only, no GPU node selector) and optional CPU, memory and Spot nodes."""
     [container] = [c for c in pod_spec["containers"] if c["name"] in TRAINER_CONTAINERS]
-    container["image"] = args.image
-    container["args"] = trainer_args(args, container.get("args", []))
-    resources = container["resources"]
+    container["args"] = request.trainer_args(container.get("args", []))
     for kind in ("requests", "limits"):
-        if args.gpus:
-            resources[kind]["nvidia.com/gpu"] = str(args.gpus)
+        if request.gpus:
+            container["resources"][kind]["nvidia.com/gpu"] = str(request.gpus)
         else:
-            resources[kind].pop("nvidia.com/gpu", None)
-        for key, value in (("cpu", args.cpu), ("memory", args.memory)):
-            if value:
-                resources[kind][key] = value
-    if not args.gpus:
+            container["resources"][kind].pop("nvidia.com/gpu", None)
+    if not request.gpus:
         pod_spec.get("nodeSelector", {}).pop("cloud.google.com/gke-accelerator", None)
         pod_spec["tolerations"] = [t for t in pod_spec.get("tolerations", []) if t.get("key") != "nvidia.com/gpu"]
-    if args.spot:
-        pod_spec.setdefault("nodeSelector", {})["cloud.google.com/gke-spot"] = "true"
-        pod_spec.setdefault("tolerations", []).append(
-            {"key": "cloud.google.com/gke-spot", "operator": "Equal", "value": "true", "effect": "NoSchedule"})
+    request.set_limits(pod_spec, container)
     return container
 
 
-def label(obj, template, name):
-    """Marks the object and its pods with the run name, so runs never select each other's pods."""
-    for meta in (obj["metadata"], template["metadata"]):
-        meta.setdefault("labels", {})["colorizer.dev/run"] = name
-
-
-def build(args, directory):
+def build(request: SubmitRequest) -> list:
     """The objects `submit` creates, in creation order."""
-    if args.workers == 1:
-        [job] = [d for d in load_objects(directory, "job.yaml") if d["kind"] == "Job"]
-        return [single_job(job, args)]
-    if args.kind == "tfjob":
-        [tfjob] = load_objects(directory, "components/tfjob/tfjob.yaml")
-        return [tf_job(tfjob, args)]
-    objects = load_objects(directory, "components/multinode/multinode.yaml")
+    if request.workers == 1:
+        [job] = [d for d in load_objects(request.manifests, "job.yaml") if d["kind"] == "Job"]
+        return [single_job(job, request)]
+    if request.kind == "tfjob":
+        [tfjob] = load_objects(request.manifests, "components/tfjob/tfjob.yaml")
+        return [tf_job(tfjob, request)]
+    objects = load_objects(request.manifests, "components/multinode/multinode.yaml")
     [service] = [d for d in objects if d["kind"] == "Service"]
     [job] = [d for d in objects if d["kind"] == "Job"]
-    return indexed_job(job, service, args)
+    return indexed_job(job, service, request)
 
 
-def _renamed(obj, args, name):
-    obj = copy.deepcopy(obj)
-    obj["metadata"].update(name=name, namespace=args.namespace)
-    obj["metadata"].pop("annotations", None)
-    return obj
-
-
-def deadline(run_spec, args):
-    """--max_hours as activeDeadlineSeconds: the backstop for failures the policies ignore (preemptions)."""
-    if args.max_hours is not None:
-        run_spec["activeDeadlineSeconds"] = int(args.max_hours * 3600)
-
-
-def single_job(job, args):
-    job = _renamed(job, args, args.name)
-    label(job, job["spec"]["template"], args.name)
-    set_resources(job["spec"]["template"]["spec"], args)
-    deadline(job["spec"], args)
+def single_job(job: dict, request: SubmitRequest) -> dict:
+    job = request.named(job, request.name)
+    request.label(job, job["spec"]["template"])
+    set_resources(job["spec"]["template"]["spec"], request)
+    request.set_deadline(job["spec"])
     return job
 
 
-def indexed_job(job, service, args):
+def indexed_job(job: dict, service: dict, request: SubmitRequest) -> list:
     """Indexed Job + headless Service, wired the way trainer/distribute.py reads them."""
-    job, service = _renamed(job, args, args.name), _renamed(service, args, f"{args.name}-workers")
+    job, service = request.named(job, request.name), request.named(service, f"{request.name}-workers")
     template = job["spec"]["template"]
-    label(job, template, args.name)
-    label(service, {"metadata": {}}, args.name)
-    service["spec"]["selector"]["colorizer.dev/run"] = args.name
-    job["spec"]["completions"] = job["spec"]["parallelism"] = args.workers
-    deadline(job["spec"], args)
+    request.label(job, template)
+    request.label(service, {"metadata": {}})
+    service["spec"]["selector"]["colorizer.dev/run"] = request.name
+    job["spec"]["completions"] = job["spec"]["parallelism"] = request.workers
+    request.set_deadline(job["spec"])
     template["spec"]["subdomain"] = service["metadata"]["name"]
-    container = set_resources(template["spec"], args)
+    container = set_resources(template["spec"], request)
     for env in container["env"]:
         if env["name"] == "COLORIZER_NUM_WORKERS":
-            env["value"] = str(args.workers)
+            env["value"] = str(request.workers)
         elif env["name"] == "COLORIZER_SERVICE":
             env["value"] = service["metadata"]["name"]
     return [job, service]
 
 
-def tf_job(tfjob, args):
-    tfjob = _renamed(tfjob, args, args.name)
+def tf_job(tfjob: dict, request: SubmitRequest) -> dict:
+    tfjob = request.named(tfjob, request.name)
     worker = tfjob["spec"]["tfReplicaSpecs"]["Worker"]
-    worker["replicas"] = args.workers
-    deadline(tfjob["spec"]["runPolicy"], args)
-    label(tfjob, worker["template"], args.name)
-    set_resources(worker["template"]["spec"], args)
+    worker["replicas"] = request.workers
+    request.set_deadline(tfjob["spec"]["runPolicy"])
+    request.label(tfjob, worker["template"])
+    set_resources(worker["template"]["spec"], request)
     return tfjob

@@ -9,18 +9,24 @@ and exits 0 when every task succeeded, 1 otherwise. Resubmitting a name with the
 that run; the last task to finish writes the manifests (trainer/prepare_tasks.py).
 """
 
+import dataclasses
 import os
-import re
 import time
+from typing import Optional
 
+from absl import flags
 
-from trainer.launch_manifests import NAME, UsageError, _renamed, deadline, label, load_objects, manifest_dir, pinned_image
+from trainer.launch_manifests import (MANIFESTS_HELP, RunRequest, UsageError, check_flag_args, load_objects,
+                                      overridden)
 
 PATH_FLAGS = ("input_dir", "output_dir")
 VALUE_FLAGS = ("num_shards", "holdout_fraction")
+TASK_FLAGS = ("num_tasks", "task_index", "run_name")  # each task's, set by the Job from its environment
+DEFAULT_SHARDS = 256  # k8s/components/prepare/prepare.yaml's --num_shards
 
 
-def add_parser(sub):
+def add_parser(sub) -> None:
+    """The prepare subcommand; its flags are PrepareRequest's fields."""
     p = sub.add_parser("prepare", help="prepare data in the cluster: an Indexed Job of --tasks prepare tasks")
     p.add_argument("--image", required=True, help="trainer image (it holds trainer.prepare); a tag is resolved to "
                    "its digest")
@@ -37,17 +43,16 @@ def add_parser(sub):
     p.add_argument("--memory", help="memory request and limit per task, e.g. 8Gi")
     p.add_argument("--spot", action="store_true", help="run on GKE Spot VMs (a preempted task redoes its part)")
     p.add_argument("--max_hours", type=float, help="fail the Job after this long (default: the manifest's 24 h)")
-    p.add_argument("--arg", action="append", help="extra trainer.prepare flag, e.g. --arg=--recursive (repeatable)")
-    p.add_argument("--manifests", help="folder holding job.yaml and components/ (default: the repository's k8s/)")
+    p.add_argument("--arg", dest="extra_flags", action="append", help="extra trainer.prepare flag, e.g. "
+                   "--arg=--recursive (repeatable)")
+    p.add_argument("--manifests", help=MANIFESTS_HELP)
     p.add_argument("--dry_run", action="store_true", help="print the Job instead of creating it")
     p.add_argument("--no_wait", action="store_true", help="return once created")
 
 
-def prepare_flags():
+def prepare_flags() -> flags.FlagValues:
     """trainer.prepare's flags, defined apart from the process-wide ones (its --seed is also the trainer's)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # trainer.prepare imports TensorFlow: keep it quiet
-    from absl import flags
-
     from trainer.prepare import define_flags
 
     values = flags.FlagValues()
@@ -55,64 +60,49 @@ def prepare_flags():
     return values
 
 
-def check(args):
-    """Validates what the cluster would only reject later, or never (a task with no shard of its own)."""
-    if not NAME.match(args.name):
-        raise UsageError(f"--name={args.name!r}: lowercase letters, digits and '-', at most 40 characters")
-    if args.tasks < 1:
-        raise UsageError(f"--tasks={args.tasks}: must be >= 1")
-    if (args.num_shards or 256) < args.tasks:
-        raise UsageError(f"--num_shards={args.num_shards or 256} is fewer than --tasks={args.tasks}: each task "
-                         "writes shards of its own")
-    if args.max_hours is not None and not args.max_hours > 0:
-        raise UsageError(f"--max_hours={args.max_hours}: must be > 0")
-    known = prepare_flags()
-    for arg in args.arg or []:
-        match = re.match(r"^--(?:no)?([a-z_0-9]+)(=.*)?$", arg)
-        if not match or match.group(1) not in known or match.group(1) in ("num_tasks", "task_index", "run_name"):
-            raise UsageError(f"--arg={arg!r}: not a flag of python -m trainer.prepare that a task may set")
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PrepareRequest(RunRequest):
+    """A prepare run: an Indexed Job of `tasks` pods, each writing its share of the shards."""
+
+    tasks: int
+    input_dir: Optional[str]
+    output_dir: Optional[str]
+    num_shards: Optional[int]
+    holdout_fraction: Optional[float]
+
+    def validate(self) -> None:
+        """Also refuses a task with no shard of its own, and --arg flags that each task gets from the Job."""
+        super().validate()
+        if self.tasks < 1:
+            raise UsageError(f"--tasks={self.tasks}: must be >= 1")
+        if (self.num_shards or DEFAULT_SHARDS) < self.tasks:
+            raise UsageError(f"--num_shards={self.num_shards or DEFAULT_SHARDS} is fewer than --tasks={self.tasks}: "
+                             "each task writes shards of its own")
+        known = prepare_flags()
+        for name in TASK_FLAGS:
+            delattr(known, name)
+        check_flag_args(self.extra_flags, known, "python -m trainer.prepare that a task may set")
+
+    def prepare_args(self, base_args: list) -> list:
+        """The manifest's flags with the command line's replacing same-named ones."""
+        overrides = [f"--{flag}={getattr(self, flag)}" for flag in PATH_FLAGS + VALUE_FLAGS
+                     if getattr(self, flag) is not None]
+        if self.cpu:
+            overrides.append(f"--workers={max(1, int(float(self.cpu)))}")
+        return overridden(base_args, overrides + list(self.extra_flags))
 
 
-def prepare_args(args, base_args):
-    """The manifest's flags with the command line's replacing same-named ones."""
-    overrides = [f"--{flag}={getattr(args, flag)}" for flag in PATH_FLAGS + VALUE_FLAGS
-                 if getattr(args, flag) is not None]
-    if args.cpu:
-        overrides.append(f"--workers={max(1, int(float(args.cpu)))}")
-    overrides += args.arg or []
-    names = {o.split("=", 1)[0].replace("--no", "--", 1) for o in overrides}
-    return [a for a in base_args if a.split("=", 1)[0].replace("--no", "--", 1) not in names] + overrides
-
-
-def build(args, directory):
+def build(request: PrepareRequest) -> list:
     """The Indexed Job `prepare` creates."""
-    [job] = [d for d in load_objects(directory, "components/prepare/prepare.yaml") if d["kind"] == "Job"]
-    job = _renamed(job, args, args.name)
-    spec = job["spec"]["template"]["spec"]
-    label(job, job["spec"]["template"], args.name)
-    job["spec"]["completions"] = job["spec"]["parallelism"] = args.tasks
-    deadline(job["spec"], args)
-    [container] = spec["containers"]
-    container["image"] = args.image
-    container["args"] = prepare_args(args, container["args"])
+    [job] = [d for d in load_objects(request.manifests, "components/prepare/prepare.yaml") if d["kind"] == "Job"]
+    job = request.named(job, request.name)
+    request.label(job, job["spec"]["template"])
+    job["spec"]["completions"] = job["spec"]["parallelism"] = request.tasks
+    request.set_deadline(job["spec"])
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    container["args"] = request.prepare_args(container["args"])
     for env in container["env"]:
         if env["name"] == "COLORIZER_NUM_TASKS":
-            env["value"] = str(args.tasks)
-    for kind in ("requests", "limits"):
-        for key, value in (("cpu", args.cpu), ("memory", args.memory)):
-            if value:
-                container["resources"][kind][key] = value
-    if args.spot:
-        spec.setdefault("nodeSelector", {})["cloud.google.com/gke-spot"] = "true"
-        spec.setdefault("tolerations", []).append(
-            {"key": "cloud.google.com/gke-spot", "operator": "Equal", "value": "true", "effect": "NoSchedule"})
+            env["value"] = str(request.tasks)
+    request.set_limits(job["spec"]["template"]["spec"], container)
     return [job]
-
-
-def run(args, api, create_and_follow):
-    """Builds the Job, then `create_and_follow` (trainer.launch's) prints or creates and follows it."""
-    directory = manifest_dir(args.manifests)
-    check(args)
-    args.image = pinned_image(args.image)
-    return create_and_follow(args, api, build(args, directory),
-                             f"Job {args.namespace}/{args.name} ({args.tasks} prepare tasks)")
