@@ -1,6 +1,13 @@
 """Colorizer: distributed TensorFlow training of an image colorizer, served by TF Serving."""
 
+import os
+
 from setuptools import find_packages, setup
+
+# trainer.launch builds runs from the k8s/ manifests; they are installed inside the package as
+# trainer/k8s/ so it works after `pip install .` without a checkout (trainer/launch_manifests.py
+# MANIFEST_DIRS). The trainer image's build context has no k8s/ (.dockerignore): it installs without.
+HAS_K8S = os.path.isfile(os.path.join(os.path.dirname(os.path.abspath(__file__)), "k8s", "job.yaml"))
 
 setup(
     name="colorizer",
@@ -9,8 +16,9 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["trainer", "trainer.*"]),
-    package_data={"trainer": ["sample/*.tfrecord", "sample/*.json"]},
+    packages=find_packages(include=["trainer", "trainer.*"]) + (["trainer.k8s"] if HAS_K8S else []),
+    package_dir={"trainer.k8s": "k8s"} if HAS_K8S else {},
+    package_data={"trainer": ["sample/*.tfrecord", "sample/*.json"], "trainer.k8s": ["**/*.yaml", "**/*.env"]},
     install_requires=[
         "tensorflow>=2.21,<2.22",
         "tensorboard>=2.21,<2.22",  # tf.summary needs it; TF 2.21 no longer pulls it in

@@ -5,14 +5,14 @@
     promote VERSION --image_dir=HELD_OUT [--wait] | rollback [--wait]   (serving; trainer/launch_serving.py)
     prepare --image=IMG --tasks=N [--input_dir=gs://...] [--output_dir=gs://...]   (trainer/launch_prepare.py)
 
-`submit` loads the manifests in k8s/ (the same ones `kubectl apply` uses), applies the overrides,
-resolves a tag-only --image to its digest, creates the objects, waits for the pods to be scheduled
-(a Spot node may take minutes to scale up), streams the chief's log (again after each restart), and
-exits with the run's outcome: 0 when it succeeded, 1 with the failure reason otherwise. One worker is
-the single-node Job (k8s/job.yaml); more are the Indexed Job + headless Service
-(k8s/components/multinode/) or, with --kind=tfjob, a Kubeflow TFJob. They need the namespace, the
-ServiceAccount and the colorizer-config ConfigMap of a configured overlay (`kubectl apply -k
-k8s/overlays/gke`, docs/KUBERNETES.md).
+`submit` loads the manifests in k8s/ (the same ones `kubectl apply` uses; `pip install .` ships a
+copy inside the package), applies the overrides, resolves a tag-only --image to its digest, creates
+the objects, waits for the pods to be scheduled (a Spot node may take minutes to scale up), streams
+the chief's log (again after each restart), and exits with the run's outcome: 0 when it succeeded, 1
+with the failure reason otherwise. One worker is the single-node Job (k8s/job.yaml); more are the
+Indexed Job + headless Service (k8s/components/multinode/) or, with --kind=tfjob, a Kubeflow TFJob.
+They need the namespace, the ServiceAccount and the colorizer-config ConfigMap of a configured
+overlay (`kubectl apply -k k8s/overlays/gke`, docs/KUBERNETES.md).
 """
 
 import argparse

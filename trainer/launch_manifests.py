@@ -20,7 +20,10 @@ from absl import flags
 from trainer import config
 from trainer.launch_image import UnresolvedImage, pinned_image
 
-MANIFEST_DIRS = (Path(__file__).resolve().parents[1] / "k8s", Path.cwd() / "k8s")
+# Where the manifests are looked for: k8s/ next to the package (a checkout or an editable install),
+# the copy `pip install .` puts inside the package (setup.py), then k8s/ under the working directory.
+MANIFEST_DIRS = (Path(__file__).resolve().parents[1] / "k8s", Path(__file__).resolve().parent / "k8s",
+                 Path.cwd() / "k8s")
 TRAINER_CONTAINERS = ("trainer", "tensorflow")
 NAME = re.compile(r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$")
 FLAG_ARG = re.compile(r"--([a-z_0-9]+)(?:=(.*))?", re.S)
@@ -32,7 +35,7 @@ CHIEF_SELECTOR = {
              "training.kubeflow.org/replica-index=0",
 }
 SPOT_TOLERATION = {"key": "cloud.google.com/gke-spot", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
-MANIFESTS_HELP = "folder holding job.yaml and components/ (default: the repository's k8s/)"
+MANIFESTS_HELP = "folder holding job.yaml and components/ (default: the checkout's k8s/, else the package's copy)"
 DIGEST_HINT = "pass --image=NAME@sha256:... (after docker push: docker inspect --format='{{index .RepoDigests 0}}' IMAGE)"
 
 
@@ -45,11 +48,12 @@ class LaunchError(Exception):
 
 
 def manifest_dir(explicit: Optional[str]) -> Path:
-    """k8s/ next to the package (a checkout or editable install), else under the working directory."""
+    """--manifests, else the first of MANIFEST_DIRS holding job.yaml; the error names every place tried."""
     for path in ([Path(explicit)] if explicit else MANIFEST_DIRS):
         if (path / "job.yaml").is_file():
             return path
-    raise UsageError(f"no k8s/job.yaml under {explicit or ' or '.join(map(str, MANIFEST_DIRS))}: pass --manifests")
+    raise UsageError(f"no job.yaml in {explicit or ', '.join(map(str, MANIFEST_DIRS))}: pass --manifests=DIR "
+                     "(a checkout's k8s/)")
 
 
 def load_objects(directory: Path, relative: str) -> list:

@@ -1,0 +1,83 @@
+"""`python -m trainer.launch` after `pip install .`, run where no checkout is: the manifests come with the package.
+
+Each test installs a copy of the sources with pip into a folder of its own and runs the launcher with
+only that folder on PYTHONPATH, from a directory without k8s/. Offline when this Python has
+setuptools and wheel (as a venv with the test extras does); otherwise pip fetches them to build.
+"""
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.test_launch import IMAGE, container
+
+ROOT = Path(__file__).resolve().parents[1]
+MARK = "colorizer.dev/manifests"
+
+
+def copy_sources(dest: Path, names) -> Path:
+    """A source tree holding only `names` from the repository (no __pycache__, no egg-info, no build/)."""
+    dest.mkdir()
+    for name in names:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(source, dest / name)
+    return dest
+
+
+def pip_install(source: Path, target: Path) -> Path:
+    """`pip install --no-deps --target` of a source tree, as a user without the repository would install it."""
+    offline = ["--no-build-isolation", "--no-index"] if all(
+        importlib.util.find_spec(m) for m in ("setuptools", "wheel")) else []
+    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    run = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-compile", *offline,
+                          "--target", str(target), str(source)], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    return target
+
+
+def launch(site: Path, cwd: Path, *argv):
+    """`python -m trainer.launch ARGV` with the installed copy first on the path, run from `cwd`."""
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    cwd.mkdir(exist_ok=True)
+    return subprocess.run([sys.executable, "-m", "trainer.launch", *argv], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_an_installed_launcher_renders_from_its_packaged_manifests(tmp_path):
+    source = copy_sources(tmp_path / "src", ("setup.py", "README.md", "trainer", "k8s"))
+    documents = list(yaml.safe_load_all((source / "k8s" / "job.yaml").read_text()))
+    [job] = [d for d in documents if d and d["kind"] == "Job"]
+    job["metadata"]["labels"][MARK] = "installed"  # marks this copy: the repository's k8s/ doesn't have it
+    (source / "k8s" / "job.yaml").write_text(yaml.safe_dump_all(documents, sort_keys=False))
+    site = pip_install(source, tmp_path / "site")
+    shutil.rmtree(source)  # nothing but the installed package is left to read
+    assert (site / "trainer" / "k8s" / "components" / "multinode" / "multinode.yaml").is_file()
+    run = launch(site, tmp_path / "elsewhere", "submit", f"--image={IMAGE}", "--name=installed", "--dry_run",
+                 "--arg=--epochs=3")
+    assert run.returncode == 0, run.stderr
+    [rendered] = list(yaml.safe_load_all(run.stdout))
+    assert rendered["metadata"]["labels"][MARK] == "installed" and rendered["metadata"]["name"] == "installed"
+    assert container(rendered)["args"][-1] == "--epochs=3"
+
+
+def test_without_packaged_manifests_the_error_names_where_it_looked(tmp_path):
+    """The trainer image installs without k8s/ (its build context, .dockerignore): --manifests still works."""
+    site = pip_install(copy_sources(tmp_path / "src", ("setup.py", "README.md", "trainer")), tmp_path / "site")
+    assert (site / "trainer" / "launch.py").is_file() and not (site / "trainer" / "k8s").exists()
+    elsewhere = tmp_path / "elsewhere"
+    run = launch(site, elsewhere, "submit", f"--image={IMAGE}", "--dry_run")
+    assert run.returncode == 2
+    [line] = run.stderr.strip().splitlines()
+    for place in (site / "k8s", site / "trainer" / "k8s", elsewhere.resolve() / "k8s"):
+        assert str(place) in line, line
+    assert "--manifests" in line
+    run = launch(site, elsewhere, "submit", f"--image={IMAGE}", "--dry_run", f"--manifests={ROOT / 'k8s'}")
+    assert run.returncode == 0 and list(yaml.safe_load_all(run.stdout))[0]["kind"] == "Job", run.stderr
