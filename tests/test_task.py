@@ -15,8 +15,8 @@ from tests.workers import ENV, checkpoint_step
 from trainer.errors import TransientError
 
 
-def _cli(module, *args, cwd=REPO, **kwargs):
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=ENV, capture_output=True, text=True,
+def _cli(module, *args, cwd=REPO, env=ENV, **kwargs):
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=600, **kwargs)
 
 
@@ -52,10 +52,17 @@ def test_prepare_train_kill_resume_export_serve(tmp_path):
     assert tf.io.decode_png(png).shape == (30, 40, 3)
 
 
-def test_no_flags_trains_on_bundled_sample(tmp_path):
-    run = _cli("trainer.task", "--epochs=1", cwd=tmp_path)
+def test_no_flags_trains_on_bundled_sample_with_a_quiet_log(tmp_path):
+    newcomer = {k: v for k, v in ENV.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # nothing set: the quiet default
+    run = _cli("trainer.task", "--epochs=1", cwd=tmp_path, env=newcomer)
     assert run.returncode == 0, run.stderr
     assert "64 training / 16 validation examples" in run.stderr
+    lines = (run.stderr + run.stdout).strip().splitlines()
+    assert len(lines) <= 25, "\n".join(lines)
+    noise = re.compile(r"oneDNN|cuInit|cudart|cpu_feature_guard|InitializeLog|Sharding callback|unsupported characters|"
+                       r"Assets written|INFO:tensorflow|fingerprint")
+    assert not [line for line in lines if noise.search(line)], "\n".join(lines)
+    assert re.search(r"^colorize: +python -m trainer.client --local_model=\S+ PHOTO.jpg", run.stdout, re.M)
     versions = os.listdir(tmp_path / "runs" / "colorizer" / "export")
     assert len(versions) == 1 and versions[0].isdigit()
     assert os.path.exists(tmp_path / "runs" / "colorizer" / "export" / versions[0] / "saved_model.pb")
@@ -75,19 +82,20 @@ def test_bad_flag_value_exits_2(tmp_path):
 
 def test_alone_a_failing_file_system_is_transient_and_a_cancellation_is_not(monkeypatch, mirrored):
     """Without peers, Unavailable/Aborted/DeadlineExceeded can only come from storage (145)."""
-    from trainer import task
+    from trainer import run
 
     def failing(error):
-        def run(*args):
+        def raise_it(*args):
             raise error
-        return run
+        return raise_it
 
-    monkeypatch.setattr(task, "run", failing(tf.errors.AbortedError(None, None, "All 10 retry attempts failed\nmore")))
+    monkeypatch.setattr(run, "train_and_export",
+                        failing(tf.errors.AbortedError(None, None, "All 10 retry attempts failed\nmore")))
     with pytest.raises(TransientError, match=r"^storage unavailable \(AbortedError: All 10 retry attempts failed\)"):
-        task._train(None, mirrored, lambda: False)
-    monkeypatch.setattr(task, "run", failing(tf.errors.CancelledError(None, None, "cancelled")))
+        run.train_and_export_guarded(None, mirrored, lambda: False)
+    monkeypatch.setattr(run, "train_and_export", failing(tf.errors.CancelledError(None, None, "cancelled")))
     with pytest.raises(tf.errors.CancelledError):
-        task._train(None, mirrored, lambda: False)
+        run.train_and_export_guarded(None, mirrored, lambda: False)
 
 
 @pytest.fixture(scope="module")
@@ -122,8 +130,8 @@ def test_model_dir_guards_its_run_survives_bad_checkpoints_and_a_finished_run_is
     first = _train(small_data, tmp_path, 1, "--checkpoint_every_steps=2")
     assert first.returncode == 0, first.stderr
     other = _train(small_data, tmp_path, 2, "--model=autoencoder", "--color_space=rgb")
-    _one_line(other, 2, f"error: --model_dir={tmp_path}/model holds a run with --model=unet --color_space=lab, "
-                        "not --model=autoencoder --color_space=rgb: pass the same flags")
+    _one_line(other, 2, f"error: --model_dir={tmp_path}/model holds a run with --model=unet --color_space=lab "
+                        "--loss=two_heads, not --model=autoencoder --color_space=rgb --loss=mse: pass the same flags")
 
     checkpoints = tmp_path / "model" / "checkpoints"
     [data] = [p for p in os.listdir(checkpoints) if p.startswith("ckpt-8.data")]
@@ -145,12 +153,12 @@ def test_model_dir_guards_its_run_survives_bad_checkpoints_and_a_finished_run_is
 
 
 def test_an_export_cut_off_before_saved_model_pb_does_not_count_as_done(tmp_path):
-    from trainer import task
+    from trainer import run
 
     version = tmp_path / "export" / "1700000000"
     version.mkdir(parents=True)
     (version / "colorizer.json").write_text('{"model_dir": "gs://b/m", "step": 16}')
-    assert task.previous_export(str(tmp_path / "export"), "gs://b/m", 16) is None  # saved_model.pb goes last
+    assert run.previous_export(str(tmp_path / "export"), "gs://b/m", 16) is None  # saved_model.pb goes last
     (version / "saved_model.pb").write_bytes(b"pb")
-    assert task.previous_export(str(tmp_path / "export"), "gs://b/m", 16) == str(version)
-    assert task.previous_export(str(tmp_path / "export"), "gs://b/m", 17) is None
+    assert run.previous_export(str(tmp_path / "export"), "gs://b/m", 16) == str(version)
+    assert run.previous_export(str(tmp_path / "export"), "gs://b/m", 17) is None

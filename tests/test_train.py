@@ -1,7 +1,6 @@
 import os
 import shutil
 import signal
-import types
 
 import numpy as np
 import pytest
@@ -31,8 +30,8 @@ def test_trains_on_two_replicas_and_writes_checkpoints_and_logs(shards_dir, tmp_
     assert trainer.global_batch == 4 and trainer.steps_per_epoch == 3
     before = [w.numpy().copy() for w in trainer.model.trainable_weights]
     result = trainer.fit()
-    assert result["epoch"] == 2 and result["step"] == 6
-    assert np.isfinite(result["best_val_loss"])
+    assert result.epoch == 2 and result.step == 6
+    assert np.isfinite(result.best_val_loss)
     assert any(not np.allclose(a, b.numpy()) for a, b in zip(before, trainer.model.trainable_weights))
     assert tf.train.latest_checkpoint(tmp_path / "model" / "checkpoints").endswith("ckpt-6")
     assert os.listdir(tmp_path / "model" / "logs" / "train") and os.listdir(tmp_path / "model" / "logs" / "eval")
@@ -48,7 +47,7 @@ def test_resume_continues_from_checkpoint_with_optimizer_state(shards_dir, tmp_p
         np.testing.assert_array_equal(a, b.numpy())
     third = _trainer(_config(shards_dir, tmp_path, epochs=3, checkpoint_every_steps=2), mirrored)
     result = third.fit()
-    assert result["epoch"] == 3 and result["step"] == 9
+    assert result.epoch == 3 and result.step == 9
 
 
 def test_early_stopping_state_survives_restart(shards_dir, tmp_path, mirrored):
@@ -58,10 +57,10 @@ def test_early_stopping_state_survives_restart(shards_dir, tmp_path, mirrored):
     val_losses = iter([1.0, 0.5, 0.7, 0.9])
     first._evaluate = lambda run_eval, eval_dist: next(val_losses)
     result = first.fit()
-    assert result["epoch"] == 4 and result["step"] == 12 and result["best_val_loss"] == 0.5
+    assert result.epoch == 4 and result.step == 12 and result.best_val_loss == 0.5
     again = _trainer(config, mirrored).fit()
-    assert again["already_finished"]
-    assert again["epoch"] == result["epoch"] and again["step"] == result["step"] and again["best_val_loss"] == 0.5
+    assert again.already_finished
+    assert again.epoch == result.epoch and again.step == result.step and again.best_val_loss == 0.5
 
 
 def test_corrupt_shard_is_named(shards_dir, tmp_path, mirrored):
@@ -89,7 +88,7 @@ def test_bin_losses_and_cosine_schedule_train(shards_dir, tmp_path, mirrored, lo
     trainer = _trainer(config, mirrored)
     assert trainer.model.output_shape[-1] == len(preprocess.ab_bins()) + extra
     result = trainer.fit()
-    assert result["step"] == 3 and np.isfinite(result["best_val_loss"])
+    assert result.step == 3 and np.isfinite(result.best_val_loss)
     assert float(trainer.optimizer.learning_rate) == pytest.approx(0.0, abs=1e-9)  # decayed by the last step
 
 
@@ -151,15 +150,17 @@ def test_storage_trouble_is_transient_and_a_lost_peer_passes_through(shards_dir,
         _guard(fails(peer), shards)
 
 
-def test_checkpoint_storage_errors_are_one_line_and_classified(shards_dir, tmp_path, mirrored):
+def test_checkpoint_storage_errors_are_one_line_and_classified(shards_dir, tmp_path, mirrored, monkeypatch):
     trainer = _trainer(_config(shards_dir, tmp_path), mirrored)
 
-    def manager(error):
+    def failing(error):
         def save(*args, **kwargs):
             raise error
-        return types.SimpleNamespace(save=save)
+        return save
 
+    monkeypatch.setattr(trainer.checkpoints.latest, "save", failing(tf.errors.UnavailableError(None, None, "HTTP 503")))
     with pytest.raises(TransientError, match="checkpoints in .*model: storage unavailable"):
-        trainer._save(manager(tf.errors.UnavailableError(None, None, "HTTP 503")))
+        trainer.checkpoints.save_latest(1)
+    monkeypatch.setattr(trainer.checkpoints.best, "save", failing(tf.errors.PermissionDeniedError(None, None, "no access")))
     with pytest.raises(ConfigError, match="checkpoints in .*model: no access"):
-        trainer._save(manager(tf.errors.PermissionDeniedError(None, None, "no access")))
+        trainer.checkpoints.save_best(1)

@@ -13,12 +13,13 @@
 import json
 import os
 import re
+import tempfile
 import time
 
 import tensorflow as tf
 from absl import logging
 
-from trainer.errors import ConfigError, DataError, TransientError, first_line, transient_storage_errors
+from trainer.errors import ConfigError, DataError, TransientError, first_line, storage_errors, transient_storage_errors
 from trainer.outputs import read_json, write_text_verified
 
 # The flags that decide a checkpoint's variables (and their meaning); epochs, patience or cadence
@@ -151,3 +152,68 @@ class VerifiedCheckpoints:
         for path in dropped:
             for name in tf.io.gfile.glob(f"{path}.*"):
                 tf.io.gfile.remove(name)
+
+
+def worker_dir(shared: str, chief: bool, prefix: str = "colorizer-worker-") -> str:
+    """Where this worker writes: the chief into `shared`, the others into a throwaway local folder.
+
+    All workers must take part in saving (reading variables can involve collectives), but only one
+    copy may land in the shared folder: the standard multi-worker pattern, for checkpoints and exports.
+    """
+    return shared if chief else tempfile.mkdtemp(prefix=prefix)
+
+
+class RunCheckpoints:
+    """A run's two series in model_dir: `checkpoints/` (resume where it stopped) and `best/` (export).
+
+    The chief saves into model_dir, other workers into throwaway folders; every worker restores
+    from model_dir. Storage trouble is transient (exit 145); a missing bucket or permission is a
+    configuration error (exit 2).
+    """
+
+    def __init__(self, config, training_checkpoint: tf.train.Checkpoint, model, chief: bool):
+        self.model_dir, self.chief = config.model_dir, chief
+        self.shared = os.path.join(config.model_dir, "checkpoints"), os.path.join(config.model_dir, "best")
+        with self.storage():
+            check_identity(config.model_dir, config, write=chief)
+            self.latest = VerifiedCheckpoints(training_checkpoint, worker_dir(self.shared[0], chief), keep=3,
+                                              interval=config.checkpoint_every_steps)
+            self.best = VerifiedCheckpoints(tf.train.Checkpoint(model=model), worker_dir(self.shared[1], chief), keep=1)
+
+    @property
+    def directory(self) -> str:
+        """This worker's folder of resumable checkpoints (model_dir's on the chief)."""
+        return self.latest.directory
+
+    def storage(self):
+        return storage_errors(f"checkpoints in {self.model_dir}", ConfigError)
+
+    def restore(self):
+        """Restores the chief's latest checkpoint; returns its path or None (a new run).
+
+        Other workers also copy the chief's best weights into their own folder, so every worker
+        restores the same best weights at the end of the run.
+        """
+        with self.storage():
+            if not self.chief:
+                best, _ = restore_newest(self.best.checkpoint, self.shared[1], partial=True)
+                if best:
+                    self.best.save(number(best))
+            latest, unreadable = restore_newest(self.latest.checkpoint, self.shared[0])
+            if self.chief:
+                self.latest.forget(unreadable)
+        return latest
+
+    def save_latest(self, step: int, force: bool = True) -> None:
+        """Saves the resumable state at `step`; with force=False only when --checkpoint_every_steps says so."""
+        with self.storage():
+            self.latest.save(step, force=force)
+
+    def save_best(self, step: int) -> None:
+        with self.storage():
+            self.best.save(step)
+
+    def restore_best(self) -> None:
+        """Loads the best epoch's weights into the model (for export)."""
+        with self.storage():
+            restore_newest(self.best.checkpoint, self.best.directory, partial=True)

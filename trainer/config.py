@@ -1,71 +1,114 @@
-"""One frozen training configuration, built from flags in `trainer.task` and validated once."""
+"""The trainer's settings, written once: frozen dataclasses whose fields carry their flag's help.
+
+`define_flags` turns the fields into absl flags and `config_from_flags` reads them back, so a
+setting's name, default and choices exist in one place. TensorFlow-free: `trainer.launch` checks a
+run's `--arg` values against these same definitions without loading TensorFlow.
+"""
 
 import dataclasses
-from typing import Optional
+import os
+import typing
+from typing import Mapping, Optional
+
+from absl import flags
 
 from trainer.errors import ConfigError
 from trainer.images import DEFAULT_MAX_PIXELS
-from trainer.losses import BIN_LOSSES, LOSSES
-from trainer.models import MODELS
-from trainer.preprocess import COLOR_SPACES
 
+MODELS = ("autoencoder", "unet")
+COLOR_SPACES = ("rgb", "lab")
+LOSSES = ("mse", "l1", "huber", "classification", "two_heads")
+BIN_LOSSES = ("classification", "two_heads")  # the losses that need bin logits and rebalancing weights
 LR_SCHEDULES = ("constant", "cosine")
 # Keras precision policies: mixed_float16 needs loss scaling (GPUs with float16 tensor cores);
 # mixed_bfloat16 has float32's range and needs none (A100, H100, TPU-class hardware).
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device")
+
+SAMPLE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sample")
+DEFAULT_RUN_DIR = os.path.join("runs", "colorizer")
+# Unset output flags fall back to Vertex AI's variables, then to ./runs/colorizer/.
+ENVIRONMENT_FALLBACKS = {"model_dir": ("AIP_CHECKPOINT_DIR", os.path.join(DEFAULT_RUN_DIR, "model")),
+                         "export_dir": ("AIP_MODEL_DIR", os.path.join(DEFAULT_RUN_DIR, "export")),
+                         "tensorboard_dir": ("AIP_TENSORBOARD_LOG_DIR", "")}
+
+
+def _setting(default, help_text: str, choices=None, flag_default=dataclasses.MISSING):
+    """A field with its flag's help; `flag_default` when the flag's default differs (None: filled in later)."""
+    metadata = {"help": help_text, "choices": choices,
+                "flag_default": default if flag_default is dataclasses.MISSING else flag_default}
+    if default is dataclasses.MISSING:
+        return dataclasses.field(metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+_REQUIRED = dataclasses.MISSING
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    train_data: str  # glob pattern of training shards
-    eval_data: str  # glob pattern of validation shards
-    model_dir: str  # checkpoints and TensorBoard logs
-    export_dir: str  # SavedModels, one integer version folder per export
-    log_dir: str = ""  # TensorBoard; empty: {model_dir}/logs
-    model: str = "unet"
-    color_space: str = "lab"
-    loss: str = "two_heads"  # see trainer/losses.py; classification and two_heads need color_space=lab
-    base_filters: int = 32
-    sync_batchnorm: bool = False  # U-Net batch statistics over all replicas
-    epochs: int = 10
-    batch_size: int = 32  # per replica; the global batch is this times the replica count
-    learning_rate: float = 1e-3
-    lr_schedule: str = "constant"  # or "cosine": one warmup epoch, then cosine decay to 0 at the last step
-    patience: int = 3  # early stopping on validation loss, as in the seed
-    augment: bool = True
-    shuffle_buffer: int = 2048
-    checkpoint_every_steps: int = 0  # 0: checkpoint at the end of every epoch only
-    precision: str = "float32"  # a Keras policy, see PRECISIONS
-    jit_compile: bool = False
-    fit_decode: bool = True  # fit the serving decode (a*b* scale, head blend) on eval_data: trainer/decode_fit.py
-    colour_target: float = 0.6  # the decode fit's goal: this share of the truth's colourfulness
-    seed: Optional[int] = None
-    max_pixels: int = DEFAULT_MAX_PIXELS  # serving refuses larger images (read from their headers)
-    export: bool = True
+    """What a run computes: data, model, optimisation and outputs. Validated once, on creation."""
+
+    train_data: str = _setting(_REQUIRED, "Glob of training shards.",
+                               flag_default=os.path.join(SAMPLE_DIR, "train-*.tfrecord"))
+    eval_data: str = _setting(_REQUIRED, "Glob of validation shards (early stopping, the decode fit).",
+                              flag_default=os.path.join(SAMPLE_DIR, "validation-*.tfrecord"))
+    model_dir: str = _setting(_REQUIRED, "Checkpoints and logs [$AIP_CHECKPOINT_DIR or ./runs/colorizer/model].",
+                              flag_default=None)
+    export_dir: str = _setting(_REQUIRED, "SavedModel versions [$AIP_MODEL_DIR or ./runs/colorizer/export].",
+                               flag_default=None)
+    tensorboard_dir: str = _setting("", "TensorBoard logs [$AIP_TENSORBOARD_LOG_DIR or {model_dir}/logs].",
+                                    flag_default=None)
+    model: str = _setting("unet", "autoencoder: the seed's model; unet: skip connections.", MODELS)
+    color_space: str = _setting("lab", "rgb: predict RGB (the seed); lab: predict a*b*, keep L*.", COLOR_SPACES)
+    loss: str = _setting("two_heads", "two_heads: a*b* bins and regression (lab); mse, l1, huber on the targets; "
+                         "classification over a*b* bins (lab) [two_heads with --color_space=lab, mse with rgb].",
+                         LOSSES, flag_default=None)
+    base_filters: int = _setting(32, "Filters of the U-Net's first level (doubled at each level).")
+    sync_batchnorm: bool = _setting(False, "U-Net batch statistics over the global batch, not each replica's.")
+    epochs: int = _setting(10, "Epochs (passes over the training split).")
+    batch_size: int = _setting(32, "Batch size PER REPLICA; the global batch is this times the replicas.")
+    learning_rate: float = _setting(1e-3, "Adam learning rate (the seed's 1e-3).")
+    lr_schedule: str = _setting("constant", "constant, or cosine: a warmup epoch, then decay to 0.", LR_SCHEDULES)
+    patience: int = _setting(3, "Early stopping: epochs without validation improvement (0: off).")
+    augment: bool = _setting(True, "Random left-right flips of training pairs.")
+    shuffle_buffer: int = _setting(2048, "Examples in the training shuffle buffer (host memory: 57 KB each).")
+    checkpoint_every_steps: int = _setting(0, "Also checkpoint every N steps (0: at epoch ends only).")
+    precision: str = _setting("float32", "mixed_float16: float16 compute with loss scaling (V100/T4-class tensor "
+                              "cores); mixed_bfloat16: no loss scaling (A100/H100). Colour conversions stay float32.",
+                              PRECISIONS)
+    jit_compile: bool = _setting(False, "Compile the train step with XLA.")
+    fit_decode: bool = _setting(True, "After training, fit the a*b* scale (and two heads' blend) on --eval_data and "
+                                "export it with the model (trainer/decode_fit.py).")
+    colour_target: float = _setting(0.6, "Decode fit: reach this share of the truth's colourfulness on --eval_data, "
+                                    "at the least PSNR, within 0.5 dB of the most accurate setting (0: accuracy only).")
+    seed: Optional[int] = _setting(None, "Random seed of shuffles and flips (unset: a different run each time).")
+    max_pixels: int = _setting(DEFAULT_MAX_PIXELS, "Serving refuses images with more pixels (read from their "
+                               "headers), before decoding them.")
 
     @property
     def mixed_precision(self) -> bool:
         """Whether the optimizer is wrapped for loss scaling: the precision choice a checkpoint records."""
         return self.precision == "mixed_float16"
 
+    @property
+    def log_dir(self) -> str:
+        """Where TensorBoard logs go: --tensorboard_dir, else {model_dir}/logs."""
+        return self.tensorboard_dir or os.path.join(self.model_dir, "logs")
+
     def __post_init__(self):
         self.validate()
 
     def validate(self) -> None:
         """Raises ConfigError with a one-line message naming the first invalid setting."""
-        if self.model not in MODELS:
-            raise ConfigError(f"--model={self.model!r}: choose one of {', '.join(MODELS)}")
-        if self.color_space not in COLOR_SPACES:
-            raise ConfigError(f"--color_space={self.color_space!r}: choose one of {', '.join(COLOR_SPACES)}")
-        if self.loss not in LOSSES:
-            raise ConfigError(f"--loss={self.loss!r}: choose one of {', '.join(LOSSES)}")
+        for field in dataclasses.fields(self):
+            choices, value = field.metadata["choices"], getattr(self, field.name)
+            if choices and value not in choices:
+                raise ConfigError(f"--{field.name}={value!r}: choose one of {', '.join(choices)}")
         if self.loss in BIN_LOSSES and self.color_space != "lab":
-            raise ConfigError(f"--loss={self.loss} predicts a*b* bins: it needs --color_space=lab")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"--precision={self.precision!r}: choose one of {', '.join(PRECISIONS)}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(f"--lr_schedule={self.lr_schedule!r}: choose one of {', '.join(LR_SCHEDULES)}")
-        for name in ("epochs", "batch_size", "base_filters", "max_pixels"):
+            raise ConfigError(f"--loss={self.loss} predicts a*b* bins: it needs --color_space=lab (with rgb, "
+                              "pass --loss=mse, l1 or huber)")
+        for name in ("epochs", "batch_size", "base_filters", "max_pixels", "shuffle_buffer"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name}={getattr(self, name)}: must be at least 1")
         if not 0.0 <= self.colour_target <= 1.0:
@@ -78,3 +121,62 @@ class TrainConfig:
         for name in ("train_data", "eval_data", "model_dir", "export_dir"):
             if not getattr(self, name):
                 raise ConfigError(f"--{name} is empty")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterConfig:
+    """How this process finds and waits for its peers: nothing a checkpoint depends on."""
+
+    strategy: str = _setting("auto", "auto: MultiWorkerMirrored when TF_CONFIG or an Indexed Job names peers, else "
+                             "Mirrored.", STRATEGIES)
+    peer_timeout_seconds: int = _setting(600, "How long to wait for every peer's DNS name to resolve.")
+    collective_timeout_seconds: int = _setting(0, "Debugging only: fail a collective after this long (0: never; TF "
+                                               "starts a thread per collective for the whole timeout). A dead peer "
+                                               "is detected without it.")
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"--strategy={self.strategy!r}: choose one of {', '.join(STRATEGIES)}")
+
+
+_DEFINE = {str: flags.DEFINE_string, bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float}
+
+
+def _flag_type(field: dataclasses.Field) -> type:
+    """int for Optional[int]; the field's own type otherwise."""
+    args = [a for a in typing.get_args(field.type) if a is not type(None)]
+    return args[0] if args else field.type
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Defines every flag of `python -m trainer.task` on `flag_values`, from the two configs' fields."""
+    for config_class in (TrainConfig, ClusterConfig):
+        for field in dataclasses.fields(config_class):
+            meta = field.metadata
+            if meta["choices"]:
+                flags.DEFINE_enum(field.name, meta["flag_default"], meta["choices"], meta["help"],
+                                  flag_values=flag_values)
+            else:
+                _DEFINE[_flag_type(field)](field.name, meta["flag_default"], meta["help"], flag_values=flag_values)
+    flags.DEFINE_bool("mixed_precision", False, "Alias of --precision=mixed_float16.", flag_values=flag_values)
+
+
+def _precision(flag_values: flags.FlagValues) -> str:
+    """--precision, or mixed_float16 when the older --mixed_precision is set (the manifests pass it)."""
+    if not flag_values.mixed_precision:
+        return flag_values.precision
+    if flag_values.precision not in ("float32", "mixed_float16"):
+        raise ConfigError(f"--mixed_precision means --precision=mixed_float16, not "
+                          f"--precision={flag_values.precision}: pass one of them")
+    return "mixed_float16"
+
+
+def config_from_flags(flag_values: flags.FlagValues, environ: Mapping[str, str]) -> tuple:
+    """(TrainConfig, ClusterConfig) from parsed flags; unset outputs from ENVIRONMENT_FALLBACKS."""
+    values = {f.name: flag_values[f.name].value for f in dataclasses.fields(TrainConfig)}
+    for name, (variable, default) in ENVIRONMENT_FALLBACKS.items():
+        values[name] = values[name] or environ.get(variable) or default
+    values["precision"] = _precision(flag_values)
+    values["loss"] = values["loss"] or ("two_heads" if values["color_space"] == "lab" else "mse")
+    cluster = {f.name: flag_values[f.name].value for f in dataclasses.fields(ClusterConfig)}
+    return TrainConfig(**values), ClusterConfig(**cluster)

@@ -16,9 +16,9 @@ import time
 import tensorflow as tf
 from absl import logging
 
+from trainer.config import STRATEGIES
 from trainer.errors import ConfigError, StoppedError, TransientError
 
-STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device")
 DEFAULT_PORT = 2222
 
 

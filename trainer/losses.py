@@ -14,9 +14,8 @@ import numpy as np
 import tensorflow as tf
 
 from trainer import preprocess
+from trainer.config import LOSSES
 
-LOSSES = ("mse", "l1", "huber", "classification", "two_heads")
-BIN_LOSSES = ("classification", "two_heads")  # the losses that need bin logits and rebalancing weights
 SOFT_ENCODING_SIGMA = 5.0  # a*b* units: targets spread over the nearest bins, as in Zhang et al.
 REBALANCE_LAMBDA = 0.5  # mix of the empirical bin prior and the uniform one (Zhang et al.'s lambda)
 HUBER_DELTA = 0.1  # in a*b* / 128 units: about 13 a*b* units, quadratic below, linear above

@@ -3,9 +3,9 @@
 import keras
 from keras import layers
 
+from trainer.config import MODELS
 from trainer.schema import IMAGE_SIZE
 
-MODELS = ("autoencoder", "unet")
 INPUT_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 3)
 # The U-Net's moving batch statistics (used at evaluation and serving) follow training faster than
 # Keras' 0.99: with 0.99 a short run (130 steps for 10 epochs of 432 photos) still serves with

@@ -14,7 +14,6 @@ import functools
 import numpy as np
 import tensorflow as tf
 
-COLOR_SPACES = ("rgb", "lab")
 AB_SCALE = 128.0  # a*, b* of sRGB colours lie within about [-128, 127]
 AB_BIN_SIZE = 10.0  # a*b* quantisation step of the classification head (Zhang et al. 2016)
 ANNEAL_TEMPERATURE = 0.38  # annealed-mean decode: between the mean (1, desaturated) and the mode (0, noisy)

@@ -5,10 +5,9 @@ while this loop over Keras layers and optimizer runs unchanged under MirroredStr
 node) and MultiWorkerMirroredStrategy (many nodes).
 """
 
+import dataclasses
 import math
-import os
 import random
-import tempfile
 import time
 
 import keras
@@ -16,8 +15,8 @@ import tensorflow as tf
 from absl import logging
 
 from trainer import checkpoints, decode_fit, distribute, input_pipeline, losses, preemption, preprocess, steps, summaries
-from trainer.config import TrainConfig
-from trainer.errors import ConfigError, DataError, storage_errors
+from trainer.config import BIN_LOSSES, TrainConfig
+from trainer.errors import DataError, storage_errors
 from trainer.models import build_model
 
 
@@ -54,13 +53,15 @@ def build_optimizer(config: TrainConfig, steps_per_epoch: int = 1) -> keras.opti
     return optimizer
 
 
-def _own_dir(shared: str, strategy: tf.distribute.Strategy) -> str:
-    """Where this worker saves: the chief into model_dir, the others into a throwaway local folder.
+@dataclasses.dataclass(frozen=True)
+class FitResult:
+    """What `Trainer.fit` did: where the run stands and why it returned."""
 
-    All workers must take part in saving (it can involve collectives), but only one copy may land
-    in model_dir: the standard multi-worker save pattern. All workers RESTORE from model_dir.
-    """
-    return shared if strategy.extended.should_checkpoint else tempfile.mkdtemp(prefix="colorizer-worker-")
+    step: int
+    epoch: int
+    best_val_loss: float
+    preempted: bool  # a stop was agreed: a checkpoint is saved and a restart resumes from it
+    already_finished: bool  # this attempt trained nothing: the run had ended before it started
 
 
 class Trainer:
@@ -86,42 +87,16 @@ class Trainer:
             self.state = _State()
         checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, epoch=self.state.epoch,
                                          best_val_loss=self.state.best_val_loss, bad_epochs=self.state.bad_epochs)
-        self.shared_dirs = os.path.join(config.model_dir, "checkpoints"), os.path.join(config.model_dir, "best")
-        with self._storage():
-            checkpoints.check_identity(config.model_dir, config, write=strategy.extended.should_checkpoint)
-            self.manager = checkpoints.VerifiedCheckpoints(checkpoint, _own_dir(self.shared_dirs[0], strategy),
-                                                           keep=3, interval=config.checkpoint_every_steps)
-            self.best = checkpoints.VerifiedCheckpoints(tf.train.Checkpoint(model=self.model),
-                                                        _own_dir(self.shared_dirs[1], strategy), keep=1)
-        self.writers = summaries.Writers(config.log_dir or os.path.join(config.model_dir, "logs"), strategy.extended.should_save_summary)
+        self.checkpoints = checkpoints.RunCheckpoints(config, checkpoint, self.model, strategy.extended.should_checkpoint)
+        self.writers = summaries.Writers(config.log_dir, strategy.extended.should_save_summary)
 
     @property
     def step(self) -> int:
         return int(self.optimizer.iterations.numpy())
 
-    def _storage(self):
-        """Checkpoint I/O: storage trouble is transient (145), a missing bucket or permission is config (2)."""
-        return storage_errors(f"checkpoints in {self.config.model_dir}", ConfigError)
-
-    def _save(self, manager, check_interval=True):
-        with self._storage():
-            manager.save(self.step, force=not check_interval)
-
     def restore(self) -> int:
-        """Restores the chief's latest checkpoint if any; returns the step training continues from.
-
-        Other workers also copy the chief's best weights into their own folder, so all workers
-        restore the same best weights at the end of the run.
-        """
-        chief = self.strategy.extended.should_checkpoint
-        with self._storage():
-            if not chief:
-                best, _ = checkpoints.restore_newest(self.best.checkpoint, self.shared_dirs[1], partial=True)
-                if best:
-                    self.best.save(checkpoints.number(best))
-            latest, unreadable = checkpoints.restore_newest(self.manager.checkpoint, self.shared_dirs[0])
-            if chief:
-                self.manager.forget(unreadable)
+        """Restores the run's latest checkpoint if any; returns the step training continues from."""
+        latest = self.checkpoints.restore()
         if latest:
             logging.info("resuming from step %d (epoch %d) of %s", self.step, int(self.state.epoch.numpy()), latest)
         return self.step
@@ -142,7 +117,7 @@ class Trainer:
         Read in file order from the shards themselves (not the distributed dataset), so every worker
         computes the same weights.
         """
-        if self.config.loss not in losses.BIN_LOSSES:
+        if self.config.loss not in BIN_LOSSES:
             return None
         dataset = input_pipeline.build_dataset(self.train_shards, self.global_batch, training=False)
         targets = dataset.map(lambda gray, color: preprocess.model_pair(gray, color, self.config.color_space))
@@ -158,12 +133,12 @@ class Trainer:
         if val_loss < float(self.state.best_val_loss.numpy()):
             self.state.best_val_loss.assign(val_loss)
             self.state.bad_epochs.assign(0)
-            self._save(self.best, check_interval=False)
+            self.checkpoints.save_best(self.step)
             return False
         self.state.bad_epochs.assign_add(1)
         return self.config.patience > 0 and int(self.state.bad_epochs.numpy()) >= self.config.patience
 
-    def fit(self) -> dict:
+    def fit(self) -> FitResult:
         """Trains until `epochs`, early stopping or a stop request; returns a summary of the run.
 
         On a stop request (SIGTERM) every worker saves a checkpoint and the summary says
@@ -181,43 +156,48 @@ class Trainer:
         eval_dist = self.strategy.experimental_distribute_dataset(eval_ds)
         preview = next(iter(eval_ds))
         run_train, run_eval = self._step_functions()
-        preempted = False
+        preempted, run_start, first_epoch = False, time.perf_counter(), int(self.state.epoch.numpy())
         while not stopped and int(self.state.epoch.numpy()) < self.config.epochs:
             epoch = int(self.state.epoch.numpy())
             start = time.perf_counter()
             loss, preempted = self._run_epoch(run_train, train_iter, epoch)
-            seconds = time.perf_counter() - start
+            images_per_s = self.steps_per_epoch * self.global_batch / (time.perf_counter() - start)
             val_loss = None if preempted else self._evaluate(run_eval, eval_dist)
             if val_loss is None:  # a stop was agreed; a restart repeats this epoch's evaluation
                 preempted = True
                 break
-            self.state.epoch.assign_add(1)
-            stopped = self._early_stop(val_loss)
-            self._save(self.manager, check_interval=False)
-            images_per_s = self.steps_per_epoch * self.global_batch / seconds
-            quality = self._quality()
-            self.writers.epoch(self.step, loss, val_loss, images_per_s, self._grid(preview), quality)
-            logging.info("epoch %d/%d step %d loss %.5f val_loss %.5f val_psnr %.2f dB colourfulness %.0f%% of the "
-                         "truth's (%.0f images/s)%s", epoch + 1, self.config.epochs, self.step, loss, val_loss,
-                         quality["psnr"], quality["colourfulness_share"] * 100, images_per_s,
-                         " early stop" if stopped else "")
+            # Early stopping may end the run sooner: the ETA is for all --epochs.
+            eta = (time.perf_counter() - run_start) / (epoch + 1 - first_epoch) * (self.config.epochs - epoch - 1)
+            stopped = self._end_epoch(loss, val_loss, images_per_s, preview, eta)
         if preempted:
             preemption.keep_until_exit(train_iter, eval_dist)
         return self._finished(preempted)
 
-    def _finished(self, preempted: bool, already_finished: bool = False) -> dict:
+    def _end_epoch(self, loss: float, val_loss: float, images_per_s: float, preview, eta_seconds: float) -> bool:
+        """Counts the epoch, checkpoints it, reports it; True when early stopping ends the run."""
+        self.state.epoch.assign_add(1)
+        stopped = self._early_stop(val_loss)
+        self.checkpoints.save_latest(self.step)
+        quality = self._quality()
+        self.writers.epoch(self.step, loss, val_loss, images_per_s, self._grid(preview), quality)
+        ending = " early stop" if stopped else f"; ETA {_duration(eta_seconds)}" if eta_seconds > 0 else ""
+        logging.info("epoch %d/%d step %d loss %.4f val_loss %.4f val_psnr %.2f dB colourfulness %.0f%% of the "
+                     "truth's (%.0f images/s)%s", int(self.state.epoch.numpy()), self.config.epochs, self.step, loss,
+                     val_loss, quality["psnr"], quality["colourfulness_share"] * 100, images_per_s, ending)
+        return stopped
+
+    def _finished(self, preempted: bool, already_finished: bool = False) -> FitResult:
         """Saves where a stop left off, or restores the best weights for export; returns the summary.
 
         `already_finished`: this attempt trained nothing (the run had ended before it started).
         """
         if preempted:
-            self._save(self.manager, check_interval=False)
+            self.checkpoints.save_latest(self.step)
             logging.warning("stop requested: saved checkpoint at step %d; a restart resumes from it", self.step)
         else:
-            with self._storage():
-                checkpoints.restore_newest(self.best.checkpoint, self.best.directory, partial=True)
-        return {"step": self.step, "epoch": int(self.state.epoch.numpy()), "preempted": preempted,
-                "best_val_loss": float(self.state.best_val_loss.numpy()), "already_finished": already_finished}
+            self.checkpoints.restore_best()
+        return FitResult(self.step, int(self.state.epoch.numpy()), float(self.state.best_val_loss.numpy()), preempted,
+                         already_finished)
 
     def _run_epoch(self, run_train, train_iter, epoch: int):
         """Runs the rest of `epoch`; returns (mean loss, whether a stop was requested)."""
@@ -233,7 +213,7 @@ class Trainer:
             losses.append((float(_guard(lambda: run_train(train_iter, steps), self.train_shards)), steps))
             self.pacer.timed(steps, time.perf_counter() - start)
             if interval:
-                self._save(self.manager)
+                self.checkpoints.save_latest(self.step, force=False)
         return sum(l * n for l, n in losses) / max(1, sum(n for _, n in losses)), False
 
     def _evaluate(self, run_eval, eval_dist):
@@ -269,6 +249,13 @@ class Trainer:
         predicted = preprocess.predictions_to_rgb(self.model(inputs, training=False), gray, self.config.color_space)
         truth = preprocess.predictions_to_rgb(targets, gray, self.config.color_space)
         return summaries.image_grid(inputs, predicted, truth)
+
+
+def _duration(seconds: float) -> str:
+    """'45 s', '12 min' or '3.5 h'."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def _guard(run, shards):

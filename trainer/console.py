@@ -1,0 +1,81 @@
+"""What a user's terminal shows: the run's own progress, without TensorFlow's start-up chatter.
+
+TF 2.21's native libraries print oneDNN, CUDA and CPU-feature notices straight to file descriptor
+2 before absl::InitializeLog, whatever TF_CPP_MIN_LOG_LEVEL says (abseil PR #1957), once at import
+and once when the devices are first listed; and TF's Python modules log INFO records (checkpoint
+sharding, signature renames, asset writes) that a user can't act on. `quiet_tensorflow` hides
+exactly those; errors, warnings and this package's own records pass. Only the CLIs call it, and
+only when the user hasn't asked for TF's logs (--verbosity, or TF_CPP_MIN_LOG_LEVEL set).
+"""
+
+import contextlib
+import logging
+import os
+import re
+import sys
+import threading
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+# Lines of TF's native start-up that say nothing actionable (a CPU machine has no CUDA by design).
+NATIVE_NOISE = re.compile(
+    r"All log messages before absl::InitializeLog|\] oneDNN custom operations are on|cudart_stub\.cc|"
+    r"cpu_feature_guard\.cc|^To enable the following instructions|cuda_platform\.cc:\d+\] failed call to cuInit|"
+    r"Unable to register cu(DNN|FFT|BLAS) factory|computation_placer\.cc|TF-TRT Warning")
+
+
+def wants_quiet(verbosity_flag_present: bool, environ) -> bool:
+    """Quiet unless the user asked for TF's logs: --verbosity given, or TF_CPP_MIN_LOG_LEVEL set."""
+    return not verbosity_flag_present and "TF_CPP_MIN_LOG_LEVEL" not in environ
+
+
+class _PackageOrWarnings(logging.Filter):
+    """Passes WARNING and above from anyone, INFO and below only from this package."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.pathname.startswith(_PACKAGE_DIR)
+
+
+@contextlib.contextmanager
+def filtered_fd2(noise=NATIVE_NOISE):
+    """Runs the block with everything written to fd 2 passed through a line filter dropping `noise`.
+
+    On leaving, fd 2 is restored and the filter drains what is left, so no line is lost.
+    """
+    sys.stderr.flush()
+    original = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def forward():
+        with os.fdopen(read_end, "rb") as pipe:
+            for line in pipe:
+                if not noise.search(line.decode("utf-8", "replace")):
+                    os.write(original, line)
+
+    thread = threading.Thread(target=forward, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(original, 2)  # closes the pipe's last write end: the thread reads to the end and stops
+        thread.join(timeout=5)
+        os.close(original)
+
+
+def quiet_tensorflow(environ=os.environ):
+    """Imports TensorFlow and initialises its devices with the start-up notices hidden; quiets TF's INFO.
+
+    Call before anything imports TensorFlow. Returns the tensorflow module.
+    """
+    environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # native INFO and WARNING after start-up
+    with filtered_fd2():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+    from absl import logging as absl_logging
+
+    absl_logging.get_absl_handler().addFilter(_PackageOrWarnings())
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)  # its own handler prints INFO:tensorflow: lines
+    return tf
