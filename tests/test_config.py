@@ -27,7 +27,7 @@ def test_every_field_is_a_flag_with_the_fields_default_help_and_choices():
             if field.default is not dataclasses.MISSING and field.metadata["flag_default"] is not None:
                 assert flag.default == field.default, field.name
             if field.metadata["choices"]:
-                assert tuple(flag.enum_values) == field.metadata["choices"]
+                assert tuple(flag.parser.enum_values) == field.metadata["choices"]
 
 
 def test_config_from_flags_is_generic_with_environment_fallbacks():
