@@ -48,6 +48,10 @@ setup(
             "cryptography>=42",
             # TF Serving's own protos, to check the ones trainer/serving_protos.py declares (warmup, model config).
             "tensorflow-serving-api>=2.21,<2.22",
+            # The repository's lint, format and type checks (tests/test_lint.py); pinned so CI and
+            # developers agree on the format.
+            "ruff==0.17.6",
+            "mypy==2.4.1",
         ],
     },
     entry_points={

@@ -80,9 +80,14 @@ def model_flops(model: keras.Model, output_channels: int) -> dict:
 
 
 def make_trainer(shards, model: str, batch: int, base_filters: int, model_dir: str) -> Trainer:
-    """The real Trainer on one CPU device, reading `shards` for both splits."""
+    """The real Trainer on one CPU device, reading `shards` for both splits.
+
+    MSE, as `bare_step`, so the two steps compare like with like (and docs/SCALING.md's numbers
+    stay comparable); the default two heads cost more per step for their 261 bin logits.
+    """
     config = TrainConfig(train_data=shards.pattern, eval_data=shards.pattern, model_dir=model_dir,
-                         export_dir=model_dir + "/export", model=model, batch_size=batch, base_filters=base_filters)
+                         export_dir=model_dir + "/export", model=model, loss="mse", batch_size=batch,
+                         base_filters=base_filters)
     return Trainer(config, tf.distribute.OneDeviceStrategy("/cpu:0"), shards, shards)
 
 
@@ -144,7 +149,7 @@ def measure_model(shards, model: str, batch: int, base_filters: int, steps: int,
         for fn in variants.values():
             fn()
         seconds = common.interleave(variants, repeats)
-        flops = model_flops(trainer.model, preprocess.output_channels(trainer.config.color_space))
+        flops = model_flops(trainer.model, preprocess.output_channels(trainer.config.color_space, trainer.config.loss))
     images = steps * batch
     result = {f"{name}_images_per_s": common.median_rate(images, s) for name, s in seconds.items()}
     result.update(flops)

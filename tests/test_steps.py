@@ -14,7 +14,8 @@ from trainer.train import build_optimizer
 
 
 def _config(**overrides):
-    values = dict(train_data="t", eval_data="e", model_dir="m", export_dir="x", base_filters=4, batch_size=4, seed=3)
+    values = dict(train_data="t", eval_data="e", model_dir="m", export_dir="x", base_filters=4, batch_size=4, seed=3,
+                  loss="mse")  # the step mechanics, compared with a host-side MSE
     return TrainConfig(**{**values, **overrides})
 
 
@@ -29,7 +30,7 @@ def _setup(config):
     keras.mixed_precision.set_global_policy(config.precision)
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
     with strategy.scope():
-        model = build_model("unet", preprocess.output_channels(config.color_space), config.base_filters)
+        model = build_model("unet", preprocess.output_channels(config.color_space, config.loss), config.base_filters)
         optimizer = build_optimizer(config)
         optimizer.build(model.trainable_variables)
     batches = iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(_batch()).repeat()))

@@ -61,9 +61,10 @@ class TrainConfig:
                                     flag_default=None)
     model: str = _setting("unet", "autoencoder: the seed's model; unet: skip connections.", MODELS)
     color_space: str = _setting("lab", "rgb: predict RGB (the seed); lab: predict a*b*, keep L*.", COLOR_SPACES)
-    loss: str = _setting("two_heads", "two_heads: a*b* bins and regression (lab); mse, l1, huber on the targets; "
-                         "classification over a*b* bins (lab) [two_heads with --color_space=lab, mse with rgb].",
-                         LOSSES, flag_default=None)
+    # None: two_heads with lab, mse with rgb (filled in on creation, so the seed's rgb recipe needs no --loss).
+    loss: Optional[str] = _setting(None, "two_heads: a*b* bins and regression (lab); mse, l1, huber on the targets; "
+                                   "classification over a*b* bins (lab) [two_heads with --color_space=lab, mse "
+                                   "with rgb].", LOSSES)
     base_filters: int = _setting(32, "Filters of the U-Net's first level (doubled at each level).")
     sync_batchnorm: bool = _setting(False, "U-Net batch statistics over the global batch, not each replica's.")
     epochs: int = _setting(10, "Epochs (passes over the training split).")
@@ -97,6 +98,8 @@ class TrainConfig:
         return self.tensorboard_dir or os.path.join(self.model_dir, "logs")
 
     def __post_init__(self):
+        if self.loss is None:
+            object.__setattr__(self, "loss", "two_heads" if self.color_space == "lab" else "mse")
         self.validate()
 
     def validate(self) -> None:
@@ -177,6 +180,5 @@ def config_from_flags(flag_values: flags.FlagValues, environ: Mapping[str, str])
     for name, (variable, default) in ENVIRONMENT_FALLBACKS.items():
         values[name] = values[name] or environ.get(variable) or default
     values["precision"] = _precision(flag_values)
-    values["loss"] = values["loss"] or ("two_heads" if values["color_space"] == "lab" else "mse")
     cluster = {f.name: flag_values[f.name].value for f in dataclasses.fields(ClusterConfig)}
     return TrainConfig(**values), ClusterConfig(**cluster)
