@@ -18,7 +18,10 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["trainer", "trainer.*"]) + (["trainer.k8s"] if HAS_K8S else []),
     package_dir={"trainer.k8s": "k8s"} if HAS_K8S else {},
-    package_data={"trainer": ["sample/*.tfrecord", "sample/*.json"], "trainer.k8s": ["**/*.yaml", "**/*.env"]},
+    package_data={
+        "trainer": ["sample/*.tfrecord", "sample/*.json"],
+        "trainer.k8s": ["**/*.yaml", "**/*.env"],
+    },
     install_requires=[
         "tensorflow>=2.21,<2.22",
         "tensorboard>=2.21,<2.22",  # tf.summary needs it; TF 2.21 no longer pulls it in

@@ -47,9 +47,15 @@ def machine_info() -> dict:
     """What a reader needs to judge the numbers: CPU, cores, library versions, load."""
     import keras
 
-    return {"cpu_model": cpu_model(), "cores": os.cpu_count(), "tf_version": tf.__version__,
-            "keras_version": keras.__version__, "python": platform.python_version(),
-            "platform": platform.platform(), "load_average_start": load_average()}
+    return {
+        "cpu_model": cpu_model(),
+        "cores": os.cpu_count(),
+        "tf_version": tf.__version__,
+        "keras_version": keras.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_average_start": load_average(),
+    }
 
 
 def timed(fn) -> float:
@@ -94,7 +100,7 @@ def synthetic_photo(seed: int, size=(320, 240)) -> np.ndarray:
     base = np.stack([x, y, 1 - x], axis=-1) * rng.uniform(0.3, 1.0, 3)
     for _ in range(6):
         x0, y0 = rng.integers(0, w - w // 4), rng.integers(0, h - h // 4)
-        base[y0:y0 + h // 4, x0:x0 + w // 4] = rng.uniform(0, 1, 3)
+        base[y0 : y0 + h // 4, x0 : x0 + w // 4] = rng.uniform(0, 1, 3)
     base += rng.normal(0.0, 0.04, base.shape)
     return (base * 255).clip(0, 255).astype(np.uint8)
 

@@ -23,8 +23,15 @@ SHUFFLE_BUFFER = TrainConfig.shuffle_buffer  # what build_dataset shuffles with 
 def make_shards(photo_dir: str, root: str, encoding: str, num_shards: int) -> input_pipeline.ShardSet:
     """Runs `trainer.prepare` with `encoding` into `root/encoding`; returns the verified shards."""
     out = os.path.join(root, encoding)
-    prepare(photo_dir, out, split="train", num_shards=num_shards, encoding=encoding, workers=os.cpu_count() or 1,
-            progress=False)
+    prepare(
+        photo_dir,
+        out,
+        split="train",
+        num_shards=num_shards,
+        encoding=encoding,
+        workers=os.cpu_count() or 1,
+        progress=False,
+    )
     return input_pipeline.find_shards(os.path.join(out, "train-*"))
 
 
@@ -36,25 +43,40 @@ def record_bytes(shards: input_pipeline.ShardSet) -> float:
 def raw_read(shards, batch: int) -> tf.data.Dataset:
     """The shards' records, read as the pipeline reads them (interleaved, 8 MB buffers), unparsed."""
     files = tf.data.Dataset.from_tensor_slices(list(shards.files)).repeat()
-    records = files.interleave(lambda f: tf.data.TFRecordDataset(f, buffer_size=8 << 20),
-                               cycle_length=min(len(shards.files), 16), num_parallel_calls=AUTOTUNE,
-                               deterministic=False)
+    records = files.interleave(
+        lambda f: tf.data.TFRecordDataset(f, buffer_size=8 << 20),
+        cycle_length=min(len(shards.files), 16),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=False,
+    )
     return records.batch(batch).prefetch(AUTOTUNE)
 
 
-def variant(shards, batch: int, parallel=AUTOTUNE, cycle: int = 16, threads: int = 0, stage: str = "batch",
-            shuffle: bool = True):
+def variant(
+    shards,
+    batch: int,
+    parallel=AUTOTUNE,
+    cycle: int = 16,
+    threads: int = 0,
+    stage: str = "batch",
+    shuffle: bool = True,
+):
     """`build_dataset`'s host pipeline with explicit knobs, or cut after `stage` for profiling.
 
     stages: read, parse (Example proto), decode (PNG/raw -> uint8), batch (the whole host pipeline).
     """
     files = tf.data.Dataset.from_tensor_slices(list(shards.files))
     files = (files.shuffle(len(shards.files)) if shuffle else files).repeat()
-    ds = files.interleave(lambda f: tf.data.TFRecordDataset(f, buffer_size=8 << 20),
-                          cycle_length=min(len(shards.files), cycle), num_parallel_calls=parallel,
-                          deterministic=False)
+    ds = files.interleave(
+        lambda f: tf.data.TFRecordDataset(f, buffer_size=8 << 20),
+        cycle_length=min(len(shards.files), cycle),
+        num_parallel_calls=parallel,
+        deterministic=False,
+    )
     if stage == "parse":
-        ds = ds.map(lambda r: tf.io.parse_single_example(r, input_pipeline.FEATURES), num_parallel_calls=parallel)
+        ds = ds.map(
+            lambda r: tf.io.parse_single_example(r, input_pipeline.FEATURES), num_parallel_calls=parallel
+        )
     elif stage != "read":
         ds = ds.map(lambda r: input_pipeline.parse_record(r, shards.encoding), num_parallel_calls=parallel)
     ds = ds.batch(batch, drop_remainder=True, num_parallel_calls=None if stage == "read" else parallel)
@@ -95,22 +117,37 @@ def measure_encoding(shards, batch: int, batches: int, repeats: int) -> dict:
     """Raw read, decode only and the host pipeline (interleaved), in images/s and MB/s of stored bytes."""
     per_record = record_bytes(shards)
     raw_batches = batches * 4
-    seconds = common.interleave({"raw": puller(raw_read(shards, batch), raw_batches),
-                                 "decode_only": puller(decode_only(shards, batch), batches),
-                                 "full": puller(full_pipeline(shards, batch), batches, SHUFFLE_BUFFER)}, repeats)
+    seconds = common.interleave(
+        {
+            "raw": puller(raw_read(shards, batch), raw_batches),
+            "decode_only": puller(decode_only(shards, batch), batches),
+            "full": puller(full_pipeline(shards, batch), batches, SHUFFLE_BUFFER),
+        },
+        repeats,
+    )
     raw_rate = common.median_rate(raw_batches * batch, seconds["raw"])
     full_rate = common.median_rate(batches * batch, seconds["full"])
-    return {"record_bytes": per_record, "raw_records_per_s": raw_rate, "raw_mb_s": raw_rate * per_record / 1e6,
-            "images_per_s": full_rate, "mb_s": full_rate * per_record / 1e6,
-            "decode_only_images_per_s": common.median_rate(batches * batch, seconds["decode_only"]),
-            "host_over_decode_only": common.median_ratio(seconds["full"], seconds["decode_only"]),
-            "full_over_raw": common.median_ratio(seconds["full"], seconds["raw"], batches, raw_batches)}
+    return {
+        "record_bytes": per_record,
+        "raw_records_per_s": raw_rate,
+        "raw_mb_s": raw_rate * per_record / 1e6,
+        "images_per_s": full_rate,
+        "mb_s": full_rate * per_record / 1e6,
+        "decode_only_images_per_s": common.median_rate(batches * batch, seconds["decode_only"]),
+        "host_over_decode_only": common.median_ratio(seconds["full"], seconds["decode_only"]),
+        "full_over_raw": common.median_ratio(seconds["full"], seconds["raw"], batches, raw_batches),
+    }
 
 
-SCALING = {"threads1_np1_cycle1": dict(parallel=1, cycle=1, threads=1),
-           "np1_cycle8": dict(parallel=1, cycle=8), "np2_cycle8": dict(parallel=2, cycle=8),
-           "autotune_cycle1": dict(cycle=1), "autotune_cycle2": dict(cycle=2),
-           "autotune_cycle8": dict(cycle=8), "autotune_cycle16": dict(cycle=16)}
+SCALING = {
+    "threads1_np1_cycle1": dict(parallel=1, cycle=1, threads=1),
+    "np1_cycle8": dict(parallel=1, cycle=8),
+    "np2_cycle8": dict(parallel=2, cycle=8),
+    "autotune_cycle1": dict(cycle=1),
+    "autotune_cycle2": dict(cycle=2),
+    "autotune_cycle8": dict(cycle=8),
+    "autotune_cycle16": dict(cycle=16),
+}
 STAGES = ("read", "parse", "decode", "batch")
 
 
@@ -123,8 +160,10 @@ def measure_scaling(shards, batch: int, batches: int, repeats: int, names) -> di
 
 def measure_stages(shards, batch: int, batches: int, repeats: int) -> dict:
     """Single-thread cost of each stage in microseconds per image (cumulative cut minus the previous)."""
-    pulls = {stage: puller(variant(shards, batch, parallel=1, cycle=1, threads=1, stage=stage), batches)
-             for stage in STAGES}
+    pulls = {
+        stage: puller(variant(shards, batch, parallel=1, cycle=1, threads=1, stage=stage), batches)
+        for stage in STAGES
+    }
     seconds = common.interleave(pulls, repeats)
     cumulative = {stage: 1e6 / common.median_rate(batches * batch, s) for stage, s in seconds.items()}
     costs, previous = {}, 0.0
@@ -134,7 +173,9 @@ def measure_stages(shards, batch: int, batches: int, repeats: int) -> dict:
     return {"us_per_image": costs, "us_per_image_cumulative": cumulative}
 
 
-def run(photo_dir: str, encodings, num_shards: int, batch: int, batches: int, repeats: int, scaling=tuple(SCALING)) -> dict:
+def run(
+    photo_dir: str, encodings, num_shards: int, batch: int, batches: int, repeats: int, scaling=tuple(SCALING)
+) -> dict:
     """All pipeline figures per encoding; the top-level keys describe the default (png) encoding."""
     result = {"batch": batch, "load_average": common.load_average()}
     with tempfile.TemporaryDirectory(prefix="colorizer-bench-") as root:
@@ -146,9 +187,14 @@ def run(photo_dir: str, encodings, num_shards: int, batch: int, batches: int, re
             entry["stages"] = measure_stages(shards, batch, batches, repeats)
             result[encoding] = entry
     default = result[encodings[0]]
-    result.update(encoding=encodings[0], raw_mb_s=default["raw_mb_s"], images_per_s=default["images_per_s"],
-                  mb_s=default["mb_s"], full_over_raw=default["full_over_raw"],
-                  decode_only_images_per_s=default["decode_only_images_per_s"],
-                  host_over_decode_only=min(result[e]["host_over_decode_only"] for e in encodings),
-                  per_core_images_per_s=default["scaling_images_per_s"]["threads1_np1_cycle1"])
+    result.update(
+        encoding=encodings[0],
+        raw_mb_s=default["raw_mb_s"],
+        images_per_s=default["images_per_s"],
+        mb_s=default["mb_s"],
+        full_over_raw=default["full_over_raw"],
+        decode_only_images_per_s=default["decode_only_images_per_s"],
+        host_over_decode_only=min(result[e]["host_over_decode_only"] for e in encodings),
+        per_core_images_per_s=default["scaling_images_per_s"]["threads1_np1_cycle1"],
+    )
     return result

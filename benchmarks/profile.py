@@ -38,8 +38,12 @@ def top_ops(logdir: str, count: int) -> list:
             for event in line.events:
                 name = names.get(event.metadata_id, "")
                 op = name.split(":")[-1].strip()
-                if ":" in name and not name.startswith(("Iterator", "$")) and op not in _CONTAINERS \
-                        and not op.startswith("__inference"):
+                if (
+                    ":" in name
+                    and not name.startswith(("Iterator", "$"))
+                    and op not in _CONTAINERS
+                    and not op.startswith("__inference")
+                ):
                     totals[op] += event.duration_ps
     whole = sum(totals.values()) or 1
     return [(name, ps / whole) for name, ps in totals.most_common(count)]
@@ -67,7 +71,10 @@ def main():
         with tempfile.TemporaryDirectory() as export_dir:
             loaded = tf.saved_model.load(serving.export_saved_model(model, "lab", export_dir))
             request = tf.constant(files)
-            trace(lambda: loaded.signatures["serving_default"](image_bytes=request), os.path.join(args.logdir, "serving"))
+            trace(
+                lambda: loaded.signatures["serving_default"](image_bytes=request),
+                os.path.join(args.logdir, "serving"),
+            )
     for name in ("pipeline", "serving"):
         print(f"{name}: top ops by time ({args.logdir}/{name})")
         for op, share in top_ops(os.path.join(args.logdir, name), 12):

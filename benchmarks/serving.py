@@ -37,8 +37,14 @@ def load_photos(photo_dir: str, count: int):
 def _batch(files, batch: int):
     """`batch` image files (cycling through `files`) and the same images as gray float [B,120,120,1]."""
     chosen = [files[i % len(files)] for i in range(batch)]
-    gray = tf.stack([tf.image.rgb_to_grayscale(tf.image.convert_image_dtype(tf.io.decode_png(f, channels=3), tf.float32))
-                     for f in chosen])
+    gray = tf.stack(
+        [
+            tf.image.rgb_to_grayscale(
+                tf.image.convert_image_dtype(tf.io.decode_png(f, channels=3), tf.float32)
+            )
+            for f in chosen
+        ]
+    )
     return tf.constant(chosen), gray
 
 
@@ -65,8 +71,11 @@ def latency(signature, files, calls: int) -> dict:
     for i in range(calls):
         request = tf.constant([files[i % len(files)]])
         seconds.append(common.timed(lambda r=request: signature(image_bytes=r)["colorized_bytes"].numpy()))
-    return {"p50_ms_b1": common.percentile_ms(seconds, 50), "p99_ms_b1": common.percentile_ms(seconds, 99),
-            "latency_calls_b1": calls}
+    return {
+        "p50_ms_b1": common.percentile_ms(seconds, 50),
+        "p99_ms_b1": common.percentile_ms(seconds, 99),
+        "latency_calls_b1": calls,
+    }
 
 
 def run(model, color_space: str, photos, batches, calls: int, repeats: int, latency_calls: int) -> dict:
@@ -78,7 +87,9 @@ def run(model, color_space: str, photos, batches, calls: int, repeats: int, late
         loaded = tf.saved_model.load(export_saved_model(model, color_space, export_dir))
         signatures = loaded.signatures
         for batch in batches:
-            for key, value in measure_batch(signatures, model_fn, files, batch, max(1, calls // batch), repeats).items():
+            for key, value in measure_batch(
+                signatures, model_fn, files, batch, max(1, calls // batch), repeats
+            ).items():
                 result[f"{key}_b{batch}"] = value
         result.update(latency(signatures["serving_default"], files, latency_calls))
     return result

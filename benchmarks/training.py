@@ -75,8 +75,11 @@ def model_flops(model: keras.Model, output_channels: int) -> dict:
         return tape.gradient(loss, model.trainable_variables)
 
     forward = graph_flops(lambda x: model(x, training=False), image)
-    return {"forward_flops_per_image": forward, "train_flops_per_image": graph_flops(loss_and_grads, image, target),
-            "analytic_conv_forward_flops_per_image": analytic_conv_flops(model)}
+    return {
+        "forward_flops_per_image": forward,
+        "train_flops_per_image": graph_flops(loss_and_grads, image, target),
+        "analytic_conv_forward_flops_per_image": analytic_conv_flops(model),
+    }
 
 
 def make_trainer(shards, model: str, batch: int, base_filters: int, model_dir: str) -> Trainer:
@@ -85,9 +88,16 @@ def make_trainer(shards, model: str, batch: int, base_filters: int, model_dir: s
     MSE, as `bare_step`, so the two steps compare like with like (and docs/SCALING.md's numbers
     stay comparable); the default two heads cost more per step for their 261 bin logits.
     """
-    config = TrainConfig(train_data=shards.pattern, eval_data=shards.pattern, model_dir=model_dir,
-                         export_dir=model_dir + "/export", model=model, loss="mse", batch_size=batch,
-                         base_filters=base_filters)
+    config = TrainConfig(
+        train_data=shards.pattern,
+        eval_data=shards.pattern,
+        model_dir=model_dir,
+        export_dir=model_dir + "/export",
+        model=model,
+        loss="mse",
+        batch_size=batch,
+        base_filters=base_filters,
+    )
     return Trainer(config, tf.distribute.OneDeviceStrategy("/cpu:0"), shards, shards)
 
 
@@ -98,7 +108,9 @@ def bare_step(model, optimizer):
     def step(inputs, targets):
         with tf.GradientTape() as tape:
             loss = tf.reduce_mean(tf.square(tf.cast(model(inputs, training=True), tf.float32) - targets))
-        optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+        optimizer.apply_gradients(
+            zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
+        )
         return loss
 
     return step
@@ -107,7 +119,8 @@ def bare_step(model, optimizer):
 def device_preprocess(optimizer, color_space: str):
     """The trainer's own device-side preprocessing (`steps.device_preprocess`), seeded as replica 0."""
     return lambda gray, color: trainer_steps.device_preprocess(
-        gray, color, color_space, augment.step_seed(0, optimizer.iterations, 0))
+        gray, color, color_space, augment.step_seed(0, optimizer.iterations, 0)
+    )
 
 
 def preprocessing_step(step, optimizer, color_space: str):
@@ -123,7 +136,9 @@ def _variants(trainer, steps: int) -> dict:
     strategy = trainer.strategy
     real = iter(strategy.experimental_distribute_dataset(train_ds))
     gray, color = next(iter(train_ds))
-    cached = iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors((gray, color)).repeat()))
+    cached = iter(
+        strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors((gray, color)).repeat())
+    )
     step = bare_step(trainer.model, trainer.optimizer)
     with_preprocess = preprocessing_step(step, trainer.optimizer, trainer.config.color_space)
     inputs, targets = preprocess.model_pair(gray, color, trainer.config.color_space)
@@ -134,11 +149,16 @@ def _variants(trainer, steps: int) -> dict:
             for _ in range(steps):
                 loss = fn(*args)
             loss.numpy()
+
         return run
 
-    return {"loop": lambda: float(run_train(real, steps)), "loop_cached": lambda: float(run_train(cached, steps)),
-            "bare": repeat(step, inputs, targets), "bare_preprocess": repeat(with_preprocess, gray, color),
-            "preprocess_only": repeat(lambda g, c: preprocess_only(g, c)[1], gray, color)}
+    return {
+        "loop": lambda: float(run_train(real, steps)),
+        "loop_cached": lambda: float(run_train(cached, steps)),
+        "bare": repeat(step, inputs, targets),
+        "bare_preprocess": repeat(with_preprocess, gray, color),
+        "preprocess_only": repeat(lambda g, c: preprocess_only(g, c)[1], gray, color),
+    }
 
 
 def measure_model(shards, model: str, batch: int, base_filters: int, steps: int, repeats: int) -> dict:
@@ -149,7 +169,9 @@ def measure_model(shards, model: str, batch: int, base_filters: int, steps: int,
         for fn in variants.values():
             fn()
         seconds = common.interleave(variants, repeats)
-        flops = model_flops(trainer.model, preprocess.output_channels(trainer.config.color_space, trainer.config.loss))
+        flops = model_flops(
+            trainer.model, preprocess.output_channels(trainer.config.color_space, trainer.config.loss)
+        )
     images = steps * batch
     result = {f"{name}_images_per_s": common.median_rate(images, s) for name, s in seconds.items()}
     result.update(flops)
@@ -157,25 +179,39 @@ def measure_model(shards, model: str, batch: int, base_filters: int, steps: int,
     result["loop_cached_over_bare"] = common.median_ratio(seconds["loop_cached"], seconds["bare"])
     # The preprocessing timed alone over the step that includes it: a 1-2% difference between two
     # one-second step timings drowns in a shared machine's noise (kept as `..._by_difference`).
-    result["device_preprocess_share"] = common.median_ratio(seconds["bare_preprocess"], seconds["preprocess_only"])
-    result["device_preprocess_share_by_difference"] = 1.0 - common.median_ratio(seconds["bare_preprocess"],
-                                                                                seconds["bare"])
+    result["device_preprocess_share"] = common.median_ratio(
+        seconds["bare_preprocess"], seconds["preprocess_only"]
+    )
+    result["device_preprocess_share_by_difference"] = 1.0 - common.median_ratio(
+        seconds["bare_preprocess"], seconds["bare"]
+    )
     result["parameters"] = int(trainer.model.count_params())
     return result
 
 
 def run(shards, models, batch: int, base_filters: int, steps: int, repeats: int, peak_size: int) -> dict:
     """Per-model figures; the top-level keys describe the recommended model (the first in `models`)."""
-    result = {"batch": batch, "base_filters": base_filters, "load_average": common.load_average(),
-              "matmul_peak_flop_s": matmul_peak_flops(peak_size, max(3, repeats))}
+    result = {
+        "batch": batch,
+        "base_filters": base_filters,
+        "load_average": common.load_average(),
+        "matmul_peak_flop_s": matmul_peak_flops(peak_size, max(3, repeats)),
+    }
     for model in models:
         entry = measure_model(shards, model, batch, base_filters, steps, repeats)
         for kind in ("loop", "bare"):
-            entry[f"{kind}_mfu"] = entry[f"{kind}_images_per_s"] * entry["train_flops_per_image"] / result["matmul_peak_flop_s"]
+            entry[f"{kind}_mfu"] = (
+                entry[f"{kind}_images_per_s"] * entry["train_flops_per_image"] / result["matmul_peak_flop_s"]
+            )
         result[model] = entry
     main = result[models[0]]
-    result.update(model=models[0], loop_images_per_s=main["loop_images_per_s"],
-                  bare_step_images_per_s=main["bare_images_per_s"], loop_over_bare=main["loop_over_bare"],
-                  mfu=main["loop_mfu"], flops_per_image=main["train_flops_per_image"],
-                  device_preprocess_share=main["device_preprocess_share"])
+    result.update(
+        model=models[0],
+        loop_images_per_s=main["loop_images_per_s"],
+        bare_step_images_per_s=main["bare_images_per_s"],
+        loop_over_bare=main["loop_over_bare"],
+        mfu=main["loop_mfu"],
+        flops_per_image=main["train_flops_per_image"],
+        device_preprocess_share=main["device_preprocess_share"],
+    )
     return result

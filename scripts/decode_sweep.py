@@ -30,6 +30,7 @@ from trainer.input_pipeline import find_shards  # noqa: E402
 from trainer.models import build_model  # noqa: E402
 from trainer.prepare import assign_split  # noqa: E402
 
+
 def compose(prediction, gray, scale: float, blend: float) -> np.ndarray:
     """The serving path's composition with one decode setting, as uint8 RGB."""
     rgb = preprocess.predictions_to_rgb(prediction, gray, "lab", preprocess.DecodeSettings(scale, blend))
@@ -57,29 +58,41 @@ def main():
     parser.add_argument("--data_root", default="../shared/data")
     parser.add_argument("--tuning_fraction", type=float, default=0.1, help="quality.sh's --holdout_fraction")
     parser.add_argument("--scales", default="1,1.2,1.4,1.6,1.8,2", help="a*b* multipliers")
-    parser.add_argument("--blends", default="0,0.25", help="two_heads runs: shares of the classification head")
-    parser.add_argument("--tuning_data", help="shards of the tuning slice: also print trainer.decode_fit's choice")
+    parser.add_argument(
+        "--blends", default="0,0.25", help="two_heads runs: shares of the classification head"
+    )
+    parser.add_argument(
+        "--tuning_data", help="shards of the tuning slice: also print trainer.decode_fit's choice"
+    )
     args = parser.parse_args()
     with open(os.path.join(args.run, "model", "run.json")) as handle:
         run = json.load(handle)
     model = build_model("unet", preprocess.output_channels("lab", run["loss"]), run["base_filters"])
-    tf.train.Checkpoint(model=model).restore(tf.train.latest_checkpoint(os.path.join(args.run, "model", "best"))
-                                             ).expect_partial()
+    tf.train.Checkpoint(model=model).restore(
+        tf.train.latest_checkpoint(os.path.join(args.run, "model", "best"))
+    ).expect_partial()
     train_dir, test_dir = (os.path.join(args.data_root, name) for name in ("cbsd432", "cbsd68"))
-    tuning = [n for n in sorted(os.listdir(train_dir))
-              if assign_split(n, "train", "tuning", args.tuning_fraction) == "tuning"]
+    tuning = [
+        n
+        for n in sorted(os.listdir(train_dir))
+        if assign_split(n, "train", "tuning", args.tuning_fraction) == "tuning"
+    ]
     blends = [float(b) for b in args.blends.split(",")] if run["loss"] == "two_heads" else [0.0]
     settings = list(itertools.product([float(s) for s in args.scales.split(",")], blends))
     if args.tuning_data:
         chosen, scores = decode_fit.fit_decode(model, find_shards(args.tuning_data), "lab", run["loss"])
         print(f"decode_fit's choice on {args.tuning_data} (120x120): {chosen} {scores}")
-    for name, paths in (("tuning slice of cbsd432", [os.path.join(train_dir, n) for n in tuning]),
-                        ("cbsd68", [os.path.join(test_dir, n) for n in sorted(os.listdir(test_dir))])):
+    for name, paths in (
+        ("tuning slice of cbsd432", [os.path.join(train_dir, n) for n in tuning]),
+        ("cbsd68", [os.path.join(test_dir, n) for n in sorted(os.listdir(test_dir))]),
+    ):
         truth, results = score(model, paths, settings)
         print(f"{name}: {len(paths)} photos, truth colourfulness {truth:.1f}")
         for (scale, blend), r in results.items():
-            print(f"  a*b* x{scale:.1f} blend {blend:.2f}  PSNR {r['psnr']:.2f}  SSIM {r['ssim']:.3f}  "
-                  f"colourfulness {r['colourfulness']:.1f} ({100 * r['colourfulness'] / truth:.0f}%)")
+            print(
+                f"  a*b* x{scale:.1f} blend {blend:.2f}  PSNR {r['psnr']:.2f}  SSIM {r['ssim']:.3f}  "
+                f"colourfulness {r['colourfulness']:.1f} ({100 * r['colourfulness'] / truth:.0f}%)"
+            )
 
 
 if __name__ == "__main__":

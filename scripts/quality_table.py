@@ -29,8 +29,10 @@ def load(report_dir: str) -> dict:
 
 def _cells(full: dict, small: dict, truth: float) -> str:
     share = 100.0 * full["colourfulness"] / truth if truth else 0.0
-    return (f"{full['psnr']:.2f} | {full['ssim']:.3f} | {full['colourfulness']:.1f} ({share:.0f}%) | "
-            f"{full['delta_e_2000']:.2f} | {small['psnr']:.2f} | {small['ssim']:.3f} | {small['colourfulness']:.1f}")
+    return (
+        f"{full['psnr']:.2f} | {full['ssim']:.3f} | {full['colourfulness']:.1f} ({share:.0f}%) | "
+        f"{full['delta_e_2000']:.2f} | {small['psnr']:.2f} | {small['ssim']:.3f} | {small['colourfulness']:.1f}"
+    )
 
 
 def goals(full: dict, reference: dict, truth: float) -> str:
@@ -41,7 +43,9 @@ def goals(full: dict, reference: dict, truth: float) -> str:
     if full["ssim"] < reference["ssim"] - SSIM_MARGIN:
         misses.append(f"SSIM {full['ssim'] - reference['ssim']:+.3f}")
     if truth and full["colourfulness"] < COLOURFULNESS_SHARE * truth:
-        misses.append(f"colourfulness {100 * full['colourfulness'] / truth:.0f}% < {100 * COLOURFULNESS_SHARE:.0f}%")
+        misses.append(
+            f"colourfulness {100 * full['colourfulness'] / truth:.0f}% < {100 * COLOURFULNESS_SHARE:.0f}%"
+        )
     return "met" if not misses else "misses: " + ", ".join(misses)
 
 
@@ -52,12 +56,15 @@ def table(rows: list, reference: str = None) -> str:
     truth = first[size]["truth_colourfulness"]
     reports = dict(rows)
     baseline = reports[reference][size]["model"] if reference in reports else None
-    lines = [f"Scored on {first[size]['images']} photos; truth colourfulness {truth:.1f}. Columns 2-5 at "
-             f"{'full resolution via serving_default' if size == 'full' else '120x120'}, 6-8 at 120x120 "
-             "via colorize_tensor.", "",
-             "| | PSNR dB | SSIM | colourfulness (% of truth) | CIEDE2000 | PSNR 120 | SSIM 120 | colourf. 120 | goals |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-             f"| gray input returned as is | {_cells(first[size]['gray'], first['120']['gray'], truth)} | |"]
+    lines = [
+        f"Scored on {first[size]['images']} photos; truth colourfulness {truth:.1f}. Columns 2-5 at "
+        f"{'full resolution via serving_default' if size == 'full' else '120x120'}, 6-8 at 120x120 "
+        "via colorize_tensor.",
+        "",
+        "| | PSNR dB | SSIM | colourfulness (% of truth) | CIEDE2000 | PSNR 120 | SSIM 120 | colourf. 120 | goals |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"| gray input returned as is | {_cells(first[size]['gray'], first['120']['gray'], truth)} | |",
+    ]
     for label, report in rows:
         full = report[size]["model"]
         verdict = "reference" if label == reference else goals(full, baseline, truth) if baseline else ""
@@ -80,10 +87,15 @@ def read_curve(event_dir: str) -> list:
 
 def curve_table(curve: list) -> str:
     """Markdown: epoch, step, validation loss, PSNR and colourfulness (unfitted decode)."""
-    lines = ["| epoch | step | val loss | val PSNR dB | val colourfulness (% of truth) |", "| --- | --- | --- | --- | --- |"]
+    lines = [
+        "| epoch | step | val loss | val PSNR dB | val colourfulness (% of truth) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for epoch, (step, values) in enumerate(curve, start=1):
-        lines.append(f"| {epoch} | {step} | {values.get('loss', float('nan')):.4f} | {values.get('psnr', float('nan')):.2f} | "
-                     f"{100 * values.get('colourfulness_share', float('nan')):.0f}% |")
+        lines.append(
+            f"| {epoch} | {step} | {values.get('loss', float('nan')):.4f} | {values.get('psnr', float('nan')):.2f} | "
+            f"{100 * values.get('colourfulness_share', float('nan')):.0f}% |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -96,33 +108,50 @@ def crop_sheet(report_dir: str, output: str, rows: int = SHEET_ROWS):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("reports", nargs="+", help="LABEL=REPORT_DIR, split at the last = (skipped when it holds no metrics.json)")
+    parser.add_argument(
+        "reports",
+        nargs="+",
+        help="LABEL=REPORT_DIR, split at the last = (skipped when it holds no metrics.json)",
+    )
     parser.add_argument("--output", required=True)
     parser.add_argument("--title", default="Colour quality")
-    parser.add_argument("--sheet", help="also write the last existing report's contact sheet (first rows) here")
+    parser.add_argument(
+        "--sheet", help="also write the last existing report's contact sheet (first rows) here"
+    )
     parser.add_argument("--wall_seconds", type=int, help="wall time of the whole run, for the text")
     parser.add_argument("--timings", help="file of 'name: Ns' lines (train + evaluate per model)")
     parser.add_argument("--notes", help="markdown file appended after the table (e.g. the experiments)")
     parser.add_argument("--reference", help="label of the row the goals compare with (the previous default)")
-    parser.add_argument("--curve", help="a run's TensorBoard eval folder ({model_dir}/logs/eval): its learning curve")
+    parser.add_argument(
+        "--curve", help="a run's TensorBoard eval folder ({model_dir}/logs/eval): its learning curve"
+    )
     args = parser.parse_args(argv)
     specs = [spec.rsplit("=", 1) for spec in args.reports]  # labels may hold "=", paths rarely do
     specs = [(label, path) for label, path in specs if os.path.exists(os.path.join(path, "metrics.json"))]
     rows = [(label, load(path)) for label, path in specs]
-    parts = [f"# {args.title}\n", "Generated by `scripts/quality_table.py` from `trainer.evaluate` reports.\n",
-             table(rows, args.reference)]
+    parts = [
+        f"# {args.title}\n",
+        "Generated by `scripts/quality_table.py` from `trainer.evaluate` reports.\n",
+        table(rows, args.reference),
+    ]
     if args.wall_seconds is not None:
         parts.append(f"Wall time of `scripts/quality.sh`: {args.wall_seconds / 60:.1f} min on 2 CPU cores.\n")
     if args.timings:
         timings = open(args.timings).read().strip().replace("\n", "; ")
-        parts.append(f"Wall time (train + evaluate per model, whole script; 2 CPU cores shared with other jobs): "
-                     f"{timings}.\n")
+        parts.append(
+            f"Wall time (train + evaluate per model, whole script; 2 CPU cores shared with other jobs): "
+            f"{timings}.\n"
+        )
     if args.sheet:
         crop_sheet(specs[-1][1], args.sheet)
-        parts.append(f"![gray | model | truth]({os.path.relpath(args.sheet, os.path.dirname(args.output))})\n")
+        parts.append(
+            f"![gray | model | truth]({os.path.relpath(args.sheet, os.path.dirname(args.output))})\n"
+        )
     if args.curve:
-        parts.append("## Learning curve\n\nValidation (the tuning slice) after each epoch of "
-                     f"`{args.curve}`; PSNR and colourfulness with the unfitted decode (regression head, a*b* x1).\n")
+        parts.append(
+            "## Learning curve\n\nValidation (the tuning slice) after each epoch of "
+            f"`{args.curve}`; PSNR and colourfulness with the unfitted decode (regression head, a*b* x1).\n"
+        )
         parts.append(curve_table(read_curve(args.curve)))
     if args.notes:
         parts.append(open(args.notes).read())

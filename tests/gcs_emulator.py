@@ -41,23 +41,55 @@ PRINCIPAL = "colorizer-test@test-project.iam.gserviceaccount.com"
 # Storage", https://cloud.google.com/storage/docs/access-control/iam-roles, and for the legacy roles
 # also https://cloud.google.com/java/docs/reference/google-cloud-storage/latest/com.google.cloud.storage.StorageRoles
 # (legacyBucketReader = storage.buckets.get + storage.objects.list).
-_MULTIPART = {"storage.multipartUploads.create", "storage.multipartUploads.abort",
-              "storage.multipartUploads.listParts", "storage.multipartUploads.list"}
+_MULTIPART = {
+    "storage.multipartUploads.create",
+    "storage.multipartUploads.abort",
+    "storage.multipartUploads.listParts",
+    "storage.multipartUploads.list",
+}
 ROLES = {
-    "roles/storage.objectViewer": frozenset({
-        "storage.objects.get", "storage.objects.list", "storage.folders.get", "storage.folders.list",
-        "storage.managedFolders.get", "storage.managedFolders.list"}),
-    "roles/storage.objectCreator": frozenset({
-        "storage.objects.create", "storage.folders.create", "storage.managedFolders.create",
-        *(_MULTIPART - {"storage.multipartUploads.list"})}),
-    "roles/storage.objectUser": frozenset({
-        "storage.objects.create", "storage.objects.delete", "storage.objects.get", "storage.objects.list",
-        "storage.objects.restore", "storage.objects.update", "storage.folders.create", "storage.folders.delete",
-        "storage.folders.get", "storage.folders.list", "storage.folders.rename", "storage.managedFolders.create",
-        "storage.managedFolders.delete", "storage.managedFolders.get", "storage.managedFolders.list", *_MULTIPART}),
+    "roles/storage.objectViewer": frozenset(
+        {
+            "storage.objects.get",
+            "storage.objects.list",
+            "storage.folders.get",
+            "storage.folders.list",
+            "storage.managedFolders.get",
+            "storage.managedFolders.list",
+        }
+    ),
+    "roles/storage.objectCreator": frozenset(
+        {
+            "storage.objects.create",
+            "storage.folders.create",
+            "storage.managedFolders.create",
+            *(_MULTIPART - {"storage.multipartUploads.list"}),
+        }
+    ),
+    "roles/storage.objectUser": frozenset(
+        {
+            "storage.objects.create",
+            "storage.objects.delete",
+            "storage.objects.get",
+            "storage.objects.list",
+            "storage.objects.restore",
+            "storage.objects.update",
+            "storage.folders.create",
+            "storage.folders.delete",
+            "storage.folders.get",
+            "storage.folders.list",
+            "storage.folders.rename",
+            "storage.managedFolders.create",
+            "storage.managedFolders.delete",
+            "storage.managedFolders.get",
+            "storage.managedFolders.list",
+            *_MULTIPART,
+        }
+    ),
     "roles/storage.legacyBucketReader": frozenset({"storage.buckets.get", "storage.objects.list"}),
-    "roles/storage.legacyBucketWriter": frozenset({
-        "storage.buckets.get", "storage.objects.list", "storage.objects.create", "storage.objects.delete"}),
+    "roles/storage.legacyBucketWriter": frozenset(
+        {"storage.buckets.get", "storage.objects.list", "storage.objects.create", "storage.objects.delete"}
+    ),
     "roles/storage.legacyObjectReader": frozenset({"storage.objects.get"}),
 }
 
@@ -73,10 +105,24 @@ REQUEST_PERMISSIONS = (
     ("GET", _JSON + "/{b}", "buckets.get", {"storage.buckets.get"}),
     ("GET", _JSON + "/{b}/storageLayout", "buckets.getStorageLayout", {"storage.objects.list"}),
     ("GET", _JSON + "/{b}/o", "objects.list", {"storage.objects.list"}),
-    ("POST", _JSON + "/{b}/o/{o}/rewriteTo/b/{b2}/o/{o2}", "objects.rewrite",
-     {"storage.objects.get", "storage.objects.create"}),
-    ("POST", _JSON + "/{b}/o/{o}/copyTo/b/{b2}/o/{o2}", "objects.copy", {"storage.objects.get", "storage.objects.create"}),
-    ("POST", _JSON + "/{b}/o/{o}/compose", "objects.compose", {"storage.objects.get", "storage.objects.create"}),
+    (
+        "POST",
+        _JSON + "/{b}/o/{o}/rewriteTo/b/{b2}/o/{o2}",
+        "objects.rewrite",
+        {"storage.objects.get", "storage.objects.create"},
+    ),
+    (
+        "POST",
+        _JSON + "/{b}/o/{o}/copyTo/b/{b2}/o/{o2}",
+        "objects.copy",
+        {"storage.objects.get", "storage.objects.create"},
+    ),
+    (
+        "POST",
+        _JSON + "/{b}/o/{o}/compose",
+        "objects.compose",
+        {"storage.objects.get", "storage.objects.create"},
+    ),
     ("GET", _JSON + "/{b}/o/{o}", "objects.get", {"storage.objects.get"}),
     ("DELETE", _JSON + "/{b}/o/{o}", "objects.delete", {"storage.objects.delete"}),
     ("PATCH", _JSON + "/{b}/o/{o}", "objects.patch", {"storage.objects.update"}),
@@ -140,26 +186,45 @@ def denial(request) -> bytes:
     else:
         missing = request.missing[0]
         noun = "bucket" if missing.startswith("storage.buckets.") else "object"
-        text = (f"{PRINCIPAL} does not have {missing} access to the Google Cloud Storage {noun}. "
-                f"Permission '{missing}' denied on resource (or it may not exist).")
+        text = (
+            f"{PRINCIPAL} does not have {missing} access to the Google Cloud Storage {noun}. "
+            f"Permission '{missing}' denied on resource (or it may not exist)."
+        )
     if urllib.parse.urlsplit(request.target).path.startswith(_API_PREFIXES):
-        body = json.dumps({"error": {"code": 403, "message": text,
-                                     "errors": [{"message": text, "domain": "global", "reason": "forbidden"}]}})
+        body = json.dumps(
+            {
+                "error": {
+                    "code": 403,
+                    "message": text,
+                    "errors": [{"message": text, "domain": "global", "reason": "forbidden"}],
+                }
+            }
+        )
         content_type = "application/json; charset=UTF-8"
     else:
-        body = (f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>AccessDenied</Code>"
-                f"<Message>Access denied.</Message><Details>{text}</Details></Error>")
+        body = (
+            f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>AccessDenied</Code>"
+            f"<Message>Access denied.</Message><Details>{text}</Details></Error>"
+        )
         content_type = "application/xml; charset=UTF-8"
     data = body.encode()
     head = f"HTTP/1.1 403 Forbidden\r\nContent-Type: {content_type}\r\nContent-Length: {len(data)}\r\nConnection: close\r\n\r\n"
     return head.encode() + data
 
 
-
-_UNAVAILABLE_BODY = json.dumps({"error": {"code": 503, "message": "Backend Error",
-                                          "errors": [{"message": "Backend Error", "reason": "backendError"}]}})
-_UNAVAILABLE = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=UTF-8\r\n"
-                f"Content-Length: {len(_UNAVAILABLE_BODY)}\r\nConnection: close\r\n\r\n{_UNAVAILABLE_BODY}").encode()
+_UNAVAILABLE_BODY = json.dumps(
+    {
+        "error": {
+            "code": 503,
+            "message": "Backend Error",
+            "errors": [{"message": "Backend Error", "reason": "backendError"}],
+        }
+    }
+)
+_UNAVAILABLE = (
+    f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=UTF-8\r\n"
+    f"Content-Length: {len(_UNAVAILABLE_BODY)}\r\nConnection: close\r\n\r\n{_UNAVAILABLE_BODY}"
+).encode()
 
 
 def fake_gcs_binary() -> str:
@@ -178,18 +243,27 @@ def write_certificate(directory: str) -> tuple:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOSTS[0])])
     now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=2))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(h) for h in HOSTS]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(h) for h in HOSTS]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
     cert_path, key_path = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
     with open(cert_path, "wb") as handle:
         handle.write(cert.public_bytes(serialization.Encoding.PEM))
     with open(key_path, "wb") as handle:
-        handle.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
+        handle.write(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
     return cert_path, key_path
 
 
@@ -198,7 +272,9 @@ def _rewrite_head(head: bytes, body_length: int) -> bytes:
     lines = head.split(b"\r\n")
     dropped = (b"connection:", b"transfer-encoding:", b"expect:", b"content-length:")
     kept = [l for l in lines[1:] if l and not l.lower().startswith(dropped)]
-    return b"\r\n".join([lines[0], *kept, b"Content-Length: %d" % body_length, b"Connection: close", b"", b""])
+    return b"\r\n".join(
+        [lines[0], *kept, b"Content-Length: %d" % body_length, b"Connection: close", b"", b""]
+    )
 
 
 def _rewrite_response(response: bytes) -> bytes:
@@ -377,9 +453,26 @@ class GcsEmulator:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         self._process = subprocess.Popen(
-            [fake_gcs_binary(), "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port), "-backend",
-             "memory", "-log-level", "debug", "-public-host", HOSTS[0], "-external-url", f"https://{HOSTS[0]}"],
-            stdout=subprocess.DEVNULL, stderr=open(os.path.join(workdir, "fake-gcs.log"), "w"))
+            [
+                fake_gcs_binary(),
+                "-scheme",
+                "http",
+                "-host",
+                "127.0.0.1",
+                "-port",
+                str(self.port),
+                "-backend",
+                "memory",
+                "-log-level",
+                "debug",
+                "-public-host",
+                HOSTS[0],
+                "-external-url",
+                f"https://{HOSTS[0]}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=open(os.path.join(workdir, "fake-gcs.log"), "w"),
+        )
         self._wait_ready()
         server = _bind_front()
         self._front = TlsFront(self.cert, key, self.port, server)
@@ -400,9 +493,15 @@ class GcsEmulator:
     @property
     def env(self) -> dict:
         """Environment for wrapped commands: both TF's filesystem and google-cloud-storage see GCS."""
-        return {"CURL_CA_BUNDLE": self.cert, "REQUESTS_CA_BUNDLE": self.cert, "SSL_CERT_FILE": self.cert,
-                "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test-token", "STORAGE_EMULATOR_HOST": f"https://{HOSTS[0]}",
-                "GOOGLE_CLOUD_PROJECT": "test-project", "NO_GCE_CHECK": "true"}
+        return {
+            "CURL_CA_BUNDLE": self.cert,
+            "REQUESTS_CA_BUNDLE": self.cert,
+            "SSL_CERT_FILE": self.cert,
+            "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test-token",
+            "STORAGE_EMULATOR_HOST": f"https://{HOSTS[0]}",
+            "GOOGLE_CLOUD_PROJECT": "test-project",
+            "NO_GCE_CHECK": "true",
+        }
 
     def wrap(self, command: list) -> list:
         """`command` inside a mount namespace where Google's storage hosts are this emulator."""
@@ -414,8 +513,11 @@ class GcsEmulator:
         from google.auth.credentials import AnonymousCredentials
         from google.cloud import storage
 
-        return storage.Client(project="test-project", credentials=AnonymousCredentials(),
-                              client_options={"api_endpoint": f"http://127.0.0.1:{self.port}"})
+        return storage.Client(
+            project="test-project",
+            credentials=AnonymousCredentials(),
+            client_options={"api_endpoint": f"http://127.0.0.1:{self.port}"},
+        )
 
     def grant(self, *roles: str, permissions=()) -> None:
         """From now on the front allows only what `roles` (keys of ROLES) and `permissions` grant."""

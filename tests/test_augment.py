@@ -11,7 +11,9 @@ def _batch(n=64):
 
 def _flipped(gray, out):
     """Which examples of `out` are the mirror image of `gray`'s."""
-    return [not np.array_equal(g, o) and np.array_equal(g[:, ::-1], o) for g, o in zip(gray.numpy(), out.numpy())]
+    return [
+        not np.array_equal(g, o) and np.array_equal(g[:, ::-1], o) for g, o in zip(gray.numpy(), out.numpy())
+    ]
 
 
 def test_flip_keeps_gray_and_colour_aligned_and_flips_about_half():
@@ -25,8 +27,10 @@ def test_flip_keeps_gray_and_colour_aligned_and_flips_about_half():
 
 def test_flips_depend_only_on_seed_step_and_replica():
     gray, color = _batch()
-    flips = {key: _flipped(gray, augment.random_flip(gray, color, augment.step_seed(*key))[0])
-             for key in [(7, 3, 0), (7, 3, 1), (7, 4, 0), (8, 3, 0)]}
+    flips = {
+        key: _flipped(gray, augment.random_flip(gray, color, augment.step_seed(*key))[0])
+        for key in [(7, 3, 0), (7, 3, 1), (7, 4, 0), (8, 3, 0)]
+    }
     again = _flipped(gray, augment.random_flip(gray, color, augment.step_seed(7, 3, 0))[0])
     assert again == flips[(7, 3, 0)]
     assert len({tuple(f) for f in flips.values()}) == 4  # every other seed, step or replica flips others

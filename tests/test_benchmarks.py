@@ -11,16 +11,31 @@ import sys
 
 from tests.conftest import REPO
 
-KEYS = ("pipeline.raw_mb_s", "pipeline.images_per_s", "pipeline.mb_s", "train.loop_images_per_s",
-        "train.bare_step_images_per_s", "train.mfu", "serving.signature_images_per_s_b16",
-        "serving.model_images_per_s_b16", "serving.p50_ms_b1", "serving.p99_ms_b1",
-        "pipeline.decode_only_images_per_s", "pipeline.host_over_decode_only")
+KEYS = (
+    "pipeline.raw_mb_s",
+    "pipeline.images_per_s",
+    "pipeline.mb_s",
+    "train.loop_images_per_s",
+    "train.bare_step_images_per_s",
+    "train.mfu",
+    "serving.signature_images_per_s_b16",
+    "serving.model_images_per_s_b16",
+    "serving.p50_ms_b1",
+    "serving.p99_ms_b1",
+    "pipeline.decode_only_images_per_s",
+    "pipeline.host_over_decode_only",
+)
 
 
 def test_quick_benchmark_writes_all_keys(tmp_path):
     output = tmp_path / "results.json"
-    subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "run.py"), "--quick", f"--output={output}"],
-                   check=True, cwd=tmp_path, timeout=300, capture_output=True)
+    subprocess.run(
+        [sys.executable, os.path.join(REPO, "benchmarks", "run.py"), "--quick", f"--output={output}"],
+        check=True,
+        cwd=tmp_path,
+        timeout=300,
+        capture_output=True,
+    )
     results = json.loads(output.read_text())
     flat = results["flat"]
     for key in KEYS:
@@ -29,4 +44,6 @@ def test_quick_benchmark_writes_all_keys(tmp_path):
     assert results["machine"]["cpu_model"] and results["machine"]["load_average_start"] >= 0
     assert flat["serving.p99_ms_b1"] >= flat["serving.p50_ms_b1"]
     assert flat["train.flops_per_image"] > 0
-    assert -1 < flat["train.device_preprocess_share"] < 1  # quick models are tiny: the share is not meaningful
+    assert (
+        -1 < flat["train.device_preprocess_share"] < 1
+    )  # quick models are tiny: the share is not meaningful

@@ -12,7 +12,9 @@ from trainer.errors import ConfigError, DataError, TransientError
 
 
 def _state(value=0.0):
-    return tf.train.Checkpoint(weights=tf.Variable(tf.fill([1000], value)), step=tf.Variable(0, dtype=tf.int64))
+    return tf.train.Checkpoint(
+        weights=tf.Variable(tf.fill([1000], value)), step=tf.Variable(0, dtype=tf.int64)
+    )
 
 
 def _truncate_data(prefix):
@@ -47,7 +49,9 @@ def test_a_save_that_does_not_verify_is_retried_and_never_pushes_out_a_good_one(
     monkeypatch.setattr(checkpoints, "_verify", flaky)
     assert saver.save(2).endswith("ckpt-2") and len(calls) == 3
     monkeypatch.setattr(checkpoints, "_verify", lambda prefix: _fail())
-    with pytest.raises(TransientError, match=r"ckpt-3 failed 3 times .*a restart resumes from the last good one"):
+    with pytest.raises(
+        TransientError, match=r"ckpt-3 failed 3 times .*a restart resumes from the last good one"
+    ):
         saver.save(3)
     assert [os.path.basename(p) for p in checkpoints.listed(str(tmp_path))][0] == "ckpt-2"
     assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-2")
@@ -78,7 +82,9 @@ def test_no_readable_checkpoint_is_one_line(tmp_path):
     saver = checkpoints.VerifiedCheckpoints(_state(), str(tmp_path), keep=3)
     saver.save(1)
     (tmp_path / "ckpt-1.index").write_bytes(b"short")
-    with pytest.raises(DataError, match=r"no checkpoint in .* restores .*ckpt-1: unreadable.*new --model_dir"):
+    with pytest.raises(
+        DataError, match=r"no checkpoint in .* restores .*ckpt-1: unreadable.*new --model_dir"
+    ):
         checkpoints.restore_newest(_state(), str(tmp_path))
 
 
@@ -86,14 +92,19 @@ def test_storage_trouble_on_restore_is_transient_not_a_fallback(tmp_path, monkey
     saver = checkpoints.VerifiedCheckpoints(_state(), str(tmp_path), keep=3)
     saver.save(1)
     state = _state()
-    monkeypatch.setattr(state, "restore", lambda path: (_ for _ in ()).throw(
-        tf.errors.UnavailableError(None, None, "503 Service Unavailable")))
+    monkeypatch.setattr(
+        state,
+        "restore",
+        lambda path: (_ for _ in ()).throw(tf.errors.UnavailableError(None, None, "503 Service Unavailable")),
+    )
     with pytest.raises(TransientError, match="503"):
         checkpoints.restore_newest(state, str(tmp_path))
 
 
 def _config(**overrides):
-    fields = dict(model="unet", color_space="lab", loss="mse", base_filters=32, mixed_precision=False, epochs=10)
+    fields = dict(
+        model="unet", color_space="lab", loss="mse", base_filters=32, mixed_precision=False, epochs=10
+    )
     return SimpleNamespace(**{**fields, **overrides})
 
 

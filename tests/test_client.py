@@ -25,8 +25,10 @@ PATH = "/v1/models/colorizer"
 
 
 def status(*states):
-    versions = [{"version": str(100 + i), "state": s, "status": {"error_code": "OK", "error_message": ""}}
-                for i, s in enumerate(states)]
+    versions = [
+        {"version": str(100 + i), "state": s, "status": {"error_code": "OK", "error_message": ""}}
+        for i, s in enumerate(states)
+    ]
     return 200, {"model_version_status": versions}
 
 
@@ -36,14 +38,21 @@ NOT_FOUND = 404, {"error": "Could not find any versions of model colorizer"}
 UNAVAILABLE = 503, {"error": "Server not ready"}
 QUEUE_FULL = 429, {"error": "The batch scheduling queue to which this task was submitted is full"}
 TIMEOUT = 504, {"error": "Deadline exceeded"}
-BAD_IMAGE = 400, {"error": "Unknown image file format. One of JPEG, PNG, GIF, BMP required.\n\t "
-                           "[[{{function_node __inference_colorize_bytes}}{{node DecodeImage}}]]"}
+BAD_IMAGE = (
+    400,
+    {
+        "error": "Unknown image file format. One of JPEG, PNG, GIF, BMP required.\n\t "
+        "[[{{function_node __inference_colorize_bytes}}{{node DecodeImage}}]]"
+    },
+)
 
 
 def echo_predict(body):
     """A predict answer that returns b'colorized:' + each input, encoded like TF Serving."""
     images = rest.decode_instances(body, {"image_bytes": object})["image_bytes"]
-    return 200, rest.encode_predictions({"colorized_bytes": np.array([b"colorized:" + i for i in images], object)})
+    return 200, rest.encode_predictions(
+        {"colorized_bytes": np.array([b"colorized:" + i for i in images], object)}
+    )
 
 
 class FakeServing:
@@ -97,7 +106,9 @@ def test_colorizes_in_batches_and_writes_one_png_per_input(fake, tmp_path):
     fake.on("GET", f"{PATH}/versions/7", AVAILABLE)
     fake.on("POST", f"{PATH}/versions/7:predict", echo_predict)
     files = [str(tmp_path / "in" / n) for n in write_photos(tmp_path / "in", 5)]
-    written = client.colorize_files(make_client(fake.url, version=7), files, str(tmp_path / "out"), batch_size=2)
+    written = client.colorize_files(
+        make_client(fake.url, version=7), files, str(tmp_path / "out"), batch_size=2
+    )
     assert [os.path.basename(p) for p in written] == [f"photo{i:03d}.png" for i in range(5)]
     with open(written[3], "rb") as output, open(files[3], "rb") as source:
         assert output.read() == b"colorized:" + source.read()
@@ -116,23 +127,45 @@ def test_waits_for_a_loading_model_with_exponential_backoff(fake):
 def test_gives_up_on_a_model_that_stays_loading(fake):
     fake.on("GET", PATH, LOADING)
     sleeps = []
-    with pytest.raises(client.ServingError, match=r"not ready yet \(version 100: LOADING\) \(gave up after 4 attempts"):
+    with pytest.raises(
+        client.ServingError, match=r"not ready yet \(version 100: LOADING\) \(gave up after 4 attempts"
+    ):
         make_client(fake.url, sleeps).wait_available()
     assert sleeps == [0.01, 0.02, 0.04]
 
 
 def test_failed_version_is_reported_without_retrying(fake):
-    fake.on("GET", PATH, (200, {"model_version_status": [{"version": "5", "state": "END", "status": {
-        "error_code": "NOT_FOUND",
-        "error_message": "Could not find SavedModel .pb or .pbtxt at supplied export dir"}}]}))
-    with pytest.raises(client.ServingError, match="no AVAILABLE version .version 5: END.: Could not find SavedModel"):
+    fake.on(
+        "GET",
+        PATH,
+        (
+            200,
+            {
+                "model_version_status": [
+                    {
+                        "version": "5",
+                        "state": "END",
+                        "status": {
+                            "error_code": "NOT_FOUND",
+                            "error_message": "Could not find SavedModel .pb or .pbtxt at supplied export dir",
+                        },
+                    }
+                ]
+            },
+        ),
+    )
+    with pytest.raises(
+        client.ServingError, match="no AVAILABLE version .version 5: END.: Could not find SavedModel"
+    ):
         make_client(fake.url).wait_available()
     assert len(fake.requests) == 1
 
 
 def test_unknown_model_is_one_line_404_without_retry(fake):
     fake.on("GET", PATH, NOT_FOUND)
-    with pytest.raises(client.ServingError, match="^HTTP 404: Could not find any versions of model colorizer$"):
+    with pytest.raises(
+        client.ServingError, match="^HTTP 404: Could not find any versions of model colorizer$"
+    ):
         make_client(fake.url).wait_available()
     assert len(fake.requests) == 1
 
@@ -147,7 +180,9 @@ def test_retries_429_503_504_then_succeeds(fake, transient):
 
 def test_persistent_503_gives_up_with_the_servers_message(fake):
     fake.on("POST", f"{PATH}:predict", UNAVAILABLE)
-    with pytest.raises(client.ServingError, match=r"^HTTP 503: Server not ready \(gave up after 3 attempts\)$"):
+    with pytest.raises(
+        client.ServingError, match=r"^HTTP 503: Server not ready \(gave up after 3 attempts\)$"
+    ):
         make_client(fake.url, retries=2).predict([b"a"])
 
 
@@ -157,8 +192,10 @@ def test_bad_image_400_is_one_line_naming_the_batch(fake, tmp_path):
     files = [str(tmp_path / n) for n in write_photos(tmp_path, 2)]
     with pytest.raises(client.ServingError) as caught:
         client.colorize_files(make_client(fake.url), files, str(tmp_path / "out"), batch_size=8)
-    assert str(caught.value) == ("HTTP 400: Unknown image file format. One of JPEG, PNG, GIF, BMP required. "
-                                 "[batch: photo000.png, photo001.png]")
+    assert str(caught.value) == (
+        "HTTP 400: Unknown image file format. One of JPEG, PNG, GIF, BMP required. "
+        "[batch: photo000.png, photo001.png]"
+    )
     assert len(fake.requests) == 1
 
 
@@ -187,12 +224,20 @@ def test_outputs_are_never_silently_overwritten(tmp_path):
     assert len(client.plan_outputs(files, str(tmp_path / "out"), overwrite=True)) == 2
 
 
-@pytest.mark.parametrize("setup, message", [
-    (lambda d: [str(d / "missing.jpg")], "no such file"),
-    (lambda d: [_write(d / "notes.txt", b"hello")], "not a JPEG, PNG, GIF or BMP file"),
-    (lambda d: [str(d / n) for n in write_photos(d, 1)] + [str(d / n) for n in write_photos(d, 1, fmt="jpeg")],
-     "would both be written to"),
-])
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda d: [str(d / "missing.jpg")], "no such file"),
+        (lambda d: [_write(d / "notes.txt", b"hello")], "not a JPEG, PNG, GIF or BMP file"),
+        (
+            lambda d: (
+                [str(d / n) for n in write_photos(d, 1)]
+                + [str(d / n) for n in write_photos(d, 1, fmt="jpeg")]
+            ),
+            "would both be written to",
+        ),
+    ],
+)
 def test_bad_inputs_are_refused_before_any_request(tmp_path, setup, message):
     with pytest.raises(client.DataError, match=message):
         client.plan_outputs(setup(tmp_path), str(tmp_path / "out"), overwrite=False)
@@ -201,7 +246,9 @@ def test_bad_inputs_are_refused_before_any_request(tmp_path, setup, message):
 def test_oversized_images_are_refused_before_any_request(tmp_path):
     from tests.test_image_limits import png_bomb
 
-    files = [str(tmp_path / n) for n in write_photos(tmp_path, 1)] + [_write(tmp_path / "b.png", png_bomb(20000, 10000))]
+    files = [str(tmp_path / n) for n in write_photos(tmp_path, 1)] + [
+        _write(tmp_path / "b.png", png_bomb(20000, 10000))
+    ]
     assert len(client.plan_outputs(files[:1], str(tmp_path / "out"), False, max_pixels=64 * 48)) == 1
     with pytest.raises(client.DataError, match=r"photo000.png: more than 3071 pixels, which serving refuses"):
         client.plan_outputs(files[:1], str(tmp_path / "out"), False, max_pixels=64 * 48 - 1)
@@ -218,8 +265,15 @@ def _write(path, data):
 
 
 def _cli(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "trainer.client", *args], cwd=cwd, env=ENV, capture_output=True,
-                          text=True, timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "trainer.client", *args],
+        cwd=cwd,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def test_cli_server_error_is_one_line_and_exit_3(fake, tmp_path):
@@ -232,11 +286,17 @@ def test_cli_server_error_is_one_line_and_exit_3(fake, tmp_path):
     assert "Traceback" not in run.stderr
 
 
-@pytest.mark.parametrize("args, message", [
-    ([], "no input files"),
-    (["--output_dir=o", "x.jpg"], "pass exactly one of --server"),
-    (["--server=localhost:8501", "--output_dir=o", "x.jpg"], "--server=localhost:8501: expected http://HOST:PORT"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "no input files"),
+        (["--output_dir=o", "x.jpg"], "pass exactly one of --server"),
+        (
+            ["--server=localhost:8501", "--output_dir=o", "x.jpg"],
+            "--server=localhost:8501: expected http://HOST:PORT",
+        ),
+    ],
+)
 def test_cli_bad_flags_exit_2(args, message):
     run = _cli(*args)
     assert run.returncode == 2 and f"error: {message}" in run.stderr

@@ -15,8 +15,16 @@ import pytest
 
 from tests.conftest import REPO
 from tests.controllers import JobController, PodFailure, render_overlay, tfjob_restarts
-from tests.workers import (ENV, GRACE_SECONDS, checkpoint_step, free_ports, indexed_env, preempt_one, prepare_data,
-                           train_flags)
+from tests.workers import (
+    ENV,
+    GRACE_SECONDS,
+    checkpoint_step,
+    free_ports,
+    indexed_env,
+    preempt_one,
+    prepare_data,
+    train_flags,
+)
 
 PREEMPTIONS = 20  # in a row, as a bad day on Spot VMs can bring
 
@@ -41,18 +49,26 @@ def preempted(data, tmp_path_factory):
     """Two workers of an Indexed Job; worker 1 (not the chief) gets SIGTERM after the first checkpoint."""
     run_dir = tmp_path_factory.mktemp("preempted")
     ports = free_ports(2)
-    result = preempt_one(train_flags(data, run_dir, 1000), [indexed_env(i, ports) for i in range(2)], run_dir,
-                         victim=1, after_step=4)
-    print(f"\nSIGTERM to worker 1 of 2: exit codes {result.codes}, seconds to exit {result.seconds}, "
-          f"stopped at steps {result.steps}")
+    result = preempt_one(
+        train_flags(data, run_dir, 1000),
+        [indexed_env(i, ports) for i in range(2)],
+        run_dir,
+        victim=1,
+        after_step=4,
+    )
+    print(
+        f"\nSIGTERM to worker 1 of 2: exit codes {result.codes}, seconds to exit {result.seconds}, "
+        f"stopped at steps {result.steps}"
+    )
     return result, run_dir
 
 
 def _task(*flags, env=None, wrap=lambda command: command, timeout=300):
     """One `python -m trainer.task` run to its end, as a pod's container runs it."""
     command = wrap([sys.executable, "-m", "trainer.task", *flags])
-    return subprocess.run(command, cwd=REPO, env={**ENV, **(env or {})}, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        command, cwd=REPO, env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _one_line_error(run, expected: str):
@@ -90,8 +106,11 @@ def test_job_survives_preemptions_in_a_row(preempted, job, workers):
     for round_ in range(PREEMPTIONS):
         victim = round_ % workers
         for index in range(workers):
-            pod = PodFailure(victim_code, disruption_target=True, index=index) if index == victim else \
-                PodFailure(peer_code, index=index)
+            pod = (
+                PodFailure(victim_code, disruption_target=True, index=index)
+                if index == victim
+                else PodFailure(peer_code, index=index)
+            )
             assert controller.fail(pod) == "Ignore", (round_, pod)
     assert not controller.failed and controller.counted == 0
 
@@ -133,8 +152,9 @@ def _retried_forever(code, job, tfjob):
 
 def test_peer_that_does_not_resolve_is_retried_and_never_fails_the_job(data, tmp_path, job, tfjob):
     ports = free_ports(2)
-    run = _task(*train_flags(data, tmp_path, 1), "--peer_timeout_seconds=2",
-                env=indexed_env(0, ports, resolvable=[0]))
+    run = _task(
+        *train_flags(data, tmp_path, 1), "--peer_timeout_seconds=2", env=indexed_env(0, ports, resolvable=[0])
+    )
     assert run.returncode == 145, run.stderr
     _one_line_error(run, "error: peer colorizer-1.colorizer-workers did not resolve within 2s")
     _retried_forever(run.returncode, job, tfjob)
@@ -151,13 +171,21 @@ def failing_storage(tmp_path_factory):
     emulator.close()
 
 
-def test_storage_unavailable_after_retries_is_retried_and_never_fails_the_job(failing_storage, tmp_path, job,
-                                                                              tfjob):
+def test_storage_unavailable_after_retries_is_retried_and_never_fails_the_job(
+    failing_storage, tmp_path, job, tfjob
+):
     # TF's GCS filesystem retries 10 times over minutes by default; the same path, sooner.
-    retries = {"GCS_RETRY_CONFIG_MAX_RETRIES": "2", "GCS_RETRY_CONFIG_INIT_DELAY_TIME_US": "1000",
-               "GCS_RETRY_CONFIG_MAX_DELAY_TIME_US": "10000"}
-    run = _task("--train_data=gs://colorizer-test/data/train-*", f"--model_dir={tmp_path}/model",
-                env={**failing_storage.env, **retries}, wrap=failing_storage.wrap)
+    retries = {
+        "GCS_RETRY_CONFIG_MAX_RETRIES": "2",
+        "GCS_RETRY_CONFIG_INIT_DELAY_TIME_US": "1000",
+        "GCS_RETRY_CONFIG_MAX_DELAY_TIME_US": "10000",
+    }
+    run = _task(
+        "--train_data=gs://colorizer-test/data/train-*",
+        f"--model_dir={tmp_path}/model",
+        env={**failing_storage.env, **retries},
+        wrap=failing_storage.wrap,
+    )
     assert run.returncode == 145, run.stderr
     _one_line_error(run, "error: gs://colorizer-test/data/train-*: storage unavailable after retries")
     _retried_forever(run.returncode, job, tfjob)

@@ -31,8 +31,10 @@ def test_every_field_is_a_flag_with_the_fields_default_help_and_choices():
 
 
 def test_config_from_flags_is_generic_with_environment_fallbacks():
-    train, cluster = config.config_from_flags(_parse("--epochs=3", "--shuffle_buffer=64", "--strategy=one_device"),
-                                              {"AIP_MODEL_DIR": "gs://b/export"})
+    train, cluster = config.config_from_flags(
+        _parse("--epochs=3", "--shuffle_buffer=64", "--strategy=one_device"),
+        {"AIP_MODEL_DIR": "gs://b/export"},
+    )
     assert train.epochs == 3 and train.shuffle_buffer == 64 and cluster.strategy == "one_device"
     assert train.export_dir == "gs://b/export" and train.model_dir == "runs/colorizer/model"
     assert train.log_dir == "runs/colorizer/model/logs" and train.loss == "two_heads"

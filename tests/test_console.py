@@ -18,11 +18,15 @@ os.write(2, b"after the block\\n")
 
 
 def test_filtered_fd2_drops_only_the_start_up_notices():
-    run = subprocess.run([sys.executable, "-c", _WRITE_THROUGH_FD2], cwd=REPO, capture_output=True, text=True,
-                         timeout=60)
+    run = subprocess.run(
+        [sys.executable, "-c", _WRITE_THROUGH_FD2], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert run.returncode == 0, run.stderr
-    assert run.stderr.splitlines() == ["E0000 00:00:1.0  1 real_op.cc:7] something a user must see",
-                                       "python's own stderr passes too", "after the block"]
+    assert run.stderr.splitlines() == [
+        "E0000 00:00:1.0  1 real_op.cc:7] something a user must see",
+        "python's own stderr passes too",
+        "after the block",
+    ]
 
 
 def test_quiet_only_when_the_user_asked_for_nothing():
@@ -36,6 +40,8 @@ def test_package_records_and_warnings_pass_the_filter():
 
     keep = console._PackageOrWarnings().filter
     ours = logging.LogRecord("absl", logging.INFO, f"{console._PACKAGE_DIR}/train.py", 1, "epoch", None, None)
-    theirs = logging.LogRecord("absl", logging.INFO, "/site-packages/tensorflow/functional_saver.py", 1, "x", None, None)
+    theirs = logging.LogRecord(
+        "absl", logging.INFO, "/site-packages/tensorflow/functional_saver.py", 1, "x", None, None
+    )
     warning = logging.LogRecord("absl", logging.WARNING, "/site-packages/tensorflow/x.py", 1, "x", None, None)
     assert keep(ours) and not keep(theirs) and keep(warning)

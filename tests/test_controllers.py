@@ -11,8 +11,16 @@ import itertools
 import pytest
 import yaml
 
-from tests.controllers import (K8S, JobController, PodFailure, render_overlay, simulate_probes,
-                               tf_serving_gated_available_at, tf_serving_ports_open_at, tfjob_restarts)
+from tests.controllers import (
+    K8S,
+    JobController,
+    PodFailure,
+    render_overlay,
+    simulate_probes,
+    tf_serving_gated_available_at,
+    tf_serving_ports_open_at,
+    tfjob_restarts,
+)
 from trainer.errors import EXIT_CONFIG, EXIT_DATA, EXIT_UNEXPECTED, PERMANENT_EXIT_CODES, RETRIABLE_EXIT_CODES
 
 TRAINING_OVERLAYS = ("dev", "gke", "gke-multinode")
@@ -88,18 +96,33 @@ def test_docs_failindex_example():
 def test_docs_startup_probe_example():
     """kubernetes.io "Protect slow starting containers": failureThreshold 30 x periodSeconds 10 gives an
     app at most 5 minutes to start; liveness takes over once the startup probe has succeeded."""
-    container = {"startupProbe": {"failureThreshold": 30, "periodSeconds": 10},
-                 "livenessProbe": {"failureThreshold": 1, "periodSeconds": 10}}
+    container = {
+        "startupProbe": {"failureThreshold": 30, "periodSeconds": 10},
+        "livenessProbe": {"failureThreshold": 1, "periodSeconds": 10},
+    }
     assert 290 <= simulate_probes(container, None, 3600).restarted_at <= 300
     assert simulate_probes(container, 250, 3600).restarted_at is None
-    assert simulate_probes({"livenessProbe": {"failureThreshold": 1, "periodSeconds": 10}}, 250, 3600).restarted_at == 0
+    assert (
+        simulate_probes(
+            {"livenessProbe": {"failureThreshold": 1, "periodSeconds": 10}}, 250, 3600
+        ).restarted_at
+        == 0
+    )
 
 
 @pytest.mark.parametrize("code, retried", [(1, False), (2, False), (3, False), (130, True), (138, True)])
 def test_training_operator_unit_test_cases(code, retried):
     """training-operator v1.9.0 pkg/util/train/train_util_test.go TestIsRetryableExitCode, through the model."""
-    tfjob = {"spec": {"tfReplicaSpecs": {"Worker": {"restartPolicy": "ExitCode",
-                                                    "template": {"spec": {"containers": [{"name": "tensorflow"}]}}}}}}
+    tfjob = {
+        "spec": {
+            "tfReplicaSpecs": {
+                "Worker": {
+                    "restartPolicy": "ExitCode",
+                    "template": {"spec": {"containers": [{"name": "tensorflow"}]}},
+                }
+            }
+        }
+    }
     assert tfjob_restarts(tfjob, "Worker", code) is retried
 
 
@@ -110,7 +133,9 @@ def serving_container(overlay="serve"):
 
 
 def poll_seconds(container):
-    return int(next(a for a in container["args"] if a.startswith("--file_system_poll_wait_seconds=")).split("=")[1])
+    return int(
+        next(a for a in container["args"] if a.startswith("--file_system_poll_wait_seconds=")).split("=")[1]
+    )
 
 
 @pytest.mark.parametrize("overlay", ["serve", "dev-serve"])
@@ -127,8 +152,10 @@ def test_serving_is_ready_within_a_minute_of_the_first_version(overlay):
     poll = poll_seconds(container)
     worst = 0
     for version_at, poll_phase, phases in itertools.product(
-            [0, 7, 3600, 3600 + 0.1, DAY - 13], [0, poll / 2, poll - 0.1],
-            [(0, 0, 0), (4.9, 0, 0), (0, 4.9, 0), (2.4, 3.7, 11)]):
+        [0, 7, 3600, 3600 + 0.1, DAY - 13],
+        [0, poll / 2, poll - 0.1],
+        [(0, 0, 0), (4.9, 0, 0), (0, 4.9, 0), (2.4, 3.7, 11)],
+    ):
         ports_open = tf_serving_ports_open_at(version_at, poll, LOAD_SECONDS, poll_phase)
         outcome = simulate_probes(container, ports_open, horizon=version_at + 300, phases=phases)
         assert outcome.restarted_at is None
@@ -144,19 +171,28 @@ def test_gated_serving_waits_a_day_unready_for_its_first_promotion_without_a_res
     """The shipped empty model config: ports open at once, no model, so never Ready and never restarted."""
     container = serving_container("serve-gated")
     for phases in [(0, 0, 0), (4.9, 2.5, 19.9)]:
-        outcome = simulate_probes(container, ports_open_at=1, horizon=DAY + 60, phases=phases, available_at=None)
+        outcome = simulate_probes(
+            container, ports_open_at=1, horizon=DAY + 60, phases=phases, available_at=None
+        )
         assert outcome.restarted_at is None and outcome.ready_at is None
 
 
 def test_gated_serving_is_ready_within_a_minute_of_a_promotion():
     """From the launcher's ConfigMap write; its pod annotation makes the kubelet project it within seconds."""
     container = serving_container("serve-gated")
-    config_poll, fs_poll = flag(container, "model_config_file_poll_wait_seconds"), flag(container, "file_system_poll_wait_seconds")
+    config_poll, fs_poll = (
+        flag(container, "model_config_file_poll_wait_seconds"),
+        flag(container, "file_system_poll_wait_seconds"),
+    )
     worst = 0
     for promoted_at, poll_phases, phases in itertools.product(
-            [0, 7, 3600.1, DAY - 13], [(0, 0), (config_poll - 0.1, fs_poll - 0.1), (3, 7)],
-            [(0, 0, 0), (4.9, 0, 0), (2.4, 3.7, 11)]):
-        available = tf_serving_gated_available_at(promoted_at, config_poll, fs_poll, LOAD_SECONDS, 5, poll_phases)
+        [0, 7, 3600.1, DAY - 13],
+        [(0, 0), (config_poll - 0.1, fs_poll - 0.1), (3, 7)],
+        [(0, 0, 0), (4.9, 0, 0), (2.4, 3.7, 11)],
+    ):
+        available = tf_serving_gated_available_at(
+            promoted_at, config_poll, fs_poll, LOAD_SECONDS, 5, poll_phases
+        )
         outcome = simulate_probes(container, 1, promoted_at + 300, phases, available_at=available)
         assert outcome.restarted_at is None
         worst = max(worst, outcome.ready_at - promoted_at)
@@ -165,15 +201,21 @@ def test_gated_serving_is_ready_within_a_minute_of_a_promotion():
 
 def test_the_old_serving_probes_restarted_the_server_within_about_a_minute():
     """The defect as it was: a tcpSocket liveness probe (15 s delay, 20 s period, 3 failures), no startup probe."""
-    old = {"readinessProbe": {"initialDelaySeconds": 5, "periodSeconds": 10},
-           "livenessProbe": {"initialDelaySeconds": 15, "periodSeconds": 20, "failureThreshold": 3}}
+    old = {
+        "readinessProbe": {"initialDelaySeconds": 5, "periodSeconds": 10},
+        "livenessProbe": {"initialDelaySeconds": 15, "periodSeconds": 20, "failureThreshold": 3},
+    }
     restarts = [simulate_probes(old, None, 600, phases=(0, 0, phase)).restarted_at for phase in (0, 10, 19.9)]
     assert all(55 <= t <= 80 for t in restarts), restarts
 
 
 def every_job():
     """(where, Job) for k8s/job.yaml and every Job of every overlay."""
-    jobs = [("job.yaml", d) for d in yaml.safe_load_all((K8S / "job.yaml").read_text()) if d and d["kind"] == "Job"]
+    jobs = [
+        ("job.yaml", d)
+        for d in yaml.safe_load_all((K8S / "job.yaml").read_text())
+        if d and d["kind"] == "Job"
+    ]
     for overlay in TRAINING_OVERLAYS:
         jobs += [(overlay, d) for d in render_overlay(overlay) if d["kind"] == "Job"]
     return jobs

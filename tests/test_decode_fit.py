@@ -13,7 +13,10 @@ from trainer.preprocess import DecodeSettings
 
 def _scores(*rows):
     """(scale, blend, psnr, colourfulness) rows with a truth colourfulness of 100."""
-    return {DecodeSettings(s, b): {"psnr": p, "colourfulness": c, "truth_colourfulness": 100.0} for s, b, p, c in rows}
+    return {
+        DecodeSettings(s, b): {"psnr": p, "colourfulness": c, "truth_colourfulness": 100.0}
+        for s, b, p, c in rows
+    }
 
 
 def test_choose_takes_the_most_accurate_setting_that_reaches_the_colour_target():
@@ -49,19 +52,28 @@ def test_scores_rise_in_colour_with_the_chroma_scale(shards_dir):
 
 def test_fitted_decode_is_exported_in_both_signatures_and_the_metadata(shards_dir, tmp_path):
     model = build_model("unet", preprocess.output_channels("lab", "two_heads"), base_filters=4)
-    decode, scores = decode_fit.fit_decode(model, find_shards(os.path.join(shards_dir, "validation-*")), "lab",
-                                           "two_heads")
-    assert decode in decode_fit.candidates("lab", "two_heads") and set(scores) == {"psnr", "colourfulness",
-                                                                                   "truth_colourfulness"}
+    decode, scores = decode_fit.fit_decode(
+        model, find_shards(os.path.join(shards_dir, "validation-*")), "lab", "two_heads"
+    )
+    assert decode in decode_fit.candidates("lab", "two_heads") and set(scores) == {
+        "psnr",
+        "colourfulness",
+        "truth_colourfulness",
+    }
     vivid = DecodeSettings(1.4, 0.25)
     path = export.export_saved_model(model, "lab", str(tmp_path), decode=vivid)
-    assert json.load(open(os.path.join(path, export.METADATA_FILE)))["decode"] == {"chroma_scale": 1.4, "blend": 0.25}
+    assert json.load(open(os.path.join(path, export.METADATA_FILE)))["decode"] == {
+        "chroma_scale": 1.4,
+        "blend": 0.25,
+    }
     gray = tf.random.uniform([2, 120, 120, 1], seed=3)
     served = tf.saved_model.load(path).signatures["colorize_tensor"](gray=gray)["rgb"]
     prediction = model(preprocess.model_inputs(gray), training=False)
     expected = preprocess.predictions_to_rgb(prediction, gray, "lab", vivid)
     np.testing.assert_allclose(served.numpy(), expected.numpy(), atol=1e-5)
-    assert not np.allclose(expected.numpy(), preprocess.predictions_to_rgb(prediction, gray, "lab").numpy(), atol=1e-3)
+    assert not np.allclose(
+        expected.numpy(), preprocess.predictions_to_rgb(prediction, gray, "lab").numpy(), atol=1e-3
+    )
 
 
 @pytest.mark.parametrize("scale", [0.5, 2.0])
@@ -69,5 +81,6 @@ def test_chroma_scale_multiplies_the_predicted_ab(scale):
     prediction = tf.random.uniform([1, 8, 8, 2], -0.1, 0.1, seed=4)
     gray = tf.random.uniform([1, 8, 8, 1], 0.3, 0.7, seed=5)
     scaled = preprocess.predictions_to_rgb(prediction, gray, "lab", DecodeSettings(scale, 0.0))
-    np.testing.assert_allclose(scaled.numpy(), preprocess.predictions_to_rgb(prediction * scale, gray, "lab").numpy(),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        scaled.numpy(), preprocess.predictions_to_rgb(prediction * scale, gray, "lab").numpy(), atol=1e-6
+    )

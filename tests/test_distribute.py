@@ -14,9 +14,15 @@ from trainer.train import Trainer
 
 
 def test_tf_config_with_several_tasks_is_a_cluster():
-    tf_config = {"cluster": {"chief": ["c:1"], "worker": ["w0:1", "w1:1"]}, "task": {"type": "worker", "index": 1}}
+    tf_config = {
+        "cluster": {"chief": ["c:1"], "worker": ["w0:1", "w1:1"]},
+        "task": {"type": "worker", "index": 1},
+    }
     cluster = distribute.resolve_cluster({"TF_CONFIG": json.dumps(tf_config)})
-    assert cluster.workers == ("c:1", "w0:1", "w1:1") and (cluster.task_type, cluster.task_index) == ("worker", 1)
+    assert cluster.workers == ("c:1", "w0:1", "w1:1") and (cluster.task_type, cluster.task_index) == (
+        "worker",
+        1,
+    )
     assert cluster.spec.as_dict() == {"chief": ["c:1"], "worker": ["w0:1", "w1:1"]}
     alone = {"cluster": {"worker": ["w0:1"]}, "task": {"type": "worker", "index": 0}}
     assert distribute.resolve_cluster({"TF_CONFIG": json.dumps(alone)}) is None
@@ -25,12 +31,18 @@ def test_tf_config_with_several_tasks_is_a_cluster():
 
 
 def test_indexed_job_environment_builds_pod_addresses():
-    env = {"JOB_COMPLETION_INDEX": "2", "COLORIZER_NUM_WORKERS": "3", "COLORIZER_JOB_NAME": "train",
-           "COLORIZER_SERVICE": "train-workers"}
+    env = {
+        "JOB_COMPLETION_INDEX": "2",
+        "COLORIZER_NUM_WORKERS": "3",
+        "COLORIZER_JOB_NAME": "train",
+        "COLORIZER_SERVICE": "train-workers",
+    }
     cluster = distribute.resolve_cluster(env)
     assert cluster.workers == tuple(f"train-{i}.train-workers:2222" for i in range(3))
     assert (cluster.task_type, cluster.task_index, cluster.source) == ("worker", 2, "indexed job")
-    overridden = dict(env, COLORIZER_PORT="3000", COLORIZER_PEER_OVERRIDES="train-1.train-workers:3000=127.0.0.1:9")
+    overridden = dict(
+        env, COLORIZER_PORT="3000", COLORIZER_PEER_OVERRIDES="train-1.train-workers:3000=127.0.0.1:9"
+    )
     assert distribute.resolve_cluster(overridden).workers[1] == "127.0.0.1:9"
     assert distribute.resolve_cluster(dict(env, COLORIZER_NUM_WORKERS="1")) is None
     with pytest.raises(ConfigError, match="COLORIZER_SERVICE"):
@@ -62,7 +74,9 @@ def test_wait_for_peers_names_the_missing_peer_and_is_transient():
 
 def test_all_reduce_is_nccl_with_gpus_and_the_ring_on_cpus():
     implementations = tf.distribute.experimental.CommunicationImplementation
-    on_gpus = distribute.communication_options([tf.config.PhysicalDevice("/physical_device:GPU:0", "GPU")], 30)
+    on_gpus = distribute.communication_options(
+        [tf.config.PhysicalDevice("/physical_device:GPU:0", "GPU")], 30
+    )
     assert on_gpus.implementation == implementations.NCCL and on_gpus.timeout_seconds == 30
     on_cpus = distribute.communication_options([], 45)
     assert on_cpus.implementation == implementations.RING and on_cpus.timeout_seconds == 45
@@ -76,9 +90,16 @@ def test_shard_policy():
 
 
 def _trainer(shards_dir, tmp_path, strategy, batch_size):
-    config = TrainConfig(train_data=os.path.join(shards_dir, "train-*"), eval_data=os.path.join(shards_dir, "validation-*"),
-                         model_dir=str(tmp_path), export_dir=str(tmp_path / "export"), base_filters=4,
-                         batch_size=batch_size, sync_batchnorm=True, augment=False)
+    config = TrainConfig(
+        train_data=os.path.join(shards_dir, "train-*"),
+        eval_data=os.path.join(shards_dir, "validation-*"),
+        model_dir=str(tmp_path),
+        export_dir=str(tmp_path / "export"),
+        base_filters=4,
+        batch_size=batch_size,
+        sync_batchnorm=True,
+        augment=False,
+    )
     return Trainer(config, strategy, find_shards(config.train_data), find_shards(config.eval_data))
 
 
@@ -90,7 +111,9 @@ def test_two_replicas_step_equals_one_device_with_same_global_batch(shards_dir, 
     """
     mirrored = _trainer(shards_dir, tmp_path / "a", mirrored, 2)
     single = _trainer(shards_dir, tmp_path / "b", tf.distribute.OneDeviceStrategy("/cpu:0"), 4)
-    assert mirrored.global_batch == single.global_batch == 4 and distribute.count_workers(mirrored.strategy) == 1
+    assert (
+        mirrored.global_batch == single.global_batch == 4 and distribute.count_workers(mirrored.strategy) == 1
+    )
     single.model.set_weights(mirrored.model.get_weights())
     start = [w.numpy().copy() for w in single.model.trainable_weights]
     for trainer in (mirrored, single):
@@ -99,8 +122,12 @@ def test_two_replicas_step_equals_one_device_with_same_global_batch(shards_dir, 
         _, eval_ds = trainer._datasets()  # ordered batches: both see the same examples
         run_train, _ = trainer._step_functions()
         run_train(iter(trainer.strategy.experimental_distribute_dataset(eval_ds)), 1)
-    update_m = np.concatenate([(w.numpy() - w0).ravel() for w0, w in zip(start, mirrored.model.trainable_weights)])
-    update_s = np.concatenate([(w.numpy() - w0).ravel() for w0, w in zip(start, single.model.trainable_weights)])
+    update_m = np.concatenate(
+        [(w.numpy() - w0).ravel() for w0, w in zip(start, mirrored.model.trainable_weights)]
+    )
+    update_s = np.concatenate(
+        [(w.numpy() - w0).ravel() for w0, w in zip(start, single.model.trainable_weights)]
+    )
     # Float reduction order differs between one and two devices; a wrong batch scaling would be 50% off.
     assert np.linalg.norm(update_m - update_s) <= 0.02 * np.linalg.norm(update_s)
 

@@ -11,8 +11,17 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.test_manifests import (K8S, K8S_VERSION, OVERLAYS, ROOT, TRAINER_CONTAINERS, TRAINER_IMAGE, kustomize, load,
-                                  pod_specs)
+from tests.test_manifests import (
+    K8S,
+    K8S_VERSION,
+    OVERLAYS,
+    ROOT,
+    TRAINER_CONTAINERS,
+    TRAINER_IMAGE,
+    kustomize,
+    load,
+    pod_specs,
+)
 
 DOCS = ROOT / "docs" / "KUBERNETES.md"
 MARKER = re.compile(r"^<!-- (cluster-only|tested: (.+?)) -->$")
@@ -26,7 +35,7 @@ def doc_blocks(path=DOCS):
         if line.strip() == "```bash":
             end = lines.index("```", i + 1)
             before = next((x.strip() for x in reversed(lines[:i]) if x.strip()), "")
-            blocks.append((before, "\n".join(lines[i + 1:end])))
+            blocks.append((before, "\n".join(lines[i + 1 : end])))
     return blocks
 
 
@@ -44,12 +53,24 @@ def test_every_doc_command_is_tested_or_cluster_only():
 
 def test_configure_once_leaves_no_placeholder(tmp_path):
     """Runs the doc's configuration step in a copy of k8s/; then no overlay holds a placeholder."""
-    [block] = [b for m, b in doc_blocks() if m == "<!-- tested: test_configure_once_leaves_no_placeholder -->"]
+    [block] = [
+        b for m, b in doc_blocks() if m == "<!-- tested: test_configure_once_leaves_no_placeholder -->"
+    ]
     shutil.copytree(K8S, tmp_path / "k8s")
-    env = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "BUCKET": "my-bucket",
-           "PROJECT_ID": "my-project", "IMAGE_DIGEST": PINNED}
-    out = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env, capture_output=True,
-                         text=True, check=False)
+    env = {
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "BUCKET": "my-bucket",
+        "PROJECT_ID": "my-project",
+        "IMAGE_DIGEST": PINNED,
+    }
+    out = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", block],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     assert "gs://my-bucket/" in out.stdout and PINNED in out.stdout and "@my-project.iam" in out.stdout
     for overlay in OVERLAYS:
@@ -66,8 +87,11 @@ def test_configure_once_leaves_no_placeholder(tmp_path):
 
 def test_shipped_settings_are_placeholders_skaffold_can_fill():
     """Unconfigured, the trainer image is skaffold's artifact name, so `skaffold run` works as shipped."""
-    settings = dict(line.split("=", 1) for line in (K8S / "settings" / "settings.env").read_text().splitlines()
-                    if line and not line.startswith("#"))
+    settings = dict(
+        line.split("=", 1)
+        for line in (K8S / "settings" / "settings.env").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
     assert set(settings) == {"BUCKET", "TRAINER_GSA", "SERVING_GSA", "TRAINER_IMAGE"}
     assert settings["TRAINER_IMAGE"].split(":")[0] == TRAINER_IMAGE
 
@@ -97,14 +121,16 @@ def test_docs_name_only_existing_overlays_and_jobs():
     """`-k k8s/overlays/X` paths and the Job names the docs wait for exist in the rendered overlays."""
     text = DOCS.read_text() + (ROOT / "README.md").read_text()
     assert set(re.findall(r"-k k8s/overlays/([\w-]+)", text)) <= set(OVERLAYS)
-    names = {d["metadata"]["name"] for o in OVERLAYS for d in load(f"overlay:{o}") if d["kind"] in ("Job", "TFJob")}
+    names = {
+        d["metadata"]["name"] for o in OVERLAYS for d in load(f"overlay:{o}") if d["kind"] in ("Job", "TFJob")
+    }
     assert set(re.findall(r"trainer\.launch (?:--namespace=\S+ )?wait ([\w-]+)", text)) - {"big"} <= names
 
 
 def test_readme_cluster_commands_are_the_walkthrough_s():
     """The README's cluster quick start is a subset of docs/KUBERNETES.md's commands, so they can't drift."""
     readme = (ROOT / "README.md").read_text()
-    block = readme[readme.index("**On a cluster**"):].split("```bash", 1)[1].split("```", 1)[0]
+    block = readme[readme.index("**On a cluster**") :].split("```bash", 1)[1].split("```", 1)[0]
     walkthrough = DOCS.read_text()
     for line in block.replace("\\\n", " ").splitlines():
         command = " ".join(line.split("#")[0].split())
@@ -116,7 +142,7 @@ def test_every_serving_production_command_is_tested_or_cluster_only():
     """docs/SERVING.md's export -> warm -> evaluate -> promote -> rollback blocks carry a marker naming a real test."""
     path = ROOT / "docs" / "SERVING.md"
     text = path.read_text()
-    section = text[text.index("## Production"):text.index("## The REST API")]
+    section = text[text.index("## Production") : text.index("## The REST API")]
     tests = "".join(p.read_text() for p in Path(__file__).parent.glob("test_*.py"))
     blocks = [(m, b) for m, b in doc_blocks(path) if b in section]
     assert len(blocks) >= 5
@@ -127,5 +153,9 @@ def test_every_serving_production_command_is_tested_or_cluster_only():
     assert "python -m trainer.launch promote" in section and "python -m trainer.launch rollback" in section
     from trainer import launch
 
-    for command in ("promote 1712340000 --force --wait", "rollback --wait", "promote 1 --image_dir=x --psnr_margin=0.2"):
+    for command in (
+        "promote 1712340000 --force --wait",
+        "rollback --wait",
+        "promote 1 --image_dir=x --psnr_margin=0.2",
+    ):
         launch.parser().parse_args(command.split())  # the documented flags exist

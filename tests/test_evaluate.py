@@ -51,8 +51,9 @@ def test_image_dir_report_has_both_resolutions_and_a_contact_sheet(saved_model, 
 
 
 def test_shard_report_has_no_full_section_and_honours_limit(saved_model, shards_dir, tmp_path):
-    report = evaluate.evaluate(saved_model, str(tmp_path / "r"), data=f"{shards_dir}/train-*", limit=5,
-                               batch_size=2, sheet_rows=4)
+    report = evaluate.evaluate(
+        saved_model, str(tmp_path / "r"), data=f"{shards_dir}/train-*", limit=5, batch_size=2, sheet_rows=4
+    )
     _check_section(report["120"], 5)
     assert report["full"] is None and report["data"].endswith("train-*")
     assert Image.open(tmp_path / "r" / evaluate.SHEET_FILE).size == (360, 16 + 4 * 120)
@@ -69,10 +70,13 @@ def test_gray_baseline_scores_perfectly_on_gray_photos(saved_model, tmp_path):
     assert report["120"]["truth_colourfulness"] == 0.0
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"image_dir": "/nonexistent/photos"}, "no such folder"),
-    ({"data": "/nonexistent/val-*"}, "no files match"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"image_dir": "/nonexistent/photos"}, "no such folder"),
+        ({"data": "/nonexistent/val-*"}, "no files match"),
+    ],
+)
 def test_missing_data_is_a_data_error(saved_model, tmp_path, kwargs, message):
     with pytest.raises(DataError, match=message):
         evaluate.evaluate(saved_model, str(tmp_path / "r"), **kwargs)
@@ -85,12 +89,21 @@ def test_missing_saved_model_is_a_data_error(photos, tmp_path):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "trainer.evaluate", *args], cwd=REPO, env=ENV, capture_output=True,
-                          text=True, timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "trainer.evaluate", *args],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def test_cli_writes_report_and_prints_summary(saved_model, photos, tmp_path):
-    run = _cli(f"--image_dir={photos}", f"--saved_model={saved_model}", f"--report_dir={tmp_path}/r", "--limit=2")
+    run = _cli(
+        f"--image_dir={photos}", f"--saved_model={saved_model}", f"--report_dir={tmp_path}/r", "--limit=2"
+    )
     assert run.returncode == 0, run.stderr
     assert "120 model" in run.stdout and "full gray" in run.stdout
     report = json.loads((tmp_path / "r" / "metrics.json").read_text())
@@ -99,7 +112,9 @@ def test_cli_writes_report_and_prints_summary(saved_model, photos, tmp_path):
 
 def test_cli_flag_error_is_one_line_exit_2(tmp_path):
     both = _cli("--data=x", "--image_dir=y", "--saved_model=m", f"--report_dir={tmp_path}")
-    assert both.returncode == 2 and "error: pass exactly one of --data=PATTERN or --image_dir=DIR" in both.stderr
+    assert (
+        both.returncode == 2 and "error: pass exactly one of --data=PATTERN or --image_dir=DIR" in both.stderr
+    )
     assert "Traceback" not in both.stderr
 
 

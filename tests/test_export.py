@@ -21,7 +21,9 @@ def _encode(array, fmt):
 def exported(request, tmp_path_factory):
     color_space = request.param
     model = build_model("unet", preprocess.output_channels(color_space), base_filters=4)
-    path = export.export_saved_model(model, color_space, str(tmp_path_factory.mktemp("export")), {"model": "unet"})
+    path = export.export_saved_model(
+        model, color_space, str(tmp_path_factory.mktemp("export")), {"model": "unet"}
+    )
     return model, color_space, path, tf.saved_model.load(path)
 
 
@@ -42,7 +44,9 @@ def test_tensor_signature_matches_the_model(exported):
     model, color_space, _, loaded = exported
     gray = tf.random.uniform([3, 120, 120, 1], seed=1)
     served = loaded.signatures["colorize_tensor"](gray=gray)["rgb"]
-    expected = preprocess.predictions_to_rgb(model(preprocess.model_inputs(gray), training=False), gray, color_space)
+    expected = preprocess.predictions_to_rgb(
+        model(preprocess.model_inputs(gray), training=False), gray, color_space
+    )
     assert served.shape == (3, 120, 120, 3)
     np.testing.assert_allclose(served.numpy(), expected.numpy(), atol=1e-5)
 
@@ -50,8 +54,13 @@ def test_tensor_signature_matches_the_model(exported):
 def test_bytes_signature_returns_png_at_original_size(exported):
     _, _, _, loaded = exported
     gray = (np.random.default_rng(0).uniform(0, 255, (150, 200))).astype(np.uint8)
-    requests = [_encode(gray, "JPEG"), _encode(gray, "PNG"), _encode(np.dstack([gray] * 4), "PNG"),
-                _encode(np.dstack([gray] * 3)[:90, :70], "BMP"), _encode(gray, "GIF")]
+    requests = [
+        _encode(gray, "JPEG"),
+        _encode(gray, "PNG"),
+        _encode(np.dstack([gray] * 4), "PNG"),
+        _encode(np.dstack([gray] * 3)[:90, :70], "BMP"),
+        _encode(gray, "GIF"),
+    ]
     out = loaded.signatures["serving_default"](image_bytes=tf.constant(requests))["colorized_bytes"].numpy()
     shapes = [tf.io.decode_png(png).shape for png in out]
     assert shapes == [(150, 200, 3)] * 3 + [(90, 70, 3), (150, 200, 3)]
@@ -61,10 +70,14 @@ def test_lab_output_keeps_full_resolution_structure(tmp_path):
     model = build_model("unet", 2, base_filters=4)
     loaded = tf.saved_model.load(export.export_saved_model(model, "lab", str(tmp_path)))
     gray = np.tile((np.arange(400) % 2 * 255).astype(np.uint8), (300, 1))  # 1-pixel stripes
-    png = loaded.signatures["serving_default"](image_bytes=tf.constant([_encode(gray, "PNG")]))["colorized_bytes"][0]
+    png = loaded.signatures["serving_default"](image_bytes=tf.constant([_encode(gray, "PNG")]))[
+        "colorized_bytes"
+    ][0]
     rgb = tf.io.decode_png(png).numpy().astype(int)
     assert rgb.shape == (300, 400, 3)
-    assert np.abs(rgb[:, 1:] - rgb[:, :-1]).mean() > 100  # stripes survive; a 120px round trip would blur them
+    assert (
+        np.abs(rgb[:, 1:] - rgb[:, :-1]).mean() > 100
+    )  # stripes survive; a 120px round trip would blur them
 
 
 @pytest.mark.parametrize("payload", [b"garbage", b"", "truncated"])

@@ -34,8 +34,9 @@ def photos(tmp_path_factory):
 def _run(emu, *args, module="trainer.task", env=None):
     """Runs a CLI (or `python args` if module is None) against the emulator; no request may be unmodelled."""
     command = emu.wrap([sys.executable, "-m", module, *args]) if module else emu.wrap([sys.executable, *args])
-    result = subprocess.run(command, cwd=REPO, env={**ENV, **emu.env, **(env or {})}, capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(
+        command, cwd=REPO, env={**ENV, **emu.env, **(env or {})}, capture_output=True, text=True, timeout=600
+    )
     assert not emu.unknown, f"requests the IAM model doesn't know (denied): {emu.unknown}"
     return result
 
@@ -46,15 +47,31 @@ def _objects(emu, prefix):
 
 def test_prepare_train_resume_export_and_serve_from_gcs(emulator, photos, tmp_path):
     data, run = f"gs://{BUCKET}/e2e/data", f"gs://{BUCKET}/e2e/run"
-    prepared = _run(emulator, f"--input_dir={photos}", f"--output_dir={data}", "--num_shards=2",
-                    "--holdout_fraction=0.25", module="trainer.prepare")
+    prepared = _run(
+        emulator,
+        f"--input_dir={photos}",
+        f"--output_dir={data}",
+        "--num_shards=2",
+        "--holdout_fraction=0.25",
+        module="trainer.prepare",
+    )
     assert prepared.returncode == 0, prepared.stderr
     assert _objects(emulator, "e2e/data/") == [
-        "e2e/data/train-00000-of-00002.tfrecord", "e2e/data/train-00001-of-00002.tfrecord",
-        "e2e/data/train.manifest.json", "e2e/data/validation-00000-of-00001.tfrecord",
-        "e2e/data/validation.manifest.json"]
-    flags = [f"--train_data={data}/train-*", f"--eval_data={data}/validation-*", f"--model_dir={run}/model",
-             f"--export_dir={run}/export", "--base_filters=4", "--batch_size=2", "--patience=0"]
+        "e2e/data/train-00000-of-00002.tfrecord",
+        "e2e/data/train-00001-of-00002.tfrecord",
+        "e2e/data/train.manifest.json",
+        "e2e/data/validation-00000-of-00001.tfrecord",
+        "e2e/data/validation.manifest.json",
+    ]
+    flags = [
+        f"--train_data={data}/train-*",
+        f"--eval_data={data}/validation-*",
+        f"--model_dir={run}/model",
+        f"--export_dir={run}/export",
+        "--base_filters=4",
+        "--batch_size=2",
+        "--patience=0",
+    ]
     trained = _run(emulator, *flags, "--epochs=1")
     assert trained.returncode == 0, trained.stderr
     resumed = _run(emulator, *flags, "--epochs=2")
@@ -66,22 +83,44 @@ def test_prepare_train_resume_export_and_serve_from_gcs(emulator, photos, tmp_pa
     assert all(f"e2e/run/export/{v}/saved_model.pb" in objects for v in versions)
     assert any(o.startswith("e2e/run/model/checkpoints/ckpt-") for o in objects)
     assert any("/model/logs/train/events.out.tfevents" in o for o in objects)
-    colorized = _run(emulator, f"--local_model={run}/export", str(photos / "photo000.png"),
-                     f"--output_dir={tmp_path}/out", module="trainer.client")
+    colorized = _run(
+        emulator,
+        f"--local_model={run}/export",
+        str(photos / "photo000.png"),
+        f"--output_dir={tmp_path}/out",
+        module="trainer.client",
+    )
     assert colorized.returncode == 0, colorized.stderr
     assert os.path.getsize(tmp_path / "out" / "photo000.png") > 0
 
 
 def test_prepare_never_overwrites_unless_asked(emulator, photos):
     data = f"gs://{BUCKET}/ow/data"
-    assert _run(emulator, f"--input_dir={photos}", f"--output_dir={data}", "--num_shards=3",
-                module="trainer.prepare").returncode == 0
+    assert (
+        _run(
+            emulator,
+            f"--input_dir={photos}",
+            f"--output_dir={data}",
+            "--num_shards=3",
+            module="trainer.prepare",
+        ).returncode
+        == 0
+    )
     again = _run(emulator, f"--input_dir={photos}", f"--output_dir={data}", module="trainer.prepare")
     assert again.returncode == 2 and f"{data}/train" in again.stderr and "--overwrite" in again.stderr
-    replaced = _run(emulator, f"--input_dir={photos}", f"--output_dir={data}", "--num_shards=1", "--overwrite",
-                    module="trainer.prepare")
+    replaced = _run(
+        emulator,
+        f"--input_dir={photos}",
+        f"--output_dir={data}",
+        "--num_shards=1",
+        "--overwrite",
+        module="trainer.prepare",
+    )
     assert replaced.returncode == 0, replaced.stderr
-    assert _objects(emulator, "ow/data/") == ["ow/data/train-00000-of-00001.tfrecord", "ow/data/train.manifest.json"]
+    assert _objects(emulator, "ow/data/") == [
+        "ow/data/train-00000-of-00001.tfrecord",
+        "ow/data/train.manifest.json",
+    ]
 
 
 def test_generation_preconditions_stop_a_second_writer(emulator, tmp_path, monkeypatch):
@@ -101,12 +140,15 @@ def test_generation_preconditions_stop_a_second_writer(emulator, tmp_path, monke
 
 
 def test_missing_bucket_and_empty_pattern_are_one_line_errors(emulator, photos):
-    prepare = _run(emulator, f"--input_dir={photos}", "--output_dir=gs://no-such-bucket/data",
-                   module="trainer.prepare")
+    prepare = _run(
+        emulator, f"--input_dir={photos}", "--output_dir=gs://no-such-bucket/data", module="trainer.prepare"
+    )
     assert prepare.returncode == 3 and "gs://no-such-bucket" in prepare.stderr
     assert "Traceback" not in prepare.stderr
-    for pattern, message in (("gs://no-such-bucket/d/train-*", "gs://no-such-bucket/d/train-*"),
-                             (f"gs://{BUCKET}/nothing/train-*", f"no files match gs://{BUCKET}/nothing/train-*")):
+    for pattern, message in (
+        ("gs://no-such-bucket/d/train-*", "gs://no-such-bucket/d/train-*"),
+        (f"gs://{BUCKET}/nothing/train-*", f"no files match gs://{BUCKET}/nothing/train-*"),
+    ):
         train = _run(emulator, f"--train_data={pattern}", f"--model_dir=gs://{BUCKET}/m")
         assert train.returncode == 3 and f"error: {message}" in train.stderr, train.stderr
         assert "Traceback" not in train.stderr
@@ -114,8 +156,16 @@ def test_missing_bucket_and_empty_pattern_are_one_line_errors(emulator, photos):
 
 def test_shard_deleted_after_listing_is_a_clear_error(emulator, photos):
     data = f"gs://{BUCKET}/gone/data"
-    assert _run(emulator, f"--input_dir={photos}", f"--output_dir={data}", "--num_shards=2",
-                module="trainer.prepare").returncode == 0
+    assert (
+        _run(
+            emulator,
+            f"--input_dir={photos}",
+            f"--output_dir={data}",
+            "--num_shards=2",
+            module="trainer.prepare",
+        ).returncode
+        == 0
+    )
     script = textwrap.dedent(f"""
         from google.cloud import storage
         import tensorflow as tf
@@ -131,7 +181,9 @@ def test_shard_deleted_after_listing_is_a_clear_error(emulator, photos):
             print("DataError:", exc)
     """)
     result = _run(emulator, "-c", script, module=None)
-    assert f"DataError: unreadable record in {data}/train-00001-of-00002.tfrecord" in result.stdout, result.stderr
+    assert f"DataError: unreadable record in {data}/train-00001-of-00002.tfrecord" in result.stdout, (
+        result.stderr
+    )
 
 
 def test_fault_injection_answers_a_seeded_share_with_503(emulator):
@@ -157,19 +209,40 @@ def test_a_run_survives_five_percent_503s(emulator, photos, tmp_path):
     import tensorflow as tf
 
     data, run = f"gs://{BUCKET}/faults/data", f"gs://{BUCKET}/faults/run"
-    flags = [f"--train_data={data}/train-*", f"--eval_data={data}/validation-*", f"--model_dir={run}/model",
-             f"--export_dir={run}/export", "--base_filters=4", "--batch_size=2", "--patience=0",
-             "--checkpoint_every_steps=3"]
+    flags = [
+        f"--train_data={data}/train-*",
+        f"--eval_data={data}/validation-*",
+        f"--model_dir={run}/model",
+        f"--export_dir={run}/export",
+        "--base_filters=4",
+        "--batch_size=2",
+        "--patience=0",
+        "--checkpoint_every_steps=3",
+    ]
     # TF's own retry path, with shorter waits than its default 1 s doubling (keeps the test short).
-    faster = {"GCS_RETRY_CONFIG_INIT_DELAY_TIME_US": "100000", "GCS_RETRY_CONFIG_MAX_DELAY_TIME_US": "1000000"}
+    faster = {
+        "GCS_RETRY_CONFIG_INIT_DELAY_TIME_US": "100000",
+        "GCS_RETRY_CONFIG_MAX_DELAY_TIME_US": "1000000",
+    }
     with emulator.faults(0.05, seed=5) as front:
-        steps = [_run(emulator, f"--input_dir={photos}", f"--output_dir={data}", "--num_shards=2",
-                      "--holdout_fraction=0.25", module="trainer.prepare"),
-                 _run(emulator, *flags, "--epochs=1", env=faster), _run(emulator, *flags, "--epochs=2", env=faster)]
+        steps = [
+            _run(
+                emulator,
+                f"--input_dir={photos}",
+                f"--output_dir={data}",
+                "--num_shards=2",
+                "--holdout_fraction=0.25",
+                module="trainer.prepare",
+            ),
+            _run(emulator, *flags, "--epochs=1", env=faster),
+            _run(emulator, *flags, "--epochs=2", env=faster),
+        ]
     for step in steps:
         assert step.returncode == 0, step.stderr
     assert front.faults_injected >= 5 and "resuming from step" in steps[2].stderr
-    checkpoints = sorted({o.rsplit(".", 1)[0] for o in _objects(emulator, "faults/run/model/checkpoints/ckpt-")})
+    checkpoints = sorted(
+        {o.rsplit(".", 1)[0] for o in _objects(emulator, "faults/run/model/checkpoints/ckpt-")}
+    )
     assert len(checkpoints) == 3
     for prefix in checkpoints:  # every checkpoint kept is whole: each tensor reads back with its CRC
         local = tmp_path / "ckpt"
@@ -184,8 +257,15 @@ def test_a_run_survives_five_percent_503s(emulator, photos, tmp_path):
     assert len(exports) == 2 and all(f"faults/run/export/{v}/saved_model.pb" in objects for v in exports)
     for version in exports:  # each export loads and answers, as TF Serving would need it to
         local = tmp_path / "export" / version
-        for name in (o for o in objects if o.startswith(f"faults/run/export/{version}/") and not o.endswith("/")):
+        for name in (
+            o for o in objects if o.startswith(f"faults/run/export/{version}/") and not o.endswith("/")
+        ):
             (local / name.split("/", 4)[4]).parent.mkdir(parents=True, exist_ok=True)
             emulator.client().bucket(BUCKET).blob(name).download_to_filename(local / name.split("/", 4)[4])
         loaded = tf.saved_model.load(str(local))
-        assert loaded.signatures["colorize_tensor"](gray=tf.zeros([1, 120, 120, 1]))["rgb"].shape == (1, 120, 120, 3)
+        assert loaded.signatures["colorize_tensor"](gray=tf.zeros([1, 120, 120, 1]))["rgb"].shape == (
+            1,
+            120,
+            120,
+            3,
+        )

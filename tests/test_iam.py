@@ -27,8 +27,8 @@ same files. A --model_base_path of the bucket root (gs://BUCKET) would need stor
 import os
 import subprocess
 import sys
-import time
 import textwrap
+import time
 
 import pytest
 
@@ -61,8 +61,9 @@ def _run(emu, roles, *args, module="trainer.task"):
     """Runs a CLI (or `python args`) under exactly `roles`; returns (result, the requests it made)."""
     command = [sys.executable, "-m", module, *args] if module else [sys.executable, *args]
     with emu.roles(*roles) as seen:
-        result = subprocess.run(emu.wrap(command), cwd=REPO, env={**ENV, **emu.env}, capture_output=True,
-                                text=True, timeout=600)
+        result = subprocess.run(
+            emu.wrap(command), cwd=REPO, env={**ENV, **emu.env}, capture_output=True, text=True, timeout=600
+        )
     unknown = [(r.method, r.target) for r in seen if r.kind is None]
     assert not unknown, f"requests the IAM model doesn't know (denied): {unknown}"
     return result, seen
@@ -77,23 +78,41 @@ def data(emulator, tmp_path_factory):
     """Shards in gs://BUCKET/data, written by trainer.prepare under the trainer's roles."""
     photos = tmp_path_factory.mktemp("photos")
     write_photos(photos, 16)
-    prepared, seen = _run(emulator, TRAINER_ROLES, f"--input_dir={photos}", f"--output_dir={DATA}",
-                          "--num_shards=2", "--holdout_fraction=0.25", "--workers=1", module="trainer.prepare")
+    prepared, seen = _run(
+        emulator,
+        TRAINER_ROLES,
+        f"--input_dir={photos}",
+        f"--output_dir={DATA}",
+        "--num_shards=2",
+        "--holdout_fraction=0.25",
+        "--workers=1",
+        module="trainer.prepare",
+    )
     assert prepared.returncode == 0, prepared.stderr
     assert not _denied(seen) and {r.kind for r in seen} >= {"objects.list", "objects.insert"}
     return photos
 
 
 def _train_flags(model_dir, export_dir):
-    return [f"--train_data={DATA}/train-*", f"--eval_data={DATA}/validation-*", f"--model_dir={model_dir}",
-            f"--export_dir={export_dir}", "--base_filters=4", "--batch_size=2", "--patience=0", "--epochs=1"]
+    return [
+        f"--train_data={DATA}/train-*",
+        f"--eval_data={DATA}/validation-*",
+        f"--model_dir={model_dir}",
+        f"--export_dir={export_dir}",
+        "--base_filters=4",
+        "--batch_size=2",
+        "--patience=0",
+        "--epochs=1",
+    ]
 
 
 def test_object_user_alone_fails_the_first_write_on_bucket_get(emulator, data):
     """The defect: objectUser alone, first run under new prefixes -> 403 on GET /storage/v1/b/BUCKET."""
     alone = f"gs://{BUCKET}/alone"
     start = time.monotonic()
-    trained, seen = _run(emulator, ("roles/storage.objectUser",), *_train_flags(f"{alone}/runs", f"{alone}/export"))
+    trained, seen = _run(
+        emulator, ("roles/storage.objectUser",), *_train_flags(f"{alone}/runs", f"{alone}/export")
+    )
     assert _denied(seen) == [("GET", f"/storage/v1/b/{BUCKET}", ["storage.buckets.get"])]
     # Found by the trainer's output check before any step: one line naming the flag and the roles.
     assert trained.returncode == 2 and time.monotonic() - start < 30, trained.stderr
@@ -108,14 +127,22 @@ def test_documented_roles_prepare_train_export_and_load(emulator, data, tmp_path
     trained, seen = _run(emulator, TRAINER_ROLES, *_train_flags(RUNS, EXPORT))
     assert trained.returncode == 0, trained.stderr
     assert not _denied(seen)
-    assert ("GET", f"/storage/v1/b/{BUCKET}") in {(r.method, r.target) for r in seen}, "walk never reached the bucket"
+    assert ("GET", f"/storage/v1/b/{BUCKET}") in {(r.method, r.target) for r in seen}, (
+        "walk never reached the bucket"
+    )
     objects = [b.name for b in emulator.client().list_blobs(BUCKET)]
     assert any(o.startswith("runs/") and "/ckpt-" in o for o in objects), objects
     assert any(o.startswith("runs/") and "events.out.tfevents" in o for o in objects), objects
     assert any(o.startswith("export/") and o.endswith("/saved_model.pb") for o in objects), objects
 
-    colorized, seen = _run(emulator, SERVING_ROLES, f"--local_model={EXPORT}", str(data / "photo000.png"),
-                           f"--output_dir={tmp_path}/out", module="trainer.client")
+    colorized, seen = _run(
+        emulator,
+        SERVING_ROLES,
+        f"--local_model={EXPORT}",
+        str(data / "photo000.png"),
+        f"--output_dir={tmp_path}/out",
+        module="trainer.client",
+    )
     assert colorized.returncode == 0, colorized.stderr
     assert not _denied(seen) and os.path.getsize(tmp_path / "out" / "photo000.png") > 0
     served, seen = _run(emulator, SERVING_ROLES, "-c", _SERVING_STARTUP, EXPORT, module=None)
@@ -126,10 +153,19 @@ def test_documented_roles_prepare_train_export_and_load(emulator, data, tmp_path
 
 def test_prepare_into_a_bucket_it_cannot_write_fails_before_decoding(emulator, data):
     """Under read-only roles, prepare's output check is refused: one line, exit 2, nothing written."""
-    prepared, seen = _run(emulator, SERVING_ROLES, f"--input_dir={data}", f"--output_dir=gs://{BUCKET}/readonly",
-                          module="trainer.prepare")
+    prepared, seen = _run(
+        emulator,
+        SERVING_ROLES,
+        f"--input_dir={data}",
+        f"--output_dir=gs://{BUCKET}/readonly",
+        module="trainer.prepare",
+    )
     assert prepared.returncode == 2 and "Traceback" not in prepared.stderr, prepared.stderr
-    assert prepared.stderr.strip().splitlines()[-1].startswith(f"error: gs://{BUCKET}/readonly: permission denied")
+    assert (
+        prepared.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"error: gs://{BUCKET}/readonly: permission denied")
+    )
     # (google-cloud-storage also tries a bucket GET of its own, denied and ignored by the library)
     assert ["storage.objects.create"] in [r.missing for r in seen if r.denied]
     assert not list(emulator.client().list_blobs(BUCKET, prefix="readonly"))
@@ -163,33 +199,76 @@ def test_unknown_request_kinds_are_denied_and_reported(emulator):
     script = "from google.cloud import storage; print(list(storage.Client().list_buckets()))"
     command = emulator.wrap([sys.executable, "-c", script])
     before = len(emulator.unknown)
-    listed = subprocess.run(command, cwd=REPO, env={**ENV, **emulator.env}, capture_output=True, text=True, timeout=120)
+    listed = subprocess.run(
+        command, cwd=REPO, env={**ENV, **emulator.env}, capture_output=True, text=True, timeout=120
+    )
     assert listed.returncode != 0 and "403" in listed.stderr
-    assert [(r.method, r.target.split("?")[0]) for r in emulator.unknown[before:]] == [("GET", "/storage/v1/b")]
+    assert [(r.method, r.target.split("?")[0]) for r in emulator.unknown[before:]] == [
+        ("GET", "/storage/v1/b")
+    ]
 
 
-@pytest.mark.parametrize("method, target, host, kind, permissions", [
-    ("GET", "/storage/v1/b/bkt", "www.googleapis.com", "buckets.get", {"storage.buckets.get"}),
-    ("GET", "/storage/v1/b/bkt/o?prefix=a%2F", "www.googleapis.com", "objects.list", {"storage.objects.list"}),
-    ("GET", "/storage/v1/b/bkt/o/a%2Fb?fields=size", "www.googleapis.com", "objects.get", {"storage.objects.get"}),
-    ("GET", "/bkt/a%2Fb", "storage.googleapis.com", "XML GET object", {"storage.objects.get"}),
-    ("POST", "/upload/storage/v1/b/bkt/o?uploadType=resumable&name=x", "www.googleapis.com", "objects.insert",
-     {"storage.objects.create"}),
-    ("POST", "/storage/v1/b/bkt/o/a/rewriteTo/b/bkt/o/c", "www.googleapis.com", "objects.rewrite",
-     {"storage.objects.get", "storage.objects.create"}),
-    ("DELETE", "/storage/v1/b/bkt/o/a%2Fb", "www.googleapis.com", "objects.delete", {"storage.objects.delete"}),
-    ("GET", "/storage/v1/b/bkt/storageLayout", "www.googleapis.com", "buckets.getStorageLayout",
-     {"storage.objects.list"}),
-])
+@pytest.mark.parametrize(
+    "method, target, host, kind, permissions",
+    [
+        ("GET", "/storage/v1/b/bkt", "www.googleapis.com", "buckets.get", {"storage.buckets.get"}),
+        (
+            "GET",
+            "/storage/v1/b/bkt/o?prefix=a%2F",
+            "www.googleapis.com",
+            "objects.list",
+            {"storage.objects.list"},
+        ),
+        (
+            "GET",
+            "/storage/v1/b/bkt/o/a%2Fb?fields=size",
+            "www.googleapis.com",
+            "objects.get",
+            {"storage.objects.get"},
+        ),
+        ("GET", "/bkt/a%2Fb", "storage.googleapis.com", "XML GET object", {"storage.objects.get"}),
+        (
+            "POST",
+            "/upload/storage/v1/b/bkt/o?uploadType=resumable&name=x",
+            "www.googleapis.com",
+            "objects.insert",
+            {"storage.objects.create"},
+        ),
+        (
+            "POST",
+            "/storage/v1/b/bkt/o/a/rewriteTo/b/bkt/o/c",
+            "www.googleapis.com",
+            "objects.rewrite",
+            {"storage.objects.get", "storage.objects.create"},
+        ),
+        (
+            "DELETE",
+            "/storage/v1/b/bkt/o/a%2Fb",
+            "www.googleapis.com",
+            "objects.delete",
+            {"storage.objects.delete"},
+        ),
+        (
+            "GET",
+            "/storage/v1/b/bkt/storageLayout",
+            "www.googleapis.com",
+            "buckets.getStorageLayout",
+            {"storage.objects.list"},
+        ),
+    ],
+)
 def test_request_permission_map(method, target, host, kind, permissions):
     assert classify(method, target, host)[:2] == (kind, permissions)
 
 
-@pytest.mark.parametrize("method, target, host", [
-    ("GET", "/storage/v1/b?project=p", "www.googleapis.com"),           # buckets.list
-    ("GET", "/storage/v1/b/bkt/iam", "www.googleapis.com"),             # buckets.getIamPolicy
-    ("GET", "/bkt/a", "www.googleapis.com"),                            # the XML API lives on storage.googleapis.com
-    ("POST", "/batch/storage/v1", "storage.googleapis.com"),
-])
+@pytest.mark.parametrize(
+    "method, target, host",
+    [
+        ("GET", "/storage/v1/b?project=p", "www.googleapis.com"),  # buckets.list
+        ("GET", "/storage/v1/b/bkt/iam", "www.googleapis.com"),  # buckets.getIamPolicy
+        ("GET", "/bkt/a", "www.googleapis.com"),  # the XML API lives on storage.googleapis.com
+        ("POST", "/batch/storage/v1", "storage.googleapis.com"),
+    ],
+)
 def test_requests_outside_the_map_are_unknown(method, target, host):
     assert classify(method, target, host) is None

@@ -62,9 +62,14 @@ def _check(data, max_pixels):
 
 def test_limit_names_the_size_and_the_limit():
     _check(_encode("PNG"), 23 * 37)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="image is 37x23 pixels, above the limit of 850 pixels this model was exported with"):
+    with pytest.raises(
+        tf.errors.InvalidArgumentError,
+        match="image is 37x23 pixels, above the limit of 850 pixels this model was exported with",
+    ):
         _check(_encode("PNG"), 850)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="unsupported image format: send JPEG, PNG, GIF or BMP"):
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match="unsupported image format: send JPEG, PNG, GIF or BMP"
+    ):
         _check(_encode("WEBP"), 10**9)
 
 
@@ -91,8 +96,14 @@ def test_serving_refuses_a_decompression_bomb_fast_and_small(tmp_path):
     from trainer.models import build_model
 
     path = export.export_saved_model(build_model("unet", 2, base_filters=4), "lab", str(tmp_path))
-    run = subprocess.run([sys.executable, "-c", _SERVE_BOMB, path], cwd=REPO, capture_output=True, text=True,
-                         timeout=300, check=True)
+    run = subprocess.run(
+        [sys.executable, "-c", _SERVE_BOMB, path],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     verdict, numbers = run.stdout.strip().splitlines()[-2:]
     size, seconds, grown_mb = (float(n) for n in numbers.split())
     assert verdict.startswith("refused") and "40000x40000" in verdict, run.stdout

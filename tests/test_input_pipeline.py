@@ -78,14 +78,21 @@ def test_corrupt_record_is_traced_to_its_shard(shards_dir, tmp_path):
     assert input_pipeline.find_corrupt_record(shards).startswith(f"{victim} (record ")
 
 
-@pytest.mark.parametrize("error,expected", [
-    (tf.errors.AbortedError(None, None, "All 10 retry attempts failed. The last failure: HTTP 503"), TransientError),
-    (tf.errors.UnavailableError(None, None, "Error executing an HTTP request: HTTP 502"), TransientError),
-    (tf.errors.PermissionDeniedError(None, None, "Error executing an HTTP request: HTTP 403"), DataError),
-    (tf.errors.NotFoundError(None, None, "bucket does not exist"), DataError),
-])
+@pytest.mark.parametrize(
+    "error,expected",
+    [
+        (
+            tf.errors.AbortedError(None, None, "All 10 retry attempts failed. The last failure: HTTP 503"),
+            TransientError,
+        ),
+        (tf.errors.UnavailableError(None, None, "Error executing an HTTP request: HTTP 502"), TransientError),
+        (tf.errors.PermissionDeniedError(None, None, "Error executing an HTTP request: HTTP 403"), DataError),
+        (tf.errors.NotFoundError(None, None, "bucket does not exist"), DataError),
+    ],
+)
 def test_listing_errors_transient_or_permanent(monkeypatch, error, expected):
     """Storage that stays unavailable after TF's retries may recover (145); a denied or missing bucket won't (3)."""
+
     def glob(pattern):
         raise error
 

@@ -61,28 +61,55 @@ def test_dry_run_multinode_is_a_wired_indexed_job(capsys):
 
 
 def test_dry_run_tfjob_matches_the_crd(capsys):
-    [tfjob] = dry_run(capsys, "--name=tf", "--workers=3", "--kind=tfjob", "--gpus=0", "--cpu=4", "--memory=8Gi")
+    [tfjob] = dry_run(
+        capsys, "--name=tf", "--workers=3", "--kind=tfjob", "--gpus=0", "--cpu=4", "--memory=8Gi"
+    )
     jsonschema.validate(tfjob, json.loads((SCHEMAS / "tfjob-v1.9.0.schema.json").read_text())["schema"])
     worker = tfjob["spec"]["tfReplicaSpecs"]["Worker"]
     assert worker["replicas"] == 3
     spec = worker["template"]["spec"]
     c = spec["containers"][0]
     assert c["name"] == "tensorflow" and "nvidia.com/gpu" not in c["resources"]["limits"]
-    assert c["resources"]["limits"]["cpu"] == "4" and "cloud.google.com/gke-accelerator" not in spec["nodeSelector"]
+    assert (
+        c["resources"]["limits"]["cpu"] == "4"
+        and "cloud.google.com/gke-accelerator" not in spec["nodeSelector"]
+    )
     assert not any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"])
 
 
-@pytest.mark.parametrize("argv", [["--name=Bad_Name"], ["--workers=0"], ["--gpus=-1"], ["--kind=tfjob"],
-                                  ["--arg=--epochz=3"], ["--manifests=/nonexistent"], ["--max_hours=0"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--name=Bad_Name"],
+        ["--workers=0"],
+        ["--gpus=-1"],
+        ["--kind=tfjob"],
+        ["--arg=--epochz=3"],
+        ["--manifests=/nonexistent"],
+        ["--max_hours=0"],
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(argv, capsys):
     assert launch.main(["submit", f"--image={IMAGE}", "--dry_run", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ")
 
 
-@pytest.mark.parametrize("arg", ["--arg=--epochs=abc", "--arg=--model=foo", "--arg=--epochs", "--arg=--noepochs",
-                                 "--arg=--jit_compile=maybe", "--arg=--nojit_compile=true", "--arg=--strategy=ps",
-                                 "--arg=--seed=1.5", "--arg=epochs=3", "--arg=--epochz=3"])
+@pytest.mark.parametrize(
+    "arg",
+    [
+        "--arg=--epochs=abc",
+        "--arg=--model=foo",
+        "--arg=--epochs",
+        "--arg=--noepochs",
+        "--arg=--jit_compile=maybe",
+        "--arg=--nojit_compile=true",
+        "--arg=--strategy=ps",
+        "--arg=--seed=1.5",
+        "--arg=epochs=3",
+        "--arg=--epochz=3",
+    ],
+)
 def test_a_bad_trainer_arg_is_refused_in_one_line_naming_it(arg, capsys):
     """Names and values are checked against trainer/config.py's definitions of python -m trainer.task's flags."""
     assert launch.main(["submit", f"--image={IMAGE}", "--dry_run", arg]) == 2
@@ -92,26 +119,55 @@ def test_a_bad_trainer_arg_is_refused_in_one_line_naming_it(arg, capsys):
 
 def test_every_kind_of_trainer_flag_is_accepted(capsys):
     """Booleans in all three spellings, and the flags that are not config fields (the multi-node manifests')."""
-    extra = ["--nojit_compile", "--augment=false", "--sync_batchnorm", "--mixed_precision", "--strategy=multi_worker",
-             "--peer_timeout_seconds=60", "--collective_timeout_seconds=0", "--seed=7", "--learning_rate=3e-4",
-             "--model=autoencoder", "--tensorboard_dir=gs://b/tb"]
+    extra = [
+        "--nojit_compile",
+        "--augment=false",
+        "--sync_batchnorm",
+        "--mixed_precision",
+        "--strategy=multi_worker",
+        "--peer_timeout_seconds=60",
+        "--collective_timeout_seconds=0",
+        "--seed=7",
+        "--learning_rate=3e-4",
+        "--model=autoencoder",
+        "--tensorboard_dir=gs://b/tb",
+    ]
     [job] = dry_run(capsys, "--name=flags", *(f"--arg={a}" for a in extra))
-    assert container(job)["args"][-len(extra):] == extra
+    assert container(job)["args"][-len(extra) :] == extra
 
 
-SUBMIT = ["submit", f"--image={IMAGE}", "--name=fast", "--dry_run", "--arg=--epochs=3", "--arg=--nojit_compile"]
+SUBMIT = [
+    "submit",
+    f"--image={IMAGE}",
+    "--name=fast",
+    "--dry_run",
+    "--arg=--epochs=3",
+    "--arg=--nojit_compile",
+]
 
 
 def test_submit_dry_run_loads_no_tensorflow_and_takes_well_under_a_second():
     """The --arg check reads the trainer's flags from trainer/config.py; TensorFlow would take seconds to load."""
-    run = subprocess.run([sys.executable, "-X", "importtime", "-m", "trainer.launch", *SUBMIT], cwd=ROOT,
-                         capture_output=True, text=True, check=True)
-    imported = {line.rsplit("|", 1)[1].strip() for line in run.stderr.splitlines() if line.startswith("import time:")}
+    run = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "trainer.launch", *SUBMIT],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    imported = {
+        line.rsplit("|", 1)[1].strip() for line in run.stderr.splitlines() if line.startswith("import time:")
+    }
     assert "trainer.config" in imported and "yaml" in imported, "importtime lists every module"
     assert not {m for m in imported if m.split(".")[0] == "tensorflow"}
     start = time.monotonic()
-    run = subprocess.run([sys.executable, "-m", "trainer.launch", *SUBMIT], cwd=ROOT, capture_output=True, text=True,
-                         check=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "trainer.launch", *SUBMIT],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     seconds = time.monotonic() - start
     [job] = list(yaml.safe_load_all(run.stdout))
     assert container(job)["args"][-2:] == ["--epochs=3", "--nojit_compile"]
@@ -119,8 +175,14 @@ def test_submit_dry_run_loads_no_tensorflow_and_takes_well_under_a_second():
     assert seconds < 1.5
 
 
-@pytest.mark.parametrize("argv, where", [(["--name=a"], ["spec"]), (["--name=b", "--workers=3"], ["spec"]),
-                                         (["--name=c", "--workers=2", "--kind=tfjob"], ["spec", "runPolicy"])])
+@pytest.mark.parametrize(
+    "argv, where",
+    [
+        (["--name=a"], ["spec"]),
+        (["--name=b", "--workers=3"], ["spec"]),
+        (["--name=c", "--workers=2", "--kind=tfjob"], ["spec", "runPolicy"]),
+    ],
+)
 def test_max_hours_sets_the_deadline(argv, where, capsys):
     """Preemptions are ignored by the failure policies, so a deadline ends a run that never finishes."""
     obj = dry_run(capsys, *argv, "--max_hours=1.5")[0]
@@ -138,7 +200,9 @@ class FakeRegistry(http.server.BaseHTTPRequestHandler):
         pass
 
     def do_HEAD(self):  # noqa: N802  (http.server's naming)
-        FakeRegistry.seen.append((self.path, self.headers.get("Accept", ""), self.headers.get("Authorization")))
+        FakeRegistry.seen.append(
+            (self.path, self.headers.get("Accept", ""), self.headers.get("Authorization"))
+        )
         repo, _, tag = self.path.removeprefix("/v2/").partition("/manifests/")
         digest = self.tags.get(f"{repo}:{tag}")
         self.send_response(200 if digest else 404)
@@ -181,8 +245,11 @@ def test_an_unresolvable_tag_is_refused_in_one_line(image, registry, capsys):
 
 def test_a_pinned_image_is_used_as_is():
     assert launch_image.pinned_image(IMAGE) == IMAGE
-    assert launch_image.split_image("tensorflow/serving:2.20.0") == ("registry-1.docker.io", "tensorflow/serving",
-                                                                      "2.20.0")
+    assert launch_image.split_image("tensorflow/serving:2.20.0") == (
+        "registry-1.docker.io",
+        "tensorflow/serving",
+        "2.20.0",
+    )
 
 
 def test_missing_required_flag_is_one_line(capsys):
@@ -195,15 +262,24 @@ def test_missing_required_flag_is_one_line(capsys):
 def pod(name, phase, index="0", created="2026-01-01T00:00:00Z", scheduled=None):
     status = {"phase": phase}
     if scheduled:
-        status["conditions"] = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                                 "message": scheduled}]
-    return {"metadata": {"name": name, "creationTimestamp": created,
-                         "labels": {"batch.kubernetes.io/job-completion-index": index}}, "status": status}
+        status["conditions"] = [
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": scheduled}
+        ]
+    return {
+        "metadata": {
+            "name": name,
+            "creationTimestamp": created,
+            "labels": {"batch.kubernetes.io/job-completion-index": index},
+        },
+        "status": status,
+    }
 
 
 def submit(cluster, *argv):
-    return launch.main(["--poll_seconds=0.01", "--schedule_timeout=5", "submit", f"--image={IMAGE}", *argv],
-                       api=cluster.api())
+    return launch.main(
+        ["--poll_seconds=0.01", "--schedule_timeout=5", "submit", f"--image={IMAGE}", *argv],
+        api=cluster.api(),
+    )
 
 
 def test_submit_creates_follows_the_chief_and_succeeds(cluster, capsys):
@@ -214,11 +290,14 @@ def test_submit_creates_follows_the_chief_and_succeeds(cluster, capsys):
     out = capsys.readouterr()
     assert "SavedModel: gs://b/export/17" in out.out and "succeeded" in out.err
     posts = [r for r in cluster.requests if r[0] == "POST"]
-    assert [p[1] for p in posts] == ["/apis/batch/v1/namespaces/colorizer/jobs",
-                                     "/api/v1/namespaces/colorizer/services"]
+    assert [p[1] for p in posts] == [
+        "/apis/batch/v1/namespaces/colorizer/jobs",
+        "/api/v1/namespaces/colorizer/services",
+    ]
     assert posts[0][3]["spec"]["completions"] == 2
     assert posts[1][3]["metadata"]["ownerReferences"] == [
-        {"apiVersion": "batch/v1", "kind": "Job", "name": "big", "uid": "uid-big"}]
+        {"apiVersion": "batch/v1", "kind": "Job", "name": "big", "uid": "uid-big"}
+    ]
     lists = [r for r in cluster.requests if r[1].endswith("/pods")]
     assert lists[0][2]["labelSelector"] == ["batch.kubernetes.io/job-name=big"]
     logs = [r for r in cluster.requests if r[1].endswith("/log")]
@@ -236,6 +315,7 @@ def test_a_restarted_chief_is_followed_too(cluster, capsys):
 
     def complete():
         cluster.statuses = [{"conditions": [{"type": "Complete", "status": "True"}]}]
+
     cluster.after_log = {"r-0-a": replace_pod, "r-0-b": complete}
     assert submit(cluster, "--name=r") == 0
     out = capsys.readouterr().out
@@ -246,34 +326,69 @@ def test_a_restarted_chief_is_followed_too(cluster, capsys):
 def test_submit_reports_the_failure_reason(cluster, capsys):
     cluster.pods = [pod("f-0-a", "Failed")]
     cluster.logs = {"f-0-a": "error: --train_data='gs://b/x*' matches no files\n"}
-    cluster.statuses = [{}, {"conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy",
-                                             "message": "Container trainer exited with 2"}]}]
+    cluster.statuses = [
+        {},
+        {
+            "conditions": [
+                {
+                    "type": "Failed",
+                    "status": "True",
+                    "reason": "PodFailurePolicy",
+                    "message": "Container trainer exited with 2",
+                }
+            ]
+        },
+    ]
     assert submit(cluster, "--name=f") == 1
     assert "failed: PodFailurePolicy: Container trainer exited with 2" in capsys.readouterr().err
 
 
 def test_an_unschedulable_chief_times_out_with_the_reason(cluster, capsys):
-    cluster.pods = [pod("p-0-a", "Pending", scheduled="0/3 nodes are available: 3 Insufficient nvidia.com/gpu.")]
+    cluster.pods = [
+        pod("p-0-a", "Pending", scheduled="0/3 nodes are available: 3 Insufficient nvidia.com/gpu.")
+    ]
     cluster.statuses = [{}]
-    assert launch.main(["--poll_seconds=0.01", "--schedule_timeout=0", "submit", f"--image={IMAGE}", "--name=p"],
-                       api=cluster.api()) == 1
+    assert (
+        launch.main(
+            ["--poll_seconds=0.01", "--schedule_timeout=0", "submit", f"--image={IMAGE}", "--name=p"],
+            api=cluster.api(),
+        )
+        == 1
+    )
     assert "Insufficient nvidia.com/gpu" in capsys.readouterr().err
 
 
 def test_an_api_error_is_one_line(cluster, capsys):
-    cluster.fail_create = (409, {"kind": "Status", "status": "Failure", "reason": "AlreadyExists", "code": 409,
-                                 "message": "jobs.batch \"dup\" already exists"})
+    cluster.fail_create = (
+        409,
+        {
+            "kind": "Status",
+            "status": "Failure",
+            "reason": "AlreadyExists",
+            "code": 409,
+            "message": 'jobs.batch "dup" already exists',
+        },
+    )
     assert submit(cluster, "--name=dup", "--no_wait") == 1
-    assert capsys.readouterr().err.strip() == 'error: creating Job dup: HTTP 409: jobs.batch "dup" already exists'
+    assert (
+        capsys.readouterr().err.strip()
+        == 'error: creating Job dup: HTTP 409: jobs.batch "dup" already exists'
+    )
 
 
 def test_status_and_delete_find_a_tfjob(cluster, capsys):
-    cluster.objects[("tfjobs", "tf")] = {"apiVersion": "kubeflow.org/v1", "kind": "TFJob", "metadata": {"name": "tf"}}
+    cluster.objects[("tfjobs", "tf")] = {
+        "apiVersion": "kubeflow.org/v1",
+        "kind": "TFJob",
+        "metadata": {"name": "tf"},
+    }
     cluster.statuses = [{"conditions": [{"type": "Running", "status": "True", "reason": "TFJobRunning"}]}]
     cluster.pods = [pod("tf-worker-0", "Running")]
     assert launch.main(["status", "tf"], api=cluster.api()) == 0
     out = capsys.readouterr().out
-    assert "TFJob colorizer/tf" in out and "Running=True TFJobRunning" in out and "tf-worker-0: Running" in out
+    assert (
+        "TFJob colorizer/tf" in out and "Running=True TFJobRunning" in out and "tf-worker-0: Running" in out
+    )
     assert launch.main(["delete", "tf"], api=cluster.api()) == 0
     method, path, _, body = cluster.requests[-1]
     assert (method, path) == ("DELETE", "/apis/kubeflow.org/v1/namespaces/colorizer/tfjobs/tf")

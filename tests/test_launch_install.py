@@ -34,11 +34,31 @@ def copy_sources(dest: Path, names) -> Path:
 
 def pip_install(source: Path, target: Path) -> Path:
     """`pip install --no-deps --target` of a source tree, as a user without the repository would install it."""
-    offline = ["--no-build-isolation", "--no-index"] if all(
-        importlib.util.find_spec(m) for m in ("setuptools", "wheel")) else []
+    offline = (
+        ["--no-build-isolation", "--no-index"]
+        if all(importlib.util.find_spec(m) for m in ("setuptools", "wheel"))
+        else []
+    )
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-    run = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-compile", *offline,
-                          "--target", str(target), str(source)], capture_output=True, text=True, env=env, timeout=300)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-compile",
+            *offline,
+            "--target",
+            str(target),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
     return target
 
@@ -47,8 +67,14 @@ def launch(site: Path, cwd: Path, *argv):
     """`python -m trainer.launch ARGV` with the installed copy first on the path, run from `cwd`."""
     env = {**os.environ, "PYTHONPATH": str(site)}
     cwd.mkdir(exist_ok=True)
-    return subprocess.run([sys.executable, "-m", "trainer.launch", *argv], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "trainer.launch", *argv],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_an_installed_launcher_renders_from_its_packaged_manifests(tmp_path):
@@ -60,8 +86,15 @@ def test_an_installed_launcher_renders_from_its_packaged_manifests(tmp_path):
     site = pip_install(source, tmp_path / "site")
     shutil.rmtree(source)  # nothing but the installed package is left to read
     assert (site / "trainer" / "k8s" / "components" / "multinode" / "multinode.yaml").is_file()
-    run = launch(site, tmp_path / "elsewhere", "submit", f"--image={IMAGE}", "--name=installed", "--dry_run",
-                 "--arg=--epochs=3")
+    run = launch(
+        site,
+        tmp_path / "elsewhere",
+        "submit",
+        f"--image={IMAGE}",
+        "--name=installed",
+        "--dry_run",
+        "--arg=--epochs=3",
+    )
     assert run.returncode == 0, run.stderr
     [rendered] = list(yaml.safe_load_all(run.stdout))
     assert rendered["metadata"]["labels"][MARK] == "installed" and rendered["metadata"]["name"] == "installed"
@@ -70,7 +103,9 @@ def test_an_installed_launcher_renders_from_its_packaged_manifests(tmp_path):
 
 def test_without_packaged_manifests_the_error_names_where_it_looked(tmp_path):
     """The trainer image installs without k8s/ (its build context, .dockerignore): --manifests still works."""
-    site = pip_install(copy_sources(tmp_path / "src", ("setup.py", "README.md", "trainer")), tmp_path / "site")
+    site = pip_install(
+        copy_sources(tmp_path / "src", ("setup.py", "README.md", "trainer")), tmp_path / "site"
+    )
     assert (site / "trainer" / "launch.py").is_file() and not (site / "trainer" / "k8s").exists()
     elsewhere = tmp_path / "elsewhere"
     run = launch(site, elsewhere, "submit", f"--image={IMAGE}", "--dry_run")

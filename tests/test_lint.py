@@ -8,12 +8,27 @@ import pytest
 
 from tests.conftest import REPO
 
-TYPED_MODULES = ["trainer/config.py", "trainer/console.py", "trainer/errors.py", "trainer/images.py",
-                 "trainer/photo_source.py", "trainer/client.py", "trainer/rest.py", "trainer/gcs.py",
-                 "trainer/task.py", "trainer/promote.py", "trainer/prepare.py", "trainer/prepare_stream.py",
-                 "trainer/prepare_tasks.py", "trainer/prepare_finalize.py", "trainer/launch.py",
-                 "trainer/launch_image.py", "trainer/launch_manifests.py", "trainer/launch_prepare.py",
-                 "trainer/launch_serving.py"]
+TYPED_MODULES = [
+    "trainer/config.py",
+    "trainer/console.py",
+    "trainer/errors.py",
+    "trainer/images.py",
+    "trainer/photo_source.py",
+    "trainer/client.py",
+    "trainer/rest.py",
+    "trainer/gcs.py",
+    "trainer/task.py",
+    "trainer/promote.py",
+    "trainer/prepare.py",
+    "trainer/prepare_stream.py",
+    "trainer/prepare_tasks.py",
+    "trainer/prepare_finalize.py",
+    "trainer/launch.py",
+    "trainer/launch_image.py",
+    "trainer/launch_manifests.py",
+    "trainer/launch_prepare.py",
+    "trainer/launch_serving.py",
+]
 
 
 def _run(*command):

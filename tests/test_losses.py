@@ -46,7 +46,9 @@ def test_two_heads_loss_scores_the_bins_and_the_regressed_colour():
     logits = 10.0 * losses.soft_encode(targets * preprocess.AB_SCALE)
     right = losses.per_example_loss("two_heads", tf.concat([logits, targets], -1), targets).numpy()
     wrong_colour = losses.per_example_loss("two_heads", tf.concat([logits, -targets], -1), targets).numpy()
-    wrong_bins = losses.per_example_loss("two_heads", tf.concat([tf.zeros_like(logits), targets], -1), targets).numpy()
+    wrong_bins = losses.per_example_loss(
+        "two_heads", tf.concat([tf.zeros_like(logits), targets], -1), targets
+    ).numpy()
     bins_only = losses.per_example_loss("classification", logits, targets).numpy()
     np.testing.assert_allclose(right, bins_only, rtol=1e-6)  # a perfect regression adds nothing
     assert np.all(right < wrong_colour) and np.all(right < wrong_bins)

@@ -25,8 +25,13 @@ K8S = ROOT / "k8s"
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
 K8S_VERSION = "1.33"
 OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").exists())
-RAW_FILES = ["job.yaml", "components/serving/serving.yaml", "components/multinode/multinode.yaml",
-             "components/tfjob/tfjob.yaml", "components/prepare/prepare.yaml"]
+RAW_FILES = [
+    "job.yaml",
+    "components/serving/serving.yaml",
+    "components/multinode/multinode.yaml",
+    "components/tfjob/tfjob.yaml",
+    "components/prepare/prepare.yaml",
+]
 TRAINING_OVERLAYS = ("dev", "gke", "gke-multinode", "tfjob")
 SERVING_OVERLAYS = ("serve", "dev-serve", "serve-gated")
 PREPARE_OVERLAYS = ("prepare",)  # tests/test_prepare_job.py
@@ -46,7 +51,9 @@ def tool(name):
 
 def kustomize(path):
     """Renders a kustomization the way `kubectl apply -k` would."""
-    out = subprocess.run([tool("kubectl"), "kustomize", str(path)], capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        [tool("kubectl"), "kustomize", str(path)], capture_output=True, text=True, check=False
+    )
     assert out.returncode == 0, out.stderr
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
@@ -66,7 +73,10 @@ def pod_specs(doc):
     if doc["kind"] in ("Job", "Deployment"):
         return [(doc["metadata"]["name"], doc["spec"]["template"]["spec"])]
     if doc["kind"] == "TFJob":
-        return [(f"{doc['metadata']['name']}/{r}", s["template"]["spec"]) for r, s in doc["spec"]["tfReplicaSpecs"].items()]
+        return [
+            (f"{doc['metadata']['name']}/{r}", s["template"]["spec"])
+            for r, s in doc["spec"]["tfReplicaSpecs"].items()
+        ]
     return []
 
 
@@ -97,15 +107,20 @@ def test_there_is_something_to_check():
 
 def test_standalone_job_is_the_base_job():
     """kustomize can't load ../job.yaml, so k8s/job.yaml is a copy of the base's; they must not drift."""
-    assert (K8S / "job.yaml").read_bytes() == (K8S / "base" / "job.yaml").read_bytes(), \
+    assert (K8S / "job.yaml").read_bytes() == (K8S / "base" / "job.yaml").read_bytes(), (
         "cp k8s/base/job.yaml k8s/job.yaml"
+    )
 
 
 def test_yaml_lint():
     """yamllint catches what PyYAML forgives (duplicate keys, bad indentation)."""
     config = "{extends: default, rules: {line-length: {max: 160}, document-start: disable, truthy: {check-keys: false}}}"
-    out = subprocess.run([tool("yamllint"), "-s", "-d", config, str(K8S), str(ROOT / "skaffold.yaml")],
-                         capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        [tool("yamllint"), "-s", "-d", config, str(K8S), str(ROOT / "skaffold.yaml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -117,8 +132,12 @@ def test_strict_schemas(docs):
         if doc["apiVersion"] == "kubeflow.org/v1":
             jsonschema.validate(doc, tfjob_schema())
             for _, spec in pod_specs(doc):  # the CRD is lax about pod templates; Kubernetes' schema isn't
-                template = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"},
-                            "template": {"metadata": {}, "spec": spec}}
+                template = {
+                    "apiVersion": "v1",
+                    "kind": "PodTemplate",
+                    "metadata": {"name": "t"},
+                    "template": {"metadata": {}, "spec": spec},
+                }
                 kubernetes_validate.validate(template, K8S_VERSION, strict=True)
             continue
         try:
@@ -132,7 +151,9 @@ def test_quantities_parse(docs):
     for doc in objects:
         for resources in walk(doc, "resources"):
             if isinstance(resources, dict):
-                for value in list(resources.get("requests", {}).values()) + list(resources.get("limits", {}).values()):
+                for value in list(resources.get("requests", {}).values()) + list(
+                    resources.get("limits", {}).values()
+                ):
                     parse_quantity(value)
         for size in walk(doc, "sizeLimit"):
             parse_quantity(size)
@@ -161,7 +182,9 @@ def test_trainer_flags_exist(docs):
                 for arg in c.get("args", []):
                     match = FLAG.match(arg)
                     assert match and match.group(1) in known, f"{name} {owner}: unknown trainer flag {arg!r}"
-    assert checked or not any(d["kind"] in ("Job", "TFJob") for d in objects), f"{name}: no trainer container found"
+    assert checked or not any(d["kind"] in ("Job", "TFJob") for d in objects), (
+        f"{name}: no trainer container found"
+    )
 
 
 def test_variable_references_resolve(docs):
@@ -212,7 +235,9 @@ def test_service_accounts_use_workload_identity(docs):
     name, objects = docs
     accounts = [d for d in objects if d["kind"] == "ServiceAccount"]
     for sa in accounts:
-        assert sa["metadata"]["annotations"]["iam.gke.io/gcp-service-account"].endswith(".iam.gserviceaccount.com")
+        assert sa["metadata"]["annotations"]["iam.gke.io/gcp-service-account"].endswith(
+            ".iam.gserviceaccount.com"
+        )
         assert sa["automountServiceAccountToken"] is False
     names = {sa["metadata"]["name"] for sa in accounts}
     for doc in objects:
@@ -238,19 +263,27 @@ def check_indexed_job(objects):
     service = services[spec["subdomain"]]
     assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
     labels = job["template"]["metadata"]["labels"]
-    assert service["spec"]["selector"].items() <= labels.items(), "the headless Service must select the workers"
+    assert service["spec"]["selector"].items() <= labels.items(), (
+        "the headless Service must select the workers"
+    )
     env = _env(c)
     assert env["COLORIZER_SERVICE"]["value"] == spec["subdomain"]
-    assert env["COLORIZER_JOB_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == \
-        "metadata.labels['batch.kubernetes.io/job-name']"
+    assert (
+        env["COLORIZER_JOB_NAME"]["valueFrom"]["fieldRef"]["fieldPath"]
+        == "metadata.labels['batch.kubernetes.io/job-name']"
+    )
     assert int(env["COLORIZER_NUM_WORKERS"]["value"]) == job["completions"] == job["parallelism"]
-    assert {"containerPort": int(env["COLORIZER_PORT"]["value"]), "name": "grpc", "protocol": "TCP"} in c["ports"]
+    assert {"containerPort": int(env["COLORIZER_PORT"]["value"]), "name": "grpc", "protocol": "TCP"} in c[
+        "ports"
+    ]
     assert job["successPolicy"] == {"rules": [{"succeededIndexes": "0"}]}
     check_failure_policy(jobs[0])
     anti = spec["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
     assert anti[0]["topologyKey"] == "kubernetes.io/hostname"
     assert anti[0]["labelSelector"]["matchLabels"].items() <= labels.items()
-    assert anti[0]["matchLabelKeys"] == ["batch.kubernetes.io/job-name"], "two workers of one run never share a node"
+    assert anti[0]["matchLabelKeys"] == ["batch.kubernetes.io/job-name"], (
+        "two workers of one run never share a node"
+    )
     assert spec["restartPolicy"] == "Never"
 
 
@@ -271,9 +304,16 @@ def test_multinode_overlay_wiring():
 
 def test_multinode_survives_name_prefix(tmp_path):
     """namePrefix renames the headless Service; the Job's subdomain and COLORIZER_SERVICE must follow."""
-    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
-        "resources": [os.path.relpath(K8S / "overlays" / "gke-multinode", tmp_path)],
-        "namePrefix": "exp7-", "nameSuffix": "-b", "namespace": "research"}))
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "resources": [os.path.relpath(K8S / "overlays" / "gke-multinode", tmp_path)],
+                "namePrefix": "exp7-",
+                "nameSuffix": "-b",
+                "namespace": "research",
+            }
+        )
+    )
     objects = kustomize(tmp_path)
     check_indexed_job(objects)
     assert _by_kind(objects, "Job")[0]["spec"]["template"]["spec"]["subdomain"] == "exp7-colorizer-workers-b"
@@ -286,11 +326,18 @@ def test_tfjob_follows_the_operator_contract():
     [c] = worker["template"]["spec"]["containers"]
     assert c["name"] == "tensorflow"
     assert {"name": "tfjob-port", "containerPort": 2222, "protocol": "TCP"} in c["ports"]
-    assert tfjob["spec"]["runPolicy"]["activeDeadlineSeconds"] > 0, "ExitCode ignores backoffLimit (kubeflow/trainer#2045)"
-    anti = worker["template"]["spec"]["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert tfjob["spec"]["runPolicy"]["activeDeadlineSeconds"] > 0, (
+        "ExitCode ignores backoffLimit (kubeflow/trainer#2045)"
+    )
+    anti = worker["template"]["spec"]["affinity"]["podAntiAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]
     assert anti[0]["matchLabelKeys"] == ["training.kubeflow.org/job-name"]
     assert "--model_dir=$(MODEL_DIR)/$(RUN_NAME)" in c["args"]
-    assert _env(c)["RUN_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['training.kubeflow.org/job-name']"
+    assert (
+        _env(c)["RUN_NAME"]["valueFrom"]["fieldRef"]["fieldPath"]
+        == "metadata.labels['training.kubeflow.org/job-name']"
+    )
 
 
 def test_single_node_job():
@@ -312,13 +359,20 @@ def test_each_run_checkpoints_under_its_job_name(overlay):
         [model_dir] = [a for a in c["args"] if a.startswith("--model_dir=")]
         var = model_dir.rsplit("/", 1)[1][2:-1]
         assert model_dir == f"--model_dir=$(MODEL_DIR)/$({var})"
-        assert _env(c)[var]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['batch.kubernetes.io/job-name']"
+        assert (
+            _env(c)[var]["valueFrom"]["fieldRef"]["fieldPath"]
+            == "metadata.labels['batch.kubernetes.io/job-name']"
+        )
 
 
 def test_job_names_differ_between_overlays():
     """`kubectl apply -k` of one overlay after another (or after k8s/job.yaml) never hits an existing Job."""
-    names = [(d["metadata"]["namespace"], d["metadata"]["name"]) for source in ["job.yaml"] + [
-        f"overlay:{o}" for o in TRAINING_OVERLAYS] for d in load(source) if d["kind"] in ("Job", "TFJob")]
+    names = [
+        (d["metadata"]["namespace"], d["metadata"]["name"])
+        for source in ["job.yaml"] + [f"overlay:{o}" for o in TRAINING_OVERLAYS]
+        for d in load(source)
+        if d["kind"] in ("Job", "TFJob")
+    ]
     assert len(names) == len(set(names)), names
 
 
@@ -328,12 +382,16 @@ def test_training_overlays_deploy_no_serving():
 
 
 def test_trainer_network_policy_admits_nccl_between_trainers_only():
-    [policy] = [p for p in _by_kind(load("job.yaml"), "NetworkPolicy") if p["metadata"]["name"] == "colorizer-trainer"]
+    [policy] = [
+        p for p in _by_kind(load("job.yaml"), "NetworkPolicy") if p["metadata"]["name"] == "colorizer-trainer"
+    ]
     [rule] = policy["spec"]["ingress"]
     trainers = {"app.kubernetes.io/component": "trainer"}
     assert rule["from"] == [{"podSelector": {"matchLabels": trainers}}]
     assert policy["spec"]["podSelector"]["matchLabels"] == trainers
-    assert rule["ports"] == [{"protocol": "TCP", "port": 1024, "endPort": 65535}], "2222 and NCCL's ephemeral ports"
+    assert rule["ports"] == [{"protocol": "TCP", "port": 1024, "endPort": 65535}], (
+        "2222 and NCCL's ephemeral ports"
+    )
 
 
 def test_dev_overlay_runs_on_cpu():
@@ -362,18 +420,32 @@ def test_serving_contract():
     assert {p["containerPort"] for p in c["ports"]} == {8500, 8501}
     args = dict(a.split("=", 1) for a in c["args"])
     assert args["--enable_batching"] == "true" and args["--model_base_path"] == "$(EXPORT_DIR)"
-    [config] = [d for d in objects if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("serving-config")]
+    [config] = [
+        d for d in objects if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("serving-config")
+    ]
     mount = next(m for m in c["volumeMounts"] if m["mountPath"] == "/etc/colorizer-serving")
-    assert next(v for v in spec["volumes"] if v["name"] == mount["name"])["configMap"]["name"] == config["metadata"]["name"]
+    assert (
+        next(v for v in spec["volumes"] if v["name"] == mount["name"])["configMap"]["name"]
+        == config["metadata"]["name"]
+    )
     for flag in ("--batching_parameters_file", "--monitoring_config_file"):
         assert os.path.basename(args[flag]) in config["data"], flag
     assert "prometheus_config" in config["data"]["monitoring.config"]
-    assert "exec" in c["readinessProbe"] and c["livenessProbe"] and c["startupProbe"]["tcpSocket"]["port"] == "http"
+    assert (
+        "exec" in c["readinessProbe"]
+        and c["livenessProbe"]
+        and c["startupProbe"]["tcpSocket"]["port"] == "http"
+    )
     for flag in ("--tensorflow_intra_op_parallelism", "--tensorflow_inter_op_parallelism"):
         assert args[flag] == "$(CPU_LIMIT)", flag
-    assert env["CPU_LIMIT"]["valueFrom"]["resourceFieldRef"] == {"containerName": "serving", "resource": "limits.cpu",
-                                                                 "divisor": "1"}
-    assert "replicas" not in deploy["spec"], "the HPA owns the scale; replicas here would reset it on every apply"
+    assert env["CPU_LIMIT"]["valueFrom"]["resourceFieldRef"] == {
+        "containerName": "serving",
+        "resource": "limits.cpu",
+        "divisor": "1",
+    }
+    assert "replicas" not in deploy["spec"], (
+        "the HPA owns the scale; replicas here would reset it on every apply"
+    )
 
 
 def test_serving_companions_select_the_pods():
@@ -384,11 +456,22 @@ def test_serving_companions_select_the_pods():
     assert hpa["spec"]["scaleTargetRef"]["name"] == deploy["metadata"]["name"]
     [pdb] = _by_kind(objects, "PodDisruptionBudget")
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
-    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow", "pods waiting for a model must not block drains"
-    service = next(s for s in _by_kind(objects, "Service") if s["metadata"]["name"] == deploy["metadata"]["name"])
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow", (
+        "pods waiting for a model must not block drains"
+    )
+    service = next(
+        s for s in _by_kind(objects, "Service") if s["metadata"]["name"] == deploy["metadata"]["name"]
+    )
     assert service["spec"]["selector"].items() <= labels.items()
-    policies = [p for p in _by_kind(objects, "NetworkPolicy") if p["spec"]["podSelector"]["matchLabels"].items() <= labels.items()]
-    assert policies and {p["port"] for r in policies[0]["spec"]["ingress"] for p in r["ports"]} == {8500, 8501}
+    policies = [
+        p
+        for p in _by_kind(objects, "NetworkPolicy")
+        if p["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    ]
+    assert policies and {p["port"] for r in policies[0]["spec"]["ingress"] for p in r["ports"]} == {
+        8500,
+        8501,
+    }
 
 
 @pytest.mark.parametrize("state, ok", [("AVAILABLE", True), ("LOADING", False), (None, False)])
@@ -397,8 +480,14 @@ def test_readiness_probe_means_model_available(state, ok, tmp_path):
     import http.server
     import threading
 
-    body = json.dumps({"model_version_status": [{"version": "3", "state": state or "END",
-                                                 "status": {"error_code": "OK", "error_message": ""}}]}, indent=1)
+    body = json.dumps(
+        {
+            "model_version_status": [
+                {"version": "3", "state": state or "END", "status": {"error_code": "OK", "error_message": ""}}
+            ]
+        },
+        indent=1,
+    )
 
     class Status(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802  (http.server's naming)
@@ -435,14 +524,18 @@ def test_skaffold_config():
     context = ROOT / artifact["context"]
     assert (context / artifact["docker"]["dockerfile"]).is_file()
     assert artifact["image"] == TRAINER_IMAGE
-    paths = list(walk(config["manifests"], "paths")) + [p for prof in config["profiles"] for p in walk(prof, "paths")]
+    paths = list(walk(config["manifests"], "paths")) + [
+        p for prof in config["profiles"] for p in walk(prof, "paths")
+    ]
     assert {prof["name"] for prof in config["profiles"]} >= {"train", "multi-node", "serve"}
     for path in (p for group in paths for p in group):
         assert (ROOT / path / "kustomization.yaml").is_file(), path
     assert config["manifests"]["kustomize"]["paths"] == ["k8s/overlays/dev"]
     for prof in config["profiles"]:
         [path] = prof["manifests"]["kustomize"]["paths"]
-        assert (prof["name"] in ("serve", "dev-serve")) == (path.split("/")[-1] in SERVING_OVERLAYS), prof["name"]
+        assert (prof["name"] in ("serve", "dev-serve")) == (path.split("/")[-1] in SERVING_OVERLAYS), prof[
+            "name"
+        ]
 
 
 def test_skaffold_schema_rejects_typos():
@@ -455,7 +548,9 @@ def test_skaffold_schema_rejects_typos():
 def test_dockerfiles_lint_clean():
     dockerfiles = sorted((ROOT / "docker").glob("*Dockerfile"))
     assert len(dockerfiles) == 2
-    out = subprocess.run([tool("hadolint"), *map(str, dockerfiles)], capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        [tool("hadolint"), *map(str, dockerfiles)], capture_output=True, text=True, check=False
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -466,7 +561,7 @@ def test_trainer_image_contract():
     assert re.search(r"^USER 10001:10001$", text, re.M), "numeric non-root user, as runAsNonRoot needs"
     assert 'ENTRYPOINT ["python", "-m", "trainer.task"]' in text
     ignore = (ROOT / ".dockerignore").read_text().split()
-    assert ignore[ignore.index("*") + 1:][:3] == ["!setup.py", "!README.md", "!trainer/"]
+    assert ignore[ignore.index("*") + 1 :][:3] == ["!setup.py", "!README.md", "!trainer/"]
 
 
 def test_checkov_finds_nothing_unexplained(tmp_path):
@@ -479,14 +574,29 @@ def test_checkov_finds_nothing_unexplained(tmp_path):
         pytest.skip("set CHECKOV=/path/to/checkov (its own virtualenv; scripts/lint_k8s.sh makes one)")
     assert Path(checkov).is_file(), f"CHECKOV={checkov} does not exist"
     for source in SOURCES:
-        (tmp_path / (source.replace("/", "_").replace(":", "_") + ".yaml")).write_text(yaml.safe_dump_all(load(source)))
+        (tmp_path / (source.replace("/", "_").replace(":", "_") + ".yaml")).write_text(
+            yaml.safe_dump_all(load(source))
+        )
     runs = [("kubernetes", ["-d", str(tmp_path)]), ("dockerfile", ["-d", str(ROOT / "docker")])]
     for framework, target in runs:
-        out = subprocess.run([checkov, *target, "--framework", framework, "--skip-download", "--compact", "--quiet",
-                              "-o", "json"], capture_output=True, text=True, check=False)
+        out = subprocess.run(
+            [
+                checkov,
+                *target,
+                "--framework",
+                framework,
+                "--skip-download",
+                "--compact",
+                "--quiet",
+                "-o",
+                "json",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         report = json.loads(out.stdout)
         for result in report if isinstance(report, list) else [report]:
             failed = result["results"]["failed_checks"]
             assert not failed, [(f["check_id"], f["resource"]) for f in failed]
             assert result["summary"]["passed"] > 0, f"checkov scanned no {framework} file"
-

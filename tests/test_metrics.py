@@ -40,14 +40,17 @@ def test_colourfulness_matches_hand_computed_value():
     np.testing.assert_allclose(metrics.colourfulness(image), [spread + 0.3 * spread])
 
 
-@pytest.mark.parametrize("lab1, lab2, expected", [
-    # Sharma, Wu & Dalal (2005), test data of the CIEDE2000 paper: pairs 1, 7, 13, 17, 25.
-    ((50, 2.6772, -79.7751), (50, 0, -82.7485), 2.0425),
-    ((50, 0, 0), (50, -1, 2), 2.3669),
-    ((50, 2.49, -0.001), (50, -2.49, 0.0009), 7.1792),
-    ((50, 2.5, 0), (73, 25, -18), 27.1492),
-    ((60.2574, -34.0099, 36.2677), (60.4626, -34.1751, 39.4387), 1.2644),
-])
+@pytest.mark.parametrize(
+    "lab1, lab2, expected",
+    [
+        # Sharma, Wu & Dalal (2005), test data of the CIEDE2000 paper: pairs 1, 7, 13, 17, 25.
+        ((50, 2.6772, -79.7751), (50, 0, -82.7485), 2.0425),
+        ((50, 0, 0), (50, -1, 2), 2.3669),
+        ((50, 2.49, -0.001), (50, -2.49, 0.0009), 7.1792),
+        ((50, 2.5, 0), (73, 25, -18), 27.1492),
+        ((60.2574, -34.0099, 36.2677), (60.4626, -34.1751, 39.4387), 1.2644),
+    ],
+)
 def test_ciede2000_matches_published_pairs(lab1, lab2, expected):
     assert metrics.ciede2000(lab1, lab2) == pytest.approx(expected, abs=1e-4)
     assert metrics.ciede2000(lab2, lab1) == pytest.approx(expected, abs=1e-4)

@@ -6,7 +6,9 @@ from trainer.models import build_autoencoder, build_model, build_unet
 
 
 def _layer_summary(model):
-    return [(type(l).__name__, getattr(l, "filters", None), getattr(l, "strides", None)) for l in model.layers]
+    return [
+        (type(l).__name__, getattr(l, "filters", None), getattr(l, "strides", None)) for l in model.layers
+    ]
 
 
 def test_autoencoder_is_the_seed_model():
@@ -15,17 +17,30 @@ def test_autoencoder_is_the_seed_model():
     encoder, decoder = model.layers
     assert model.input_shape == (None, 120, 120, 3) and model.output_shape == (None, 120, 120, 3)
     assert _layer_summary(encoder) == [
-        ("Conv2D", 64, (1, 1)), ("BatchNormalization", None, None), ("MaxPooling2D", None, (2, 2)),
-        ("Conv2D", 128, (1, 1)), ("BatchNormalization", None, None), ("MaxPooling2D", None, (2, 2)),
-        ("Conv2D", 256, (1, 1)), ("BatchNormalization", None, None), ("MaxPooling2D", None, (2, 2)),
-        ("Conv2D", 512, (1, 1)), ("BatchNormalization", None, None),
+        ("Conv2D", 64, (1, 1)),
+        ("BatchNormalization", None, None),
+        ("MaxPooling2D", None, (2, 2)),
+        ("Conv2D", 128, (1, 1)),
+        ("BatchNormalization", None, None),
+        ("MaxPooling2D", None, (2, 2)),
+        ("Conv2D", 256, (1, 1)),
+        ("BatchNormalization", None, None),
+        ("MaxPooling2D", None, (2, 2)),
+        ("Conv2D", 512, (1, 1)),
+        ("BatchNormalization", None, None),
     ]
-    assert all(l.kernel_size == (3, 3) and l.activation.__name__ == "relu" for l in encoder.layers
-               if isinstance(l, keras.layers.Conv2D))
+    assert all(
+        l.kernel_size == (3, 3) and l.activation.__name__ == "relu"
+        for l in encoder.layers
+        if isinstance(l, keras.layers.Conv2D)
+    )
     assert encoder.output_shape == (None, 15, 15, 512)
     assert _layer_summary(decoder) == [
-        ("Conv2DTranspose", 256, (2, 2)), ("Conv2DTranspose", 128, (2, 2)), ("Conv2DTranspose", 64, (2, 2)),
-        ("Conv2D", 3, (1, 1)), ("Reshape", None, None),
+        ("Conv2DTranspose", 256, (2, 2)),
+        ("Conv2DTranspose", 128, (2, 2)),
+        ("Conv2DTranspose", 64, (2, 2)),
+        ("Conv2D", 3, (1, 1)),
+        ("Reshape", None, None),
     ]
     assert [l.output.shape[1] for l in decoder.layers[:3]] == [30, 60, 120]
 

@@ -12,8 +12,20 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import REPO
-from tests.workers import (ENV, GRACE_SECONDS, checkpoint_step, free_ports, indexed_env, preempt_one, prepare_data,
-                           run_pair, start, tf_config_envs, train_flags, wait_for_checkpoint)
+from tests.workers import (
+    ENV,
+    GRACE_SECONDS,
+    checkpoint_step,
+    free_ports,
+    indexed_env,
+    preempt_one,
+    prepare_data,
+    run_pair,
+    start,
+    tf_config_envs,
+    train_flags,
+    wait_for_checkpoint,
+)
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +77,13 @@ def test_sigterm_while_the_cluster_forms_is_not_lost(data, tmp_path):
     ports = free_ports(2)
     envs = [indexed_env(i, ports) for i in range(2)]
     logs = [tmp_path / f"c{i}.log" for i in range(2)]
-    first = start(train_flags(data, tmp_path, 1000), {**envs[0], "TF_CPP_MIN_LOG_LEVEL": "0"}, open(logs[0], "w"))
+    first = start(
+        train_flags(data, tmp_path, 1000), {**envs[0], "TF_CPP_MIN_LOG_LEVEL": "0"}, open(logs[0], "w")
+    )
     deadline = time.time() + 120
-    while "Started server with target" not in logs[0].read_text():  # after TF's SIGTERM handler, in the same call
+    while (
+        "Started server with target" not in logs[0].read_text()
+    ):  # after TF's SIGTERM handler, in the same call
         assert time.time() < deadline and first.poll() is None, logs[0].read_text()
         time.sleep(0.1)
     first.send_signal(signal.SIGTERM)
@@ -90,8 +106,14 @@ def test_a_frozen_chief_is_found_by_heartbeats_without_a_collective_timeout(data
     heartbeats find it (the collective timeout is off by default: it costs a thread per collective)."""
     ports = free_ports(2)
     paths = [tmp_path / f"z{i}.log" for i in range(2)]
-    procs = [start(train_flags(data, tmp_path, 1000, "--checkpoint_every_steps=2"), indexed_env(i, ports),
-                   open(path, "w")) for i, path in enumerate(paths)]
+    procs = [
+        start(
+            train_flags(data, tmp_path, 1000, "--checkpoint_every_steps=2"),
+            indexed_env(i, ports),
+            open(path, "w"),
+        )
+        for i, path in enumerate(paths)
+    ]
     try:
         wait_for_checkpoint(tmp_path / "model" / "checkpoints", 2, procs, paths)
         procs[0].send_signal(signal.SIGSTOP)
@@ -116,12 +138,16 @@ def test_indexed_job_worker_loss_fails_fast_and_restart_resumes(data, tmp_path):
     assert "error: lost a peer worker" in open(tmp_path / "f0.log").read()
     saved = checkpoint_step(tmp_path / "model" / "checkpoints")
 
-    codes, outputs = run_pair(train_flags(data, tmp_path, 4, "--checkpoint_every_steps=2"), envs, tmp_path, "r")
+    codes, outputs = run_pair(
+        train_flags(data, tmp_path, 4, "--checkpoint_every_steps=2"), envs, tmp_path, "r"
+    )
     assert codes == [0, 0], outputs
     assert "indexed job cluster" in outputs[0]
     resumed = int(re.search(r"resuming from step (\d+)", outputs[0]).group(1))
     assert resumed == saved > 0
-    assert checkpoint_step(tmp_path / "model" / "checkpoints") == 16  # 4 epochs x 4 steps: continued, not restarted
+    assert (
+        checkpoint_step(tmp_path / "model" / "checkpoints") == 16
+    )  # 4 epochs x 4 steps: continued, not restarted
     assert len(os.listdir(tmp_path / "export")) == 1
 
 
@@ -137,7 +163,13 @@ def test_sigterm_saves_and_exits_143_then_resumes(data, tmp_path):
     saved = checkpoint_step(tmp_path / "model" / "checkpoints")
     assert saved >= 16 and "checkpoint saved" in log.read_text()
     assert not os.listdir(tmp_path / "export")
-    resumed = subprocess.run([sys.executable, "-m", "trainer.task", *train_flags(data, tmp_path, 6)], cwd=REPO, env=ENV,
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "trainer.task", *train_flags(data, tmp_path, 6)],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming from step {saved}" in resumed.stderr

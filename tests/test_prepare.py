@@ -28,7 +28,9 @@ def test_writes_shards_and_manifest_and_names_skipped_files(tmp_path):
     manifest = manifests["train"]
     assert manifest.num_examples == 7 and len(manifest.shards) == 3
     assert [s.split(" ")[0] for s in manifest.skipped] == ["broken.jpg"]
-    assert sorted(os.listdir(out)) == [f"train-0000{i}-of-00003.tfrecord" for i in range(3)] + ["train.manifest.json"]
+    assert sorted(os.listdir(out)) == [f"train-0000{i}-of-00003.tfrecord" for i in range(3)] + [
+        "train.manifest.json"
+    ]
     on_disk = json.loads((tmp_path / "out" / "train.manifest.json").read_text())
     assert on_disk["num_examples"] == 7 and on_disk["skipped"][0].startswith("broken.jpg")
     ids = sorted(r["id"].numpy().decode() for f in manifest.shards for r in _records(os.path.join(out, f)))
@@ -58,22 +60,29 @@ def test_refuses_to_overwrite_and_overwrite_removes_stale_shards(tmp_path):
         prepare(str(tmp_path / "in"), out, num_shards=2, progress=False)
     assert (tmp_path / "out" / "train-00000-of-00004.tfrecord").read_bytes() == before
     prepare(str(tmp_path / "in"), out, num_shards=2, overwrite=True, progress=False)
-    assert sorted(os.listdir(out)) == ["train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord",
-                                       "train.manifest.json"]
+    assert sorted(os.listdir(out)) == [
+        "train-00000-of-00002.tfrecord",
+        "train-00001-of-00002.tfrecord",
+        "train.manifest.json",
+    ]
 
 
 def test_split_named_like_the_default_holdout_gets_its_shards(tmp_path):
     write_photos(tmp_path / "in", 6)
-    manifests = prepare(str(tmp_path / "in"), str(tmp_path / "out"), split="validation", num_shards=3,
-                        progress=False)
+    manifests = prepare(
+        str(tmp_path / "in"), str(tmp_path / "out"), split="validation", num_shards=3, progress=False
+    )
     assert len(manifests["validation"].shards) == 3
 
 
 def test_holdout_split_is_stable_by_name(tmp_path):
     write_photos(tmp_path / "in", 20)
-    manifests = prepare(str(tmp_path / "in"), str(tmp_path / "out"), num_shards=2, holdout_fraction=0.3,
-                        progress=False)
-    expected = sum(assign_split(f"photo{i:03d}.png", "train", "validation", 0.3) == "validation" for i in range(20))
+    manifests = prepare(
+        str(tmp_path / "in"), str(tmp_path / "out"), num_shards=2, holdout_fraction=0.3, progress=False
+    )
+    expected = sum(
+        assign_split(f"photo{i:03d}.png", "train", "validation", 0.3) == "validation" for i in range(20)
+    )
     assert manifests["validation"].num_examples == expected
     assert manifests["train"].num_examples == 20 - expected
 
@@ -92,8 +101,18 @@ def test_bad_inputs(tmp_path):
 
 
 def test_cli_missing_folder_is_one_line_and_exit_2(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "trainer.prepare", f"--input_dir={tmp_path}/nope",
-                           f"--output_dir={tmp_path}/out"], cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainer.prepare",
+            f"--input_dir={tmp_path}/nope",
+            f"--output_dir={tmp_path}/out",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert f"error: --input_dir={tmp_path}/nope: no such folder" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -102,9 +121,21 @@ def test_cli_missing_folder_is_one_line_and_exit_2(tmp_path):
 def test_cli_writes_shards_with_parallel_workers(tmp_path):
     write_photos(tmp_path / "in", 6, fmt="jpg")
     Image.fromarray(make_photo(9)).save(tmp_path / "in" / "big.bmp")
-    proc = subprocess.run([sys.executable, "-m", "trainer.prepare", f"--input_dir={tmp_path}/in",
-                           f"--output_dir={tmp_path}/out", "--num_shards=2", "--workers=2", "--encoding=raw"],
-                          cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainer.prepare",
+            f"--input_dir={tmp_path}/in",
+            f"--output_dir={tmp_path}/out",
+            "--num_shards=2",
+            "--workers=2",
+            "--encoding=raw",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "train: 7 examples in 2 shards (raw)" in proc.stdout
     assert not [n for n in os.listdir(tmp_path / "out") if n.endswith(".tmp")]
@@ -113,10 +144,24 @@ def test_cli_writes_shards_with_parallel_workers(tmp_path):
 def test_cli_unwritable_output_is_one_line_before_any_photo_is_decoded(tmp_path, monkeypatch):
     write_photos(tmp_path / "in", 2)
     (tmp_path / "file").write_text("not a folder")
-    proc = subprocess.run([sys.executable, "-m", "trainer.prepare", f"--input_dir={tmp_path}/in",
-                           f"--output_dir={tmp_path}/file/out"], cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainer.prepare",
+            f"--input_dir={tmp_path}/in",
+            f"--output_dir={tmp_path}/file/out",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: --output_dir={tmp_path}/file/out: not writable (")
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"error: --output_dir={tmp_path}/file/out: not writable (")
+    )
     from trainer import prepare as module
 
     monkeypatch.setattr(module, "_load", lambda job: pytest.fail("a photo was decoded"))
@@ -150,15 +195,18 @@ class _FailingClient:
         raise self.error
 
 
-@pytest.mark.parametrize("make_error,expected", [
-    (lambda e: e.ServiceUnavailable("503 Backend Error"), TransientError),
-    (lambda e: e.TooManyRequests("429 rate limit"), TransientError),
-    (lambda e: e.InternalServerError("500 internal"), TransientError),
-    (lambda e: e.GatewayTimeout("504"), TransientError),
-    (lambda e: requests.exceptions.ConnectionError("connection reset"), TransientError),
-    (lambda e: e.Forbidden("403 denied"), ConfigError),
-    (lambda e: e.NotFound("404 no bucket"), DataError),
-])
+@pytest.mark.parametrize(
+    "make_error,expected",
+    [
+        (lambda e: e.ServiceUnavailable("503 Backend Error"), TransientError),
+        (lambda e: e.TooManyRequests("429 rate limit"), TransientError),
+        (lambda e: e.InternalServerError("500 internal"), TransientError),
+        (lambda e: e.GatewayTimeout("504"), TransientError),
+        (lambda e: requests.exceptions.ConnectionError("connection reset"), TransientError),
+        (lambda e: e.Forbidden("403 denied"), ConfigError),
+        (lambda e: e.NotFound("404 no bucket"), DataError),
+    ],
+)
 def test_cloud_storage_errors_are_transient_or_permanent(tmp_path, monkeypatch, make_error, expected):
     from google.api_core import exceptions
 

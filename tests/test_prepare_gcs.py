@@ -42,8 +42,10 @@ def photos(emulator):
             bucket.blob(f"photos/{name}").upload_from_string(jpeg)
             names.append(name)
     # 12-MP photos late in task 1's share keep it busy for a while after its first photo (test below)
-    large = tf.io.encode_jpeg(tf.cast(tf.random.stateless_uniform([3000, 4000, 3], [1, 2], maxval=256, dtype=tf.int32),
-                                      tf.uint8), quality=90).numpy()
+    large = tf.io.encode_jpeg(
+        tf.cast(tf.random.stateless_uniform([3000, 4000, 3], [1, 2], maxval=256, dtype=tf.int32), tf.uint8),
+        quality=90,
+    ).numpy()
     slow = [n for n in (f"zz-large-{k:02d}.jpg" for k in range(30)) if photo_source.task_of(n, 3) == 1][:3]
     for name in slow:
         bucket.blob(f"photos/{name}").upload_from_string(large)
@@ -56,12 +58,33 @@ def photos(emulator):
 
 def task(emu, index, output, run="prep-a", **popen):
     """One task of the Indexed Job, as a process group of its own (a pod's container)."""
-    env = {**ENV, **emu.env, "JOB_COMPLETION_INDEX": str(index), "COLORIZER_NUM_TASKS": "3",
-           "COLORIZER_RUN_NAME": run}
-    command = emu.wrap([sys.executable, "-m", "trainer.prepare", f"--input_dir=gs://{BUCKET}/photos/",
-                        f"--output_dir=gs://{BUCKET}/{output}", *FLAGS])
-    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, **popen)
+    env = {
+        **ENV,
+        **emu.env,
+        "JOB_COMPLETION_INDEX": str(index),
+        "COLORIZER_NUM_TASKS": "3",
+        "COLORIZER_RUN_NAME": run,
+    }
+    command = emu.wrap(
+        [
+            sys.executable,
+            "-m",
+            "trainer.prepare",
+            f"--input_dir=gs://{BUCKET}/photos/",
+            f"--output_dir=gs://{BUCKET}/{output}",
+            *FLAGS,
+        ]
+    )
+    return subprocess.Popen(
+        command,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        **popen,
+    )
 
 
 def finish(proc, timeout=300):
@@ -98,20 +121,45 @@ def test_three_tasks_prepare_a_bucket_and_the_trainer_trains_on_it(emulator, pho
     done = [("wrote the manifests" in log or "found the manifests" in log) for log in logs]
     assert all(d != ("waiting for task(s)" in log) for d, log in zip(done, logs)), logs
     assert objects(emulator, "data/") == sorted(
-        [f"data/train-0000{i}-of-00006.tfrecord" for i in range(6)] + ["data/train.manifest.json"]
+        [f"data/train-0000{i}-of-00006.tfrecord" for i in range(6)]
+        + ["data/train.manifest.json"]
         + [f"data/train.part-0000{i}-of-00003.json" for i in range(3)]
-        + [f"data/validation-0000{i}-of-00003.tfrecord" for i in range(3)] + ["data/validation.manifest.json"])
+        + [f"data/validation-0000{i}-of-00003.tfrecord" for i in range(3)]
+        + ["data/validation.manifest.json"]
+    )
     train, train_manifest = records(emulator, "data/train", tmp_path)
     validation, validation_manifest = records(emulator, "data/validation", tmp_path)
     assert sorted(train + validation) == photos, "every photo exactly once"
-    assert train_manifest["num_examples"] == len(train) and validation_manifest["num_examples"] == len(validation)
-    assert [s.split(" ")[0] for s in train_manifest["skipped"] + validation_manifest["skipped"]] == ["zz-truncated.jpg"]
+    assert train_manifest["num_examples"] == len(train) and validation_manifest["num_examples"] == len(
+        validation
+    )
+    assert [s.split(" ")[0] for s in train_manifest["skipped"] + validation_manifest["skipped"]] == [
+        "zz-truncated.jpg"
+    ]
     data, run = f"gs://{BUCKET}/data", f"gs://{BUCKET}/run"
-    trained = subprocess.run(emulator.wrap([
-        sys.executable, "-m", "trainer.task", f"--train_data={data}/train-*", f"--eval_data={data}/validation-*",
-        f"--model_dir={run}/model", f"--export_dir={run}/export", "--base_filters=4", "--batch_size=8",
-        "--patience=0", "--epochs=1"]), cwd=REPO, env={**ENV, **emulator.env}, capture_output=True, text=True,
-        timeout=600, check=False)
+    trained = subprocess.run(
+        emulator.wrap(
+            [
+                sys.executable,
+                "-m",
+                "trainer.task",
+                f"--train_data={data}/train-*",
+                f"--eval_data={data}/validation-*",
+                f"--model_dir={run}/model",
+                f"--export_dir={run}/export",
+                "--base_filters=4",
+                "--batch_size=8",
+                "--patience=0",
+                "--epochs=1",
+            ]
+        ),
+        cwd=REPO,
+        env={**ENV, **emulator.env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert trained.returncode == 0, trained.stderr
     assert any(o.endswith("/saved_model.pb") for o in objects(emulator, "run/export/"))
 
@@ -124,14 +172,19 @@ def test_a_killed_task_is_restarted_and_the_split_ends_complete_once(emulator, p
         line = killed.stderr.readline()
     os.killpg(killed.pid, signal.SIGKILL)  # mid-run: decoding, nothing of its own uploaded yet
     killed.communicate()
-    part = json.loads(emulator.client().bucket(BUCKET).blob("killed/train.part-00001-of-00003.json")
-                      .download_as_bytes())
+    part = json.loads(
+        emulator.client().bucket(BUCKET).blob("killed/train.part-00001-of-00003.json").download_as_bytes()
+    )
     assert part["state"] == "writing"
     # As if the killed attempt had got one shard of its range uploaded: the restart must replace it.
-    emulator.client().bucket(BUCKET).blob("killed/train-00002-of-00006.tfrecord").upload_from_string(b"partial")
+    emulator.client().bucket(BUCKET).blob("killed/train-00002-of-00006.tfrecord").upload_from_string(
+        b"partial"
+    )
     others = [finish(task(emulator, i, "killed")) for i in (0, 2)]
     assert all("waiting for task(s) 1" in log for log in others), others
-    assert not [o for o in objects(emulator, "killed/") if o.endswith(".manifest.json")], "no manifest before the end"
+    assert not [o for o in objects(emulator, "killed/") if o.endswith(".manifest.json")], (
+        "no manifest before the end"
+    )
     restarted = finish(task(emulator, 1, "killed"))
     assert "task 1/3 wrote the manifests" in restarted
     train, manifest = records(emulator, "killed/train", tmp_path)

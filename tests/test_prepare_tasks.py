@@ -21,15 +21,20 @@ from trainer.prepare import prepare
 
 
 def ids(paths):
-    return [tf.io.parse_single_example(r, schema.FEATURES)["id"].numpy().decode()
-            for p in paths for r in tf.data.TFRecordDataset(p)]
+    return [
+        tf.io.parse_single_example(r, schema.FEATURES)["id"].numpy().decode()
+        for p in paths
+        for r in tf.data.TFRecordDataset(p)
+    ]
 
 
 def run_tasks(photos, out, num_tasks=3, order=None, **flags):
     """Runs every task in turn (in `order`); returns what each returned."""
     flags = {"num_shards": 6, "holdout_fraction": 0.25, "run_name": "r1", "progress": False, **flags}
-    return [prepare(str(photos), str(out), num_tasks=num_tasks, task_index=i, **flags)
-            for i in (order or range(num_tasks))]
+    return [
+        prepare(str(photos), str(out), num_tasks=num_tasks, task_index=i, **flags)
+        for i in (order or range(num_tasks))
+    ]
 
 
 @pytest.fixture
@@ -51,19 +56,29 @@ def test_three_tasks_write_one_split_each_photo_exactly_once(photos, tmp_path):
     seen = ids(train.files) + ids(validation.files)
     assert sorted(seen) == [f"photo{i:03d}.png" for i in range(30)]
     assert train.num_examples + validation.num_examples == 30
-    assert [s.split(" ")[0] for s in manifests["train"].skipped + manifests["validation"].skipped] == ["broken.jpg"]
+    assert [s.split(" ")[0] for s in manifests["train"].skipped + manifests["validation"].skipped] == [
+        "broken.jpg"
+    ]
     written = json.loads((out / "train.manifest.json").read_text())
     assert written["run"] == manifests["train"].run and written["skipped"][0].startswith("broken.jpg")
     parts = [json.loads((out / f"train.part-0000{i}-of-00003.json").read_text()) for i in range(3)]
     assert sum(p["photos"] for p in parts) == 31 and sum(p["ignored"] for p in parts) == 1
     for task, part in enumerate(parts):  # each task wrote only its own range of shard indices
         assert part["state"] == "done" and set(part["splits"]["train"]["shards"]) == {
-            schema.shard_name("train", i, 6) for i in prepare_tasks.shard_range(task, 3, 6)}
+            schema.shard_name("train", i, 6) for i in prepare_tasks.shard_range(task, 3, 6)
+        }
 
 
 def test_the_split_matches_a_single_prepare(photos, tmp_path):
     run_tasks(photos, tmp_path / "tasks", num_tasks=2, encoding="raw")
-    prepare(str(photos), str(tmp_path / "one"), num_shards=3, holdout_fraction=0.25, encoding="raw", progress=False)
+    prepare(
+        str(photos),
+        str(tmp_path / "one"),
+        num_shards=3,
+        holdout_fraction=0.25,
+        encoding="raw",
+        progress=False,
+    )
     for split in ("train", "validation"):
         tasks, one = (sorted(ids(find_shards(f"{tmp_path / d}/{split}-*").files)) for d in ("tasks", "one"))
         assert tasks == one
@@ -75,13 +90,22 @@ def test_a_restarted_task_redoes_only_its_part_and_a_finished_run_is_complete(ph
     mine = out / "train.part-00001-of-00003.json"
     assert not mine.exists() and not (out / "train.manifest.json").exists()
     # task 1 was killed after its claim and one shard: the leftover must be replaced, not counted
-    mine.write_text(json.dumps({"run": prepare_tasks.Plan.make(
-        str(out), 3, 1, "r1", "train", "validation", 6, False, _config(photos)).run, "state": "writing"}))
+    mine.write_text(
+        json.dumps(
+            {
+                "run": prepare_tasks.Plan.make(
+                    str(out), 3, 1, "r1", "train", "validation", 6, False, _config(photos)
+                ).run,
+                "state": "writing",
+            }
+        )
+    )
     (out / "train-00002-of-00006.tfrecord").write_bytes(b"half a shard")
     capsys.readouterr()
     manifests = run_tasks(photos, out, order=[1])[0]
-    assert sorted(ids(find_shards(f"{out}/train-*").files) + ids(find_shards(f"{out}/validation-*").files)) == [
-        f"photo{i:03d}.png" for i in range(30)]
+    assert sorted(
+        ids(find_shards(f"{out}/train-*").files) + ids(find_shards(f"{out}/validation-*").files)
+    ) == [f"photo{i:03d}.png" for i in range(30)]
     assert manifests["train"].num_examples + manifests["validation"].num_examples == 30
     assert "task 1/3 wrote the manifests" in capsys.readouterr().err
     before = {p: p.stat().st_mtime_ns for p in out.iterdir()}
@@ -91,8 +115,14 @@ def test_a_restarted_task_redoes_only_its_part_and_a_finished_run_is_complete(ph
 
 
 def _config(photos):
-    return {"input_dir": str(photos), "gray_dir": None, "recursive": False, "holdout_fraction": 0.25,
-            "encoding": "png", "seed": 0}
+    return {
+        "input_dir": str(photos),
+        "gray_dir": None,
+        "recursive": False,
+        "holdout_fraction": 0.25,
+        "encoding": "png",
+        "seed": 0,
+    }
 
 
 def test_another_run_is_refused_unless_overwrite_which_replaces_the_split(photos, tmp_path):
@@ -100,27 +130,50 @@ def test_another_run_is_refused_unless_overwrite_which_replaces_the_split(photos
     run_tasks(photos, out)
     before = (out / "train.manifest.json").read_text()
     with pytest.raises(ConfigError, match="pass --overwrite to replace split 'train'"):
-        prepare(str(photos), str(out), num_shards=6, holdout_fraction=0.25, num_tasks=3, task_index=0,
-                run_name="r2", progress=False)
+        prepare(
+            str(photos),
+            str(out),
+            num_shards=6,
+            holdout_fraction=0.25,
+            num_tasks=3,
+            task_index=0,
+            run_name="r2",
+            progress=False,
+        )
     with pytest.raises(ConfigError, match="--overwrite"):
         prepare(str(photos), str(out), num_shards=6, holdout_fraction=0.25, progress=False)
     assert (out / "train.manifest.json").read_text() == before
     run_tasks(photos, out, num_tasks=2, num_shards=4, run_name="r2", overwrite=True)
     assert sorted(n for n in os.listdir(out) if n.startswith("train")) == [
-        "train-00000-of-00004.tfrecord", "train-00001-of-00004.tfrecord", "train-00002-of-00004.tfrecord",
-        "train-00003-of-00004.tfrecord", "train.manifest.json", "train.part-00000-of-00002.json",
-        "train.part-00001-of-00002.json"]
+        "train-00000-of-00004.tfrecord",
+        "train-00001-of-00004.tfrecord",
+        "train-00002-of-00004.tfrecord",
+        "train-00003-of-00004.tfrecord",
+        "train.manifest.json",
+        "train.part-00000-of-00002.json",
+        "train.part-00001-of-00002.json",
+    ]
     assert json.loads((out / "train.manifest.json").read_text())["run"].startswith("r2-")
 
 
 def test_two_tasks_finishing_together_write_one_manifest(photos, tmp_path, capsys):
     out = str(tmp_path / "out")
     os.makedirs(out)
-    plans = [prepare_tasks.Plan.make(out, 2, i, "r1", "train", None, 2, False, _config(photos)) for i in range(2)]
+    plans = [
+        prepare_tasks.Plan.make(out, 2, i, "r1", "train", None, 2, False, _config(photos)) for i in range(2)
+    ]
     for plan in plans:
-        plan.write_part({"state": "done", "photos": 1, "bytes_read": 1, "bytes_written": 1, "ignored": 0,
-                         "seconds": 1, "splits": {"train": {"shards": {schema.shard_name("train", plan.task, 2): 1},
-                                                            "skipped": []}}})
+        plan.write_part(
+            {
+                "state": "done",
+                "photos": 1,
+                "bytes_read": 1,
+                "bytes_written": 1,
+                "ignored": 0,
+                "seconds": 1,
+                "splits": {"train": {"shards": {schema.shard_name("train", plan.task, 2): 1}, "skipped": []}},
+            }
+        )
     results, barrier = [], threading.Barrier(2)
 
     def finish(plan):
@@ -136,12 +189,15 @@ def test_two_tasks_finishing_together_write_one_manifest(photos, tmp_path, capsy
     assert schema.read_manifest(out, "train").run == plans[0].run
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"num_tasks": 3, "task_index": 3}, "need 0 <= task_index < num_tasks"),
-    ({"num_tasks": 0, "task_index": 0}, "need 0 <= task_index < num_tasks"),
-    ({"num_tasks": 8, "task_index": 0, "num_shards": 4}, "fewer than --num_tasks=8"),
-    ({"num_tasks": 2, "task_index": 0, "output_dir": "s3://b/data"}, "local folder or gs:// only"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"num_tasks": 3, "task_index": 3}, "need 0 <= task_index < num_tasks"),
+        ({"num_tasks": 0, "task_index": 0}, "need 0 <= task_index < num_tasks"),
+        ({"num_tasks": 8, "task_index": 0, "num_shards": 4}, "fewer than --num_tasks=8"),
+        ({"num_tasks": 2, "task_index": 0, "output_dir": "s3://b/data"}, "local folder or gs:// only"),
+    ],
+)
 def test_bad_task_flags(photos, tmp_path, kwargs, message):
     kwargs = {"output_dir": str(tmp_path / "out"), "progress": False, **kwargs}
     with pytest.raises(ConfigError, match=message):
@@ -149,20 +205,47 @@ def test_bad_task_flags(photos, tmp_path, kwargs, message):
 
 
 def test_cli_takes_the_task_from_an_indexed_job_environment_and_logs_progress(photos, tmp_path):
-    env = {**os.environ, "JOB_COMPLETION_INDEX": "0", "COLORIZER_NUM_TASKS": "1", "COLORIZER_RUN_NAME": "job-a",
-           "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.run([sys.executable, "-m", "trainer.prepare", f"--input_dir={photos}",
-                           f"--output_dir={tmp_path}/out", "--num_shards=2", "--workers=2"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+    env = {
+        **os.environ,
+        "JOB_COMPLETION_INDEX": "0",
+        "COLORIZER_NUM_TASKS": "1",
+        "COLORIZER_RUN_NAME": "job-a",
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainer.prepare",
+            f"--input_dir={photos}",
+            f"--output_dir={tmp_path}/out",
+            "--num_shards=2",
+            "--workers=2",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "task 0/1: first photo decoded" in proc.stderr
     assert "task 0/1: 31/31 photos (1 skipped)" in proc.stderr and "photos/s" in proc.stderr
     assert "task 0/1 wrote the manifests; all 1 tasks: 31 photos, 1 skipped" in proc.stderr
     assert schema.read_manifest(str(tmp_path / "out"), "train").run.startswith("job-a-")
-    bad = subprocess.run([sys.executable, "-m", "trainer.prepare", f"--input_dir={photos}",
-                          f"--output_dir={tmp_path}/out2"], cwd=REPO, capture_output=True, text=True, timeout=300,
-                         env={**env, "COLORIZER_NUM_TASKS": "three"}, check=False)
-    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: $COLORIZER_NUM_TASKS")
+    bad = subprocess.run(
+        [sys.executable, "-m", "trainer.prepare", f"--input_dir={photos}", f"--output_dir={tmp_path}/out2"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**env, "COLORIZER_NUM_TASKS": "three"},
+        check=False,
+    )
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith(
+        "error: $COLORIZER_NUM_TASKS"
+    )
 
 
 def test_recursive_reads_subfolders_named_by_their_path(tmp_path):
@@ -170,7 +253,13 @@ def test_recursive_reads_subfolders_named_by_their_path(tmp_path):
     write_photos(tmp_path / "in" / "cats" / "young", 2, start=10)
     flat = prepare(str(tmp_path / "in"), str(tmp_path / "flat"), num_shards=1, progress=False)
     assert flat["train"].num_examples == 2
-    nested = prepare(str(tmp_path / "in"), str(tmp_path / "all"), num_shards=1, recursive=True, progress=False)
+    nested = prepare(
+        str(tmp_path / "in"), str(tmp_path / "all"), num_shards=1, recursive=True, progress=False
+    )
     assert sorted(ids(find_shards(f"{tmp_path}/all/train-*").files)) == [
-        "cats/young/photo010.png", "cats/young/photo011.png", "photo000.png", "photo001.png"]
+        "cats/young/photo010.png",
+        "cats/young/photo011.png",
+        "photo000.png",
+        "photo001.png",
+    ]
     assert nested["train"].num_examples == 4

@@ -30,13 +30,16 @@ def test_lab_matches_tensorflow_io_both_ways():
     rgb = tf.constant(_colours(), tf.float32)
     lab = color_ops.rgb_to_lab(rgb)
     np.testing.assert_allclose(preprocess.rgb_to_lab(rgb).numpy(), lab.numpy(), atol=2e-3)
-    np.testing.assert_allclose(preprocess.lab_to_rgb(lab).numpy(),
-                               np.clip(color_ops.lab_to_rgb(lab).numpy(), 0, 1), atol=1e-4)
+    np.testing.assert_allclose(
+        preprocess.lab_to_rgb(lab).numpy(), np.clip(color_ops.lab_to_rgb(lab).numpy(), 0, 1), atol=1e-4
+    )
 
 
 def test_lab_round_trip():
     rgb = tf.constant(_colours(), tf.float32)
-    np.testing.assert_allclose(preprocess.lab_to_rgb(preprocess.rgb_to_lab(rgb)).numpy(), rgb.numpy(), atol=1e-3)
+    np.testing.assert_allclose(
+        preprocess.lab_to_rgb(preprocess.rgb_to_lab(rgb)).numpy(), rgb.numpy(), atol=1e-3
+    )
 
 
 def test_targets_and_reconstruction_invert_each_other_for_gray_consistent_colours():
@@ -45,8 +48,14 @@ def test_targets_and_reconstruction_invert_each_other_for_gray_consistent_colour
     lab = preprocess.rgb_to_lab(color)
     gray_l = lab[..., :1]
     # A gray image whose L* equals the colour's L*: reconstruction must return the colour exactly.
-    gray = tf.constant(np.interp(gray_l.numpy(), preprocess.gray_lightness(tf.linspace(0.0, 1.0, 2001)[:, None])
-                                 .numpy()[:, 0], np.linspace(0, 1, 2001)), tf.float32)
+    gray = tf.constant(
+        np.interp(
+            gray_l.numpy(),
+            preprocess.gray_lightness(tf.linspace(0.0, 1.0, 2001)[:, None]).numpy()[:, 0],
+            np.linspace(0, 1, 2001),
+        ),
+        tf.float32,
+    )
     rgb = preprocess.predictions_to_rgb(preprocess.model_targets(color, "lab"), gray, "lab")
     np.testing.assert_allclose(rgb.numpy(), color.numpy(), atol=2e-3)
     np.testing.assert_allclose(preprocess.model_targets(color, "rgb").numpy(), color.numpy())
@@ -83,7 +92,9 @@ def test_annealed_mean_decode_lies_between_mean_and_mode():
     mean = preprocess.decode_bins(tf.constant(logits), temperature=1.0).numpy()
     mode = bins[peak]
     assert mean[0] < annealed[0] < mode[0]
-    np.testing.assert_allclose(preprocess.decode_bins(tf.constant(logits), temperature=1e-3).numpy(), mode, atol=1e-4)
+    np.testing.assert_allclose(
+        preprocess.decode_bins(tf.constant(logits), temperature=1e-3).numpy(), mode, atol=1e-4
+    )
 
 
 def test_bin_logits_become_rgb_at_the_gray_resolution():
@@ -99,7 +110,9 @@ def test_two_heads_decode_to_the_blend_of_annealed_mean_and_regression():
     expected = 0.25 * preprocess.decode_bins(logits) + 0.75 * regressed
     np.testing.assert_allclose(blend.numpy(), expected.numpy(), atol=1e-6)
     assert preprocess.output_channels("lab", "two_heads") == len(preprocess.ab_bins()) + 2
-    rgb = preprocess.predictions_to_rgb(tf.concat([logits, regressed], -1), tf.random.uniform([1, 8, 8, 1]), "lab")
+    rgb = preprocess.predictions_to_rgb(
+        tf.concat([logits, regressed], -1), tf.random.uniform([1, 8, 8, 1]), "lab"
+    )
     assert rgb.shape == (1, 8, 8, 3)
 
 
@@ -115,4 +128,6 @@ def test_model_pair_converts_uint8_to_float32_inputs_and_targets():
     inputs, targets = preprocess.model_pair(gray, color, "lab")
     assert inputs.dtype == tf.float32 and targets.dtype == tf.float32
     np.testing.assert_allclose(inputs.numpy()[0, 0, 0], [76 / 255] * 3, rtol=1e-6)
-    np.testing.assert_allclose(targets.numpy(), preprocess.model_targets(preprocess.to_float(color), "lab").numpy())
+    np.testing.assert_allclose(
+        targets.numpy(), preprocess.model_targets(preprocess.to_float(color), "lab").numpy()
+    )

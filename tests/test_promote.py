@@ -71,8 +71,11 @@ def versions(tmp_path_factory):
     """Three exports: v1 and v2 the same colourful model, v3 a gray one (colourfulness 0: worse)."""
     root = tmp_path_factory.mktemp("export")
     colourful = build_model("unet", 2, base_filters=4)
-    made = [export.export_saved_model(colourful, "lab", str(root)), export.export_saved_model(colourful, "lab", str(root)),
-            export.export_saved_model(gray_model(), "lab", str(root))]
+    made = [
+        export.export_saved_model(colourful, "lab", str(root)),
+        export.export_saved_model(colourful, "lab", str(root)),
+        export.export_saved_model(gray_model(), "lab", str(root)),
+    ]
     photos = tmp_path_factory.mktemp("held_out")
     write_photos(photos, 4, start=300)
     return str(root), [int(p.rsplit("/", 1)[1]) for p in made], str(photos)
@@ -94,15 +97,21 @@ def test_the_rendered_config_is_a_model_server_config():
     config = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
     [model] = config.model_config_list.config
     assert (model.name, model.base_path, model.model_platform) == ("colorizer", "gs://b/export", "tensorflow")
-    assert list(model.model_version_policy.specific.versions) == [1, 2] and dict(model.version_labels) == {"stable": 2, "previous": 1}
+    assert list(model.model_version_policy.specific.versions) == [1, 2] and dict(model.version_labels) == {
+        "stable": 2,
+        "previous": 1,
+    }
     assert promote.parse("") == ([], {}), "the shipped empty config: TF Serving starts with no model"
 
 
-@pytest.mark.parametrize("new, old, refused", [
-    ({"psnr": 22.0, "colourfulness": 20.0}, {"psnr": 22.1, "colourfulness": 21.0}, []),
-    ({"psnr": 21.7, "colourfulness": 20.0}, {"psnr": 22.0, "colourfulness": 20.0}, ["PSNR"]),
-    ({"psnr": 22.0, "colourfulness": 17.0}, {"psnr": 22.0, "colourfulness": 20.0}, ["colourfulness"]),
-])
+@pytest.mark.parametrize(
+    "new, old, refused",
+    [
+        ({"psnr": 22.0, "colourfulness": 20.0}, {"psnr": 22.1, "colourfulness": 21.0}, []),
+        ({"psnr": 21.7, "colourfulness": 20.0}, {"psnr": 22.0, "colourfulness": 20.0}, ["PSNR"]),
+        ({"psnr": 22.0, "colourfulness": 17.0}, {"psnr": 22.0, "colourfulness": 20.0}, ["colourfulness"]),
+    ],
+)
 def test_gate_margins(new, old, refused):
     report = lambda m: {"120": {"model": m}, "full": None}  # noqa: E731
     reasons = promote.gate(report(new), report(old))
@@ -114,7 +123,10 @@ def test_first_promotion_then_an_equal_candidate_then_rollback(versions, serving
     assert run("promote", str(v1), "--force") == 0
     assert all(p == {"versions": [v1], "labels": {"stable": v1}} for p in serving.pods_state.values())
     assert run("promote", str(v2), f"--image_dir={photos}", "--wait") == 0
-    assert all(p == {"versions": [v1, v2], "labels": {"stable": v2, "previous": v1}} for p in serving.pods_state.values())
+    assert all(
+        p == {"versions": [v1, v2], "labels": {"stable": v2, "previous": v1}}
+        for p in serving.pods_state.values()
+    )
     assert "curl -s http://localhost:8501/v1/models/colorizer/labels/stable" in capsys.readouterr().out
     assert serving.refused == 0, "every config was one TF Serving accepts"
     assert run("rollback") == 0
@@ -139,7 +151,9 @@ def test_skipping_the_canary_step_would_be_refused_by_tf_serving(versions, servi
     """Why promote writes two configs: moving `stable` straight to an unloaded version is dropped."""
     _, (v1, v2, _), _ = versions
     serving.write(promote.render("colorizer", serving.export_dir, [v1], {"stable": v1}), [v1])
-    serving.write(promote.render("colorizer", serving.export_dir, [v1, v2], {"stable": v2, "previous": v1}), [v1, v2])
+    serving.write(
+        promote.render("colorizer", serving.export_dir, [v1, v2], {"stable": v2, "previous": v1}), [v1, v2]
+    )
     assert serving.refused == 2 and serving.pods_state["serving-a"]["labels"] == {"stable": v1}
 
 
@@ -147,8 +161,11 @@ def test_a_version_that_never_loads_times_out_in_one_line(versions, serving, mon
     _, (v1, v2, _), _ = versions
     run("promote", str(v1), "--force")
     capsys.readouterr()
-    monkeypatch.setattr(serving, "model_status", lambda pod, name: {v1: "AVAILABLE"} if pod == "serving-b" else {
-        v1: "AVAILABLE", v2: "LOADING"})
+    monkeypatch.setattr(
+        serving,
+        "model_status",
+        lambda pod, name: {v1: "AVAILABLE"} if pod == "serving-b" else {v1: "AVAILABLE", v2: "LOADING"},
+    )
     assert run("promote", str(v2), "--force", "--timeout=0") == 1
     err = capsys.readouterr().err
     assert err == f"error: version {v2} not AVAILABLE within 0s on serving-a, serving-b\n"
@@ -174,11 +191,21 @@ class ServingPods(FakeServing):
         self.cluster, self.loading = cluster, set()
         meta = lambda name: {"name": name, "namespace": "colorizer"}  # noqa: E731
         cluster.objects[("configmaps", promote.CONFIGMAP)] = {
-            "apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(promote.CONFIGMAP), "data": {promote.CONFIG_KEY: ""}}
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": meta(promote.CONFIGMAP),
+            "data": {promote.CONFIG_KEY: ""},
+        }
         cluster.objects[("configmaps", "colorizer-config")] = {
-            "apiVersion": "v1", "kind": "ConfigMap", "metadata": meta("colorizer-config"), "data": {"EXPORT_DIR": export_dir}}
-        cluster.pods = [{"metadata": meta(name), "status": {"phase": phase}}
-                        for name, phase in [("serving-a", "Running"), ("serving-b", "Running"), ("serving-old", "Failed")]]
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": meta("colorizer-config"),
+            "data": {"EXPORT_DIR": export_dir},
+        }
+        cluster.pods = [
+            {"metadata": meta(name), "status": {"phase": phase}}
+            for name, phase in [("serving-a", "Running"), ("serving-b", "Running"), ("serving-old", "Failed")]
+        ]
         cluster.on_patch, cluster.proxy = self.synced, self.answer
 
     def configmap(self):
@@ -187,9 +214,14 @@ class ServingPods(FakeServing):
     def synced(self, plural, name):
         if plural != "pods" or name not in self.pods_state:
             return
-        state, (versions, labels) = self.pods_state[name], promote.parse(self.configmap()["data"][promote.CONFIG_KEY])
-        if any(state["labels"].get(label, version) != version and (name, version) in self.loading
-               for label, version in labels.items()):
+        state, (versions, labels) = (
+            self.pods_state[name],
+            promote.parse(self.configmap()["data"][promote.CONFIG_KEY]),
+        )
+        if any(
+            state["labels"].get(label, version) != version and (name, version) in self.loading
+            for label, version in labels.items()
+        ):
             self.refused += 1
             return
         before = set(state["versions"])
@@ -202,8 +234,14 @@ class ServingPods(FakeServing):
         versions = sorted(self.pods_state[pod]["versions"], reverse=True)
         if not versions:
             return 404, {"error": "Could not find any versions of model colorizer"}
-        statuses = [{"version": str(v), "state": "LOADING" if (pod, v) in self.loading else "AVAILABLE",
-                     "status": {"error_code": "OK", "error_message": ""}} for v in versions]
+        statuses = [
+            {
+                "version": str(v),
+                "state": "LOADING" if (pod, v) in self.loading else "AVAILABLE",
+                "status": {"error_code": "OK", "error_message": ""},
+            }
+            for v in versions
+        ]
         self.loading -= {(pod, v) for v in versions}
         return 200, {"model_version_status": statuses}
 
@@ -219,16 +257,22 @@ def kube_run(kube, *argv):
 
 def configmap_writes(kube):
     """(versions, labels, live history) of each ConfigMap PATCH (or PUT) the API server received."""
-    return [(*promote.parse(body["data"][promote.CONFIG_KEY]),
-             json.loads(body["metadata"]["annotations"][promote.HISTORY_ANNOTATION]))
-            for method, path, _, body in kube.cluster.requests
-            if method in ("PATCH", "PUT") and "/configmaps/" in path]
+    return [
+        (
+            *promote.parse(body["data"][promote.CONFIG_KEY]),
+            json.loads(body["metadata"]["annotations"][promote.HISTORY_ANNOTATION]),
+        )
+        for method, path, _, body in kube.cluster.requests
+        if method in ("PATCH", "PUT") and "/configmaps/" in path
+    ]
 
 
 def the_configmap(kube):
     data = kube.configmap()
-    return (*promote.parse(data["data"][promote.CONFIG_KEY]),
-            json.loads(data["metadata"]["annotations"][promote.HISTORY_ANNOTATION]))
+    return (
+        *promote.parse(data["data"][promote.CONFIG_KEY]),
+        json.loads(data["metadata"]["annotations"][promote.HISTORY_ANNOTATION]),
+    )
 
 
 PROXY = "/api/v1/namespaces/colorizer/pods/{}:8501/proxy/v1/models/colorizer"
@@ -242,24 +286,38 @@ def test_cluster_promotes_through_the_canary_step(versions, kube, capsys):
     capsys.readouterr()
 
     assert kube_run(kube, "promote", str(v2), f"--image_dir={photos}", "--wait") == 0
-    assert configmap_writes(kube) == [([v1, v2], {"stable": v1, "canary": v2}, [v1, v2]),
-                                      ([v1, v2], {"stable": v2, "previous": v1}, [v1, v2])]
+    assert configmap_writes(kube) == [
+        ([v1, v2], {"stable": v1, "canary": v2}, [v1, v2]),
+        ([v1, v2], {"stable": v2, "previous": v1}, [v1, v2]),
+    ]
     assert the_configmap(kube) == ([v1, v2], {"stable": v2, "previous": v1}, [v1, v2])
-    assert f"base_path: \"{export_dir}\"" in kube.configmap()["data"][promote.CONFIG_KEY]
-    assert all(p == {"versions": [v1, v2], "labels": {"stable": v2, "previous": v1}} for p in kube.pods_state.values())
+    assert f'base_path: "{export_dir}"' in kube.configmap()["data"][promote.CONFIG_KEY]
+    assert all(
+        p == {"versions": [v1, v2], "labels": {"stable": v2, "previous": v1}}
+        for p in kube.pods_state.values()
+    )
     assert kube.refused == 0, "stable moved only once every pod had loaded the candidate"
 
     requests = [(m, p) for m, p, _, _ in kube.cluster.requests]
     cm = "/api/v1/namespaces/colorizer/configmaps/colorizer-serving-models"
     pod = "/api/v1/namespaces/colorizer/pods/{}"
-    step = [("PATCH", cm), ("GET", "/api/v1/namespaces/colorizer/pods"),
-            ("PATCH", pod.format("serving-a")), ("PATCH", pod.format("serving-b"))]
+    step = [
+        ("PATCH", cm),
+        ("GET", "/api/v1/namespaces/colorizer/pods"),
+        ("PATCH", pod.format("serving-a")),
+        ("PATCH", pod.format("serving-b")),
+    ]
     first, second = [i for i, r in enumerate(requests) if r == ("PATCH", cm)]
-    assert requests[first:first + 4] == requests[second:second + 4] == step, "each write: ConfigMap, then every running pod"
+    assert requests[first : first + 4] == requests[second : second + 4] == step, (
+        "each write: ConfigMap, then every running pod"
+    )
     polled = [PROXY.format("serving-a"), PROXY.format("serving-b")]
-    assert [p for m, p in requests[first + 4:second] if m == "GET" and "/proxy/" in p] == polled * 2, \
+    assert [p for m, p in requests[first + 4 : second] if m == "GET" and "/proxy/" in p] == polled * 2, (
         "each pod polled until the candidate is AVAILABLE (LOADING at first), before stable moves"
-    assert [p for m, p in requests[second + 4:] if "/proxy/" in p] == polled, "--wait: the end state is polled too"
+    )
+    assert [p for m, p in requests[second + 4 :] if "/proxy/" in p] == polled, (
+        "--wait: the end state is polled too"
+    )
     assert not any("serving-old" in p for _, p in requests), "a pod that is not Running is left alone"
     lists = [q for m, p, q, _ in kube.cluster.requests if p.endswith("/pods")]
     assert all(q["labelSelector"] == [launch_serving.SERVING_SELECTOR] for q in lists)
@@ -268,9 +326,11 @@ def test_cluster_promotes_through_the_canary_step(versions, kube, capsys):
     assert stamps["serving-a"] == stamps["serving-b"] and stamps["serving-a"]["colorizer.dev/models-config"]
     assert stamps["serving-old"] is None
     out = capsys.readouterr()
-    assert out.out == (f"version {v2} is live on 2 pod(s); try it:\n"
-                       "  kubectl -n colorizer port-forward svc/colorizer-serving 8501:8501 &\n"
-                       "  curl -s http://localhost:8501/v1/models/colorizer/labels/stable\n")
+    assert out.out == (
+        f"version {v2} is live on 2 pod(s); try it:\n"
+        "  kubectl -n colorizer port-forward svc/colorizer-serving 8501:8501 &\n"
+        "  curl -s http://localhost:8501/v1/models/colorizer/labels/stable\n"
+    )
     assert out.err == f"promoted {v2} (previous: {v1})\n"
 
 
@@ -282,12 +342,19 @@ def test_cluster_refuses_a_worse_candidate_without_writing(versions, kube, capsy
     capsys.readouterr()
     assert kube_run(kube, "promote", str(v3), f"--image_dir={photos}", "--wait") == 1
     err = capsys.readouterr().err
-    assert err.startswith(f"error: refused: version {v3} vs live {v1}: ") and "colourfulness 0.0 is more than" in err
-    assert [m for m, _, _, _ in kube.cluster.requests] == ["GET", "GET"], "the two ConfigMaps read, nothing written"
+    assert (
+        err.startswith(f"error: refused: version {v3} vs live {v1}: ")
+        and "colourfulness 0.0 is more than" in err
+    )
+    assert [m for m, _, _, _ in kube.cluster.requests] == ["GET", "GET"], (
+        "the two ConfigMaps read, nothing written"
+    )
     assert kube.configmap() == before
     assert kube_run(kube, "promote", str(v3), "--force") == 0
-    assert configmap_writes(kube) == [([v1, v3], {"stable": v1, "canary": v3}, [v1, v3]),
-                                      ([v1, v3], {"stable": v3, "previous": v1}, [v1, v3])]
+    assert configmap_writes(kube) == [
+        ([v1, v3], {"stable": v1, "canary": v3}, [v1, v3]),
+        ([v1, v3], {"stable": v3, "previous": v1}, [v1, v3]),
+    ]
     assert kube.refused == 0
 
 
@@ -298,7 +365,10 @@ def test_cluster_rollback_restores_the_previous_version(versions, kube, capsys):
     kube.cluster.requests.clear()
     capsys.readouterr()
     assert kube_run(kube, "rollback", "--wait") == 0
-    assert configmap_writes(kube) == [([v1, v2], {"stable": v2, "canary": v1}, [v1]), ([v1], {"stable": v1}, [v1])]
+    assert configmap_writes(kube) == [
+        ([v1, v2], {"stable": v2, "canary": v1}, [v1]),
+        ([v1], {"stable": v1}, [v1]),
+    ]
     assert the_configmap(kube) == ([v1], {"stable": v1}, [v1])
     assert all(p == {"versions": [v1], "labels": {"stable": v1}} for p in kube.pods_state.values())
     assert kube.refused == 0
@@ -310,11 +380,15 @@ def test_cluster_rollback_restores_the_previous_version(versions, kube, capsys):
 def test_cluster_model_status_through_the_pod_proxy(versions, kube):
     _, (v1, _, _), _ = versions
     serving = launch_serving.Cluster(kube.cluster.api(), "colorizer", launch.call)
-    assert serving.model_status("serving-a", "colorizer") == {}, "TF Serving's 404 before any version is configured"
+    assert serving.model_status("serving-a", "colorizer") == {}, (
+        "TF Serving's 404 before any version is configured"
+    )
     kube_run(kube, "promote", str(v1), "--force")
     assert serving.model_status("serving-a", "colorizer") == {v1: "LOADING"}
     assert serving.model_status("serving-a", "colorizer") == {v1: "AVAILABLE"}
-    assert serving.model_status("serving-gone", "colorizer") == {}, "the API server's 404 for a pod deleted meanwhile"
+    assert serving.model_status("serving-gone", "colorizer") == {}, (
+        "the API server's 404 for a pod deleted meanwhile"
+    )
     assert kube.cluster.requests[0][1] == PROXY.format("serving-a")
 
 
@@ -322,11 +396,14 @@ def test_cluster_a_forbidden_pod_proxy_is_an_error_not_a_wait(versions, kube, ca
     """Without RBAC `get pods/proxy` the API server answers 403: say so at once, not "not AVAILABLE" after --timeout."""
     _, (v1, _, _), _ = versions
     message = 'pods "serving-a" is forbidden: User "dev@example.com" cannot get resource "pods/proxy"'
-    kube.cluster.proxy = lambda pod, port, path: (403, {"kind": "Status", "status": "Failure", "reason": "Forbidden",
-                                                        "code": 403, "message": message})
+    kube.cluster.proxy = lambda pod, port, path: (
+        403,
+        {"kind": "Status", "status": "Failure", "reason": "Forbidden", "code": 403, "message": message},
+    )
     assert kube_run(kube, "promote", str(v1), "--force", "--wait", "--timeout=60") == 1
-    assert capsys.readouterr().err == (f"error: reading /v1/models/colorizer of pod serving-a through the API server: "
-                                       f"HTTP 403: {message}\n")
+    assert capsys.readouterr().err == (
+        f"error: reading /v1/models/colorizer of pod serving-a through the API server: HTTP 403: {message}\n"
+    )
     assert len([p for _, p, _, _ in kube.cluster.requests if "/proxy/" in p]) == 1
 
 

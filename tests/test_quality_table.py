@@ -7,7 +7,9 @@ from PIL import Image
 
 from tests.conftest import REPO
 
-_spec = importlib.util.spec_from_file_location("quality_table", os.path.join(REPO, "scripts", "quality_table.py"))
+_spec = importlib.util.spec_from_file_location(
+    "quality_table", os.path.join(REPO, "scripts", "quality_table.py")
+)
 quality_table = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(quality_table)
 
@@ -21,15 +23,19 @@ def _report(folder, model):
     section = {"images": 2, "truth_colourfulness": 50.0, "model": model, "gray": _metrics(20.0, 0.9, 0.0)}
     with open(os.path.join(folder, "metrics.json"), "w") as handle:
         json.dump({"120": section, "full": section}, handle)
-    Image.fromarray(np.zeros((16 + 10 * 120, 360, 3), np.uint8)).save(os.path.join(folder, "contact_sheet.png"))
+    Image.fromarray(np.zeros((16 + 10 * 120, 360, 3), np.uint8)).save(
+        os.path.join(folder, "contact_sheet.png")
+    )
     return str(folder)
 
 
 def test_goals_name_what_misses_against_the_reference():
     reference = _metrics(22.0, 0.92, 20.0)
     assert quality_table.goals(_metrics(22.0, 0.911, 35.0), reference, 50.0) == "met"
-    assert quality_table.goals(_metrics(21.5, 0.8, 10.0), reference, 50.0) == \
-        "misses: PSNR -0.50 dB, SSIM -0.120, colourfulness 20% < 60%"
+    assert (
+        quality_table.goals(_metrics(21.5, 0.8, 10.0), reference, 50.0)
+        == "misses: PSNR -0.50 dB, SSIM -0.120, colourfulness 20% < 60%"
+    )
 
 
 def test_curve_comes_from_the_runs_tensorboard_events(tmp_path):
@@ -37,7 +43,9 @@ def test_curve_comes_from_the_runs_tensorboard_events(tmp_path):
 
     writer = tf.summary.create_file_writer(str(tmp_path))
     with writer.as_default():
-        for step, (loss, psnr, share) in zip((5, 10, 15), ((0.5, 22.0, 0.4), (0.4, 22.5, 0.5), (0.45, 22.4, 0.55))):
+        for step, (loss, psnr, share) in zip(
+            (5, 10, 15), ((0.5, 22.0, 0.4), (0.4, 22.5, 0.5), (0.45, 22.4, 0.55))
+        ):
             tf.summary.scalar("loss", loss, step=step)
             tf.summary.scalar("psnr", psnr, step=step)
             tf.summary.scalar("colourfulness_share", share, step=step)
@@ -54,17 +62,32 @@ def test_writes_table_sheet_and_notes(tmp_path):
     best = _report(tmp_path / "best", _metrics(22.0, 0.91, 35.0))
     (tmp_path / "notes.md").write_text("## Experiments\n")
     out, sheet = tmp_path / "QUALITY.md", tmp_path / "sheet.png"
-    quality_table.main([f"seed={seed}", f"best={best}", f"--output={out}", f"--sheet={sheet}", "--wall_seconds=600",
-                        f"--notes={tmp_path / 'notes.md'}", "--reference=seed"])
+    quality_table.main(
+        [
+            f"seed={seed}",
+            f"best={best}",
+            f"--output={out}",
+            f"--sheet={sheet}",
+            "--wall_seconds=600",
+            f"--notes={tmp_path / 'notes.md'}",
+            "--reference=seed",
+        ]
+    )
     text = out.read_text()
     assert "| gray input returned as is | 20.00 | 0.900 | 0.0 (0%)" in text
     assert "| best | 22.00 | 0.910 | 35.0 (70%) |" in text and "| met |" in text and "| reference |" in text
-    assert "10.0 min" in text and "![gray | model | truth](sheet.png)" in text and text.endswith("## Experiments\n")
+    assert (
+        "10.0 min" in text
+        and "![gray | model | truth](sheet.png)" in text
+        and text.endswith("## Experiments\n")
+    )
     assert Image.open(sheet).size == (360, 16 + 8 * 120)
 
 
 def test_missing_reports_are_skipped(tmp_path):
     seed = _report(tmp_path / "seed", _metrics(13.0, 0.4, 10.0))
     out = tmp_path / "QUALITY.md"
-    quality_table.main([f"seed={seed}", f"best={tmp_path / 'none'}", f"--output={out}", f"--sheet={tmp_path / 's.png'}"])
+    quality_table.main(
+        [f"seed={seed}", f"best={tmp_path / 'none'}", f"--output={out}", f"--sheet={tmp_path / 's.png'}"]
+    )
     assert "| seed |" in out.read_text() and "| best |" not in out.read_text()

@@ -38,27 +38,37 @@ def local(saved_model):
 
 def test_request_is_the_documented_row_format():
     body = rest.predict_request([b"\x89PNG one", b"two"])
-    assert body == {"instances": [{"image_bytes": {"b64": base64.b64encode(b"\x89PNG one").decode()}},
-                                  {"image_bytes": {"b64": "dHdv"}}]}
+    assert body == {
+        "instances": [
+            {"image_bytes": {"b64": base64.b64encode(b"\x89PNG one").decode()}},
+            {"image_bytes": {"b64": "dHdv"}},
+        ]
+    }
     assert rest.predict_request([b"x"], signature_name="s")["signature_name"] == "s"
 
 
 def test_decode_stacks_instances_and_decodes_b64():
     specs = {"image_bytes": object}
-    named = rest.decode_instances({"instances": [{"image_bytes": {"b64": "YQ=="}}, {"image_bytes": {"b64": "Yg=="}}]},
-                                  specs)
-    bare = rest.decode_instances({"instances": [{"b64": "YQ=="}, {"b64": "Yg=="}]}, specs)  # single input: no name
+    named = rest.decode_instances(
+        {"instances": [{"image_bytes": {"b64": "YQ=="}}, {"image_bytes": {"b64": "Yg=="}}]}, specs
+    )
+    bare = rest.decode_instances(
+        {"instances": [{"b64": "YQ=="}, {"b64": "Yg=="}]}, specs
+    )  # single input: no name
     assert named["image_bytes"].tolist() == bare["image_bytes"].tolist() == [b"a", b"b"]
     floats = rest.decode_instances({"instances": [[[0.5], [1.0]], [[0.0], [0.25]]]}, {"gray": np.float32})
     assert floats["gray"].shape == (2, 2, 1) and floats["gray"].dtype == np.float32
 
 
-@pytest.mark.parametrize("body, message", [
-    ({"instances": []}, "empty"),
-    ({"instances": [{"wrong": {"b64": "YQ=="}}]}, "keys must be equal to: image_bytes"),
-    ({"instances": [{"image_bytes": {"b64": "YQ==", "x": 1}}]}, "not formatted correctly for base64"),
-    ([1, 2], "Is not object"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"instances": []}, "empty"),
+        ({"instances": [{"wrong": {"b64": "YQ=="}}]}, "keys must be equal to: image_bytes"),
+        ({"instances": [{"image_bytes": {"b64": "YQ==", "x": 1}}]}, "not formatted correctly for base64"),
+        ([1, 2], "Is not object"),
+    ],
+)
 def test_decode_refuses_what_tf_serving_refuses(body, message):
     with pytest.raises(rest.RestError, match=message) as caught:
         rest.decode_instances(body, {"image_bytes": object})
@@ -72,9 +82,16 @@ def test_single_output_omits_the_name_and_bytes_become_b64():
 
 
 def test_several_outputs_are_objects_and_only_bytes_suffix_is_b64():
-    body = rest.encode_predictions({"colorized_bytes": np.array([b"p"], dtype=object),
-                                    "label": np.array([b"text"], dtype=object), "score": np.array([[0.5, 1.0]])})
-    assert body == {"predictions": [{"colorized_bytes": {"b64": "cA=="}, "label": "text", "score": [0.5, 1.0]}]}
+    body = rest.encode_predictions(
+        {
+            "colorized_bytes": np.array([b"p"], dtype=object),
+            "label": np.array([b"text"], dtype=object),
+            "score": np.array([[0.5, 1.0]]),
+        }
+    )
+    assert body == {
+        "predictions": [{"colorized_bytes": {"b64": "cA=="}, "label": "text", "score": [0.5, 1.0]}]
+    }
     assert rest.parse_predictions(body, 1) == [b"p"]
 
 
@@ -86,10 +103,15 @@ def test_parse_reads_the_documented_example_and_checks_the_count():
 
 def test_contract_client_request_to_signature_to_client(saved_model):
     """Each step spelled out: JSON text in, the SavedModel's signature, JSON text out."""
-    images = [_encode(np.full((150, 200), 90, np.uint8), "JPEG"), _encode(np.zeros((30, 40, 4), np.uint8), "PNG")]
+    images = [
+        _encode(np.full((150, 200), 90, np.uint8), "JPEG"),
+        _encode(np.zeros((30, 40, 4), np.uint8), "PNG"),
+    ]
     request_text = json.dumps(rest.predict_request(images))
     signature = tf.saved_model.load(saved_model).signatures["serving_default"]
-    specs = {name: spec.dtype.as_numpy_dtype for name, spec in signature.structured_input_signature[1].items()}
+    specs = {
+        name: spec.dtype.as_numpy_dtype for name, spec in signature.structured_input_signature[1].items()
+    }
     inputs = rest.decode_instances(json.loads(request_text), specs)
     outputs = signature(**{name: tf.constant(value) for name, value in inputs.items()})
     response_text = json.dumps(rest.encode_predictions({k: v.numpy() for k, v in outputs.items()}))
@@ -119,13 +141,20 @@ def test_bad_image_is_http_400_with_one_line_error(local):
     with pytest.raises(client.ServingError) as caught:
         serving.predict([b"not an image"])
     # The header check (trainer/image_limits.py) refuses a non-image before TensorFlow tries to decode it.
-    assert str(caught.value).startswith("HTTP 400: assertion failed: [unsupported image format") and "\n" not in str(caught.value)
+    assert str(caught.value).startswith(
+        "HTTP 400: assertion failed: [unsupported image format"
+    ) and "\n" not in str(caught.value)
 
 
-@pytest.mark.parametrize("method, path, status", [
-    ("GET", "/v1/models/other", 404), ("POST", "/v1/models/other:predict", 404),
-    ("GET", "/v1/models/colorizer/versions/1", 404), ("POST", "/v1/models/colorizer:predict", 400),
-])
+@pytest.mark.parametrize(
+    "method, path, status",
+    [
+        ("GET", "/v1/models/other", 404),
+        ("POST", "/v1/models/other:predict", 404),
+        ("GET", "/v1/models/colorizer/versions/1", 404),
+        ("POST", "/v1/models/colorizer:predict", 400),
+    ],
+)
 def test_local_model_status_codes(local, method, path, status):
     code, body = local.request(method, path, b"{not json" if method == "POST" else None)
     assert code == status and "error" in json.loads(body)
@@ -135,7 +164,10 @@ def test_local_model_status_is_available(local):
     code, body = local.request("GET", f"/v1/models/colorizer/versions/{local.version}")
     assert code == 200
     assert json.loads(body)["model_version_status"][0] == {
-        "version": local.version, "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+        "version": local.version,
+        "state": "AVAILABLE",
+        "status": {"error_code": "OK", "error_message": ""},
+    }
 
 
 def test_unknown_signature_is_400(local):

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.conftest import make_photo
 from trainer import images, schema
 from trainer.errors import DataError
-from tests.conftest import make_photo
 
 
 @pytest.mark.parametrize("encoding", schema.ENCODINGS)
@@ -43,7 +43,9 @@ def test_shard_names():
 
 
 def test_manifest_round_trip_and_validation():
-    manifest = schema.Manifest("train", "png", {"train-00000-of-00002.tfrecord": 5, "train-00001-of-00002.tfrecord": 4})
+    manifest = schema.Manifest(
+        "train", "png", {"train-00000-of-00002.tfrecord": 5, "train-00001-of-00002.tfrecord": 4}
+    )
     again = schema.Manifest.from_json(manifest.to_json(), "m.json")
     assert again == manifest and again.num_examples == 9
     with pytest.raises(DataError, match="m.json"):

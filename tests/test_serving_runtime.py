@@ -23,9 +23,11 @@ from trainer.models import build_model
 
 RUNNER = os.path.join(REPO, "tests", "serving_runtime_runner.py")
 SERVING_YAML = os.path.join(REPO, "k8s", "components", "serving", "serving.yaml")
-SETUP_HINT = ("python3 -m venv .venv-tf-serving && .venv-tf-serving/bin/pip install 'tensorflow-cpu==X.Y.*' "
-              "(X.Y: the tensorflow/serving tag in k8s/components/serving/serving.yaml), then "
-              "export COLORIZER_SERVING_PYTHON=$PWD/.venv-tf-serving/bin/python")
+SETUP_HINT = (
+    "python3 -m venv .venv-tf-serving && .venv-tf-serving/bin/pip install 'tensorflow-cpu==X.Y.*' "
+    "(X.Y: the tensorflow/serving tag in k8s/components/serving/serving.yaml), then "
+    "export COLORIZER_SERVING_PYTHON=$PWD/.venv-tf-serving/bin/python"
+)
 
 
 def serving_python() -> str:
@@ -51,16 +53,25 @@ def run_in_serving_runtime(saved_model: str, cases: dict, tmp_path) -> dict:
     Fails when that TensorFlow is not the one the manifests pin (a stale venv would prove nothing).
     """
     python = serving_python()
-    feeds = {f"{case}/{signature}/{name}": value
-             for case, (signature, inputs) in cases.items() for name, value in inputs.items()}
+    feeds = {
+        f"{case}/{signature}/{name}": value
+        for case, (signature, inputs) in cases.items()
+        for name, value in inputs.items()
+    }
     np.savez(tmp_path / "in.npz", **feeds)
-    out = subprocess.run([python, RUNNER, saved_model, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
-                         capture_output=True, text=True, check=False, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    out = subprocess.run(
+        [python, RUNNER, saved_model, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
     assert out.returncode == 0, f"the serving runtime could not load or run the export:\n{out.stderr[-3000:]}"
     results = dict(np.load(tmp_path / "out.npz", allow_pickle=True))
     runtime = str(results.pop("tensorflow_version"))
-    assert runtime.startswith(pinned_serving_version() + "."), \
+    assert runtime.startswith(pinned_serving_version() + "."), (
         f"{python} runs TensorFlow {runtime}, the manifests pin tensorflow/serving:{pinned_serving_version()}: {SETUP_HINT}"
+    )
     return results
 
 
@@ -81,12 +92,25 @@ def exported(request, tmp_path_factory):
 
 def test_both_signatures_give_the_training_side_answers_in_the_serving_tensorflow(exported, tmp_path):
     path, loaded = exported
-    images = np.array([tf.io.encode_png(make_photo(1, (64, 48))).numpy(),
-                       tf.io.encode_jpeg(make_photo(2, (320, 200))).numpy()], dtype=object)
+    images = np.array(
+        [
+            tf.io.encode_png(make_photo(1, (64, 48))).numpy(),
+            tf.io.encode_jpeg(make_photo(2, (320, 200))).numpy(),
+        ],
+        dtype=object,
+    )
     gray = np.random.default_rng(0).uniform(0, 1, (3, 120, 120, 1)).astype(np.float32)
-    served = run_in_serving_runtime(path, {"bytes": ("serving_default", {"image_bytes": images}),
-                                           "tensor": ("colorize_tensor", {"gray": gray})}, tmp_path)
-    expected_png = loaded.signatures["serving_default"](image_bytes=tf.constant(list(images)))["colorized_bytes"]
+    served = run_in_serving_runtime(
+        path,
+        {
+            "bytes": ("serving_default", {"image_bytes": images}),
+            "tensor": ("colorize_tensor", {"gray": gray}),
+        },
+        tmp_path,
+    )
+    expected_png = loaded.signatures["serving_default"](image_bytes=tf.constant(list(images)))[
+        "colorized_bytes"
+    ]
     assert_same_pngs(served["bytes/colorized_bytes"], expected_png.numpy())
     expected_rgb = loaded.signatures["colorize_tensor"](gray=tf.constant(gray))["rgb"].numpy()
     np.testing.assert_allclose(served["tensor/rgb"], expected_rgb, atol=1e-5)
@@ -101,7 +125,9 @@ def test_a_graph_the_serving_tensorflow_cannot_run_fails(tmp_path):
     saved = saved_model_pb2.SavedModel()
     with open(os.path.join(path, "saved_model.pb"), "rb") as handle:
         saved.ParseFromString(handle.read())
-    for node in (n for f in saved.meta_graphs[0].graph_def.library.function for n in f.node_def if n.op == "Conv2D"):
+    for node in (
+        n for f in saved.meta_graphs[0].graph_def.library.function for n in f.node_def if n.op == "Conv2D"
+    ):
         node.op = "Conv2DFromTheFuture"  # what a newer TensorFlow's new op looks like to an older one
     with open(os.path.join(path, "saved_model.pb"), "wb") as handle:
         handle.write(saved.SerializeToString())

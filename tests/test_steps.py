@@ -1,6 +1,5 @@
 """The replicated step does on the device what the host pipeline used to: same targets, same loss."""
 
-import os
 
 import keras
 import numpy as np
@@ -14,8 +13,16 @@ from trainer.train import build_optimizer
 
 
 def _config(**overrides):
-    values = dict(train_data="t", eval_data="e", model_dir="m", export_dir="x", base_filters=4, batch_size=4, seed=3,
-                  loss="mse")  # the step mechanics, compared with a host-side MSE
+    values = dict(
+        train_data="t",
+        eval_data="e",
+        model_dir="m",
+        export_dir="x",
+        base_filters=4,
+        batch_size=4,
+        seed=3,
+        loss="mse",
+    )  # the step mechanics, compared with a host-side MSE
     return TrainConfig(**{**values, **overrides})
 
 
@@ -30,7 +37,9 @@ def _setup(config):
     keras.mixed_precision.set_global_policy(config.precision)
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
     with strategy.scope():
-        model = build_model("unet", preprocess.output_channels(config.color_space, config.loss), config.base_filters)
+        model = build_model(
+            "unet", preprocess.output_channels(config.color_space, config.loss), config.base_filters
+        )
         optimizer = build_optimizer(config)
         optimizer.build(model.trainable_variables)
     batches = iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(_batch()).repeat()))
@@ -55,7 +64,9 @@ def _host_loss(model, gray, color, color_space, training):
 def test_eval_step_equals_the_host_side_targets(color_space):
     model, _, batches, _, run_eval = _setup(_config(color_space=color_space))
     gray, color = _batch()
-    assert float(run_eval(batches, 1)) == pytest.approx(_host_loss(model, gray, color, color_space, False), rel=1e-5)
+    assert float(run_eval(batches, 1)) == pytest.approx(
+        _host_loss(model, gray, color, color_space, False), rel=1e-5
+    )
 
 
 def test_train_step_flips_on_the_device_as_the_seed_says():

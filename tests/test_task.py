@@ -16,21 +16,45 @@ from trainer.errors import TransientError
 
 
 def _cli(module, *args, cwd=REPO, env=ENV, **kwargs):
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=600, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        **kwargs,
+    )
 
 
 def test_prepare_train_kill_resume_export_serve(tmp_path):
     write_photos(tmp_path / "photos", 24)
-    prepared = _cli("trainer.prepare", f"--input_dir={tmp_path}/photos", f"--output_dir={tmp_path}/data",
-                    "--num_shards=2", "--holdout_fraction=0.25")
+    prepared = _cli(
+        "trainer.prepare",
+        f"--input_dir={tmp_path}/photos",
+        f"--output_dir={tmp_path}/data",
+        "--num_shards=2",
+        "--holdout_fraction=0.25",
+    )
     assert prepared.returncode == 0, prepared.stderr
-    flags = [f"--train_data={tmp_path}/data/train-*", f"--eval_data={tmp_path}/data/validation-*",
-             f"--model_dir={tmp_path}/model", f"--export_dir={tmp_path}/export", "--base_filters=4",
-             "--batch_size=2", "--checkpoint_every_steps=1", "--patience=0"]
+    flags = [
+        f"--train_data={tmp_path}/data/train-*",
+        f"--eval_data={tmp_path}/data/validation-*",
+        f"--model_dir={tmp_path}/model",
+        f"--export_dir={tmp_path}/export",
+        "--base_filters=4",
+        "--batch_size=2",
+        "--checkpoint_every_steps=1",
+        "--patience=0",
+    ]
     log = open(tmp_path / "first.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "trainer.task", *flags, "--epochs=1000"], cwd=REPO, env=ENV,
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trainer.task", *flags, "--epochs=1000"],
+        cwd=REPO,
+        env=ENV,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and not checkpoint_step(tmp_path / "model" / "checkpoints") >= 3:
         assert proc.poll() is None, open(tmp_path / "first.log").read()
@@ -59,8 +83,10 @@ def test_no_flags_trains_on_bundled_sample_with_a_quiet_log(tmp_path):
     assert "64 training / 16 validation examples" in run.stderr
     lines = (run.stderr + run.stdout).strip().splitlines()
     assert len(lines) <= 25, "\n".join(lines)
-    noise = re.compile(r"oneDNN|cuInit|cudart|cpu_feature_guard|InitializeLog|Sharding callback|unsupported characters|"
-                       r"Assets written|INFO:tensorflow|fingerprint")
+    noise = re.compile(
+        r"oneDNN|cuInit|cudart|cpu_feature_guard|InitializeLog|Sharding callback|unsupported characters|"
+        r"Assets written|INFO:tensorflow|fingerprint"
+    )
     assert not [line for line in lines if noise.search(line)], "\n".join(lines)
     assert re.search(r"^colorize: +python -m trainer.client --local_model=\S+ PHOTO.jpg", run.stdout, re.M)
     versions = os.listdir(tmp_path / "runs" / "colorizer" / "export")
@@ -87,11 +113,17 @@ def test_alone_a_failing_file_system_is_transient_and_a_cancellation_is_not(monk
     def failing(error):
         def raise_it(*args):
             raise error
+
         return raise_it
 
-    monkeypatch.setattr(run, "train_and_export",
-                        failing(tf.errors.AbortedError(None, None, "All 10 retry attempts failed\nmore")))
-    with pytest.raises(TransientError, match=r"^storage unavailable \(AbortedError: All 10 retry attempts failed\)"):
+    monkeypatch.setattr(
+        run,
+        "train_and_export",
+        failing(tf.errors.AbortedError(None, None, "All 10 retry attempts failed\nmore")),
+    )
+    with pytest.raises(
+        TransientError, match=r"^storage unavailable \(AbortedError: All 10 retry attempts failed\)"
+    ):
         run.train_and_export_guarded(None, mirrored, lambda: False)
     monkeypatch.setattr(run, "train_and_export", failing(tf.errors.CancelledError(None, None, "cancelled")))
     with pytest.raises(tf.errors.CancelledError):
@@ -126,16 +158,24 @@ def test_unwritable_output_fails_before_any_step_in_one_line(small_data, tmp_pat
     assert not os.path.exists(tmp_path / "model" / "checkpoints")
 
 
-def test_model_dir_guards_its_run_survives_bad_checkpoints_and_a_finished_run_is_left_alone(small_data, tmp_path):
+def test_model_dir_guards_its_run_survives_bad_checkpoints_and_a_finished_run_is_left_alone(
+    small_data, tmp_path
+):
     first = _train(small_data, tmp_path, 1, "--checkpoint_every_steps=2")
     assert first.returncode == 0, first.stderr
     other = _train(small_data, tmp_path, 2, "--model=autoencoder", "--color_space=rgb")
-    _one_line(other, 2, f"error: --model_dir={tmp_path}/model holds a run with --model=unet --color_space=lab "
-                        "--loss=two_heads, not --model=autoencoder --color_space=rgb --loss=mse: pass the same flags")
+    _one_line(
+        other,
+        2,
+        f"error: --model_dir={tmp_path}/model holds a run with --model=unet --color_space=lab "
+        "--loss=two_heads, not --model=autoencoder --color_space=rgb --loss=mse: pass the same flags",
+    )
 
     checkpoints = tmp_path / "model" / "checkpoints"
     [data] = [p for p in os.listdir(checkpoints) if p.startswith("ckpt-8.data")]
-    (checkpoints / data).write_bytes((checkpoints / data).read_bytes()[:100])  # a half-copied newest checkpoint
+    (checkpoints / data).write_bytes(
+        (checkpoints / data).read_bytes()[:100]
+    )  # a half-copied newest checkpoint
     resumed = _train(small_data, tmp_path, 2, "--checkpoint_every_steps=2")  # compatible change: more epochs
     assert resumed.returncode == 0, resumed.stderr
     assert "ckpt-8 is unreadable" in resumed.stderr and "resuming from step 6" in resumed.stderr
@@ -143,7 +183,10 @@ def test_model_dir_guards_its_run_survives_bad_checkpoints_and_a_finished_run_is
 
     again = _train(small_data, tmp_path, 2, "--checkpoint_every_steps=2")
     assert again.returncode == 0, again.stderr
-    assert "this run already finished (epoch 2 of 2)" in again.stderr and "already exported at step 16" in again.stderr
+    assert (
+        "this run already finished (epoch 2 of 2)" in again.stderr
+        and "already exported at step 16" in again.stderr
+    )
     assert len(os.listdir(tmp_path / "export")) == 2
 
     for index in checkpoints.glob("*.index"):

@@ -6,17 +6,24 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from trainer import preemption, preprocess
 from trainer.config import TrainConfig
 from trainer.errors import ConfigError, DataError, TransientError
 from trainer.input_pipeline import find_shards
-from trainer import preemption, preprocess
 from trainer.train import Trainer, _guard, learning_rate
 
 
 def _config(shards_dir, tmp_path, **overrides):
-    values = dict(train_data=os.path.join(shards_dir, "train-*"), eval_data=os.path.join(shards_dir, "validation-*"),
-                  model_dir=str(tmp_path / "model"), export_dir=str(tmp_path / "export"), base_filters=4,
-                  batch_size=2, epochs=2, seed=1)
+    values = dict(
+        train_data=os.path.join(shards_dir, "train-*"),
+        eval_data=os.path.join(shards_dir, "validation-*"),
+        model_dir=str(tmp_path / "model"),
+        export_dir=str(tmp_path / "export"),
+        base_filters=4,
+        batch_size=2,
+        epochs=2,
+        seed=1,
+    )
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -34,7 +41,9 @@ def test_trains_on_two_replicas_and_writes_checkpoints_and_logs(shards_dir, tmp_
     assert np.isfinite(result.best_val_loss)
     assert any(not np.allclose(a, b.numpy()) for a, b in zip(before, trainer.model.trainable_weights))
     assert tf.train.latest_checkpoint(tmp_path / "model" / "checkpoints").endswith("ckpt-6")
-    assert os.listdir(tmp_path / "model" / "logs" / "train") and os.listdir(tmp_path / "model" / "logs" / "eval")
+    assert os.listdir(tmp_path / "model" / "logs" / "train") and os.listdir(
+        tmp_path / "model" / "logs" / "eval"
+    )
 
 
 def test_resume_continues_from_checkpoint_with_optimizer_state(shards_dir, tmp_path, mirrored):
@@ -93,7 +102,9 @@ def test_bin_losses_and_cosine_schedule_train(shards_dir, tmp_path, mirrored, lo
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero(shards_dir, tmp_path):
-    schedule = learning_rate(_config(shards_dir, tmp_path, lr_schedule="cosine", epochs=4), steps_per_epoch=10)
+    schedule = learning_rate(
+        _config(shards_dir, tmp_path, lr_schedule="cosine", epochs=4), steps_per_epoch=10
+    )
     assert float(schedule(0)) == 0.0 and float(schedule(10)) == pytest.approx(1e-3)
     assert float(schedule(25)) < 1e-3 and float(schedule(40)) == pytest.approx(0.0, abs=1e-9)
 
@@ -139,10 +150,12 @@ def test_storage_trouble_is_transient_and_a_lost_peer_passes_through(shards_dir,
     def fails(error):
         def run():
             raise error
+
         return run
 
-    unavailable = tf.errors.AbortedError(None, None, f"All 10 retry attempts failed. The last failure: HTTP 503 "
-                                                     f"when reading {shards.files[1]}")
+    unavailable = tf.errors.AbortedError(
+        None, None, f"All 10 retry attempts failed. The last failure: HTTP 503 when reading {shards.files[1]}"
+    )
     with pytest.raises(TransientError, match=r"reading .*train-\*: storage unavailable after retries"):
         _guard(fails(unavailable), shards)
     peer = tf.errors.UnavailableError(None, None, "Collective ops is aborted by: failed to connect")
@@ -156,11 +169,16 @@ def test_checkpoint_storage_errors_are_one_line_and_classified(shards_dir, tmp_p
     def failing(error):
         def save(*args, **kwargs):
             raise error
+
         return save
 
-    monkeypatch.setattr(trainer.checkpoints.latest, "save", failing(tf.errors.UnavailableError(None, None, "HTTP 503")))
+    monkeypatch.setattr(
+        trainer.checkpoints.latest, "save", failing(tf.errors.UnavailableError(None, None, "HTTP 503"))
+    )
     with pytest.raises(TransientError, match="checkpoints in .*model: storage unavailable"):
         trainer.checkpoints.save_latest(1)
-    monkeypatch.setattr(trainer.checkpoints.best, "save", failing(tf.errors.PermissionDeniedError(None, None, "no access")))
+    monkeypatch.setattr(
+        trainer.checkpoints.best, "save", failing(tf.errors.PermissionDeniedError(None, None, "no access"))
+    )
     with pytest.raises(ConfigError, match="checkpoints in .*model: no access"):
         trainer.checkpoints.save_best(1)

@@ -16,7 +16,10 @@ from trainer import export, serving_protos, warmup
 from trainer.image_limits import header_dimensions
 from trainer.models import build_model
 
-OFFICIAL = {"PredictionLog": prediction_log_pb2.PredictionLog, "ModelServerConfig": model_server_config_pb2.ModelServerConfig}
+OFFICIAL = {
+    "PredictionLog": prediction_log_pb2.PredictionLog,
+    "ModelServerConfig": model_server_config_pb2.ModelServerConfig,
+}
 
 
 def official_descriptor(path: str):
@@ -30,13 +33,20 @@ def official_descriptor(path: str):
 def test_vendored_messages_are_tf_serving_s(path):
     """Every vendored field has the official name, number, type, repetition and message type."""
     ours = serving_protos.CLASSES.get(path)
-    ours = ours.DESCRIPTOR if ours else official_descriptor(path)  # map entries: checked through their parents
+    ours = (
+        ours.DESCRIPTOR if ours else official_descriptor(path)
+    )  # map entries: checked through their parents
     theirs = official_descriptor(path)
     for field in ours.fields:
         official = theirs.fields_by_name[field.name]
-        assert (field.number, field.type, field.is_repeated) == (official.number, official.type, official.is_repeated), field.name
-        assert (field.message_type and field.message_type.full_name) == \
-            (official.message_type and official.message_type.full_name), field.name
+        assert (field.number, field.type, field.is_repeated) == (
+            official.number,
+            official.type,
+            official.is_repeated,
+        ), field.name
+        assert (field.message_type and field.message_type.full_name) == (
+            official.message_type and official.message_type.full_name
+        ), field.name
 
 
 def records(saved_model: str) -> list:

@@ -21,15 +21,37 @@ GRACE_SECONDS = 30  # a Spot VM's preemption notice; the pod must have saved and
 def prepare_data(root) -> str:
     """24 photos -> train (2 shards, 4 steps an epoch at a global batch of 4) and validation."""
     write_photos(root / "photos", 24)
-    subprocess.run([sys.executable, "-m", "trainer.prepare", f"--input_dir={root}/photos", f"--output_dir={root}/data",
-                    "--num_shards=2", "--holdout_fraction=0.25"], env=ENV, cwd=REPO, check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainer.prepare",
+            f"--input_dir={root}/photos",
+            f"--output_dir={root}/data",
+            "--num_shards=2",
+            "--holdout_fraction=0.25",
+        ],
+        env=ENV,
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
     return root / "data"
 
 
 def train_flags(data, run_dir, epochs, *extra) -> list:
-    return [f"--train_data={data}/train-*", f"--eval_data={data}/validation-*", f"--model_dir={run_dir}/model",
-            f"--export_dir={run_dir}/export", "--base_filters=4", "--batch_size=2", f"--epochs={epochs}",
-            "--patience=0", "--peer_timeout_seconds=30", *extra]
+    return [
+        f"--train_data={data}/train-*",
+        f"--eval_data={data}/validation-*",
+        f"--model_dir={run_dir}/model",
+        f"--export_dir={run_dir}/export",
+        "--base_filters=4",
+        "--batch_size=2",
+        f"--epochs={epochs}",
+        "--patience=0",
+        "--peer_timeout_seconds=30",
+        *extra,
+    ]
 
 
 def free_ports(n) -> list:
@@ -44,22 +66,34 @@ def free_ports(n) -> list:
 
 def tf_config_envs(ports) -> list:
     workers = [f"localhost:{p}" for p in ports]
-    return [{"TF_CONFIG": json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})}
-            for i in range(len(ports))]
+    return [
+        {"TF_CONFIG": json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})}
+        for i in range(len(ports))
+    ]
 
 
 def indexed_env(index, ports, resolvable=None) -> dict:
     """An Indexed Job pod's environment; peers not in `resolvable` (default: all) get no address."""
     names = [f"colorizer-{i}.colorizer-workers:2222" for i in range(len(ports))]
     known = range(len(ports)) if resolvable is None else resolvable
-    return {"JOB_COMPLETION_INDEX": str(index), "COLORIZER_NUM_WORKERS": str(len(ports)),
-            "COLORIZER_JOB_NAME": "colorizer", "COLORIZER_SERVICE": "colorizer-workers",
-            "COLORIZER_PEER_OVERRIDES": ",".join(f"{names[i]}=127.0.0.1:{ports[i]}" for i in known)}
+    return {
+        "JOB_COMPLETION_INDEX": str(index),
+        "COLORIZER_NUM_WORKERS": str(len(ports)),
+        "COLORIZER_JOB_NAME": "colorizer",
+        "COLORIZER_SERVICE": "colorizer-workers",
+        "COLORIZER_PEER_OVERRIDES": ",".join(f"{names[i]}=127.0.0.1:{ports[i]}" for i in known),
+    }
 
 
 def start(flags, env, log) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "trainer.task", *flags], cwd=REPO, env={**ENV, **env},
-                            stdout=log, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "trainer.task", *flags],
+        cwd=REPO,
+        env={**ENV, **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def run_pair(flags, envs, tmp_path, tag):
@@ -117,5 +151,9 @@ def preempt_one(flags, envs, tmp_path, victim, tag="p", after_step=1) -> Preempt
             p.kill()
     outputs = [path.read_text() for path in paths]
     steps = [re.search(r"stopped by SIGTERM at step (\d+)", o) for o in outputs]
-    return Preemption([p.wait() for p in procs], [round(e - signalled, 1) if e else None for e in ended],
-                      [int(s.group(1)) if s else None for s in steps], outputs)
+    return Preemption(
+        [p.wait() for p in procs],
+        [round(e - signalled, 1) if e else None for e in ended],
+        [int(s.group(1)) if s else None for s in steps],
+        outputs,
+    )

@@ -1,13 +1,13 @@
 """Checkpoints a fault can't cost more than the work since the last good one.
 
-  * Every save is read back (each tensor, with its CRC32C) before it counts: under storage faults
-    TF has written truncated checkpoint indexes without raising. A save that fails or doesn't
-    verify is retried; one that keeps failing is a TransientError (a restart resumes).
-  * Old checkpoints are deleted only after a newer one verified, so a bad save never pushes out a
-    good checkpoint.
-  * Restoring falls back from an unreadable newest checkpoint to the newest one that restores.
-  * model_dir records the run's identity (the flags that decide what its variables are), so a
-    restart with other flags is refused in one line instead of a restore traceback.
+* Every save is read back (each tensor, with its CRC32C) before it counts: under storage faults
+  TF has written truncated checkpoint indexes without raising. A save that fails or doesn't
+  verify is retried; one that keeps failing is a TransientError (a restart resumes).
+* Old checkpoints are deleted only after a newer one verified, so a bad save never pushes out a
+  good checkpoint.
+* Restoring falls back from an unreadable newest checkpoint to the newest one that restores.
+* model_dir records the run's identity (the flags that decide what its variables are), so a
+  restart with other flags is refused in one line instead of a restore traceback.
 """
 
 import json
@@ -19,7 +19,14 @@ import time
 import tensorflow as tf
 from absl import logging
 
-from trainer.errors import ConfigError, DataError, TransientError, first_line, storage_errors, transient_storage_errors
+from trainer.errors import (
+    ConfigError,
+    DataError,
+    TransientError,
+    first_line,
+    storage_errors,
+    transient_storage_errors,
+)
 from trainer.outputs import read_json, write_text_verified
 
 # The flags that decide a checkpoint's variables (and their meaning); epochs, patience or cadence
@@ -45,8 +52,10 @@ def check_identity(model_dir: str, config, write: bool) -> None:
         if differ:
             was = " ".join(f"--{n}={recorded[n]}" for n in differ)
             now = " ".join(f"--{n}={wanted[n]}" for n in differ)
-            raise ConfigError(f"--model_dir={model_dir} holds a run with {was}, not {now}: pass the same flags "
-                              "to resume it, or a new --model_dir to start another run")
+            raise ConfigError(
+                f"--model_dir={model_dir} holds a run with {was}, not {now}: pass the same flags "
+                "to resume it, or a new --model_dir to start another run"
+            )
     elif write:
         tf.io.gfile.makedirs(model_dir)
         write_text_verified(path, json.dumps(wanted, indent=2))
@@ -97,19 +106,30 @@ def restore_newest(checkpoint: tf.train.Checkpoint, directory: str, partial: boo
         except STORAGE_ERRORS as exc:
             raise TransientError(f"reading checkpoint {path}: {_first_line(exc)}") from None
         except READ_ERRORS as exc:
-            logging.warning("checkpoint %s is unreadable (%s); trying the one before it", path, _first_line(exc))
+            logging.warning(
+                "checkpoint %s is unreadable (%s); trying the one before it", path, _first_line(exc)
+            )
             bad.append(path)
     if bad:
-        raise DataError(f"no checkpoint in {directory} restores (newest {bad[0]}: unreadable, or from a run "
-                        "with other flags); delete them to start over, or pass a new --model_dir")
+        raise DataError(
+            f"no checkpoint in {directory} restores (newest {bad[0]}: unreadable, or from a run "
+            "with other flags); delete them to start over, or pass a new --model_dir"
+        )
     return None, bad
 
 
 class VerifiedCheckpoints:
     """Saves numbered checkpoints into one directory, keeping the newest `keep` that verified."""
 
-    def __init__(self, checkpoint: tf.train.Checkpoint, directory: str, keep: int, interval: int = 0,
-                 retries: int = 3, retry_seconds: float = 2.0):
+    def __init__(
+        self,
+        checkpoint: tf.train.Checkpoint,
+        directory: str,
+        keep: int,
+        interval: int = 0,
+        retries: int = 3,
+        retry_seconds: float = 2.0,
+    ):
         self.checkpoint, self.directory, self.keep, self.interval = checkpoint, directory, keep, interval
         self.retries, self.retry_seconds = retries, retry_seconds
         self.paths = listed(directory)
@@ -134,9 +154,13 @@ class VerifiedCheckpoints:
                 break
             except READ_ERRORS as exc:  # storage errors included: TF's retries are spent, ours are not
                 if attempt == self.retries:
-                    raise TransientError(f"checkpoint {prefix} failed {attempt} times ({_first_line(exc)}); "
-                                         "a restart resumes from the last good one") from None
-                logging.warning("checkpoint %s failed to save or verify (%s); retrying", prefix, _first_line(exc))
+                    raise TransientError(
+                        f"checkpoint {prefix} failed {attempt} times ({_first_line(exc)}); "
+                        "a restart resumes from the last good one"
+                    ) from None
+                logging.warning(
+                    "checkpoint %s failed to save or verify (%s); retrying", prefix, _first_line(exc)
+                )
                 time.sleep(self.retry_seconds * attempt)
         self.paths = [p for p in self.paths if p != path] + [path]
         self._record()
@@ -144,9 +168,11 @@ class VerifiedCheckpoints:
 
     def _record(self) -> None:
         """Writes the state file, then deletes what fell out of the newest `keep`."""
-        dropped, self.paths = self.paths[:-self.keep], self.paths[-self.keep:]
+        dropped, self.paths = self.paths[: -self.keep], self.paths[-self.keep :]
         names = [os.path.basename(p) for p in self.paths]
-        state = [f'model_checkpoint_path: "{names[-1]}"'] + [f'all_model_checkpoint_paths: "{n}"' for n in names]
+        state = [f'model_checkpoint_path: "{names[-1]}"'] + [
+            f'all_model_checkpoint_paths: "{n}"' for n in names
+        ]
         with tf.io.gfile.GFile(os.path.join(self.directory, "checkpoint"), "w") as handle:
             handle.write("\n".join(state) + "\n")  # for tf.train.latest_checkpoint and TensorBoard
         for path in dropped:
@@ -176,9 +202,15 @@ class RunCheckpoints:
         self.shared = os.path.join(config.model_dir, "checkpoints"), os.path.join(config.model_dir, "best")
         with self.storage():
             check_identity(config.model_dir, config, write=chief)
-            self.latest = VerifiedCheckpoints(training_checkpoint, worker_dir(self.shared[0], chief), keep=3,
-                                              interval=config.checkpoint_every_steps)
-            self.best = VerifiedCheckpoints(tf.train.Checkpoint(model=model), worker_dir(self.shared[1], chief), keep=1)
+            self.latest = VerifiedCheckpoints(
+                training_checkpoint,
+                worker_dir(self.shared[0], chief),
+                keep=3,
+                interval=config.checkpoint_every_steps,
+            )
+            self.best = VerifiedCheckpoints(
+                tf.train.Checkpoint(model=model), worker_dir(self.shared[1], chief), keep=1
+            )
 
     @property
     def directory(self) -> str:

@@ -21,7 +21,14 @@ import urllib.request
 from absl import app, flags
 
 from trainer import images, rest
-from trainer.errors import ColorizerError, ConfigError, DataError, exit_on_user_error, first_line, parse_flags_or_exit
+from trainer.errors import (
+    ColorizerError,
+    ConfigError,
+    DataError,
+    exit_on_user_error,
+    first_line,
+    parse_flags_or_exit,
+)
 
 RETRY_STATUSES = (429, 503, 504)
 MAX_BACKOFF_SECONDS = 30.0
@@ -40,8 +47,9 @@ class HttpTransport:
         self.timeout = timeout
 
     def request(self, method: str, path: str, body: bytes | None = None):
-        req = urllib.request.Request(self.server + path, data=body, method=method,
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.server + path, data=body, method=method, headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as response:
                 return response.status, response.read()
@@ -55,8 +63,15 @@ class HttpTransport:
 class Client:
     """The model-status check and batched predict calls, with retries, over any transport."""
 
-    def __init__(self, transport, model_name: str, version=None, retries: int = 4, backoff: float = 0.5,
-                 sleep=time.sleep):
+    def __init__(
+        self,
+        transport,
+        model_name: str,
+        version=None,
+        retries: int = 4,
+        backoff: float = 0.5,
+        sleep=time.sleep,
+    ):
         self.transport, self.model_name, self.version = transport, model_name, version
         self.retries, self.backoff, self.sleep = retries, backoff, sleep
         self.path = rest.model_path(model_name, version)
@@ -103,8 +118,10 @@ class Client:
     def wait_available(self) -> str:
         """Checks `GET /v1/models/NAME[/versions/N]`; returns the AVAILABLE version (the highest)."""
         answer = self._call("GET", self.path, check=self._available)
-        return max((s for s in answer["model_version_status"] if s.get("state") == "AVAILABLE"),
-                   key=lambda s: int(s.get("version", 0)))["version"]
+        return max(
+            (s for s in answer["model_version_status"] if s.get("state") == "AVAILABLE"),
+            key=lambda s: int(s.get("version", 0)),
+        )["version"]
 
     def predict(self, images: list) -> list:
         """Encoded image files -> colorized PNG bytes, one `:predict` call."""
@@ -120,7 +137,9 @@ def _pixel_count(path: str) -> int:
     try:
         return images.pixel_count(path)
     except (OSError, SyntaxError, ValueError) as exc:  # what Pillow raises for a damaged header
-        raise DataError(f"{path}: not a readable image ({type(exc).__name__}: {first_line(str(exc))})") from None
+        raise DataError(
+            f"{path}: not a readable image ({type(exc).__name__}: {first_line(str(exc))})"
+        ) from None
 
 
 def plan_outputs(files: list, output_dir: str, overwrite: bool, max_pixels: int = 0) -> list:
@@ -144,14 +163,21 @@ def plan_outputs(files: list, output_dir: str, overwrite: bool, max_pixels: int 
     return pairs
 
 
-def colorize_files(client: Client, files: list, output_dir: str, batch_size: int, overwrite: bool = False,
-                   report=None, max_pixels: int = 0) -> list:
+def colorize_files(
+    client: Client,
+    files: list,
+    output_dir: str,
+    batch_size: int,
+    overwrite: bool = False,
+    report=None,
+    max_pixels: int = 0,
+) -> list:
     """Colorizes `files` in batches of `batch_size`; returns the written paths."""
     pairs = plan_outputs(files, output_dir, overwrite, max_pixels)
     os.makedirs(output_dir, exist_ok=True)
     written = []
     for start in range(0, len(pairs), batch_size):
-        batch = pairs[start:start + batch_size]
+        batch = pairs[start : start + batch_size]
         images = []
         for source, _ in batch:
             with open(source, "rb") as handle:
@@ -196,17 +222,26 @@ def define_flags():
     """Defines the CLI's flags; only `run()` calls it, because absl flags are process-global and
     importing this module as a library (next to other CLIs) must not claim flag names."""
     flags.DEFINE_string("server", None, "TF Serving REST address, e.g. http://localhost:8501.")
-    flags.DEFINE_string("local_model", None, "Colorize with this SavedModel (or export folder) instead of a server.")
-    flags.DEFINE_string("model_name", "colorizer", "The model's name on the server (TF Serving's MODEL_NAME).")
+    flags.DEFINE_string(
+        "local_model", None, "Colorize with this SavedModel (or export folder) instead of a server."
+    )
+    flags.DEFINE_string(
+        "model_name", "colorizer", "The model's name on the server (TF Serving's MODEL_NAME)."
+    )
     flags.DEFINE_integer("version", None, "Ask for this model version (default: the server's latest).")
     flags.DEFINE_string("output_dir", None, "Where <name>.png is written for each input.")
     flags.DEFINE_integer("batch_size", 8, "Images per predict request.")
     flags.DEFINE_float("timeout", 120.0, "Seconds to wait for each HTTP answer.")
-    flags.DEFINE_integer("retries", 4, "Retries of a request on 429/503/504, a loading model or a connection error.")
+    flags.DEFINE_integer(
+        "retries", 4, "Retries of a request on 429/503/504, a loading model or a connection error."
+    )
     flags.DEFINE_float("backoff_seconds", 0.5, "First retry delay; doubled at each retry (at most 30 s).")
     flags.DEFINE_bool("overwrite", False, "Replace existing output files.")
-    flags.DEFINE_integer("max_pixels", images.DEFAULT_MAX_PIXELS,
-                         "Refuse files with more pixels before sending (the export's limit; 0: don't check).")
+    flags.DEFINE_integer(
+        "max_pixels",
+        images.DEFAULT_MAX_PIXELS,
+        "Refuse files with more pixels before sending (the export's limit; 0: don't check).",
+    )
 
 
 def _client_from_flags() -> Client:
@@ -234,8 +269,15 @@ def main(argv):
             raise ConfigError("no input files (usage: python -m trainer.client [flags] FILE...)")
         client = _client_from_flags()
         version = client.wait_available()
-        written = colorize_files(client, files, FLAGS.output_dir, FLAGS.batch_size, FLAGS.overwrite,
-                                 report=lambda path: print(f"wrote {path}"), max_pixels=FLAGS.max_pixels)
+        written = colorize_files(
+            client,
+            files,
+            FLAGS.output_dir,
+            FLAGS.batch_size,
+            FLAGS.overwrite,
+            report=lambda path: print(f"wrote {path}"),
+            max_pixels=FLAGS.max_pixels,
+        )
     print(f"colorized {len(written)} photo(s) with {FLAGS.model_name} version {version}")
 
 

@@ -28,15 +28,20 @@ STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device")
 SAMPLE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sample")
 DEFAULT_RUN_DIR = os.path.join("runs", "colorizer")
 # Unset output flags fall back to Vertex AI's variables, then to ./runs/colorizer/.
-ENVIRONMENT_FALLBACKS = {"model_dir": ("AIP_CHECKPOINT_DIR", os.path.join(DEFAULT_RUN_DIR, "model")),
-                         "export_dir": ("AIP_MODEL_DIR", os.path.join(DEFAULT_RUN_DIR, "export")),
-                         "tensorboard_dir": ("AIP_TENSORBOARD_LOG_DIR", "")}
+ENVIRONMENT_FALLBACKS = {
+    "model_dir": ("AIP_CHECKPOINT_DIR", os.path.join(DEFAULT_RUN_DIR, "model")),
+    "export_dir": ("AIP_MODEL_DIR", os.path.join(DEFAULT_RUN_DIR, "export")),
+    "tensorboard_dir": ("AIP_TENSORBOARD_LOG_DIR", ""),
+}
 
 
 def _setting(default, help_text: str, choices=None, flag_default=dataclasses.MISSING):
     """A field with its flag's help; `flag_default` when the flag's default differs (None: filled in later)."""
-    metadata = {"help": help_text, "choices": choices,
-                "flag_default": default if flag_default is dataclasses.MISSING else flag_default}
+    metadata = {
+        "help": help_text,
+        "choices": choices,
+        "flag_default": default if flag_default is dataclasses.MISSING else flag_default,
+    }
     if default is dataclasses.MISSING:
         return dataclasses.field(metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -49,43 +54,73 @@ _REQUIRED = dataclasses.MISSING
 class TrainConfig:
     """What a run computes: data, model, optimisation and outputs. Validated once, on creation."""
 
-    train_data: str = _setting(_REQUIRED, "Glob of training shards.",
-                               flag_default=os.path.join(SAMPLE_DIR, "train-*.tfrecord"))
-    eval_data: str = _setting(_REQUIRED, "Glob of validation shards (early stopping, the decode fit).",
-                              flag_default=os.path.join(SAMPLE_DIR, "validation-*.tfrecord"))
-    model_dir: str = _setting(_REQUIRED, "Checkpoints and logs [$AIP_CHECKPOINT_DIR or ./runs/colorizer/model].",
-                              flag_default=None)
-    export_dir: str = _setting(_REQUIRED, "SavedModel versions [$AIP_MODEL_DIR or ./runs/colorizer/export].",
-                               flag_default=None)
-    tensorboard_dir: str = _setting("", "TensorBoard logs [$AIP_TENSORBOARD_LOG_DIR or {model_dir}/logs].",
-                                    flag_default=None)
+    train_data: str = _setting(
+        _REQUIRED, "Glob of training shards.", flag_default=os.path.join(SAMPLE_DIR, "train-*.tfrecord")
+    )
+    eval_data: str = _setting(
+        _REQUIRED,
+        "Glob of validation shards (early stopping, the decode fit).",
+        flag_default=os.path.join(SAMPLE_DIR, "validation-*.tfrecord"),
+    )
+    model_dir: str = _setting(
+        _REQUIRED, "Checkpoints and logs [$AIP_CHECKPOINT_DIR or ./runs/colorizer/model].", flag_default=None
+    )
+    export_dir: str = _setting(
+        _REQUIRED, "SavedModel versions [$AIP_MODEL_DIR or ./runs/colorizer/export].", flag_default=None
+    )
+    tensorboard_dir: str = _setting(
+        "", "TensorBoard logs [$AIP_TENSORBOARD_LOG_DIR or {model_dir}/logs].", flag_default=None
+    )
     model: str = _setting("unet", "autoencoder: the seed's model; unet: skip connections.", MODELS)
-    color_space: str = _setting("lab", "rgb: predict RGB (the seed); lab: predict a*b*, keep L*.", COLOR_SPACES)
+    color_space: str = _setting(
+        "lab", "rgb: predict RGB (the seed); lab: predict a*b*, keep L*.", COLOR_SPACES
+    )
     # None: two_heads with lab, mse with rgb (filled in on creation, so the seed's rgb recipe needs no --loss).
-    loss: Optional[str] = _setting(None, "two_heads: a*b* bins and regression (lab); mse, l1, huber on the targets; "
-                                   "classification over a*b* bins (lab) [two_heads with --color_space=lab, mse "
-                                   "with rgb].", LOSSES)
+    loss: Optional[str] = _setting(
+        None,
+        "two_heads: a*b* bins and regression (lab); mse, l1, huber on the targets; "
+        "classification over a*b* bins (lab) [two_heads with --color_space=lab, mse "
+        "with rgb].",
+        LOSSES,
+    )
     base_filters: int = _setting(32, "Filters of the U-Net's first level (doubled at each level).")
-    sync_batchnorm: bool = _setting(False, "U-Net batch statistics over the global batch, not each replica's.")
+    sync_batchnorm: bool = _setting(
+        False, "U-Net batch statistics over the global batch, not each replica's."
+    )
     epochs: int = _setting(10, "Epochs (passes over the training split).")
     batch_size: int = _setting(32, "Batch size PER REPLICA; the global batch is this times the replicas.")
     learning_rate: float = _setting(1e-3, "Adam learning rate (the seed's 1e-3).")
-    lr_schedule: str = _setting("constant", "constant, or cosine: a warmup epoch, then decay to 0.", LR_SCHEDULES)
+    lr_schedule: str = _setting(
+        "constant", "constant, or cosine: a warmup epoch, then decay to 0.", LR_SCHEDULES
+    )
     patience: int = _setting(3, "Early stopping: epochs without validation improvement (0: off).")
     augment: bool = _setting(True, "Random left-right flips of training pairs.")
     shuffle_buffer: int = _setting(2048, "Examples in the training shuffle buffer (host memory: 57 KB each).")
     checkpoint_every_steps: int = _setting(0, "Also checkpoint every N steps (0: at epoch ends only).")
-    precision: str = _setting("float32", "mixed_float16: float16 compute with loss scaling (V100/T4-class tensor "
-                              "cores); mixed_bfloat16: no loss scaling (A100/H100). Colour conversions stay float32.",
-                              PRECISIONS)
+    precision: str = _setting(
+        "float32",
+        "mixed_float16: float16 compute with loss scaling (V100/T4-class tensor "
+        "cores); mixed_bfloat16: no loss scaling (A100/H100). Colour conversions stay float32.",
+        PRECISIONS,
+    )
     jit_compile: bool = _setting(False, "Compile the train step with XLA.")
-    fit_decode: bool = _setting(True, "After training, fit the a*b* scale (and two heads' blend) on --eval_data and "
-                                "export it with the model (trainer/decode_fit.py).")
-    colour_target: float = _setting(0.6, "Decode fit: reach this share of the truth's colourfulness on --eval_data, "
-                                    "at the least PSNR, within 0.5 dB of the most accurate setting (0: accuracy only).")
-    seed: Optional[int] = _setting(None, "Random seed of shuffles and flips (unset: a different run each time).")
-    max_pixels: int = _setting(DEFAULT_MAX_PIXELS, "Serving refuses images with more pixels (read from their "
-                               "headers), before decoding them.")
+    fit_decode: bool = _setting(
+        True,
+        "After training, fit the a*b* scale (and two heads' blend) on --eval_data and "
+        "export it with the model (trainer/decode_fit.py).",
+    )
+    colour_target: float = _setting(
+        0.6,
+        "Decode fit: reach this share of the truth's colourfulness on --eval_data, "
+        "at the least PSNR, within 0.5 dB of the most accurate setting (0: accuracy only).",
+    )
+    seed: Optional[int] = _setting(
+        None, "Random seed of shuffles and flips (unset: a different run each time)."
+    )
+    max_pixels: int = _setting(
+        DEFAULT_MAX_PIXELS,
+        "Serving refuses images with more pixels (read from their headers), before decoding them.",
+    )
 
     @property
     def mixed_precision(self) -> bool:
@@ -109,8 +144,10 @@ class TrainConfig:
             if choices and value not in choices:
                 raise ConfigError(f"--{field.name}={value!r}: choose one of {', '.join(choices)}")
         if self.loss in BIN_LOSSES and self.color_space != "lab":
-            raise ConfigError(f"--loss={self.loss} predicts a*b* bins: it needs --color_space=lab (with rgb, "
-                              "pass --loss=mse, l1 or huber)")
+            raise ConfigError(
+                f"--loss={self.loss} predicts a*b* bins: it needs --color_space=lab (with rgb, "
+                "pass --loss=mse, l1 or huber)"
+            )
         for name in ("epochs", "batch_size", "base_filters", "max_pixels", "shuffle_buffer"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name}={getattr(self, name)}: must be at least 1")
@@ -130,19 +167,30 @@ class TrainConfig:
 class ClusterConfig:
     """How this process finds and waits for its peers: nothing a checkpoint depends on."""
 
-    strategy: str = _setting("auto", "auto: MultiWorkerMirrored when TF_CONFIG or an Indexed Job names peers, else "
-                             "Mirrored.", STRATEGIES)
+    strategy: str = _setting(
+        "auto",
+        "auto: MultiWorkerMirrored when TF_CONFIG or an Indexed Job names peers, else Mirrored.",
+        STRATEGIES,
+    )
     peer_timeout_seconds: int = _setting(600, "How long to wait for every peer's DNS name to resolve.")
-    collective_timeout_seconds: int = _setting(0, "Debugging only: fail a collective after this long (0: never; TF "
-                                               "starts a thread per collective for the whole timeout). A dead peer "
-                                               "is detected without it.")
+    collective_timeout_seconds: int = _setting(
+        0,
+        "Debugging only: fail a collective after this long (0: never; TF "
+        "starts a thread per collective for the whole timeout). A dead peer "
+        "is detected without it.",
+    )
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"--strategy={self.strategy!r}: choose one of {', '.join(STRATEGIES)}")
 
 
-_DEFINE = {str: flags.DEFINE_string, bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float}
+_DEFINE = {
+    str: flags.DEFINE_string,
+    bool: flags.DEFINE_bool,
+    int: flags.DEFINE_integer,
+    float: flags.DEFINE_float,
+}
 
 
 def _flag_type(field: dataclasses.Field) -> type:
@@ -157,11 +205,16 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         for field in dataclasses.fields(config_class):
             meta = field.metadata
             if meta["choices"]:
-                flags.DEFINE_enum(field.name, meta["flag_default"], meta["choices"], meta["help"],
-                                  flag_values=flag_values)
+                flags.DEFINE_enum(
+                    field.name, meta["flag_default"], meta["choices"], meta["help"], flag_values=flag_values
+                )
             else:
-                _DEFINE[_flag_type(field)](field.name, meta["flag_default"], meta["help"], flag_values=flag_values)
-    flags.DEFINE_bool("mixed_precision", False, "Alias of --precision=mixed_float16.", flag_values=flag_values)
+                _DEFINE[_flag_type(field)](
+                    field.name, meta["flag_default"], meta["help"], flag_values=flag_values
+                )
+    flags.DEFINE_bool(
+        "mixed_precision", False, "Alias of --precision=mixed_float16.", flag_values=flag_values
+    )
 
 
 def _precision(flag_values: flags.FlagValues) -> str:
@@ -169,8 +222,10 @@ def _precision(flag_values: flags.FlagValues) -> str:
     if not flag_values.mixed_precision:
         return flag_values.precision
     if flag_values.precision not in ("float32", "mixed_float16"):
-        raise ConfigError(f"--mixed_precision means --precision=mixed_float16, not "
-                          f"--precision={flag_values.precision}: pass one of them")
+        raise ConfigError(
+            f"--mixed_precision means --precision=mixed_float16, not "
+            f"--precision={flag_values.precision}: pass one of them"
+        )
     return "mixed_float16"
 
 

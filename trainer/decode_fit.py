@@ -38,12 +38,15 @@ def candidates(color_space: str, loss: str) -> List[DecodeSettings]:
 def validation_batches(shards: ShardSet, max_examples: int = MAX_EXAMPLES) -> tf.data.Dataset:
     """The first `max_examples` validation pairs, in file order, as uint8 batches (same on every worker)."""
     records = tf.data.TFRecordDataset(list(shards.files)).take(max_examples)
-    pairs = records.map(lambda record: parse_record(record, shards.encoding), num_parallel_calls=tf.data.AUTOTUNE)
+    pairs = records.map(
+        lambda record: parse_record(record, shards.encoding), num_parallel_calls=tf.data.AUTOTUNE
+    )
     return pairs.batch(_BATCH).prefetch(tf.data.AUTOTUNE)
 
 
-def score(model, batches: Iterable, color_space: str,
-          settings: List[DecodeSettings]) -> Dict[DecodeSettings, Dict[str, float]]:
+def score(
+    model, batches: Iterable, color_space: str, settings: List[DecodeSettings]
+) -> Dict[DecodeSettings, Dict[str, float]]:
     """Mean PSNR and colourfulness (and the truth's) of each setting's pictures, as metrics.py computes them."""
     psnr = {s: [] for s in settings}
     colour = {s: [] for s in settings}
@@ -58,22 +61,35 @@ def score(model, batches: Iterable, color_space: str,
             colour[setting].append(metrics.colourfulness(picture))
         truth_colour.append(metrics.colourfulness(color.numpy()))
     truth = float(np.mean(np.concatenate(truth_colour))) if truth_colour else 0.0
-    return {s: {"psnr": float(np.mean(np.concatenate(psnr[s]))), "colourfulness": float(np.mean(np.concatenate(colour[s]))),
-                "truth_colourfulness": truth} for s in settings}
+    return {
+        s: {
+            "psnr": float(np.mean(np.concatenate(psnr[s]))),
+            "colourfulness": float(np.mean(np.concatenate(colour[s]))),
+            "truth_colourfulness": truth,
+        }
+        for s in settings
+    }
 
 
-def choose(scores: Dict[DecodeSettings, Dict[str, float]], colour_target: float = COLOUR_TARGET,
-           psnr_budget_db: float = PSNR_BUDGET_DB) -> DecodeSettings:
+def choose(
+    scores: Dict[DecodeSettings, Dict[str, float]],
+    colour_target: float = COLOUR_TARGET,
+    psnr_budget_db: float = PSNR_BUDGET_DB,
+) -> DecodeSettings:
     """Within `psnr_budget_db` of the best PSNR: the most accurate setting reaching `colour_target`, else the most colourful."""
     best = max(s["psnr"] for s in scores.values())
     affordable = {k: s for k, s in scores.items() if s["psnr"] >= best - psnr_budget_db}
-    vivid = [k for k, s in affordable.items() if s["colourfulness"] >= colour_target * s["truth_colourfulness"]]
+    vivid = [
+        k for k, s in affordable.items() if s["colourfulness"] >= colour_target * s["truth_colourfulness"]
+    ]
     if vivid:
         return max(vivid, key=lambda k: affordable[k]["psnr"])
     return max(affordable, key=lambda k: (affordable[k]["colourfulness"], affordable[k]["psnr"]))
 
 
-def fit_decode(model, shards: ShardSet, color_space: str, loss: str, colour_target: float = COLOUR_TARGET) -> tuple:
+def fit_decode(
+    model, shards: ShardSet, color_space: str, loss: str, colour_target: float = COLOUR_TARGET
+) -> tuple:
     """(chosen DecodeSettings, its scores): scores every candidate on the validation split."""
     settings = candidates(color_space, loss)
     if len(settings) == 1:

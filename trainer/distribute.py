@@ -78,7 +78,9 @@ def _worker_count(environ) -> int:
     try:
         return int(environ.get("COLORIZER_NUM_WORKERS", "1"))
     except ValueError:
-        raise ConfigError(f"COLORIZER_NUM_WORKERS={environ['COLORIZER_NUM_WORKERS']!r}: not a number") from None
+        raise ConfigError(
+            f"COLORIZER_NUM_WORKERS={environ['COLORIZER_NUM_WORKERS']!r}: not a number"
+        ) from None
 
 
 def resolve_cluster(environ) -> "Cluster | None":
@@ -92,7 +94,9 @@ def resolve_cluster(environ) -> "Cluster | None":
     return cluster if len(cluster.workers) > 1 else None
 
 
-def wait_for_peers(addresses, timeout_seconds: float, resolve=socket.getaddrinfo, stop_requested=lambda: False):
+def wait_for_peers(
+    addresses, timeout_seconds: float, resolve=socket.getaddrinfo, stop_requested=lambda: False
+):
     """Blocks until every peer's host name resolves: a pod's DNS record appears only with the pod.
 
     A peer still missing after `timeout_seconds` is transient (its pod not scheduled yet, a node
@@ -105,8 +109,10 @@ def wait_for_peers(addresses, timeout_seconds: float, resolve=socket.getaddrinfo
             raise StoppedError("stopped by SIGTERM while waiting for peers; nothing to save yet")
         pending = [h for h in pending if not _resolves(h, resolve)]
         if pending and time.monotonic() > deadline:
-            raise TransientError(f"peer {pending[0]} did not resolve within {timeout_seconds:.0f}s "
-                              f"({len(pending)} of {len(addresses)} missing)")
+            raise TransientError(
+                f"peer {pending[0]} did not resolve within {timeout_seconds:.0f}s "
+                f"({len(pending)} of {len(addresses)} missing)"
+            )
         if pending:
             time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
 
@@ -128,17 +134,27 @@ def count_workers(strategy: tf.distribute.Strategy) -> int:
     return sum(len(jobs.get(job, ())) for job in ("chief", "worker")) or 1
 
 
-def build_strategy(name: str = "auto", environ=None, peer_timeout_seconds: float = 600,
-                   collective_timeout_seconds: float = 0, stop_requested=lambda: False) -> tf.distribute.Strategy:
+def build_strategy(
+    name: str = "auto",
+    environ=None,
+    peer_timeout_seconds: float = 600,
+    collective_timeout_seconds: float = 0,
+    stop_requested=lambda: False,
+) -> tf.distribute.Strategy:
     """Builds the strategy `name` asks for; `auto` decides from `environ` as the module says."""
     if name not in STRATEGIES:
         raise ConfigError(f"--strategy={name!r}: choose one of {', '.join(STRATEGIES)}")
     cluster = resolve_cluster(environ or {})
     if name == "multi_worker" or (name == "auto" and cluster):
         strategy = _multi_worker(cluster, peer_timeout_seconds, collective_timeout_seconds, stop_requested)
-        logging.info("strategy MultiWorkerMirroredStrategy: %d replica(s), %s cluster %s, this is %s %d",
-                     strategy.num_replicas_in_sync, cluster.source, list(cluster.workers), cluster.task_type,
-                     cluster.task_index)
+        logging.info(
+            "strategy MultiWorkerMirroredStrategy: %d replica(s), %s cluster %s, this is %s %d",
+            strategy.num_replicas_in_sync,
+            cluster.source,
+            list(cluster.workers),
+            cluster.task_type,
+            cluster.task_index,
+        )
         return strategy
     if name == "one_device":
         gpus = tf.config.list_logical_devices("GPU")
@@ -149,7 +165,9 @@ def build_strategy(name: str = "auto", environ=None, peer_timeout_seconds: float
     return strategy
 
 
-def communication_options(gpus, collective_timeout_seconds: float) -> tf.distribute.experimental.CommunicationOptions:
+def communication_options(
+    gpus, collective_timeout_seconds: float
+) -> tf.distribute.experimental.CommunicationOptions:
     """NCCL all-reduce when this worker has GPUs, the ring over gRPC on CPUs.
 
     The ring copies GPU tensors through host memory and gRPC: much slower between GPU nodes.
@@ -159,8 +177,9 @@ def communication_options(gpus, collective_timeout_seconds: float) -> tf.distrib
     """
     implementations = tf.distribute.experimental.CommunicationImplementation
     implementation = implementations.NCCL if gpus else implementations.RING
-    return tf.distribute.experimental.CommunicationOptions(implementation=implementation,
-                                                           timeout_seconds=collective_timeout_seconds or None)
+    return tf.distribute.experimental.CommunicationOptions(
+        implementation=implementation, timeout_seconds=collective_timeout_seconds or None
+    )
 
 
 def _multi_worker(cluster, peer_timeout_seconds, collective_timeout_seconds, stop_requested):
@@ -168,8 +187,11 @@ def _multi_worker(cluster, peer_timeout_seconds, collective_timeout_seconds, sto
         raise ConfigError("--strategy=multi_worker needs TF_CONFIG or an Indexed Job environment")
     wait_for_peers(cluster.workers, peer_timeout_seconds, stop_requested=stop_requested)
     resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
-        cluster.spec, task_type=cluster.task_type, task_id=cluster.task_index, rpc_layer="grpc")
+        cluster.spec, task_type=cluster.task_type, task_id=cluster.task_index, rpc_layer="grpc"
+    )
     gpus = tf.config.list_physical_devices("GPU")
     options = communication_options(gpus, collective_timeout_seconds)
-    logging.info("all-reduce between workers: %s (%d GPU(s) on this worker)", options.implementation.name, len(gpus))
+    logging.info(
+        "all-reduce between workers: %s (%d GPU(s) on this worker)", options.implementation.name, len(gpus)
+    )
     return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver, communication_options=options)

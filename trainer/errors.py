@@ -68,8 +68,13 @@ def transient_storage_errors() -> tuple:
     """The tf.errors that storage raises once TF's own retries are spent (see storage_errors)."""
     import tensorflow as tf
 
-    return (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.ResourceExhaustedError,
-            tf.errors.InternalError, tf.errors.AbortedError)
+    return (
+        tf.errors.UnavailableError,
+        tf.errors.DeadlineExceededError,
+        tf.errors.ResourceExhaustedError,
+        tf.errors.InternalError,
+        tf.errors.AbortedError,
+    )
 
 
 @contextlib.contextmanager
@@ -85,8 +90,10 @@ def storage_errors(what: str, permanent=None):
     try:
         yield
     except transient_storage_errors() as exc:
-        raise TransientError(f"{what}: storage unavailable after retries ({type(exc).__name__}: "
-                             f"{first_line(exc.message)}); a restart resumes") from None
+        raise TransientError(
+            f"{what}: storage unavailable after retries ({type(exc).__name__}: "
+            f"{first_line(exc.message)}); a restart resumes"
+        ) from None
     except (tf.errors.NotFoundError, tf.errors.PermissionDeniedError, tf.errors.UnauthenticatedError) as exc:
         if permanent is None:
             raise

@@ -45,7 +45,6 @@ def shard_batches(pattern: str, batch_size: int, limit: int):
     yield from pairs.batch(batch_size).as_numpy_iterator()
 
 
-
 def list_photos(image_dir: str) -> list:
     """The image files of a folder, sorted by name."""
     if not os.path.isdir(image_dir):
@@ -84,7 +83,11 @@ class _Section:
     """Model and gray-baseline metrics for one resolution."""
 
     def __init__(self):
-        self.model, self.gray, self.truth = metrics.Accumulator(), metrics.Accumulator(), metrics.Accumulator()
+        self.model, self.gray, self.truth = (
+            metrics.Accumulator(),
+            metrics.Accumulator(),
+            metrics.Accumulator(),
+        )
 
     def add(self, gray_u8, model_u8, truth_u8):
         self.model.add(metrics.image_metrics(model_u8, truth_u8))
@@ -92,8 +95,12 @@ class _Section:
         self.truth.add({"colourfulness": metrics.colourfulness(truth_u8)})
 
     def report(self) -> dict:
-        return {"images": self.truth.count(), "truth_colourfulness": self.truth.means().get("colourfulness"),
-                "model": self.model.means(), "gray": self.gray.means()}
+        return {
+            "images": self.truth.count(),
+            "truth_colourfulness": self.truth.means().get("colourfulness"),
+            "model": self.model.means(),
+            "gray": self.gray.means(),
+        }
 
 
 def evaluate_small(loaded, batches, sheet_rows: int):
@@ -104,7 +111,7 @@ def evaluate_small(loaded, batches, sheet_rows: int):
         rgb = signature(gray=tf.image.convert_image_dtype(gray, tf.float32))["rgb"]
         model = tf.image.convert_image_dtype(rgb, tf.uint8, saturate=True).numpy()
         section.add(gray, model, truth)
-        rows.extend(list(zip(gray, model, truth))[:sheet_rows - len(rows)])
+        rows.extend(list(zip(gray, model, truth))[: sheet_rows - len(rows)])
     return section.report(), rows
 
 
@@ -118,13 +125,17 @@ def evaluate_full(loaded, paths: list, max_pixels: int | None, skipped: list) ->
     for path in paths:
         with Image.open(path) as image:
             if max_pixels and image.width * image.height > max_pixels:
-                skipped.append(f"{os.path.basename(path)}: full resolution: {image.width}x{image.height} pixels, "
-                               f"above the export's limit of {max_pixels}")
+                skipped.append(
+                    f"{os.path.basename(path)}: full resolution: {image.width}x{image.height} pixels, "
+                    f"above the export's limit of {max_pixels}"
+                )
                 continue
             truth = np.asarray(image.convert("RGB"))
         gray = decode_gray(tf.io.encode_png(truth))
         png = signature(image_bytes=tf.stack([tf.io.encode_png(gray)]))["colorized_bytes"][0]
-        section.add(gray.numpy()[np.newaxis], tf.io.decode_png(png, channels=3).numpy()[np.newaxis], truth[np.newaxis])
+        section.add(
+            gray.numpy()[np.newaxis], tf.io.decode_png(png, channels=3).numpy()[np.newaxis], truth[np.newaxis]
+        )
     return section.report()
 
 
@@ -144,8 +155,15 @@ def write_contact_sheet(rows: list, path: str):
         handle.write(buffer.getvalue())
 
 
-def evaluate(saved_model: str, report_dir: str, data: str | None = None, image_dir: str | None = None, limit: int = 0,
-             batch_size: int = 16, sheet_rows: int = 100) -> dict:
+def evaluate(
+    saved_model: str,
+    report_dir: str,
+    data: str | None = None,
+    image_dir: str | None = None,
+    limit: int = 0,
+    batch_size: int = 16,
+    sheet_rows: int = 100,
+) -> dict:
     """Scores `saved_model` on shards (`data`) or photos (`image_dir`); writes and returns the report."""
     if not tf.io.gfile.exists(os.path.join(saved_model, "saved_model.pb")):
         raise DataError(f"no SavedModel at {saved_model} (pass a version folder, e.g. export/1712345678)")
@@ -162,9 +180,16 @@ def evaluate(saved_model: str, report_dir: str, data: str | None = None, image_d
     metadata = json.load(tf.io.gfile.GFile(metadata_path)) if tf.io.gfile.exists(metadata_path) else {}
     full = evaluate_full(loaded, used, metadata.get("max_pixels"), skipped) if image_dir else None
     report = {
-        "report_version": REPORT_VERSION, "saved_model": saved_model, "data": data, "image_dir": image_dir,
-        "model_metadata": metadata, "psnr_cap_db": metrics.PSNR_CAP_DB, "120": small, "full": full,
-        "skipped": skipped, "contact_sheet": SHEET_FILE,
+        "report_version": REPORT_VERSION,
+        "saved_model": saved_model,
+        "data": data,
+        "image_dir": image_dir,
+        "model_metadata": metadata,
+        "psnr_cap_db": metrics.PSNR_CAP_DB,
+        "120": small,
+        "full": full,
+        "skipped": skipped,
+        "contact_sheet": SHEET_FILE,
     }
     os.makedirs(report_dir, exist_ok=True)
     write_contact_sheet(rows, os.path.join(report_dir, SHEET_FILE))
@@ -182,7 +207,9 @@ def define_flags():
     importing this module as a library (next to other CLIs) must not claim flag names."""
     flags.DEFINE_string("data", None, "Glob of shards written by trainer.prepare (e.g. 'data/validation-*').")
     flags.DEFINE_string("image_dir", None, "A folder of colour photos (also evaluated at full resolution).")
-    flags.DEFINE_string("saved_model", None, "A SavedModel version folder, e.g. runs/colorizer/export/1712345678.")
+    flags.DEFINE_string(
+        "saved_model", None, "A SavedModel version folder, e.g. runs/colorizer/export/1712345678."
+    )
     flags.DEFINE_string("report_dir", None, "Where metrics.json and contact_sheet.png are written.")
     flags.DEFINE_integer("limit", 0, "Evaluate at most this many images (0: all).")
     flags.DEFINE_integer("batch_size", 16, "Images per colorize_tensor call.")
@@ -195,8 +222,10 @@ def _summary(report: dict) -> str:
         for who in ("model", "gray"):
             if report[size]:
                 m = report[size][who]
-                lines.append(f"{size + ' ' + who:12}{m['psnr']:8.2f}{m['ssim']:8.4f}{m['colourfulness']:10.2f}"
-                             f"{m['delta_e_2000']:8.2f}")
+                lines.append(
+                    f"{size + ' ' + who:12}{m['psnr']:8.2f}{m['ssim']:8.4f}{m['colourfulness']:10.2f}"
+                    f"{m['delta_e_2000']:8.2f}"
+                )
     return "\n".join(lines)
 
 
@@ -210,8 +239,15 @@ def main(argv):
             raise ConfigError("--saved_model and --report_dir are required")
         if FLAGS.limit < 0 or FLAGS.batch_size < 1 or FLAGS.sheet_rows < 1:
             raise ConfigError("--limit must be at least 0, --batch_size and --sheet_rows at least 1")
-        report = evaluate(FLAGS.saved_model, FLAGS.report_dir, FLAGS.data, FLAGS.image_dir, FLAGS.limit,
-                          FLAGS.batch_size, FLAGS.sheet_rows)
+        report = evaluate(
+            FLAGS.saved_model,
+            FLAGS.report_dir,
+            FLAGS.data,
+            FLAGS.image_dir,
+            FLAGS.limit,
+            FLAGS.batch_size,
+            FLAGS.sheet_rows,
+        )
     print(_summary(report))
     print(f"report: {os.path.join(FLAGS.report_dir, REPORT_FILE)} ({report['120']['images']} images)")
     print(f"contact sheet: {os.path.join(FLAGS.report_dir, SHEET_FILE)}")

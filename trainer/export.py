@@ -43,8 +43,13 @@ def decode_gray(image_bytes: tf.Tensor, max_pixels: int = DEFAULT_MAX_PIXELS) ->
 class ColorizerModule(tf.Module):
     """The exported object: the Keras model plus the serving functions around it."""
 
-    def __init__(self, model: keras.Model, color_space: str, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 decode: preprocess.DecodeSettings = preprocess.DecodeSettings()):
+    def __init__(
+        self,
+        model: keras.Model,
+        color_space: str,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        decode: preprocess.DecodeSettings = preprocess.DecodeSettings(),
+    ):
         super().__init__()
         self.model = model
         # The backend tf.Variables, tracked by the module itself. Without this the SavedModel's
@@ -72,36 +77,58 @@ class ColorizerModule(tf.Module):
             # Each photo is decoded once; its full-size gray waits as a uint8 string (1 byte a pixel)
             # while the batch runs through the model: photos differ in size, so they can't be stacked.
             gray = decode_gray(data, self.max_pixels)
-            return preprocess.resize_to_model(preprocess.to_float(gray), IMAGE_SIZE), tf.io.serialize_tensor(gray)
+            return preprocess.resize_to_model(preprocess.to_float(gray), IMAGE_SIZE), tf.io.serialize_tensor(
+                gray
+            )
 
-        small, grays = tf.map_fn(decode, image_bytes, parallel_iterations=1, fn_output_signature=(
-            tf.TensorSpec([IMAGE_SIZE, IMAGE_SIZE, 1], tf.float32), tf.TensorSpec([], tf.string)))
+        small, grays = tf.map_fn(
+            decode,
+            image_bytes,
+            parallel_iterations=1,
+            fn_output_signature=(
+                tf.TensorSpec([IMAGE_SIZE, IMAGE_SIZE, 1], tf.float32),
+                tf.TensorSpec([], tf.string),
+            ),
+        )
         predictions = self._colorize_small(small)
 
         def compose(args):
             serialized, prediction = args
-            gray = tf.ensure_shape(preprocess.to_float(tf.io.parse_tensor(serialized, tf.uint8)), [None, None, 1])
-            rgb = preprocess.predictions_to_rgb(prediction[tf.newaxis], gray[tf.newaxis], self.color_space,
-                                                self.decode)[0]
+            gray = tf.ensure_shape(
+                preprocess.to_float(tf.io.parse_tensor(serialized, tf.uint8)), [None, None, 1]
+            )
+            rgb = preprocess.predictions_to_rgb(
+                prediction[tf.newaxis], gray[tf.newaxis], self.color_space, self.decode
+            )[0]
             # zlib level 1: on cbsd68 photos 4x faster than the default level 6 and 0.05% larger.
             return tf.io.encode_png(tf.image.convert_image_dtype(rgb, tf.uint8, saturate=True), compression=1)
 
         # One image at a time (map_fn runs 10 in parallel in a graph): a request's memory is that of
         # its largest image, ~47 bytes a pixel, plus 1 byte a pixel of every photo's gray (trainer/images.py).
-        encoded = tf.map_fn(compose, (grays, predictions), fn_output_signature=tf.string, parallel_iterations=1)
+        encoded = tf.map_fn(
+            compose, (grays, predictions), fn_output_signature=tf.string, parallel_iterations=1
+        )
         return {"colorized_bytes": encoded}
 
 
 def next_version(export_dir: str) -> int:
     """A Unix-time version, strictly above any existing one so TF Serving switches to it."""
-    existing = [int(n.rstrip("/")) for n in tf.io.gfile.listdir(export_dir) if n.rstrip("/").isdigit()] \
-        if tf.io.gfile.isdir(export_dir) else []
+    existing = (
+        [int(n.rstrip("/")) for n in tf.io.gfile.listdir(export_dir) if n.rstrip("/").isdigit()]
+        if tf.io.gfile.isdir(export_dir)
+        else []
+    )
     return max([int(time.time())] + [v + 1 for v in existing])
 
 
-def export_saved_model(model: keras.Model, color_space: str, export_dir: str, metadata: dict = None,
-                       max_pixels: int = DEFAULT_MAX_PIXELS,
-                       decode: preprocess.DecodeSettings = preprocess.DecodeSettings()) -> str:
+def export_saved_model(
+    model: keras.Model,
+    color_space: str,
+    export_dir: str,
+    metadata: dict = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    decode: preprocess.DecodeSettings = preprocess.DecodeSettings(),
+) -> str:
     """Writes `{export_dir}/{version}/` via a temporary folder that TF Serving ignores; returns its path.
 
     `decode` (fitted by `trainer.decode_fit`) is part of both signatures and of `colorizer.json`.
@@ -120,8 +147,17 @@ def export_saved_model(model: keras.Model, color_space: str, export_dir: str, me
     signatures = {"serving_default": module.colorize_bytes, "colorize_tensor": module.colorize_tensor}
     tf.saved_model.save(module, tmp, signatures=signatures)
     with open(os.path.join(tmp, METADATA_FILE), "w") as handle:
-        json.dump({"color_space": color_space, "image_size": IMAGE_SIZE, "max_pixels": max_pixels,
-                   "decode": dataclasses.asdict(decode), **(metadata or {})}, handle, indent=2)
+        json.dump(
+            {
+                "color_space": color_space,
+                "image_size": IMAGE_SIZE,
+                "max_pixels": max_pixels,
+                "decode": dataclasses.asdict(decode),
+                **(metadata or {}),
+            },
+            handle,
+            indent=2,
+        )
     write_warmup(tmp, max_pixels)
     _publish(tmp, final)
     logging.info("exported SavedModel to %s", final)
@@ -154,5 +190,7 @@ def _upload_verified(path: str, target: str, attempts: int = 3) -> None:
         with tf.io.gfile.GFile(target, "rb") as handle:
             if handle.read() == data:
                 return
-        logging.warning("%s read back differently after uploading it (attempt %d of %d)", target, attempt, attempts)
+        logging.warning(
+            "%s read back differently after uploading it (attempt %d of %d)", target, attempt, attempts
+        )
     raise TransientError(f"{target}: uploaded {attempts} times, never read back intact")

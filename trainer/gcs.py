@@ -25,7 +25,7 @@ def is_gcs(path: str) -> bool:
 
 def split_path(path: str):
     """gs://bucket/a/b -> ("bucket", "a/b")."""
-    bucket, _, name = path[len("gs://"):].partition("/")
+    bucket, _, name = path[len("gs://") :].partition("/")
     if not bucket:
         raise DataError(f"{path}: no bucket name")
     return bucket, name
@@ -38,8 +38,10 @@ def _client():
     try:
         return storage.Client()
     except auth_exceptions.DefaultCredentialsError as exc:
-        raise ConfigError(f"no credentials for Cloud Storage ({first_line(exc)}); run `gcloud auth "
-                          "application-default login` or use Workload Identity") from None
+        raise ConfigError(
+            f"no credentials for Cloud Storage ({first_line(exc)}); run `gcloud auth "
+            "application-default login` or use Workload Identity"
+        ) from None
 
 
 def _api_errors():
@@ -48,26 +50,42 @@ def _api_errors():
     from google.api_core import exceptions
     from google.auth import exceptions as auth_exceptions
 
-    return (exceptions.GoogleAPIError, requests.exceptions.ConnectionError, requests.exceptions.Timeout,
-            auth_exceptions.TransportError)
+    return (
+        exceptions.GoogleAPIError,
+        requests.exceptions.ConnectionError,
+        requests.exceptions.Timeout,
+        auth_exceptions.TransportError,
+    )
 
 
 def _explain(exc, path: str):
     """google.api_core and requests errors -> a one-line DataError, or TransientError for 429/5xx/network."""
     from google.api_core import exceptions
 
-    transient = (exceptions.ServiceUnavailable, exceptions.TooManyRequests, exceptions.InternalServerError,
-                 exceptions.GatewayTimeout, exceptions.BadGateway, exceptions.RetryError)
+    transient = (
+        exceptions.ServiceUnavailable,
+        exceptions.TooManyRequests,
+        exceptions.InternalServerError,
+        exceptions.GatewayTimeout,
+        exceptions.BadGateway,
+        exceptions.RetryError,
+    )
     if isinstance(exc, transient) or not isinstance(exc, exceptions.GoogleAPIError):
-        return TransientError(f"{path}: Cloud Storage unavailable after retries ({type(exc).__name__}: "
-                              f"{first_line(exc)}); a retry may succeed")
+        return TransientError(
+            f"{path}: Cloud Storage unavailable after retries ({type(exc).__name__}: "
+            f"{first_line(exc)}); a retry may succeed"
+        )
     if isinstance(exc, exceptions.NotFound):
         return DataError(f"{path}: not found (does the bucket gs://{split_path(path)[0]} exist?)")
     if isinstance(exc, exceptions.Forbidden):
-        return ConfigError(f"{path}: permission denied; uploading takes roles/storage.objectUser on the bucket "
-                           "(docs/KUBERNETES.md, IAM)")
+        return ConfigError(
+            f"{path}: permission denied; uploading takes roles/storage.objectUser on the bucket "
+            "(docs/KUBERNETES.md, IAM)"
+        )
     if isinstance(exc, exceptions.PreconditionFailed):
-        return DataError(f"{path}: changed by another writer while this run was writing; nothing was overwritten")
+        return DataError(
+            f"{path}: changed by another writer while this run was writing; nothing was overwritten"
+        )
     if isinstance(exc, exceptions.Unauthorized):
         return DataError(f"{path}: no valid credentials (run `gcloud auth application-default login`)")
     return DataError(f"{path}: {type(exc).__name__}: {first_line(exc)}")
@@ -97,13 +115,18 @@ class Listing:
         bucket, prefix = split_path(self.directory.rstrip("/") + "/")
         prefix = "" if prefix == "/" else prefix
         try:
-            blobs = _client().list_blobs(bucket, prefix=prefix, delimiter=None if self.recursive else "/",
-                                         page_size=self.page_size, fields="items(name,size),prefixes,nextPageToken")
+            blobs = _client().list_blobs(
+                bucket,
+                prefix=prefix,
+                delimiter=None if self.recursive else "/",
+                page_size=self.page_size,
+                fields="items(name,size),prefixes,nextPageToken",
+            )
             for page in blobs.pages:
                 self.subfolders += len(page.prefixes)
                 for blob in page:
                     if not blob.name.endswith("/"):  # folder placeholders of the console
-                        yield blob.name[len(prefix):], blob.size or 0
+                        yield blob.name[len(prefix) :], blob.size or 0
         except _api_errors() as exc:
             raise _explain(exc, self.directory) from None
 
@@ -141,7 +164,9 @@ def read_text(path: str):
             blob = _client().bucket(bucket).get_blob(name)
             if blob is None:
                 return None, 0
-            return blob.download_as_bytes(if_generation_match=blob.generation).decode("utf-8"), blob.generation
+            return blob.download_as_bytes(if_generation_match=blob.generation).decode(
+                "utf-8"
+            ), blob.generation
         except (exceptions.NotFound, exceptions.PreconditionFailed):
             continue
         except _api_errors() as exc:

@@ -37,13 +37,21 @@ def header_dimensions(image_bytes: tf.Tensor) -> tf.Tensor:
     padded = tf.strings.join([tf.strings.substr(image_bytes, 0, _HEAD), "\0" * _HEAD])
     head = tf.cast(tf.io.decode_raw(tf.strings.substr(padded, 0, _HEAD), tf.uint8), tf.int64)
     png, gif, bmp = _matches(head, _PNG), _matches(head, b"GIF8"), _matches(head, b"BM")
-    height = tf.where(png, _uint(head, 20, 4, True), tf.where(gif, _uint(head, 8, 2, False),
-                                                              tf.where(bmp, _bmp_side(head, 22), -1)))
-    width = tf.where(png, _uint(head, 16, 4, True), tf.where(gif, _uint(head, 6, 2, False),
-                                                             tf.where(bmp, _bmp_side(head, 18), -1)))
-    return tf.cond(_matches(head, (0xFF, 0xD8, 0xFF)),
-                   lambda: tf.cast(tf.io.extract_jpeg_shape(image_bytes)[:2], tf.int64),
-                   lambda: tf.stack([height, width]))
+    height = tf.where(
+        png,
+        _uint(head, 20, 4, True),
+        tf.where(gif, _uint(head, 8, 2, False), tf.where(bmp, _bmp_side(head, 22), -1)),
+    )
+    width = tf.where(
+        png,
+        _uint(head, 16, 4, True),
+        tf.where(gif, _uint(head, 6, 2, False), tf.where(bmp, _bmp_side(head, 18), -1)),
+    )
+    return tf.cond(
+        _matches(head, (0xFF, 0xD8, 0xFF)),
+        lambda: tf.cast(tf.io.extract_jpeg_shape(image_bytes)[:2], tf.int64),
+        lambda: tf.stack([height, width]),
+    )
 
 
 def check_image_size(image_bytes: tf.Tensor, max_pixels: int) -> tf.Operation:
@@ -58,5 +66,11 @@ def check_image_size(image_bytes: tf.Tensor, max_pixels: int) -> tf.Operation:
         tf.debugging.Assert(supported, ["unsupported image format: send JPEG, PNG, GIF or BMP"]),
         tf.debugging.Assert(
             tf.logical_or(tf.logical_not(supported), pixels <= max_pixels),
-            [tf.strings.format("image is {}x{} pixels, above the limit of {} pixels this model was exported with",
-                               (dims[1], dims[0], max_pixels))]))
+            [
+                tf.strings.format(
+                    "image is {}x{} pixels, above the limit of {} pixels this model was exported with",
+                    (dims[1], dims[0], max_pixels),
+                )
+            ],
+        ),
+    )

@@ -42,7 +42,9 @@ def find_shards(pattern: str) -> ShardSet:
     splits = {n[0] for n in names}
     directories = {posixpath.dirname(f) for f in files}
     if len(splits) > 1 or len(directories) > 1:
-        raise DataError(f"{pattern} matches several splits or folders: {', '.join(sorted(splits | directories))}")
+        raise DataError(
+            f"{pattern} matches several splits or folders: {', '.join(sorted(splits | directories))}"
+        )
     try:
         with storage_errors(f"{pattern}: manifest"):
             manifest = read_manifest(directories.pop(), splits.pop())
@@ -105,7 +107,9 @@ def build_dataset(
     if training:
         records = records.shuffle(shuffle_buffer, seed=seed)
 
-    pairs = records.map(lambda record: parse_record(record, shards.encoding), num_parallel_calls=tf.data.AUTOTUNE)
+    pairs = records.map(
+        lambda record: parse_record(record, shards.encoding), num_parallel_calls=tf.data.AUTOTUNE
+    )
     batches = pairs.batch(global_batch_size, drop_remainder=True, num_parallel_calls=tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = policy
@@ -120,8 +124,14 @@ def shard_policy(num_files: int, num_workers: int, pattern: str = "") -> tf.data
     """
     if num_workers <= 1 or num_files >= num_workers:
         return tf.data.experimental.AutoShardPolicy.FILE
-    logging.warning("%s: %d shard(s) for %d workers; every worker reads all data. Prepare at least %d shards "
-                    "(--num_shards) for file sharding.", pattern, num_files, num_workers, num_workers)
+    logging.warning(
+        "%s: %d shard(s) for %d workers; every worker reads all data. Prepare at least %d shards "
+        "(--num_shards) for file sharding.",
+        pattern,
+        num_files,
+        num_workers,
+        num_workers,
+    )
     return tf.data.experimental.AutoShardPolicy.DATA
 
 

@@ -26,7 +26,15 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from trainer import launch_manifests, launch_prepare, launch_serving
-from trainer.launch_manifests import CHIEF_SELECTOR, TFJOB, LaunchError, RunRequest, SubmitRequest, UsageError, build
+from trainer.launch_manifests import (
+    CHIEF_SELECTOR,
+    TFJOB,
+    LaunchError,
+    RunRequest,
+    SubmitRequest,
+    UsageError,
+    build,
+)
 
 
 def api_client(context: Optional[str]) -> client.ApiClient:
@@ -94,8 +102,14 @@ class Workload:
                 created = call(f"creating Job {name}", workload.batch.create_namespaced_job, ns, obj)
                 owner = {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": created.metadata.uid}
             elif kind == "TFJob":
-                call(f"creating TFJob {name}", workload.custom.create_namespaced_custom_object, *TFJOB[:2], ns,
-                     TFJOB[2], obj)
+                call(
+                    f"creating TFJob {name}",
+                    workload.custom.create_namespaced_custom_object,
+                    *TFJOB[:2],
+                    ns,
+                    TFJOB[2],
+                    obj,
+                )
             else:
                 obj["metadata"]["ownerReferences"] = [owner] if owner else []
                 call(f"creating {kind} {name}", workload.core.create_namespaced_service, ns, obj)
@@ -107,10 +121,19 @@ class Workload:
     def read(self) -> dict:
         """The object as a plain dict (status included)."""
         if self.kind == "Job":
-            job = call(f"reading Job {self.name}", self.batch.read_namespaced_job_status, self.name, self.namespace)
+            job = call(
+                f"reading Job {self.name}", self.batch.read_namespaced_job_status, self.name, self.namespace
+            )
             return self.api.sanitize_for_serialization(job)
-        return call(f"reading TFJob {self.name}", self.custom.get_namespaced_custom_object,
-                    TFJOB[0], TFJOB[1], self.namespace, TFJOB[2], self.name)
+        return call(
+            f"reading TFJob {self.name}",
+            self.custom.get_namespaced_custom_object,
+            TFJOB[0],
+            TFJOB[1],
+            self.namespace,
+            TFJOB[2],
+            self.name,
+        )
 
     def outcome(self) -> Optional[tuple]:
         """None while running, else (succeeded, reason): Job Complete/Failed, TFJob Succeeded/Failed."""
@@ -124,19 +147,33 @@ class Workload:
         return None
 
     def pods(self, selector: str) -> list:
-        return call(f"listing pods of {self.name}", self.core.list_namespaced_pod, self.namespace,
-                    label_selector=selector.format(name=self.name)).items
+        return call(
+            f"listing pods of {self.name}",
+            self.core.list_namespaced_pod,
+            self.namespace,
+            label_selector=selector.format(name=self.name),
+        ).items
 
     def chief_pod(self, skip=()) -> Optional[client.V1Pod]:
         """The newest pod of worker 0 (index 0 of an Indexed Job), ignoring pods named in skip."""
-        pods = [p for p in self.pods(CHIEF_SELECTOR[self.kind]) if p.metadata.name not in skip and
-                (p.metadata.labels or {}).get("batch.kubernetes.io/job-completion-index", "0") == "0"]
+        pods = [
+            p
+            for p in self.pods(CHIEF_SELECTOR[self.kind])
+            if p.metadata.name not in skip
+            and (p.metadata.labels or {}).get("batch.kubernetes.io/job-completion-index", "0") == "0"
+        ]
         return max(pods, key=lambda p: p.metadata.creation_timestamp or 0, default=None)
 
     def stream_log(self, pod: str, out) -> None:
         """Copies a pod's log to out as it is written, until the container ends."""
-        response = call(f"reading the log of {pod}", self.core.read_namespaced_pod_log, pod, self.namespace,
-                        follow=True, _preload_content=False)
+        response = call(
+            f"reading the log of {pod}",
+            self.core.read_namespaced_pod_log,
+            pod,
+            self.namespace,
+            follow=True,
+            _preload_content=False,
+        )
         for chunk in response.stream(4096):
             out.write(chunk.decode("utf-8", "replace"))
             out.flush()
@@ -151,17 +188,33 @@ class Workload:
         for cond in status.get("conditions") or []:
             line = f"  {cond['type']}={cond['status']} {cond.get('reason', '')} {cond.get('message', '')}"
             lines.append(line.rstrip())
-        pods = self.pods(CHIEF_SELECTOR[self.kind].split(",")[0])  # every pod of the run, not only the chief's
+        pods = self.pods(
+            CHIEF_SELECTOR[self.kind].split(",")[0]
+        )  # every pod of the run, not only the chief's
         return "\n".join(lines + [f"  pod {p.metadata.name}: {p.status.phase}" for p in pods])
 
     def delete(self) -> None:
         """Deletes the run with its pods (and, through its owner reference, the headless Service)."""
         body = client.V1DeleteOptions(propagation_policy="Background")
         if self.kind == "Job":
-            call(f"deleting Job {self.name}", self.batch.delete_namespaced_job, self.name, self.namespace, body=body)
+            call(
+                f"deleting Job {self.name}",
+                self.batch.delete_namespaced_job,
+                self.name,
+                self.namespace,
+                body=body,
+            )
         else:
-            call(f"deleting TFJob {self.name}", self.custom.delete_namespaced_custom_object,
-                 TFJOB[0], TFJOB[1], self.namespace, TFJOB[2], self.name, body=body)
+            call(
+                f"deleting TFJob {self.name}",
+                self.custom.delete_namespaced_custom_object,
+                TFJOB[0],
+                TFJOB[1],
+                self.namespace,
+                TFJOB[2],
+                self.name,
+                body=body,
+            )
 
     def follow(self, watch: Watch) -> int:
         """Waits for the chief to be scheduled, streams its log (again after each restart), returns the outcome."""
@@ -178,7 +231,9 @@ class Workload:
                 continue
             if time.monotonic() > deadline:
                 why = pending_reason(pod) if pod is not None else "no pod was created (kubectl describe job)"
-                print(f"error: the chief did not start within {watch.schedule_timeout}s: {why}", file=sys.stderr)
+                print(
+                    f"error: the chief did not start within {watch.schedule_timeout}s: {why}", file=sys.stderr
+                )
                 return 1
             time.sleep(watch.poll_seconds)
 
@@ -198,7 +253,9 @@ def report(succeeded: bool, message: str) -> int:
     return 0 if succeeded else 1
 
 
-def start(request: RunRequest, objects: list, what: str, connect: Callable[[], client.ApiClient], watch: Watch) -> int:
+def start(
+    request: RunRequest, objects: list, what: str, connect: Callable[[], client.ApiClient], watch: Watch
+) -> int:
     """Prints the objects (--dry_run), or creates them and follows the run unless --no_wait."""
     if request.dry_run:
         print(yaml.safe_dump_all(objects, sort_keys=False), end="")
@@ -255,11 +312,18 @@ def run_command(args: argparse.Namespace, connect: Callable[[], client.ApiClient
     if args.command == "submit":
         request = SubmitRequest.from_args(args)
         objects = build(request)
-        return start(request, objects, f"{objects[0]['kind']} {request.namespace}/{request.name}", connect, watch)
+        return start(
+            request, objects, f"{objects[0]['kind']} {request.namespace}/{request.name}", connect, watch
+        )
     if args.command == "prepare":
         request = launch_prepare.PrepareRequest.from_args(args)
-        return start(request, launch_prepare.build(request),
-                     f"Job {request.namespace}/{request.name} ({request.tasks} prepare tasks)", connect, watch)
+        return start(
+            request,
+            launch_prepare.build(request),
+            f"Job {request.namespace}/{request.name} ({request.tasks} prepare tasks)",
+            connect,
+            watch,
+        )
     if args.command in ("promote", "rollback"):
         return launch_serving.run(args, launch_serving.Cluster(connect(), args.namespace, call))
     return on_name(args.command, Workload.find(connect(), args.namespace, args.name), watch)

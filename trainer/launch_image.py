@@ -6,9 +6,16 @@ import urllib.error
 import urllib.request
 
 DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
-MANIFEST_TYPES = ("application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json",
-                  "application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json")
-GOOGLE_REGISTRIES = (".pkg.dev", "gcr.io")  # registries that take a Google access token as user oauth2accesstoken
+MANIFEST_TYPES = (
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+)
+GOOGLE_REGISTRIES = (
+    ".pkg.dev",
+    "gcr.io",
+)  # registries that take a Google access token as user oauth2accesstoken
 
 
 class UnresolvedImage(Exception):
@@ -36,7 +43,9 @@ def google_access_token() -> str:
         credentials, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
         credentials.refresh(google.auth.transport.requests.Request())
     except google.auth.exceptions.GoogleAuthError as exc:
-        raise OSError(f"no Google credentials for the registry (gcloud auth application-default login): {exc}") from None
+        raise OSError(
+            f"no Google credentials for the registry (gcloud auth application-default login): {exc}"
+        ) from None
     return credentials.token
 
 
@@ -50,8 +59,11 @@ def pinned_image(image: str, timeout: float = 30) -> str:
         return image
     registry, repository, tag = split_image(image)
     scheme = "http" if registry.split(":")[0] in ("localhost", "127.0.0.1") else "https"
-    request = urllib.request.Request(f"{scheme}://{registry}/v2/{repository}/manifests/{tag}", method="HEAD",
-                                     headers={"Accept": ", ".join(MANIFEST_TYPES)})
+    request = urllib.request.Request(
+        f"{scheme}://{registry}/v2/{repository}/manifests/{tag}",
+        method="HEAD",
+        headers={"Accept": ", ".join(MANIFEST_TYPES)},
+    )
     try:
         if registry.endswith(GOOGLE_REGISTRIES):
             token = base64.b64encode(f"oauth2accesstoken:{google_access_token()}".encode()).decode()

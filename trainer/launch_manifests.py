@@ -22,8 +22,11 @@ from trainer.launch_image import UnresolvedImage, pinned_image
 
 # Where the manifests are looked for: k8s/ next to the package (a checkout or an editable install),
 # the copy `pip install .` puts inside the package (setup.py), then k8s/ under the working directory.
-MANIFEST_DIRS = (Path(__file__).resolve().parents[1] / "k8s", Path(__file__).resolve().parent / "k8s",
-                 Path.cwd() / "k8s")
+MANIFEST_DIRS = (
+    Path(__file__).resolve().parents[1] / "k8s",
+    Path(__file__).resolve().parent / "k8s",
+    Path.cwd() / "k8s",
+)
 TRAINER_CONTAINERS = ("trainer", "tensorflow")
 NAME = re.compile(r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$")
 FLAG_ARG = re.compile(r"--([a-z_0-9]+)(?:=(.*))?", re.S)
@@ -32,10 +35,17 @@ TFJOB = ("kubeflow.org", "v1", "tfjobs")
 CHIEF_SELECTOR = {
     "Job": "batch.kubernetes.io/job-name={name}",
     "TFJob": "training.kubeflow.org/job-name={name},training.kubeflow.org/replica-type=worker,"
-             "training.kubeflow.org/replica-index=0",
+    "training.kubeflow.org/replica-index=0",
 }
-SPOT_TOLERATION = {"key": "cloud.google.com/gke-spot", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
-MANIFESTS_HELP = "folder holding job.yaml and components/ (default: the checkout's k8s/, else the package's copy)"
+SPOT_TOLERATION = {
+    "key": "cloud.google.com/gke-spot",
+    "operator": "Equal",
+    "value": "true",
+    "effect": "NoSchedule",
+}
+MANIFESTS_HELP = (
+    "folder holding job.yaml and components/ (default: the checkout's k8s/, else the package's copy)"
+)
 DIGEST_HINT = "pass --image=NAME@sha256:... (after docker push: docker inspect --format='{{index .RepoDigests 0}}' IMAGE)"
 
 
@@ -49,11 +59,13 @@ class LaunchError(Exception):
 
 def manifest_dir(explicit: Optional[str]) -> Path:
     """--manifests, else the first of MANIFEST_DIRS holding job.yaml; the error names every place tried."""
-    for path in ([Path(explicit)] if explicit else MANIFEST_DIRS):
+    for path in [Path(explicit)] if explicit else MANIFEST_DIRS:
         if (path / "job.yaml").is_file():
             return path
-    raise UsageError(f"no job.yaml in {explicit or ', '.join(map(str, MANIFEST_DIRS))}: pass --manifests=DIR "
-                     "(a checkout's k8s/)")
+    raise UsageError(
+        f"no job.yaml in {explicit or ', '.join(map(str, MANIFEST_DIRS))}: pass --manifests=DIR "
+        "(a checkout's k8s/)"
+    )
 
 
 def load_objects(directory: Path, relative: str) -> list:
@@ -119,8 +131,13 @@ class RunRequest:
     def from_args(cls: type[Request], args: argparse.Namespace) -> Request:
         """The request from the command line, checked once; a tag is resolved last (it asks the registry)."""
         values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
-        request = cls(**{**values, "manifests": manifest_dir(args.manifests),
-                         "extra_flags": tuple(args.extra_flags or ())})
+        request = cls(
+            **{
+                **values,
+                "manifests": manifest_dir(args.manifests),
+                "extra_flags": tuple(args.extra_flags or ()),
+            }
+        )
         request.validate()
         try:
             return dataclasses.replace(request, image=pinned_image(request.image))
@@ -130,7 +147,9 @@ class RunRequest:
     def validate(self) -> None:
         """Raises UsageError for what the cluster would only reject later, or never."""
         if not NAME.match(self.name):
-            raise UsageError(f"--name={self.name!r}: lowercase letters, digits and '-', at most 40 characters")
+            raise UsageError(
+                f"--name={self.name!r}: lowercase letters, digits and '-', at most 40 characters"
+            )
         if self.max_hours is not None and not self.max_hours > 0:
             raise UsageError(f"--max_hours={self.max_hours}: must be > 0")
 
@@ -202,21 +221,38 @@ class SubmitRequest(RunRequest):
 def add_parser(sub) -> None:
     """The submit subcommand; its flags are SubmitRequest's fields."""
     s = sub.add_parser("submit", help="create a training run and follow it")
-    s.add_argument("--image", required=True, help="trainer image, REGION-docker.pkg.dev/PROJECT/colorizer/trainer:TAG "
-                   "or ...@sha256:DIGEST; a tag is resolved to its digest, so every restarted worker runs the same code")
-    s.add_argument("--name", default=time.strftime("colorizer-%Y%m%d-%H%M%S"), help="run name (also the Job's)")
-    s.add_argument("--workers", type=int, default=1, help="nodes; 1: single-node Job, >1: Indexed Job or TFJob")
+    s.add_argument(
+        "--image",
+        required=True,
+        help="trainer image, REGION-docker.pkg.dev/PROJECT/colorizer/trainer:TAG "
+        "or ...@sha256:DIGEST; a tag is resolved to its digest, so every restarted worker runs the same code",
+    )
+    s.add_argument(
+        "--name", default=time.strftime("colorizer-%Y%m%d-%H%M%S"), help="run name (also the Job's)"
+    )
+    s.add_argument(
+        "--workers", type=int, default=1, help="nodes; 1: single-node Job, >1: Indexed Job or TFJob"
+    )
     s.add_argument("--gpus", type=int, default=1, help="GPUs per worker (0: CPU only)")
     s.add_argument("--kind", choices=("job", "tfjob"), default="job", help="multi-node flavour")
     s.add_argument("--cpu", help="CPU request and limit per worker, e.g. 8")
     s.add_argument("--memory", help="memory request and limit per worker, e.g. 32Gi")
     s.add_argument("--spot", action="store_true", help="run on GKE Spot VMs")
-    s.add_argument("--max_hours", type=float, help="fail the run after this long (activeDeadlineSeconds; "
-                   "default: the manifest's 72 h), the backstop for preemptions that never end")
+    s.add_argument(
+        "--max_hours",
+        type=float,
+        help="fail the run after this long (activeDeadlineSeconds; "
+        "default: the manifest's 72 h), the backstop for preemptions that never end",
+    )
     for flag in PATH_FLAGS:
         s.add_argument(f"--{flag}", help="default: the colorizer-config ConfigMap's value")
-    s.add_argument("--arg", dest="extra_flags", action="append", help="extra trainer flag, e.g. --arg=--epochs=50 "
-                   "(repeatable; checked against python -m trainer.task's flags)")
+    s.add_argument(
+        "--arg",
+        dest="extra_flags",
+        action="append",
+        help="extra trainer flag, e.g. --arg=--epochs=50 "
+        "(repeatable; checked against python -m trainer.task's flags)",
+    )
     s.add_argument("--manifests", help=MANIFESTS_HELP)
     s.add_argument("--dry_run", action="store_true", help="print the objects instead of creating them")
     s.add_argument("--no_wait", action="store_true", help="return once created")
@@ -233,7 +269,9 @@ def set_resources(pod_spec: dict, request: SubmitRequest) -> dict:
             container["resources"][kind].pop("nvidia.com/gpu", None)
     if not request.gpus:
         pod_spec.get("nodeSelector", {}).pop("cloud.google.com/gke-accelerator", None)
-        pod_spec["tolerations"] = [t for t in pod_spec.get("tolerations", []) if t.get("key") != "nvidia.com/gpu"]
+        pod_spec["tolerations"] = [
+            t for t in pod_spec.get("tolerations", []) if t.get("key") != "nvidia.com/gpu"
+        ]
     request.set_limits(pod_spec, container)
     return container
 

@@ -16,8 +16,14 @@ from typing import Optional
 
 from absl import flags
 
-from trainer.launch_manifests import (MANIFESTS_HELP, RunRequest, UsageError, check_flag_args, load_objects,
-                                      overridden)
+from trainer.launch_manifests import (
+    MANIFESTS_HELP,
+    RunRequest,
+    UsageError,
+    check_flag_args,
+    load_objects,
+    overridden,
+)
 
 PATH_FLAGS = ("input_dir", "output_dir")
 VALUE_FLAGS = ("num_shards", "holdout_fraction")
@@ -28,23 +34,44 @@ DEFAULT_SHARDS = 256  # k8s/components/prepare/prepare.yaml's --num_shards
 def add_parser(sub) -> None:
     """The prepare subcommand; its flags are PrepareRequest's fields."""
     p = sub.add_parser("prepare", help="prepare data in the cluster: an Indexed Job of --tasks prepare tasks")
-    p.add_argument("--image", required=True, help="trainer image (it holds trainer.prepare); a tag is resolved to "
-                   "its digest")
-    p.add_argument("--name", default=time.strftime("colorizer-prepare-%Y%m%d-%H%M%S"),
-                   help="run name (the Job's): the same name and flags resume a run")
+    p.add_argument(
+        "--image",
+        required=True,
+        help="trainer image (it holds trainer.prepare); a tag is resolved to its digest",
+    )
+    p.add_argument(
+        "--name",
+        default=time.strftime("colorizer-prepare-%Y%m%d-%H%M%S"),
+        help="run name (the Job's): the same name and flags resume a run",
+    )
     p.add_argument("--tasks", type=int, default=4, help="pods, each preparing 1/N of the photos")
     for flag in PATH_FLAGS:
-        p.add_argument(f"--{flag}", help=f"default: the colorizer-config ConfigMap's "
-                       f"{'PHOTOS_DIR' if flag == 'input_dir' else 'DATA_DIR'}")
-    p.add_argument("--num_shards", type=int, help="training shards of all tasks together (default: the manifest's "
-                   "256); at least 16 per training worker, and at least --tasks")
+        p.add_argument(
+            f"--{flag}",
+            help=f"default: the colorizer-config ConfigMap's "
+            f"{'PHOTOS_DIR' if flag == 'input_dir' else 'DATA_DIR'}",
+        )
+    p.add_argument(
+        "--num_shards",
+        type=int,
+        help="training shards of all tasks together (default: the manifest's "
+        "256); at least 16 per training worker, and at least --tasks",
+    )
     p.add_argument("--holdout_fraction", type=float, help="default: the manifest's 0.05")
     p.add_argument("--cpu", help="CPU request and limit per task (also its decode processes), e.g. 4")
     p.add_argument("--memory", help="memory request and limit per task, e.g. 8Gi")
-    p.add_argument("--spot", action="store_true", help="run on GKE Spot VMs (a preempted task redoes its part)")
-    p.add_argument("--max_hours", type=float, help="fail the Job after this long (default: the manifest's 24 h)")
-    p.add_argument("--arg", dest="extra_flags", action="append", help="extra trainer.prepare flag, e.g. "
-                   "--arg=--recursive (repeatable)")
+    p.add_argument(
+        "--spot", action="store_true", help="run on GKE Spot VMs (a preempted task redoes its part)"
+    )
+    p.add_argument(
+        "--max_hours", type=float, help="fail the Job after this long (default: the manifest's 24 h)"
+    )
+    p.add_argument(
+        "--arg",
+        dest="extra_flags",
+        action="append",
+        help="extra trainer.prepare flag, e.g. --arg=--recursive (repeatable)",
+    )
     p.add_argument("--manifests", help=MANIFESTS_HELP)
     p.add_argument("--dry_run", action="store_true", help="print the Job instead of creating it")
     p.add_argument("--no_wait", action="store_true", help="return once created")
@@ -76,8 +103,10 @@ class PrepareRequest(RunRequest):
         if self.tasks < 1:
             raise UsageError(f"--tasks={self.tasks}: must be >= 1")
         if (self.num_shards or DEFAULT_SHARDS) < self.tasks:
-            raise UsageError(f"--num_shards={self.num_shards or DEFAULT_SHARDS} is fewer than --tasks={self.tasks}: "
-                             "each task writes shards of its own")
+            raise UsageError(
+                f"--num_shards={self.num_shards or DEFAULT_SHARDS} is fewer than --tasks={self.tasks}: "
+                "each task writes shards of its own"
+            )
         known = prepare_flags()
         for name in TASK_FLAGS:
             delattr(known, name)
@@ -85,8 +114,11 @@ class PrepareRequest(RunRequest):
 
     def prepare_args(self, base_args: list) -> list:
         """The manifest's flags with the command line's replacing same-named ones."""
-        overrides = [f"--{flag}={getattr(self, flag)}" for flag in PATH_FLAGS + VALUE_FLAGS
-                     if getattr(self, flag) is not None]
+        overrides = [
+            f"--{flag}={getattr(self, flag)}"
+            for flag in PATH_FLAGS + VALUE_FLAGS
+            if getattr(self, flag) is not None
+        ]
         if self.cpu:
             overrides.append(f"--workers={max(1, int(float(self.cpu)))}")
         return overridden(base_args, overrides + list(self.extra_flags))
@@ -94,7 +126,9 @@ class PrepareRequest(RunRequest):
 
 def build(request: PrepareRequest) -> list:
     """The Indexed Job `prepare` creates."""
-    [job] = [d for d in load_objects(request.manifests, "components/prepare/prepare.yaml") if d["kind"] == "Job"]
+    [job] = [
+        d for d in load_objects(request.manifests, "components/prepare/prepare.yaml") if d["kind"] == "Job"
+    ]
     job = request.named(job, request.name)
     request.label(job, job["spec"]["template"])
     job["spec"]["completions"] = job["spec"]["parallelism"] = request.tasks

@@ -57,7 +57,10 @@ class PromoteRequest(SwitchRequest):
         """The request; the gate's margins default to trainer.promote's (imported here: it loads TensorFlow)."""
         from trainer import promote
 
-        defaults = {"psnr_margin": promote.PSNR_MARGIN_DB, "colourfulness_margin": promote.COLOURFULNESS_MARGIN}
+        defaults = {
+            "psnr_margin": promote.PSNR_MARGIN_DB,
+            "colourfulness_margin": promote.COLOURFULNESS_MARGIN,
+        }
         values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
         return cls(**{**values, **{name: value for name, value in defaults.items() if values[name] is None}})
 
@@ -72,21 +75,39 @@ class Cluster:
         """(model config text, annotations, EXPORT_DIR)."""
         from trainer import promote
 
-        models = self.call(f"reading ConfigMap {promote.CONFIGMAP}", self.core.read_namespaced_config_map,
-                           promote.CONFIGMAP, self.namespace)
-        settings = self.call("reading ConfigMap colorizer-config", self.core.read_namespaced_config_map,
-                             "colorizer-config", self.namespace)
-        return ((models.data or {}).get(promote.CONFIG_KEY, ""), models.metadata.annotations or {},
-                (settings.data or {})["EXPORT_DIR"])
+        models = self.call(
+            f"reading ConfigMap {promote.CONFIGMAP}",
+            self.core.read_namespaced_config_map,
+            promote.CONFIGMAP,
+            self.namespace,
+        )
+        settings = self.call(
+            "reading ConfigMap colorizer-config",
+            self.core.read_namespaced_config_map,
+            "colorizer-config",
+            self.namespace,
+        )
+        return (
+            (models.data or {}).get(promote.CONFIG_KEY, ""),
+            models.metadata.annotations or {},
+            (settings.data or {})["EXPORT_DIR"],
+        )
 
     def write(self, text: str, live_history: list) -> None:
         """Replaces the model config and the live history, then makes every serving pod re-read it."""
         from trainer import promote
 
-        body = {"data": {promote.CONFIG_KEY: text},
-                "metadata": {"annotations": {promote.HISTORY_ANNOTATION: json.dumps(live_history)}}}
-        self.call(f"updating ConfigMap {promote.CONFIGMAP}", self.core.patch_namespaced_config_map,
-                  promote.CONFIGMAP, self.namespace, body)
+        body = {
+            "data": {promote.CONFIG_KEY: text},
+            "metadata": {"annotations": {promote.HISTORY_ANNOTATION: json.dumps(live_history)}},
+        }
+        self.call(
+            f"updating ConfigMap {promote.CONFIGMAP}",
+            self.core.patch_namespaced_config_map,
+            promote.CONFIGMAP,
+            self.namespace,
+            body,
+        )
         # A pod update makes the kubelet sync that pod now, which re-projects its ConfigMap volumes
         # (pkg/volume/configmap RequiresRemount), instead of at its next periodic sync (up to a minute).
         stamp = {"metadata": {"annotations": {"colorizer.dev/models-config": str(hash(text))}}}
@@ -94,8 +115,12 @@ class Cluster:
             self.call(f"annotating pod {pod}", self.core.patch_namespaced_pod, pod, self.namespace, stamp)
 
     def pods(self) -> list:
-        items = self.call("listing serving pods", self.core.list_namespaced_pod, self.namespace,
-                          label_selector=SERVING_SELECTOR).items
+        items = self.call(
+            "listing serving pods",
+            self.core.list_namespaced_pod,
+            self.namespace,
+            label_selector=SERVING_SELECTOR,
+        ).items
         return sorted(p.metadata.name for p in items if p.status.phase == "Running")
 
     def model_status(self, pod: str, model_name: str) -> dict:
@@ -104,10 +129,15 @@ class Cluster:
         The API server's own refusals (401, 403: no RBAC `get pods/proxy`) are errors, not a wait.
         """
         try:
-            response = self.call(f"reading /v1/models/{model_name} of pod {pod} through the API server",
-                                 self.core.connect_get_namespaced_pod_proxy_with_path, f"{pod}:{REST_PORT}",
-                                 self.namespace, f"v1/models/{model_name}", _preload_content=False,
-                                 _request_timeout=PROXY_TIMEOUT_SECONDS)
+            response = self.call(
+                f"reading /v1/models/{model_name} of pod {pod} through the API server",
+                self.core.connect_get_namespaced_pod_proxy_with_path,
+                f"{pod}:{REST_PORT}",
+                self.namespace,
+                f"v1/models/{model_name}",
+                _preload_content=False,
+                _request_timeout=PROXY_TIMEOUT_SECONDS,
+            )
         except LaunchError as exc:
             if "HTTP 401:" in str(exc) or "HTTP 403:" in str(exc):
                 raise
@@ -115,7 +145,10 @@ class Cluster:
         except urllib3.exceptions.HTTPError:  # no answer in time (the API server lets proxy calls hang)
             return {}
         try:
-            return {int(s["version"]): s["state"] for s in json.loads(response.data).get("model_version_status", [])}
+            return {
+                int(s["version"]): s["state"]
+                for s in json.loads(response.data).get("model_version_status", [])
+            }
         except (ValueError, KeyError):
             return {}
 
@@ -129,8 +162,10 @@ def wait_available(cluster, model_name: str, version: int, timeout: float, poll:
         if pods and not waiting:
             return pods
         if time.monotonic() > deadline:
-            raise LaunchError(f"version {version} not AVAILABLE within {timeout:.0f}s on "
-                              f"{', '.join(waiting) or 'any pod (no serving pod is running)'}")
+            raise LaunchError(
+                f"version {version} not AVAILABLE within {timeout:.0f}s on "
+                f"{', '.join(waiting) or 'any pod (no serving pod is running)'}"
+            )
         time.sleep(poll)
 
 
@@ -145,9 +180,11 @@ def switch(cluster, request: SwitchRequest, live: Optional[int], target: int, li
         if index < len(steps) - 1 or request.wait:
             pods = wait_available(cluster, request.model_name, target, request.timeout, request.poll_seconds)
     if request.wait:
-        print(f"version {target} is live on {len(pods)} pod(s); try it:\n"
-              f"  kubectl -n {request.namespace} port-forward svc/colorizer-serving 8501:8501 &\n"
-              f"  curl -s http://localhost:8501/v1/models/{request.model_name}/labels/stable")
+        print(
+            f"version {target} is live on {len(pods)} pod(s); try it:\n"
+            f"  kubectl -n {request.namespace} port-forward svc/colorizer-serving 8501:8501 &\n"
+            f"  curl -s http://localhost:8501/v1/models/{request.model_name}/labels/stable"
+        )
 
 
 def score(export_dir: str, version: int, image_dir: str) -> dict:
@@ -156,8 +193,11 @@ def score(export_dir: str, version: int, image_dir: str) -> dict:
     from trainer.evaluate import evaluate
 
     try:
-        return evaluate(f"{export_dir.rstrip('/')}/{version}", tempfile.mkdtemp(prefix=f"colorizer-{version}-"),
-                        image_dir=image_dir)
+        return evaluate(
+            f"{export_dir.rstrip('/')}/{version}",
+            tempfile.mkdtemp(prefix=f"colorizer-{version}-"),
+            image_dir=image_dir,
+        )
     except ColorizerError as exc:
         raise UsageError(str(exc)) from None
 
@@ -172,14 +212,20 @@ def run_promote(cluster, request: PromoteRequest) -> int:
         raise UsageError(f"version {request.version} is already live")
     if live is not None and not request.force:
         if not request.image_dir:
-            raise UsageError("pass --image_dir=HELD_OUT_PHOTOS to score the candidate against the live version, "
-                             "or --force")
-        reasons = promote.gate(score(export_dir, request.version, request.image_dir),
-                               score(export_dir, live, request.image_dir), request.psnr_margin,
-                               request.colourfulness_margin)
+            raise UsageError(
+                "pass --image_dir=HELD_OUT_PHOTOS to score the candidate against the live version, or --force"
+            )
+        reasons = promote.gate(
+            score(export_dir, request.version, request.image_dir),
+            score(export_dir, live, request.image_dir),
+            request.psnr_margin,
+            request.colourfulness_margin,
+        )
         if reasons:
-            raise LaunchError(f"refused: version {request.version} vs live {live}: {'; '.join(reasons)} "
-                              "(--force to override)")
+            raise LaunchError(
+                f"refused: version {request.version} vs live {live}: {'; '.join(reasons)} "
+                "(--force to override)"
+            )
     switch(cluster, request, live, request.version, live_history + [request.version])
     print(f"promoted {request.version}" + (f" (previous: {live})" if live else ""), file=sys.stderr)
     return 0
@@ -202,18 +248,34 @@ def run_rollback(cluster, request: SwitchRequest) -> int:
 def add_parsers(sub) -> None:
     """The promote and rollback subcommands; their flags are PromoteRequest's and SwitchRequest's fields."""
     for name in ("promote", "rollback"):
-        p = sub.add_parser(name, help="make a version live (after the gate)" if name == "promote"
-                           else "make the previous live version live again")
+        p = sub.add_parser(
+            name,
+            help="make a version live (after the gate)"
+            if name == "promote"
+            else "make the previous live version live again",
+        )
         if name == "promote":
-            p.add_argument("version", type=int, help="the exported version (its folder name under EXPORT_DIR)")
-            p.add_argument("--image_dir", help="held-out photos scored with trainer.evaluate, candidate vs live")
-            p.add_argument("--psnr_margin", type=float,  # None: trainer.promote's (PromoteRequest.from_args)
-                           help="refuse when PSNR is lower than the live version's by more than this (dB)")
-            p.add_argument("--colourfulness_margin", type=float,
-                           help="refuse when colourfulness is lower by more than this fraction")
+            p.add_argument(
+                "version", type=int, help="the exported version (its folder name under EXPORT_DIR)"
+            )
+            p.add_argument(
+                "--image_dir", help="held-out photos scored with trainer.evaluate, candidate vs live"
+            )
+            p.add_argument(
+                "--psnr_margin",
+                type=float,  # None: trainer.promote's (PromoteRequest.from_args)
+                help="refuse when PSNR is lower than the live version's by more than this (dB)",
+            )
+            p.add_argument(
+                "--colourfulness_margin",
+                type=float,
+                help="refuse when colourfulness is lower by more than this fraction",
+            )
             p.add_argument("--force", action="store_true", help="skip the gate")
         p.add_argument("--model_name", default="colorizer")
-        p.add_argument("--wait", action="store_true", help="wait until every serving pod serves it, print a curl")
+        p.add_argument(
+            "--wait", action="store_true", help="wait until every serving pod serves it, print a curl"
+        )
         p.add_argument("--timeout", type=float, default=600, help="seconds to wait for a version to load")
 
 

@@ -97,5 +97,7 @@ def per_example_loss(name: str, predictions: tf.Tensor, targets: tf.Tensor, bin_
     if name == "two_heads":
         bins = len(preprocess.ab_bins())
         regression = tf.reduce_mean(tf.square(predictions[..., bins:] - targets), axis=[1, 2, 3])
-        return _bin_cross_entropy(predictions[..., :bins], targets, bin_weights) + REGRESSION_WEIGHT * regression
+        return (
+            _bin_cross_entropy(predictions[..., :bins], targets, bin_weights) + REGRESSION_WEIGHT * regression
+        )
     raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")

@@ -50,7 +50,7 @@ def ciede2000(lab1, lab2) -> np.ndarray:
     lab1, lab2 = np.asarray(lab1, np.float64), np.asarray(lab2, np.float64)
     (l1, a1, b1), (l2, a2, b2) = np.moveaxis(lab1, -1, 0), np.moveaxis(lab2, -1, 0)
     c_mean7 = ((np.hypot(a1, b1) + np.hypot(a2, b2)) / 2) ** 7
-    g = 0.5 * (1 - np.sqrt(c_mean7 / (c_mean7 + 25.0 ** 7)))
+    g = 0.5 * (1 - np.sqrt(c_mean7 / (c_mean7 + 25.0**7)))
     a1, a2 = a1 * (1 + g), a2 * (1 + g)
     c1, c2 = np.hypot(a1, b1), np.hypot(a2, b2)
     h1, h2 = np.degrees(np.arctan2(b1, a1)) % 360, np.degrees(np.arctan2(b2, a2)) % 360
@@ -60,17 +60,27 @@ def ciede2000(lab1, lab2) -> np.ndarray:
     d_hue = 2 * np.sqrt(c1 * c2) * np.sin(np.radians(dh / 2))
     l_mean, c_mean = (l1 + l2) / 2, (c1 + c2) / 2
     h_sum = h1 + h2
-    h_mean = np.where(chroma_zero, h_sum, np.where(np.abs(h1 - h2) <= 180, h_sum / 2,
-                                                   np.where(h_sum < 360, (h_sum + 360) / 2, (h_sum - 360) / 2)))
-    t = (1 - 0.17 * np.cos(np.radians(h_mean - 30)) + 0.24 * np.cos(np.radians(2 * h_mean))
-         + 0.32 * np.cos(np.radians(3 * h_mean + 6)) - 0.20 * np.cos(np.radians(4 * h_mean - 63)))
+    h_mean = np.where(
+        chroma_zero,
+        h_sum,
+        np.where(
+            np.abs(h1 - h2) <= 180, h_sum / 2, np.where(h_sum < 360, (h_sum + 360) / 2, (h_sum - 360) / 2)
+        ),
+    )
+    t = (
+        1
+        - 0.17 * np.cos(np.radians(h_mean - 30))
+        + 0.24 * np.cos(np.radians(2 * h_mean))
+        + 0.32 * np.cos(np.radians(3 * h_mean + 6))
+        - 0.20 * np.cos(np.radians(4 * h_mean - 63))
+    )
     rotation = 30 * np.exp(-(((h_mean - 275) / 25) ** 2))
-    r_c = 2 * np.sqrt(c_mean ** 7 / (c_mean ** 7 + 25.0 ** 7))
+    r_c = 2 * np.sqrt(c_mean**7 / (c_mean**7 + 25.0**7))
     s_l = 1 + 0.015 * (l_mean - 50) ** 2 / np.sqrt(20 + (l_mean - 50) ** 2)
     s_c, s_h = 1 + 0.045 * c_mean, 1 + 0.015 * c_mean * t
     r_t = -np.sin(np.radians(2 * rotation)) * r_c
     dl, dc, dhh = (l2 - l1) / s_l, (c2 - c1) / s_c, d_hue / s_h
-    return np.sqrt(dl ** 2 + dc ** 2 + dhh ** 2 + r_t * dc * dhh)
+    return np.sqrt(dl**2 + dc**2 + dhh**2 + r_t * dc * dhh)
 
 
 def delta_e(predicted, truth) -> np.ndarray:
@@ -82,8 +92,12 @@ def delta_e(predicted, truth) -> np.ndarray:
 
 def image_metrics(predicted, truth) -> dict:
     """{metric: per-image values} for a batch of uint8 predictions against uint8 truth."""
-    return {"psnr": psnr(predicted, truth), "ssim": ssim(predicted, truth),
-            "colourfulness": colourfulness(predicted), "delta_e_2000": delta_e(predicted, truth)}
+    return {
+        "psnr": psnr(predicted, truth),
+        "ssim": ssim(predicted, truth),
+        "colourfulness": colourfulness(predicted),
+        "delta_e_2000": delta_e(predicted, truth),
+    }
 
 
 class Accumulator:

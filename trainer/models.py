@@ -38,7 +38,9 @@ def build_autoencoder(output_channels: int = 3) -> keras.Model:
     decoder.add(keras.Input(shape=encoder.output_shape[1:]))
     for filters in (256, 128, 64):
         decoder.add(layers.Conv2DTranspose(filters, 3, strides=2, padding="same", activation="relu"))
-    decoder.add(layers.Conv2D(output_channels, 3, padding="same", activation=_output_activation(output_channels)))
+    decoder.add(
+        layers.Conv2D(output_channels, 3, padding="same", activation=_output_activation(output_channels))
+    )
     decoder.add(layers.Reshape((IMAGE_SIZE, IMAGE_SIZE, output_channels)))
     return keras.Sequential([encoder, decoder], name="AutoEncoder")
 
@@ -46,14 +48,16 @@ def build_autoencoder(output_channels: int = 3) -> keras.Model:
 def _conv_block(x, filters: int, name: str, sync_batchnorm: bool = False):
     for i in (1, 2):
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{i}")(x)
-        x = layers.BatchNormalization(momentum=UNET_BN_MOMENTUM, synchronized=sync_batchnorm,
-                                      name=f"{name}_bn{i}")(x)
+        x = layers.BatchNormalization(
+            momentum=UNET_BN_MOMENTUM, synchronized=sync_batchnorm, name=f"{name}_bn{i}"
+        )(x)
         x = layers.ReLU(name=f"{name}_relu{i}")(x)
     return x
 
 
-def build_unet(output_channels: int = 2, base_filters: int = 32, depth: int = 3,
-               sync_batchnorm: bool = False) -> keras.Model:
+def build_unet(
+    output_channels: int = 2, base_filters: int = 32, depth: int = 3, sync_batchnorm: bool = False
+) -> keras.Model:
     """U-Net: `depth` poolings (120 -> 60 -> 30 -> 15), skips joining encoder and decoder levels.
 
     The skips carry edges past the bottleneck, which the seed's autoencoder loses in its poolings.
@@ -79,7 +83,9 @@ def build_unet(output_channels: int = 2, base_filters: int = 32, depth: int = 3,
     return keras.Model(inputs, outputs, name="UNet")
 
 
-def build_model(name: str, output_channels: int, base_filters: int = 32, sync_batchnorm: bool = False) -> keras.Model:
+def build_model(
+    name: str, output_channels: int, base_filters: int = 32, sync_batchnorm: bool = False
+) -> keras.Model:
     """Builds a model by name; `base_filters` sizes the U-Net (the autoencoder is fixed by the seed)."""
     if name == "autoencoder":
         return build_autoencoder(output_channels)

@@ -16,8 +16,10 @@ from trainer.errors import ConfigError, TransientError, first_line, transient_st
 
 # Why two roles: TF creates folders up to the bucket, and that asks for the bucket's metadata
 # (tests/test_iam.py; docs/KUBERNETES.md, IAM).
-GCS_ROLES_HINT = ("writing to a bucket takes roles/storage.objectUser and roles/storage.legacyBucketReader "
-                  "on it (docs/KUBERNETES.md, IAM)")
+GCS_ROLES_HINT = (
+    "writing to a bucket takes roles/storage.objectUser and roles/storage.legacyBucketReader "
+    "on it (docs/KUBERNETES.md, IAM)"
+)
 
 
 def _reason(exc: Exception) -> str:
@@ -50,7 +52,9 @@ def write_text_verified(path: str, text: str, attempts: int = 3) -> None:
         with tf.io.gfile.GFile(path) as handle:
             if handle.read() == text:
                 return
-        logging.warning("%s read back differently after writing it (attempt %d of %d)", path, attempt, attempts)
+        logging.warning(
+            "%s read back differently after writing it (attempt %d of %d)", path, attempt, attempts
+        )
     raise TransientError(f"{path}: written {attempts} times, never read back intact")
 
 
@@ -65,7 +69,6 @@ def read_json(path: str):
     except ValueError:
         logging.warning("%s is not valid JSON (%d bytes): ignored", path, len(text))
         return None
-
 
 
 def check_outputs(locations: dict, worker: str = "0") -> None:

@@ -109,7 +109,9 @@ class Pacer:
         """Proposes a size for later calls from one call's time; the first includes tracing: skipped."""
         self._timed_calls += 1
         if self._timed_calls > 1:
-            self._proposal = int(min(MAX_STEPS_PER_CALL, max(1, SECONDS_PER_CALL * steps / max(seconds, 1e-6))))
+            self._proposal = int(
+                min(MAX_STEPS_PER_CALL, max(1, SECONDS_PER_CALL * steps / max(seconds, 1e-6)))
+            )
 
     def stop_agreed(self) -> bool:
         """Before each call: True when any worker was asked to stop. Also fixes steps_per_call."""
@@ -124,6 +126,10 @@ class Pacer:
             self.steps_per_call = max(1, int(round(total[1])) // replicas)
             votes = round(float(total[0]) * self._num_workers / replicas)
         if votes:
-            logging.warning("stop agreed: %d of %d worker(s) asked to stop after a SIGTERM%s; saving a checkpoint",
-                            votes, self._num_workers, " (this one too)" if local and self._num_workers > 1 else "")
+            logging.warning(
+                "stop agreed: %d of %d worker(s) asked to stop after a SIGTERM%s; saving a checkpoint",
+                votes,
+                self._num_workers,
+                " (this one too)" if local and self._num_workers > 1 else "",
+            )
         return votes > 0

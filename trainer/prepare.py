@@ -38,27 +38,46 @@ ENV_RUN_NAME = "COLORIZER_RUN_NAME"  # set by k8s/components/prepare (= the Job'
 def define_flags(flag_values=FLAGS):
     """Defined only when run as a CLI: absl flags are process-wide and `--seed` is also trainer.task's."""
     fv = {"flag_values": flag_values}
-    flags.DEFINE_string("input_dir", None, "Folder or gs:// prefix of colour photos (JPEG, PNG, BMP, GIF, TIFF, "
-                        "WebP).", **fv)
-    flags.DEFINE_bool("recursive", False, "Also read photos in subfolders (named by their relative path).", **fv)
+    flags.DEFINE_string(
+        "input_dir", None, "Folder or gs:// prefix of colour photos (JPEG, PNG, BMP, GIF, TIFF, WebP).", **fv
+    )
+    flags.DEFINE_bool(
+        "recursive", False, "Also read photos in subfolders (named by their relative path).", **fv
+    )
     flags.DEFINE_string("gray_dir", None, "Optional folder of gray versions with the same file names.", **fv)
     flags.DEFINE_string("output_dir", None, "Where shards and manifests are written.", **fv)
     flags.DEFINE_string("split", "train", "Name of the split the photos go to.", **fv)
     flags.DEFINE_integer("num_shards", 8, "Shards for --split (all tasks together).", **fv)
-    flags.DEFINE_float("holdout_fraction", 0.0, "Fraction of photos held out into --holdout_split (by file name "
-                       "hash).", **fv)
+    flags.DEFINE_float(
+        "holdout_fraction", 0.0, "Fraction of photos held out into --holdout_split (by file name hash).", **fv
+    )
     flags.DEFINE_string("holdout_split", "validation", "Name of the held-out split.", **fv)
-    flags.DEFINE_enum("encoding", "png", ENCODINGS, "How images are stored: png (small) or raw uint8 (fastest to "
-                      "decode).", **fv)
-    flags.DEFINE_integer("workers", os.cpu_count() or 1, "Processes that decode and encode images (this task's).",
-                         **fv)
+    flags.DEFINE_enum(
+        "encoding",
+        "png",
+        ENCODINGS,
+        "How images are stored: png (small) or raw uint8 (fastest to decode).",
+        **fv,
+    )
+    flags.DEFINE_integer(
+        "workers", os.cpu_count() or 1, "Processes that decode and encode images (this task's).", **fv
+    )
     flags.DEFINE_integer("seed", 0, "Seed of the shuffle of each shard's records.", **fv)
     flags.DEFINE_bool("overwrite", False, "Replace existing shards of the same split.", **fv)
-    flags.DEFINE_integer("num_tasks", None, f"Tasks sharing the photos (default: ${ENV_NUM_TASKS}; unset: one "
-                         "prepare without task records).", **fv)
+    flags.DEFINE_integer(
+        "num_tasks",
+        None,
+        f"Tasks sharing the photos (default: ${ENV_NUM_TASKS}; unset: one prepare without task records).",
+        **fv,
+    )
     flags.DEFINE_integer("task_index", None, f"This task, 0..num_tasks-1 (default: ${ENV_TASK_INDEX}).", **fv)
-    flags.DEFINE_string("run_name", None, f"Names the run its tasks belong to (default: ${ENV_RUN_NAME}); the same "
-                        "name and flags resume it, another name is a new run.", **fv)
+    flags.DEFINE_string(
+        "run_name",
+        None,
+        f"Names the run its tasks belong to (default: ${ENV_RUN_NAME}); the same "
+        "name and flags resume it, another name is a new run.",
+        **fv,
+    )
 
 
 def check_output_dir(output_dir: str) -> None:
@@ -141,12 +160,29 @@ class _Pass:
 
         counter = functools.partial(count_share, self.input_dir, self.recursive, self.task, self.num_tasks)
         progress = Progress(label, counter, enabled=self.progress, start=self.started)
-        return write_photos(names, job_of, split_of, writer_for, _load_chunk, self.workers, progress, encode_example)
+        return write_photos(
+            names, job_of, split_of, writer_for, _load_chunk, self.workers, progress, encode_example
+        )
 
 
-def prepare(input_dir, output_dir, split="train", num_shards=8, gray_dir=None, holdout_fraction=0.0,
-            holdout_split="validation", encoding="png", workers=1, seed=0, overwrite=False, progress=True,
-            recursive=False, num_tasks=None, task_index=None, run_name=""):
+def prepare(
+    input_dir,
+    output_dir,
+    split="train",
+    num_shards=8,
+    gray_dir=None,
+    holdout_fraction=0.0,
+    holdout_split="validation",
+    encoding="png",
+    workers=1,
+    seed=0,
+    overwrite=False,
+    progress=True,
+    recursive=False,
+    num_tasks=None,
+    task_index=None,
+    run_name="",
+):
     """Writes the shards and manifests; returns {split: Manifest}. Raises ColorizerError for bad input.
 
     With `num_tasks` set this is task `task_index` of a run (trainer/prepare_tasks.py): it returns
@@ -156,13 +192,30 @@ def prepare(input_dir, output_dir, split="train", num_shards=8, gray_dir=None, h
     _check_flags(split, num_shards, holdout_fraction, holdout_split, gray_dir)
     plan = None
     if num_tasks is not None:
-        config = {"input_dir": input_dir, "gray_dir": gray_dir, "recursive": recursive,
-                  "holdout_fraction": holdout_fraction, "encoding": encoding, "seed": seed}
-        plan = prepare_tasks.Plan.make(output_dir, num_tasks, task_index, run_name, split,
-                                       holdout_split if holdout_fraction else None, num_shards, overwrite, config)
+        config = {
+            "input_dir": input_dir,
+            "gray_dir": gray_dir,
+            "recursive": recursive,
+            "holdout_fraction": holdout_fraction,
+            "encoding": encoding,
+            "seed": seed,
+        }
+        plan = prepare_tasks.Plan.make(
+            output_dir,
+            num_tasks,
+            task_index,
+            run_name,
+            split,
+            holdout_split if holdout_fraction else None,
+            num_shards,
+            overwrite,
+            config,
+        )
         if plan.state == "complete":
-            print(f"{plan.label}: {', '.join(plan.splits)} already complete (run {plan.run}); nothing to do",
-                  file=sys.stderr)
+            print(
+                f"{plan.label}: {', '.join(plan.splits)} already complete (run {plan.run}); nothing to do",
+                file=sys.stderr,
+            )
             return {}
         if plan.state == "finalize":  # this task's part was done before it was restarted
             return prepare_finalize.finalize(plan, encoding, sys.stderr)
@@ -170,8 +223,19 @@ def prepare(input_dir, output_dir, split="train", num_shards=8, gray_dir=None, h
     scan = Scan(photo_source.PhotoSource(input_dir, recursive), *task)
     names = first_photos(scan, input_dir)
     check_output_dir(output_dir)
-    how = _Pass(input_dir, gray_dir, split, holdout_split, holdout_fraction, encoding, workers, progress, recursive,
-                *task, started)
+    how = _Pass(
+        input_dir,
+        gray_dir,
+        split,
+        holdout_split,
+        holdout_fraction,
+        encoding,
+        workers,
+        progress,
+        recursive,
+        *task,
+        started,
+    )
     if plan is None:
         return _prepare_alone(scan, names, how, output_dir, num_shards, seed, overwrite)
     prepare_tasks.run(plan, scan, lambda writer_for: how.run(names, writer_for, plan.label), seed)
@@ -191,16 +255,21 @@ def _prepare_alone(scan, names, how, output_dir, num_shards, seed, overwrite):
 
     def writer_for(name):
         if name not in writers:
-            writers[name] = ShardWriter(output_dir, name, range(totals[name]), totals[name], existing[name], seed,
-                                        trim=True)
+            writers[name] = ShardWriter(
+                output_dir, name, range(totals[name]), totals[name], existing[name], seed, trim=True
+            )
         return writers[name]
 
     manifests = {}
     try:
         written = how.run(names, writer_for, "prepare")
         for name, writer in sorted(writers.items()):
-            manifests[name] = Manifest(split=name, encoding=how.encoding, shards=writer.commit(),
-                                       skipped=tuple(sorted(written.skipped[name])))
+            manifests[name] = Manifest(
+                split=name,
+                encoding=how.encoding,
+                shards=writer.commit(),
+                skipped=tuple(sorted(written.skipped[name])),
+            )
             write_text_atomic(manifest_path(output_dir, name), manifests[name].to_json(), existing[name])
     except BaseException:
         for writer in writers.values():
@@ -214,15 +283,23 @@ def _prepare_alone(scan, names, how, output_dir, num_shards, seed, overwrite):
 
 def _summarise(manifests, scan, output_dir):
     for split, manifest in sorted(manifests.items()):
-        print(f"{split}: {manifest.num_examples} examples in {len(manifest.shards)} shards "
-              f"({manifest.encoding}) -> {posixpath.join(output_dir, shard_name(split, 0, len(manifest.shards)))} ...")
+        print(
+            f"{split}: {manifest.num_examples} examples in {len(manifest.shards)} shards "
+            f"({manifest.encoding}) -> {posixpath.join(output_dir, shard_name(split, 0, len(manifest.shards)))} ..."
+        )
         if manifest.skipped:
-            print(f"{split}: skipped {len(manifest.skipped)} unreadable file(s): {'; '.join(manifest.skipped)}")
+            print(
+                f"{split}: skipped {len(manifest.skipped)} unreadable file(s): {'; '.join(manifest.skipped)}"
+            )
     if scan.ignored:
-        print(f"ignored {scan.ignored} file(s) that are not images: {', '.join(scan.ignored_names)}"
-              + (" ..." if scan.ignored > len(scan.ignored_names) else ""))
+        print(
+            f"ignored {scan.ignored} file(s) that are not images: {', '.join(scan.ignored_names)}"
+            + (" ..." if scan.ignored > len(scan.ignored_names) else "")
+        )
     if scan.source.subfolders:
-        print(f"left out {scan.source.subfolders} subfolder(s) of --input_dir (pass --recursive to read them)")
+        print(
+            f"left out {scan.source.subfolders} subfolder(s) of --input_dir (pass --recursive to read them)"
+        )
 
 
 def _task_defaults(num_tasks, task_index, run_name):
@@ -250,9 +327,24 @@ def main(argv):
             raise app.UsageError(f"--{name} is required", exitcode=2)
     with exit_on_user_error():
         num_tasks, task_index, run_name = _task_defaults(FLAGS.num_tasks, FLAGS.task_index, FLAGS.run_name)
-        prepare(FLAGS.input_dir, FLAGS.output_dir, FLAGS.split, FLAGS.num_shards, FLAGS.gray_dir,
-                FLAGS.holdout_fraction, FLAGS.holdout_split, FLAGS.encoding, FLAGS.workers, FLAGS.seed,
-                FLAGS.overwrite, True, FLAGS.recursive, num_tasks, task_index, run_name)
+        prepare(
+            FLAGS.input_dir,
+            FLAGS.output_dir,
+            FLAGS.split,
+            FLAGS.num_shards,
+            FLAGS.gray_dir,
+            FLAGS.holdout_fraction,
+            FLAGS.holdout_split,
+            FLAGS.encoding,
+            FLAGS.workers,
+            FLAGS.seed,
+            FLAGS.overwrite,
+            True,
+            FLAGS.recursive,
+            num_tasks,
+            task_index,
+            run_name,
+        )
 
 
 def run():

@@ -38,17 +38,24 @@ def _publish(plan, manifest: Manifest) -> bool:
     if _write(path, manifest.to_json(), generation):
         return True
     if _manifest_run(path)[0] != plan.run:
-        raise DataError(f"{path}: changed by another writer while this run was writing; nothing was overwritten")
+        raise DataError(
+            f"{path}: changed by another writer while this run was writing; nothing was overwritten"
+        )
     return False
 
 
 def _clean(plan, manifests: dict) -> None:
     """--overwrite: removes what older runs left (shards of other counts, other task counts' parts)."""
     for split, manifest in manifests.items():
-        parts = {part_path(plan.output_dir, plan.main_split, t, plan.num_tasks) for t in range(plan.num_tasks)}
-        stale = {p: g for p, g in _list(plan.output_dir, split).items()
-                 if (parse_shard_name(p) and posixpath.basename(p) not in manifest.shards)
-                 or (".part-" in posixpath.basename(p) and p not in parts)}
+        parts = {
+            part_path(plan.output_dir, plan.main_split, t, plan.num_tasks) for t in range(plan.num_tasks)
+        }
+        stale = {
+            p: g
+            for p, g in _list(plan.output_dir, split).items()
+            if (parse_shard_name(p) and posixpath.basename(p) not in manifest.shards)
+            or (".part-" in posixpath.basename(p) and p not in parts)
+        }
         _delete(stale)
 
 
@@ -62,8 +69,11 @@ def finalize(plan, encoding: str, log) -> dict:
             print(f"{plan.label}: {', '.join(plan.splits)} complete (run {plan.run})", file=log)
         else:
             more = f" and {len(waiting) - 10} more" if len(waiting) > 10 else ""
-            print(f"{plan.label}: waiting for task(s) {', '.join(map(str, waiting[:10]))}{more}; the last task "
-                  "to finish writes the manifests", file=log)
+            print(
+                f"{plan.label}: waiting for task(s) {', '.join(map(str, waiting[:10]))}{more}; the last task "
+                "to finish writes the manifests",
+                file=log,
+            )
         return {}
     manifests, wrote = {}, False
     for split, total in plan.splits.items():
@@ -71,18 +81,29 @@ def finalize(plan, encoding: str, log) -> dict:
         for part in parts:
             shards.update(part["splits"][split]["shards"])
             skipped += part["splits"][split]["skipped"]
-        expected = {shard_name(split, i, total) for t in range(plan.num_tasks)
-                    for i in shard_range(t, plan.num_tasks, total)}
+        expected = {
+            shard_name(split, i, total)
+            for t in range(plan.num_tasks)
+            for i in shard_range(t, plan.num_tasks, total)
+        }
         if set(shards) != expected:
             raise DataError(f"{plan.output_dir}: the parts of run {plan.run} don't cover split {split!r}")
-        manifests[split] = Manifest(split=split, encoding=encoding, shards=dict(sorted(shards.items())),
-                                    skipped=tuple(sorted(skipped)), run=plan.run)
+        manifests[split] = Manifest(
+            split=split,
+            encoding=encoding,
+            shards=dict(sorted(shards.items())),
+            skipped=tuple(sorted(skipped)),
+            run=plan.run,
+        )
         wrote = _publish(plan, manifests[split]) or wrote
     if plan.overwrite:
         _clean(plan, manifests)
     for split, manifest in manifests.items():
-        print(f"{split}: {manifest.num_examples} examples in {len(manifest.shards)} shards ({encoding}), "
-              f"{len(manifest.skipped)} skipped -> {manifest_path(plan.output_dir, split)}", file=log)
+        print(
+            f"{split}: {manifest.num_examples} examples in {len(manifest.shards)} shards ({encoding}), "
+            f"{len(manifest.skipped)} skipped -> {manifest_path(plan.output_dir, split)}",
+            file=log,
+        )
     who = "wrote the manifests" if wrote else "found the manifests written by another task"
     print(f"{plan.label} {who}; all {plan.num_tasks} tasks: {summary(parts)}", file=log)
     if not any(m.num_examples for m in manifests.values()):

@@ -52,7 +52,9 @@ def count_share(input_dir: str, recursive: bool, task: int, num_tasks: int) -> i
 class Progress:
     """`{label}: done/total photos (k skipped), r photos/s, ETA` to stderr at most every `every` seconds."""
 
-    def __init__(self, label: str, count=None, every: float = 10.0, enabled: bool = True, out=None, start=None):
+    def __init__(
+        self, label: str, count=None, every: float = 10.0, enabled: bool = True, out=None, start=None
+    ):
         self.label, self.every, self.enabled, self.out = label, every, enabled, out or sys.stderr
         self.start = start or time.monotonic()
         self.last = time.monotonic()
@@ -84,8 +86,10 @@ class Progress:
             eta = f"ETA {_duration(max(total - done - skipped, 0) / rate)}"
         else:
             eta = "ETA unknown (still counting photos)"
-        self._print(f"{self.label}: {done + skipped}/{total if total is not None else '?'} photos "
-                    f"({skipped} skipped), {rate:.1f} photos/s, {eta}")
+        self._print(
+            f"{self.label}: {done + skipped}/{total if total is not None else '?'} photos "
+            f"({skipped} skipped), {rate:.1f} photos/s, {eta}"
+        )
 
     def _print(self, line: str) -> None:
         if self.enabled:
@@ -118,14 +122,17 @@ def decoded(pool, jobs, load_chunk, window: int):
             return
 
 
-def write_photos(names, job_of, split_of, writer_for, load_chunk, workers: int, progress: Progress,
-                 encode) -> Written:
+def write_photos(
+    names, job_of, split_of, writer_for, load_chunk, workers: int, progress: Progress, encode
+) -> Written:
     """Decodes `names` in `workers` processes and writes each pair to its split's writer."""
     written, skipped = Written(), 0
     with concurrent.futures.ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
         pool.submit(int).result()  # forks every decode process now, before any thread starts
         progress.count_in_background()
-        for name, pair, error in decoded(pool, (job_of(n) for n in names), load_chunk, window=4 * max(1, workers)):
+        for name, pair, error in decoded(
+            pool, (job_of(n) for n in names), load_chunk, window=4 * max(1, workers)
+        ):
             split = split_of(name)
             writer = writer_for(split)
             if error:

@@ -73,8 +73,11 @@ def _list(output_dir: str, split: str) -> dict:
 
     def ours(path):
         base = posixpath.basename(path)
-        return (parse_shard_name(base) or ("",))[0] == split or part.match(base) or path == manifest_path(
-            output_dir, split)
+        return (
+            (parse_shard_name(base) or ("",))[0] == split
+            or part.match(base)
+            or path == manifest_path(output_dir, split)
+        )
 
     if gcs.is_gcs(output_dir):
         return {p: g for p, g in gcs.list_generations(output_dir, split).items() if ours(p)}
@@ -124,26 +127,41 @@ class Plan:
     def make(cls, output_dir, num_tasks, task, run_name, split, holdout_split, num_shards, overwrite, config):
         """Checks the task flags and what the output already holds; raises ConfigError on a conflict."""
         if num_tasks < 1 or not 0 <= (task if task is not None else -1) < num_tasks:
-            raise ConfigError(f"--task_index={task} --num_tasks={num_tasks}: need 0 <= task_index < num_tasks")
+            raise ConfigError(
+                f"--task_index={task} --num_tasks={num_tasks}: need 0 <= task_index < num_tasks"
+            )
         if num_shards < num_tasks:
-            raise ConfigError(f"--num_shards={num_shards} is fewer than --num_tasks={num_tasks}: each task writes "
-                              "shards of its own")
+            raise ConfigError(
+                f"--num_shards={num_shards} is fewer than --num_tasks={num_tasks}: each task writes "
+                "shards of its own"
+            )
         if "://" in output_dir and not gcs.is_gcs(output_dir):
             raise ConfigError(f"--output_dir={output_dir}: tasks write to a local folder or gs:// only")
         splits = {split: num_shards}
         if holdout_split:
             splits[holdout_split] = max(num_tasks, math.ceil(num_shards * config["holdout_fraction"]))
         config = {**config, "splits": splits, "num_tasks": num_tasks}
-        digest = hashlib.sha256(json.dumps([run_name or "", config], sort_keys=True).encode()).hexdigest()[:12]
-        plan = cls(output_dir.rstrip("/"), task, num_tasks, f"{run_name}-{digest}" if run_name else digest,
-                   splits, config, overwrite)
+        digest = hashlib.sha256(json.dumps([run_name or "", config], sort_keys=True).encode()).hexdigest()[
+            :12
+        ]
+        plan = cls(
+            output_dir.rstrip("/"),
+            task,
+            num_tasks,
+            f"{run_name}-{digest}" if run_name else digest,
+            splits,
+            config,
+            overwrite,
+        )
         plan._inspect()
         return plan
 
     def _inspect(self) -> None:
         manifests = {s: _read(manifest_path(self.output_dir, s)) for s in self.splits}
-        runs = {s: Manifest.from_json(t, manifest_path(self.output_dir, s)).run if t else None
-                for s, (t, _) in manifests.items()}
+        runs = {
+            s: Manifest.from_json(t, manifest_path(self.output_dir, s)).run if t else None
+            for s, (t, _) in manifests.items()
+        }
         if all(r == self.run for r in runs.values()):
             self.state = "complete"
             return
@@ -153,34 +171,56 @@ class Plan:
         ours = part is not None and part.get("run") == self.run
         if ours and part.get("state") == "done":
             self.state = "finalize"
-        foreign = {manifest_path(self.output_dir, s): g for s, (t, g) in manifests.items() if t and runs[s] != self.run}
+        foreign = {
+            manifest_path(self.output_dir, s): g
+            for s, (t, g) in manifests.items()
+            if t and runs[s] != self.run
+        }
         for split, total in self.splits.items():
             files = _list(self.output_dir, split)
             names = {shard_name(split, i, total) for i in shard_range(self.task, self.num_tasks, total)}
             self.existing[split] = {p: g for p, g in files.items() if posixpath.basename(p) in names}
             if self.overwrite or self.state == "finalize":
                 continue
-            other = [p for p in files if (parse_shard_name(p) or (0, 0, total))[2] != total
-                     or (".part-" in posixpath.basename(p) and f"-of-{self.num_tasks:05d}." not in p)]
+            other = [
+                p
+                for p in files
+                if (parse_shard_name(p) or (0, 0, total))[2] != total
+                or (".part-" in posixpath.basename(p) and f"-of-{self.num_tasks:05d}." not in p)
+            ]
             if part is not None and not ours:
                 other.append(mine)
             if self.existing[split] and not ours:
                 other += sorted(self.existing[split])
             conflict = sorted(foreign) + sorted(set(other) - set(foreign))  # a manifest says most
             if conflict:
-                raise ConfigError(f"{conflict[0]} exists (not from run {self.run}); pass --overwrite to replace "
-                                  f"split {split!r}")
+                raise ConfigError(
+                    f"{conflict[0]} exists (not from run {self.run}); pass --overwrite to replace "
+                    f"split {split!r}"
+                )
         if self.overwrite and foreign:
             _delete(foreign)  # first, so no reader pairs an old manifest with new shards
 
     def writers(self, seed: int) -> dict:
-        return {s: ShardWriter(self.output_dir, s, shard_range(self.task, self.num_tasks, total), total,
-                               self.existing[s], seed) for s, total in self.splits.items()}
+        return {
+            s: ShardWriter(
+                self.output_dir,
+                s,
+                shard_range(self.task, self.num_tasks, total),
+                total,
+                self.existing[s],
+                seed,
+            )
+            for s, total in self.splits.items()
+        }
 
     def write_part(self, body: dict) -> None:
         path = part_path(self.output_dir, self.main_split, self.task, self.num_tasks)
-        text = json.dumps({"run": self.run, "task": self.task, "num_tasks": self.num_tasks, **body}, indent=1,
-                          sort_keys=True)
+        text = json.dumps(
+            {"run": self.run, "task": self.task, "num_tasks": self.num_tasks, **body},
+            indent=1,
+            sort_keys=True,
+        )
         generation = _write(path, text + "\n", self.part_generation)
         if not generation:
             raise DataError(f"{path}: changed by another writer while this task ran (two pods of one index?)")
@@ -200,19 +240,31 @@ def run(plan: Plan, scan, do_pass, seed: int, log=None) -> None:
         for writer in writers.values():
             writer.abort()
         raise
-    body = {"state": "done", "photos": scan.mine, "bytes_read": scan.bytes, "ignored": scan.ignored,
-            "ignored_names": scan.ignored_names, "bytes_written": sum(w.bytes for w in writers.values()),
-            "seconds": round(time.monotonic() - started, 1),
-            "splits": {s: {"shards": counts[s], "skipped": sorted(written.skipped[s])} for s in counts}}
+    body = {
+        "state": "done",
+        "photos": scan.mine,
+        "bytes_read": scan.bytes,
+        "ignored": scan.ignored,
+        "ignored_names": scan.ignored_names,
+        "bytes_written": sum(w.bytes for w in writers.values()),
+        "seconds": round(time.monotonic() - started, 1),
+        "splits": {s: {"shards": counts[s], "skipped": sorted(written.skipped[s])} for s in counts},
+    }
     plan.write_part(body)
     print(f"{plan.label}: " + summary([body]), file=log)
     for split, part in body["splits"].items():
         if part["skipped"]:
-            print(f"{plan.label}: {split}: skipped {len(part['skipped'])} unreadable file(s): "
-                  f"{'; '.join(part['skipped'][:10])}", file=log)
+            print(
+                f"{plan.label}: {split}: skipped {len(part['skipped'])} unreadable file(s): "
+                f"{'; '.join(part['skipped'][:10])}",
+                file=log,
+            )
     if scan.source.subfolders:
-        print(f"{plan.label}: left out {scan.source.subfolders} subfolder(s) of --input_dir (pass --recursive "
-              "to read them)", file=log)
+        print(
+            f"{plan.label}: left out {scan.source.subfolders} subfolder(s) of --input_dir (pass --recursive "
+            "to read them)",
+            file=log,
+        )
 
 
 def summary(parts: list) -> str:
@@ -221,6 +273,8 @@ def summary(parts: list) -> str:
     skipped = sum(len(s["skipped"]) for p in parts for s in p["splits"].values())
     shards = sum(len(s["shards"]) for p in parts for s in p["splits"].values())
     seconds = max((p["seconds"] for p in parts), default=0)
-    return (f"{photos} photos, {skipped} skipped, {sum(p['bytes_read'] for p in parts) / 1e6:.1f} MB read, "
-            f"{sum(p['bytes_written'] for p in parts) / 1e6:.1f} MB in {shards} shards, "
-            f"{sum(p['ignored'] for p in parts)} non-image files, {photos / max(seconds, 1e-9):.1f} photos/s")
+    return (
+        f"{photos} photos, {skipped} skipped, {sum(p['bytes_read'] for p in parts) / 1e6:.1f} MB read, "
+        f"{sum(p['bytes_written'] for p in parts) / 1e6:.1f} MB in {shards} shards, "
+        f"{sum(p['ignored'] for p in parts)} non-image files, {photos / max(seconds, 1e-9):.1f} photos/s"
+    )

@@ -34,8 +34,13 @@ def output_channels(color_space: str, loss: str = "mse") -> int:
 def _srgb_to_ab_numpy(rgb: np.ndarray) -> np.ndarray:
     """sRGB in [0, 1] [..., 3] -> CIE a*b* (D65), in NumPy so the bin table is built without TF ops."""
     linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
-    xyz = linear @ np.array([[0.412453, 0.212671, 0.019334], [0.357580, 0.715160, 0.119193],
-                             [0.180423, 0.072169, 0.950227]]) / np.array([0.950456, 1.0, 1.088754])
+    xyz = (
+        linear
+        @ np.array(
+            [[0.412453, 0.212671, 0.019334], [0.357580, 0.715160, 0.119193], [0.180423, 0.072169, 0.950227]]
+        )
+        / np.array([0.950456, 1.0, 1.088754])
+    )
     f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16.0 / 116.0)
     return np.stack([500.0 * (f[..., 0] - f[..., 1]), 200.0 * (f[..., 1] - f[..., 2])], axis=-1)
 
@@ -73,7 +78,11 @@ def decode_heads(prediction: tf.Tensor, blend: float = TWO_HEAD_BLEND) -> tf.Ten
     return blend * decode_bins(prediction[..., :bins]) + (1.0 - blend) * prediction[..., bins:]
 
 
-_XYZ_FROM_RGB = ((0.412453, 0.357580, 0.180423), (0.212671, 0.715160, 0.072169), (0.019334, 0.119193, 0.950227))
+_XYZ_FROM_RGB = (
+    (0.412453, 0.357580, 0.180423),
+    (0.212671, 0.715160, 0.072169),
+    (0.019334, 0.119193, 0.950227),
+)
 _D65_WHITE = (0.95047, 1.0, 1.08883)
 
 
@@ -102,8 +111,11 @@ def rgb_to_lab(rgb: tf.Tensor) -> tf.Tensor:
     return tf.stack([fy * 116.0 - 16.0, (fx - fy) * 500.0, (fy - fz) * 200.0], axis=-1)
 
 
-_RGB_FROM_XYZ = ((3.24048134, -1.53715152, -0.49853633), (-0.96925495, 1.87599, 0.04155593),
-                 (0.05564664, -0.20404134, 1.05731107))
+_RGB_FROM_XYZ = (
+    (3.24048134, -1.53715152, -0.49853633),
+    (-0.96925495, 1.87599, 0.04155593),
+    (0.05564664, -0.20404134, 1.05731107),
+)
 
 
 def lab_to_rgb(lab: tf.Tensor) -> tf.Tensor:
@@ -113,7 +125,9 @@ def lab_to_rgb(lab: tf.Tensor) -> tf.Tensor:
     f = tf.stack([a / 500.0 + fy, fy, tf.maximum(fy - b / 200.0, 0.0)], axis=-1)
     xyz = tf.where(f > 0.2068966, f * f * f, (f - 16.0 / 116.0) / 7.787) * tf.constant(_D65_WHITE, lab.dtype)
     linear = tf.tensordot(xyz, tf.constant(_RGB_FROM_XYZ, lab.dtype), axes=((-1,), (1,)))
-    rgb = tf.where(linear > 0.0031308, _pow(tf.maximum(linear, 0.0031308), 1.0 / 2.4) * 1.055 - 0.055, linear * 12.92)
+    rgb = tf.where(
+        linear > 0.0031308, _pow(tf.maximum(linear, 0.0031308), 1.0 / 2.4) * 1.055 - 0.055, linear * 12.92
+    )
     return tf.clip_by_value(rgb, 0.0, 1.0)
 
 
@@ -165,8 +179,9 @@ class DecodeSettings:
     blend: float = TWO_HEAD_BLEND
 
 
-def predictions_to_rgb(prediction: tf.Tensor, gray: tf.Tensor, color_space: str,
-                       decode: DecodeSettings = DecodeSettings()) -> tf.Tensor:
+def predictions_to_rgb(
+    prediction: tf.Tensor, gray: tf.Tensor, color_space: str, decode: DecodeSettings = DecodeSettings()
+) -> tf.Tensor:
     """Model output -> sRGB in [0, 1] at the gray image's resolution.
 
     `gray` may be larger than the prediction (serving a full-resolution photo): chroma is upsampled

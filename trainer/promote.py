@@ -35,7 +35,9 @@ class GateError(Exception):
 def render(model_name: str, base_path: str, versions, labels: dict) -> str:
     """A ModelServerConfig text proto serving `versions` of one model, with `labels` {label: version}."""
     config = ModelServerConfig()
-    model = config.model_config_list.config.add(name=model_name, base_path=base_path, model_platform="tensorflow")
+    model = config.model_config_list.config.add(
+        name=model_name, base_path=base_path, model_platform="tensorflow"
+    )
     model.model_version_policy.specific.versions.extend(sorted(set(versions)))
     for label, version in sorted(labels.items()):
         model.version_labels[label] = version
@@ -60,12 +62,20 @@ def phases(live, target) -> list:
     if live is None or live == target:
         return [([target], {"stable": target})]
     load = (sorted({live, target}), {"stable": live, "canary": target})
-    final = ([live, target], {"stable": target, "previous": live}) if target > live else ([target], {"stable": target})
+    final = (
+        ([live, target], {"stable": target, "previous": live})
+        if target > live
+        else ([target], {"stable": target})
+    )
     return [load, final]
 
 
-def gate(candidate: dict, live: dict, psnr_margin: float = PSNR_MARGIN_DB,
-         colourfulness_margin: float = COLOURFULNESS_MARGIN) -> list:
+def gate(
+    candidate: dict,
+    live: dict,
+    psnr_margin: float = PSNR_MARGIN_DB,
+    colourfulness_margin: float = COLOURFULNESS_MARGIN,
+) -> list:
     """Why the candidate's report is worse than the live one's beyond the margins ([] = it may go live).
 
     Compares the reports of `trainer.evaluate` on the same images: the full-resolution section when
@@ -75,10 +85,14 @@ def gate(candidate: dict, live: dict, psnr_margin: float = PSNR_MARGIN_DB,
     new, old = candidate[section]["model"], live[section]["model"]
     reasons = []
     if new["psnr"] < old["psnr"] - psnr_margin:
-        reasons.append(f"PSNR {new['psnr']:.2f} dB is more than {psnr_margin} dB below the live {old['psnr']:.2f} dB")
+        reasons.append(
+            f"PSNR {new['psnr']:.2f} dB is more than {psnr_margin} dB below the live {old['psnr']:.2f} dB"
+        )
     if new["colourfulness"] < old["colourfulness"] * (1 - colourfulness_margin):
-        reasons.append(f"colourfulness {new['colourfulness']:.1f} is more than {colourfulness_margin:.0%} below "
-                       f"the live {old['colourfulness']:.1f}")
+        reasons.append(
+            f"colourfulness {new['colourfulness']:.1f} is more than {colourfulness_margin:.0%} below "
+            f"the live {old['colourfulness']:.1f}"
+        )
     return reasons
 
 

@@ -30,9 +30,15 @@ DEFAULT_INPUT = "image_bytes"
 DEFAULT_OUTPUT = "colorized_bytes"
 BYTES_SUFFIX = "_bytes"
 _PATH_RE = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?(?P<verb>:predict)?$")
-_HTTP_STATUS = {"InvalidArgumentError": 400, "NotFoundError": 404, "ResourceExhaustedError": 429,
-                "UnavailableError": 503, "DeadlineExceededError": 504, "FailedPreconditionError": 400,
-                "OutOfRangeError": 400}
+_HTTP_STATUS = {
+    "InvalidArgumentError": 400,
+    "NotFoundError": 404,
+    "ResourceExhaustedError": 429,
+    "UnavailableError": 503,
+    "DeadlineExceededError": 504,
+    "FailedPreconditionError": 400,
+    "OutOfRangeError": 400,
+}
 
 
 class RestError(Exception):
@@ -69,7 +75,9 @@ def parse_predictions(body: dict, count: int, output_name: str = DEFAULT_OUTPUT)
     for entry in predictions:
         if isinstance(entry, dict) and not _is_b64(entry):
             if output_name not in entry:
-                raise RestError(200, f"prediction has no output {output_name!r} (outputs: {', '.join(entry)})")
+                raise RestError(
+                    200, f"prediction has no output {output_name!r} (outputs: {', '.join(entry)})"
+                )
             entry = entry[output_name]
         values.append(base64.b64decode(entry["b64"]) if _is_b64(entry) else entry)
     return values
@@ -111,8 +119,11 @@ def decode_instances(body: dict, input_specs: dict) -> dict:
                 raise RestError(400, "instances is a plain list, but expecting list of objects")
             instance = {next(iter(input_specs)): instance}
         if set(instance) != set(input_specs):
-            raise RestError(400, f"Failed to process element: {index} of 'instances' list. "
-                                 f"keys must be equal to: {','.join(sorted(input_specs))}")
+            raise RestError(
+                400,
+                f"Failed to process element: {index} of 'instances' list. "
+                f"keys must be equal to: {','.join(sorted(input_specs))}",
+            )
         for name, value in instance.items():
             columns[name].append(_decode_value(value, input_specs[name] is object))
     arrays = {}
@@ -133,8 +144,10 @@ def encode_predictions(outputs: dict) -> dict:
     sizes = {len(value) for value in outputs.values()}
     if len(sizes) != 1:
         raise RestError(500, f"outputs have inconsistent batch sizes {sorted(sizes)}")
-    columns = {name: [_encode_value(v, name.endswith(BYTES_SUFFIX)) for v in np.asarray(value)]
-               for name, value in outputs.items()}
+    columns = {
+        name: [_encode_value(v, name.endswith(BYTES_SUFFIX)) for v in np.asarray(value)]
+        for name, value in outputs.items()
+    }
     rows = [dict(zip(columns, row)) for row in zip(*columns.values())]
     if len(outputs) == 1:
         rows = [next(iter(row.values())) for row in rows]
@@ -145,7 +158,9 @@ def _encode_value(value, as_bytes: bool):
     if isinstance(value, np.ndarray):
         return [_encode_value(v, as_bytes) for v in value] if value.dtype == object else value.tolist()
     if isinstance(value, bytes):
-        return {"b64": base64.b64encode(value).decode("ascii")} if as_bytes else value.decode("utf-8", "replace")
+        return (
+            {"b64": base64.b64encode(value).decode("ascii")} if as_bytes else value.decode("utf-8", "replace")
+        )
     return value.item() if isinstance(value, np.generic) else value
 
 
@@ -165,7 +180,7 @@ def _op_message(message: str) -> str:
     lines = message.splitlines()
     for index, line in enumerate(lines[1:], start=1):
         if line.lstrip().startswith("[["):
-            return "\n".join(lines[index - 1:])
+            return "\n".join(lines[index - 1 :])
     return message
 
 
@@ -193,8 +208,11 @@ class LocalModel:
             if match["verb"] and method == "POST":
                 return 200, json.dumps(self._predict(json.loads(body))).encode()
             if not match["verb"] and method == "GET":
-                status = {"version": self.version, "state": "AVAILABLE",
-                          "status": {"error_code": "OK", "error_message": ""}}
+                status = {
+                    "version": self.version,
+                    "state": "AVAILABLE",
+                    "status": {"error_code": "OK", "error_message": ""},
+                }
                 return 200, json.dumps({"model_version_status": [status]}).encode()
             raise RestError(404, f"no handler for {method} {path}")
         except ValueError as exc:
@@ -202,12 +220,14 @@ class LocalModel:
         except RestError as exc:
             return exc.status, json.dumps({"error": str(exc)}).encode()
         except self._tf.errors.OpError as exc:
-            return _HTTP_STATUS.get(type(exc).__name__, 500), json.dumps({"error": _op_message(exc.message)}).encode()
+            return _HTTP_STATUS.get(type(exc).__name__, 500), json.dumps(
+                {"error": _op_message(exc.message)}
+            ).encode()
 
     def _predict(self, body: dict) -> dict:
         name = body.get("signature_name") or "serving_default"
         if name not in self._loaded.signatures:
-            raise RestError(400, f"Serving signature name: \"{name}\" not found in signature def")
+            raise RestError(400, f'Serving signature name: "{name}" not found in signature def')
         signature = self._loaded.signatures[name]
         specs = {k: s.dtype.as_numpy_dtype for k, s in signature.structured_input_signature[1].items()}
         inputs = decode_instances(body, specs)

@@ -41,8 +41,9 @@ def check_before_training(config: TrainConfig) -> tuple:
     Returns the verified shards. Nothing is created when the data is bad.
     """
     shards = verify_data(config)
-    outputs.check_outputs({"model_dir": config.model_dir, "tensorboard_dir": config.log_dir,
-                           "export_dir": config.export_dir})
+    outputs.check_outputs(
+        {"model_dir": config.model_dir, "tensorboard_dir": config.log_dir, "export_dir": config.export_dir}
+    )
     with storage_errors(f"--model_dir={config.model_dir}", ConfigError):
         checkpoints.check_identity(config.model_dir, config, write=False)
     return shards
@@ -52,9 +53,15 @@ def train_and_export(config: TrainConfig, strategy, stop_requested=lambda: False
     """Trains on `shards` (train, eval; verified here if not given) and exports the best weights once."""
     train_shards, eval_shards = shards or verify_data(config)
     trainer = Trainer(config, strategy, train_shards, eval_shards, stop_requested)
-    logging.info("%d training / %d validation examples; global batch %d (%d per replica x %d); %d steps/epoch",
-                 train_shards.num_examples, eval_shards.num_examples, trainer.global_batch, config.batch_size,
-                 strategy.num_replicas_in_sync, trainer.steps_per_epoch)
+    logging.info(
+        "%d training / %d validation examples; global batch %d (%d per replica x %d); %d steps/epoch",
+        train_shards.num_examples,
+        eval_shards.num_examples,
+        trainer.global_batch,
+        config.batch_size,
+        strategy.num_replicas_in_sync,
+        trainer.steps_per_epoch,
+    )
     fit = trainer.fit()
     folder = trainer.checkpoints.directory
     if fit.preempted:
@@ -65,17 +72,25 @@ def train_and_export(config: TrainConfig, strategy, stop_requested=lambda: False
         with storage_errors(f"export to {config.export_dir}", ConfigError):
             done = previous_export(config.export_dir, config.model_dir, fit.step)
         if done:
-            logging.info("this run was already exported at step %d as %s: not exporting again", fit.step, done)
+            logging.info(
+                "this run was already exported at step %d as %s: not exporting again", fit.step, done
+            )
             return RunResult(fit, folder, done)
     # Every worker takes part in saving (variables may need collectives to read); only the chief's
     # copy lands in export_dir, so a run has exactly one export.
     chief = strategy.extended.should_checkpoint
     export_dir = checkpoints.worker_dir(config.export_dir, chief, prefix="colorizer-worker-export-")
     decode = fit_decode(config, trainer)
-    metadata = {"model": config.model, "model_dir": config.model_dir, "step": fit.step,
-                "best_val_loss": fit.best_val_loss}
+    metadata = {
+        "model": config.model,
+        "model_dir": config.model_dir,
+        "step": fit.step,
+        "best_val_loss": fit.best_val_loss,
+    }
     with storage_errors(f"export to {config.export_dir}", ConfigError):
-        path = export_saved_model(trainer.model, config.color_space, export_dir, metadata, config.max_pixels, decode)
+        path = export_saved_model(
+            trainer.model, config.color_space, export_dir, metadata, config.max_pixels, decode
+        )
     if not chief:
         shutil.rmtree(export_dir, ignore_errors=True)
     return RunResult(fit, folder, path if chief else None)
@@ -85,18 +100,26 @@ def fit_decode(config: TrainConfig, trainer: Trainer) -> preprocess.DecodeSettin
     """The serving decode for the best weights, fitted on the validation split (the same on every worker)."""
     if not config.fit_decode:
         return preprocess.DecodeSettings()
-    decode, scores = decode_fit.fit_decode(trainer.model, trainer.eval_shards, config.color_space, config.loss,
-                                           config.colour_target)
+    decode, scores = decode_fit.fit_decode(
+        trainer.model, trainer.eval_shards, config.color_space, config.loss, config.colour_target
+    )
     if scores:
-        logging.info("decode fitted on the validation split: a*b* x%.1f, classification-head blend %.2f "
-                     "(PSNR %.2f dB, colourfulness %.0f%% of the truth's)", decode.chroma_scale, decode.blend,
-                     scores["psnr"], 100 * scores["colourfulness"] / max(scores["truth_colourfulness"], 1e-6))
+        logging.info(
+            "decode fitted on the validation split: a*b* x%.1f, classification-head blend %.2f "
+            "(PSNR %.2f dB, colourfulness %.0f%% of the truth's)",
+            decode.chroma_scale,
+            decode.blend,
+            scores["psnr"],
+            100 * scores["colourfulness"] / max(scores["truth_colourfulness"], 1e-6),
+        )
     return decode
 
 
 def previous_export(export_dir: str, model_dir: str, step: int):
     """The version folder an earlier attempt of this run exported at `step`, or None."""
-    versions = [n.rstrip("/") for n in tf.io.gfile.listdir(export_dir)] if tf.io.gfile.isdir(export_dir) else []
+    versions = (
+        [n.rstrip("/") for n in tf.io.gfile.listdir(export_dir)] if tf.io.gfile.isdir(export_dir) else []
+    )
     for version in sorted((v for v in versions if v.isdigit()), key=int, reverse=True):
         metadata = outputs.read_json(os.path.join(export_dir, version, METADATA_FILE)) or {}
         complete = tf.io.gfile.exists(os.path.join(export_dir, version, "saved_model.pb"))  # uploaded last
@@ -107,8 +130,12 @@ def previous_export(export_dir: str, model_dir: str, step: int):
 
 # What a failed collective raises. With peers, they mean a peer died or stopped answering; alone,
 # only storage (a file system) can raise them: errors.storage_errors names the path where it can.
-PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.DeadlineExceededError,
-               tf.errors.CancelledError)
+PEER_ERRORS = (
+    tf.errors.UnavailableError,
+    tf.errors.AbortedError,
+    tf.errors.DeadlineExceededError,
+    tf.errors.CancelledError,
+)
 
 
 def train_and_export_guarded(config: TrainConfig, strategy, stop_requested, shards=None) -> RunResult:
@@ -117,12 +144,18 @@ def train_and_export_guarded(config: TrainConfig, strategy, stop_requested, shar
         return train_and_export(config, strategy, stop_requested, shards)
     except PEER_ERRORS as exc:
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-            reason = next((line for line in exc.message.splitlines() if "aborted" in line or "timed out" in line),
-                          type(exc).__name__)
-            print(f"error: lost a peer worker ({reason.strip()}); a restart resumes from the last checkpoint",
-                  file=sys.stderr)
+            reason = next(
+                (line for line in exc.message.splitlines() if "aborted" in line or "timed out" in line),
+                type(exc).__name__,
+            )
+            print(
+                f"error: lost a peer worker ({reason.strip()}); a restart resumes from the last checkpoint",
+                file=sys.stderr,
+            )
             sys.exit(EXIT_PEER_LOST)
         if isinstance(exc, tf.errors.CancelledError):
             raise
-        raise TransientError(f"storage unavailable ({type(exc).__name__}: {first_line(exc.message)}); "
-                             "a restart resumes from the last checkpoint") from None
+        raise TransientError(
+            f"storage unavailable ({type(exc).__name__}: {first_line(exc.message)}); "
+            "a restart resumes from the last checkpoint"
+        ) from None

@@ -65,7 +65,9 @@ def decode_pair(gray: tf.Tensor, color: tf.Tensor, encoding: str):
         gray_img = tf.io.decode_raw(gray, tf.uint8)
         color_img = tf.io.decode_raw(color, tf.uint8)
     gray_img = tf.ensure_shape(tf.reshape(gray_img, [IMAGE_SIZE, IMAGE_SIZE, 1]), [IMAGE_SIZE, IMAGE_SIZE, 1])
-    color_img = tf.ensure_shape(tf.reshape(color_img, [IMAGE_SIZE, IMAGE_SIZE, 3]), [IMAGE_SIZE, IMAGE_SIZE, 3])
+    color_img = tf.ensure_shape(
+        tf.reshape(color_img, [IMAGE_SIZE, IMAGE_SIZE, 3]), [IMAGE_SIZE, IMAGE_SIZE, 3]
+    )
     return gray_img, color_img
 
 

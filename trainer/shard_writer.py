@@ -26,8 +26,11 @@ def existing_split_files(output_dir: str, split: str) -> dict:
         return {p: g for p, g in found.items() if p == manifest or (parse_shard_name(p) or ("",))[0] == split}
     if not tf.io.gfile.isdir(output_dir):
         return {}
-    paths = [posixpath.join(output_dir, n) for n in tf.io.gfile.listdir(output_dir)
-             if (parse_shard_name(n) or ("",))[0] == split]
+    paths = [
+        posixpath.join(output_dir, n)
+        for n in tf.io.gfile.listdir(output_dir)
+        if (parse_shard_name(n) or ("",))[0] == split
+    ]
     paths += [manifest] if tf.io.gfile.exists(manifest) else []
     return {p: None for p in sorted(paths)}
 
@@ -57,14 +60,24 @@ class ShardWriter:
     (or removed, if the new shard count leaves them stale) only if nobody changed them meanwhile.
     """
 
-    def __init__(self, output_dir: str, split: str, indices: range, total: int, existing: dict, seed: int = 0,
-                 trim: bool = False):
+    def __init__(
+        self,
+        output_dir: str,
+        split: str,
+        indices: range,
+        total: int,
+        existing: dict,
+        seed: int = 0,
+        trim: bool = False,
+    ):
         self.split, self._output_dir, self._existing = split, output_dir, existing
         self._indices, self._total, self._seed, self._trim = indices, total, seed, trim
         self._stage = tempfile.mkdtemp(prefix="colorizer-shards-") if gcs.is_gcs(output_dir) else None
         if not self._stage:
             tf.io.gfile.makedirs(output_dir)
-        self._tmp = [posixpath.join(self._stage or output_dir, shard_name(split, i, total) + ".tmp") for i in indices]
+        self._tmp = [
+            posixpath.join(self._stage or output_dir, shard_name(split, i, total) + ".tmp") for i in indices
+        ]
         self._writers = [tf.io.TFRecordWriter(p) for p in self._tmp]
         self._counts = [0] * len(indices)
         self.bytes = 0
@@ -95,7 +108,7 @@ class ShardWriter:
         for writer in self._writers:
             writer.close()
         names = self._final_names()
-        for tmp in self._tmp[len(names):]:  # trimmed: never filled
+        for tmp in self._tmp[len(names) :]:  # trimmed: never filled
             tf.io.gfile.remove(tmp)
         tmps = self._tmp[: len(names)]
         for index, tmp in zip(self._indices, tmps):

@@ -24,8 +24,9 @@ def device_preprocess(gray: tf.Tensor, color: tf.Tensor, color_space: str, flip_
     return preprocess.model_pair(gray, color, color_space)
 
 
-def build_step_functions(config: TrainConfig, model, optimizer, strategy, global_batch: int, seed: int,
-                         bin_weights=None):
+def build_step_functions(
+    config: TrainConfig, model, optimizer, strategy, global_batch: int, seed: int, bin_weights=None
+):
     """(run_train, run_eval): each `run(iterator, steps)` runs `steps` steps in one call, returns the mean loss.
 
     The loss is summed over replicas and divided by the GLOBAL batch (`compute_average_loss`), so an
@@ -34,7 +35,9 @@ def build_step_functions(config: TrainConfig, model, optimizer, strategy, global
 
     def loss_of(gray, color, flip_seed, training):
         inputs, targets = device_preprocess(gray, color, config.color_space, flip_seed)
-        per_example = losses.per_example_loss(config.loss, model(inputs, training=training), targets, bin_weights)
+        per_example = losses.per_example_loss(
+            config.loss, model(inputs, training=training), targets, bin_weights
+        )
         return tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
 
     def train_step(gray, color):
@@ -61,5 +64,7 @@ def build_step_functions(config: TrainConfig, model, optimizer, strategy, global
             total += strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
         return total / tf.cast(steps, tf.float32)
 
-    return (lambda it, n: run_steps(it, tf.constant(n), train_step),
-            lambda it, n: run_steps(it, tf.constant(n), eval_replica))
+    return (
+        lambda it, n: run_steps(it, tf.constant(n), train_step),
+        lambda it, n: run_steps(it, tf.constant(n), eval_replica),
+    )

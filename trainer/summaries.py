@@ -22,8 +22,9 @@ class Writers:
         else:
             self.train = self.eval = tf.summary.create_noop_writer()
 
-    def epoch(self, step: int, loss: float, val_loss: float, images_per_s: float, grid: tf.Tensor,
-              quality: dict) -> None:
+    def epoch(
+        self, step: int, loss: float, val_loss: float, images_per_s: float, grid: tf.Tensor, quality: dict
+    ) -> None:
         """One epoch's scalars; `quality`: validation `psnr` and `colourfulness_share` (of the truth's)."""
         with self.train.as_default(step=step):
             tf.summary.scalar("loss", loss)

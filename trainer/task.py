@@ -30,21 +30,30 @@ def main(argv):
     with exit_on_user_error():
         config, cluster = config_lib.config_from_flags(FLAGS, os.environ)
         shards = run.check_before_training(config)
-        strategy = distribute.build_strategy(cluster.strategy, dict(os.environ), cluster.peer_timeout_seconds,
-                                             cluster.collective_timeout_seconds, sigterm.requested)
+        strategy = distribute.build_strategy(
+            cluster.strategy,
+            dict(os.environ),
+            cluster.peer_timeout_seconds,
+            cluster.collective_timeout_seconds,
+            sigterm.requested,
+        )
         sigterm.reinstall(strategy)
         result = run.train_and_export_guarded(config, strategy, sigterm.requested, shards)
     fit = result.fit
     if fit.preempted:
-        print(f"stopped by SIGTERM at step {fit.step}; checkpoint saved in {config.model_dir}; "
-              f"exit {EXIT_PREEMPTED}: a restart resumes from it")
+        print(
+            f"stopped by SIGTERM at step {fit.step}; checkpoint saved in {config.model_dir}; "
+            f"exit {EXIT_PREEMPTED}: a restart resumes from it"
+        )
         preemption.exit_now(EXIT_PREEMPTED)
     print(f"trained {fit.epoch} epoch(s), {fit.step} steps, best val_loss {fit.best_val_loss:.5f}")
     print(f"checkpoints: {result.checkpoints}")
     if result.export:
         print(f"SavedModel:  {result.export}")
         print(f"tensorboard: tensorboard --logdir {config.log_dir}")
-        print(f"colorize:    python -m trainer.client --local_model={result.export} PHOTO.jpg --output_dir=colorized")
+        print(
+            f"colorize:    python -m trainer.client --local_model={result.export} PHOTO.jpg --output_dir=colorized"
+        )
 
 
 def run_cli():

@@ -14,7 +14,17 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from trainer import checkpoints, decode_fit, distribute, input_pipeline, losses, preemption, preprocess, steps, summaries
+from trainer import (
+    checkpoints,
+    decode_fit,
+    distribute,
+    input_pipeline,
+    losses,
+    preemption,
+    preprocess,
+    steps,
+    summaries,
+)
 from trainer.config import BIN_LOSSES, TrainConfig
 from trainer.errors import DataError, storage_errors
 from trainer.models import build_model
@@ -42,8 +52,9 @@ def learning_rate(config: TrainConfig, steps_per_epoch: int):
         return config.learning_rate
     total = config.epochs * steps_per_epoch
     warmup = min(steps_per_epoch, total // 2)
-    return keras.optimizers.schedules.CosineDecay(0.0, max(1, total - warmup), warmup_target=config.learning_rate,
-                                                  warmup_steps=warmup)
+    return keras.optimizers.schedules.CosineDecay(
+        0.0, max(1, total - warmup), warmup_target=config.learning_rate, warmup_steps=warmup
+    )
 
 
 def build_optimizer(config: TrainConfig, steps_per_epoch: int = 1) -> keras.optimizers.Optimizer:
@@ -67,8 +78,14 @@ class FitResult:
 class Trainer:
     """Owns the model, optimizer, datasets and checkpoints of one run."""
 
-    def __init__(self, config: TrainConfig, strategy: tf.distribute.Strategy, train_shards, eval_shards,
-                 stop_requested=lambda: False):
+    def __init__(
+        self,
+        config: TrainConfig,
+        strategy: tf.distribute.Strategy,
+        train_shards,
+        eval_shards,
+        stop_requested=lambda: False,
+    ):
         self.config, self.strategy = config, strategy
         self.num_workers = distribute.count_workers(strategy)
         self.pacer = preemption.Pacer(strategy, self.num_workers, stop_requested)
@@ -85,9 +102,16 @@ class Trainer:
             self.optimizer = build_optimizer(config, self.steps_per_epoch)
             self.optimizer.build(self.model.trainable_variables)
             self.state = _State()
-        checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, epoch=self.state.epoch,
-                                         best_val_loss=self.state.best_val_loss, bad_epochs=self.state.bad_epochs)
-        self.checkpoints = checkpoints.RunCheckpoints(config, checkpoint, self.model, strategy.extended.should_checkpoint)
+        checkpoint = tf.train.Checkpoint(
+            model=self.model,
+            optimizer=self.optimizer,
+            epoch=self.state.epoch,
+            best_val_loss=self.state.best_val_loss,
+            bad_epochs=self.state.bad_epochs,
+        )
+        self.checkpoints = checkpoints.RunCheckpoints(
+            config, checkpoint, self.model, strategy.extended.should_checkpoint
+        )
         self.writers = summaries.Writers(config.log_dir, strategy.extended.should_save_summary)
 
     @property
@@ -98,16 +122,23 @@ class Trainer:
         """Restores the run's latest checkpoint if any; returns the step training continues from."""
         latest = self.checkpoints.restore()
         if latest:
-            logging.info("resuming from step %d (epoch %d) of %s", self.step, int(self.state.epoch.numpy()), latest)
+            logging.info(
+                "resuming from step %d (epoch %d) of %s", self.step, int(self.state.epoch.numpy()), latest
+            )
         return self.step
 
     def _datasets(self):
         config = self.config
 
         def build(shards, training):
-            return input_pipeline.build_dataset(shards, self.global_batch, training=training,
-                                                shuffle_buffer=config.shuffle_buffer, seed=config.seed,
-                                                num_workers=self.num_workers)
+            return input_pipeline.build_dataset(
+                shards,
+                self.global_batch,
+                training=training,
+                shuffle_buffer=config.shuffle_buffer,
+                seed=config.seed,
+                num_workers=self.num_workers,
+            )
 
         return build(self.train_shards, True), build(self.eval_shards, False)
 
@@ -122,11 +153,20 @@ class Trainer:
         dataset = input_pipeline.build_dataset(self.train_shards, self.global_batch, training=False)
         targets = dataset.map(lambda gray, color: preprocess.model_pair(gray, color, self.config.color_space))
         batches = min(_PRIOR_BATCHES, max(1, self.train_shards.num_examples // self.global_batch))
-        return losses.rebalancing_weights(_guard(lambda: losses.count_bins(targets, batches), self.train_shards))
+        return losses.rebalancing_weights(
+            _guard(lambda: losses.count_bins(targets, batches), self.train_shards)
+        )
 
     def _step_functions(self):
-        return steps.build_step_functions(self.config, self.model, self.optimizer, self.strategy, self.global_batch,
-                                          self.seed, self._bin_weights())
+        return steps.build_step_functions(
+            self.config,
+            self.model,
+            self.optimizer,
+            self.strategy,
+            self.global_batch,
+            self.seed,
+            self._bin_weights(),
+        )
 
     def _early_stop(self, val_loss: float) -> bool:
         """Records the epoch's validation loss; True when patience is exhausted."""
@@ -147,9 +187,13 @@ class Trainer:
         self.restore()
         stopped = self.config.patience > 0 and int(self.state.bad_epochs.numpy()) >= self.config.patience
         if stopped or int(self.state.epoch.numpy()) >= self.config.epochs:  # the same on every worker
-            logging.info("this run already finished (epoch %d of %d%s); not training again: raise --epochs to "
-                         "continue it, or pass a new --model_dir for a new run", int(self.state.epoch.numpy()),
-                         self.config.epochs, ", early stopped" if stopped else "")
+            logging.info(
+                "this run already finished (epoch %d of %d%s); not training again: raise --epochs to "
+                "continue it, or pass a new --model_dir for a new run",
+                int(self.state.epoch.numpy()),
+                self.config.epochs,
+                ", early stopped" if stopped else "",
+            )
             return self._finished(preempted=False, already_finished=True)
         train_ds, eval_ds = self._datasets()
         train_iter = iter(self.strategy.experimental_distribute_dataset(train_ds))
@@ -167,13 +211,19 @@ class Trainer:
                 preempted = True
                 break
             # Early stopping may end the run sooner: the ETA is for all --epochs.
-            eta = (time.perf_counter() - run_start) / (epoch + 1 - first_epoch) * (self.config.epochs - epoch - 1)
+            eta = (
+                (time.perf_counter() - run_start)
+                / (epoch + 1 - first_epoch)
+                * (self.config.epochs - epoch - 1)
+            )
             stopped = self._end_epoch(loss, val_loss, images_per_s, preview, eta)
         if preempted:
             preemption.keep_until_exit(train_iter, eval_dist)
         return self._finished(preempted)
 
-    def _end_epoch(self, loss: float, val_loss: float, images_per_s: float, preview, eta_seconds: float) -> bool:
+    def _end_epoch(
+        self, loss: float, val_loss: float, images_per_s: float, preview, eta_seconds: float
+    ) -> bool:
         """Counts the epoch, checkpoints it, reports it; True when early stopping ends the run."""
         self.state.epoch.assign_add(1)
         stopped = self._early_stop(val_loss)
@@ -181,9 +231,19 @@ class Trainer:
         quality = self._quality()
         self.writers.epoch(self.step, loss, val_loss, images_per_s, self._grid(preview), quality)
         ending = " early stop" if stopped else f"; ETA {_duration(eta_seconds)}" if eta_seconds > 0 else ""
-        logging.info("epoch %d/%d step %d loss %.4f val_loss %.4f val_psnr %.2f dB colourfulness %.0f%% of the "
-                     "truth's (%.0f images/s)%s", int(self.state.epoch.numpy()), self.config.epochs, self.step, loss,
-                     val_loss, quality["psnr"], quality["colourfulness_share"] * 100, images_per_s, ending)
+        logging.info(
+            "epoch %d/%d step %d loss %.4f val_loss %.4f val_psnr %.2f dB colourfulness %.0f%% of the "
+            "truth's (%.0f images/s)%s",
+            int(self.state.epoch.numpy()),
+            self.config.epochs,
+            self.step,
+            loss,
+            val_loss,
+            quality["psnr"],
+            quality["colourfulness_share"] * 100,
+            images_per_s,
+            ending,
+        )
         return stopped
 
     def _finished(self, preempted: bool, already_finished: bool = False) -> FitResult:
@@ -193,11 +253,18 @@ class Trainer:
         """
         if preempted:
             self.checkpoints.save_latest(self.step)
-            logging.warning("stop requested: saved checkpoint at step %d; a restart resumes from it", self.step)
+            logging.warning(
+                "stop requested: saved checkpoint at step %d; a restart resumes from it", self.step
+            )
         else:
             self.checkpoints.restore_best()
-        return FitResult(self.step, int(self.state.epoch.numpy()), float(self.state.best_val_loss.numpy()), preempted,
-                         already_finished)
+        return FitResult(
+            self.step,
+            int(self.state.epoch.numpy()),
+            float(self.state.best_val_loss.numpy()),
+            preempted,
+            already_finished,
+        )
 
     def _run_epoch(self, run_train, train_iter, epoch: int):
         """Runs the rest of `epoch`; returns (mean loss, whether a stop was requested)."""
@@ -237,8 +304,12 @@ class Trainer:
         The validation loss alone chose a sepia tint once (docs/QUALITY.md): these say what a user sees.
         """
         batches = decode_fit.validation_batches(self.eval_shards, _QUALITY_EXAMPLES)
-        scores = _guard(lambda: decode_fit.score(self.model, batches, self.config.color_space,
-                                                 [preprocess.DecodeSettings()]), self.eval_shards)
+        scores = _guard(
+            lambda: decode_fit.score(
+                self.model, batches, self.config.color_space, [preprocess.DecodeSettings()]
+            ),
+            self.eval_shards,
+        )
         (result,) = scores.values()
         share = result["colourfulness"] / max(result["truth_colourfulness"], 1e-6)
         return {"psnr": result["psnr"], "colourfulness_share": share}
@@ -246,7 +317,9 @@ class Trainer:
     def _grid(self, batch):
         inputs, targets = preprocess.model_pair(batch[0][:4], batch[1][:4], self.config.color_space)
         gray = inputs[..., :1]
-        predicted = preprocess.predictions_to_rgb(self.model(inputs, training=False), gray, self.config.color_space)
+        predicted = preprocess.predictions_to_rgb(
+            self.model(inputs, training=False), gray, self.config.color_space
+        )
         truth = preprocess.predictions_to_rgb(targets, gray, self.config.color_space)
         return summaries.image_grid(inputs, predicted, truth)
 

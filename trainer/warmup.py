@@ -42,10 +42,17 @@ def warmup_requests(max_pixels: int) -> list:
     time as the client sends them, and a batch through colorize_tensor."""
     small = tf.io.encode_png(synthetic_photo(*SMALL_SIDE, seed=1)).numpy()
     large = tf.io.encode_jpeg(synthetic_photo(*fit(LARGE_SIDE, max_pixels), seed=2), quality=90).numpy()
-    gray = np.stack([synthetic_photo(120, 120, seed)[..., :1] for seed in range(TENSOR_BATCH)]).astype(np.float32) / 255
-    return [("serving_default", {"image_bytes": np.array([small], dtype=object)}),
-            ("serving_default", {"image_bytes": np.array([large], dtype=object)}),
-            ("colorize_tensor", {"gray": gray})]
+    gray = (
+        np.stack([synthetic_photo(120, 120, seed)[..., :1] for seed in range(TENSOR_BATCH)]).astype(
+            np.float32
+        )
+        / 255
+    )
+    return [
+        ("serving_default", {"image_bytes": np.array([small], dtype=object)}),
+        ("serving_default", {"image_bytes": np.array([large], dtype=object)}),
+        ("colorize_tensor", {"gray": gray}),
+    ]
 
 
 def prediction_log(model_name: str, signature: str, inputs: dict):
