@@ -111,14 +111,14 @@ def test_bad_input_is_one_line_and_exit_2(argv, capsys):
     ],
 )
 def test_a_bad_trainer_arg_is_refused_in_one_line_naming_it(arg, capsys):
-    """Names and values are checked against trainer/config.py's definitions of python -m trainer.task's flags."""
+    """Names and values are checked against trainer/config.py's definitions of trainer.task's flags."""
     assert launch.main(["submit", f"--image={IMAGE}", "--dry_run", arg]) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"error: --arg={arg.split('=', 1)[1]!r}: ")
 
 
 def test_every_kind_of_trainer_flag_is_accepted(capsys):
-    """Booleans in all three spellings, and the flags that are not config fields (the multi-node manifests')."""
+    """Booleans in all three spellings, and flags that are not config fields (the multi-node manifests')."""
     extra = [
         "--nojit_compile",
         "--augment=false",
@@ -147,7 +147,7 @@ SUBMIT = [
 
 
 def test_submit_dry_run_loads_no_tensorflow_and_takes_well_under_a_second():
-    """The --arg check reads the trainer's flags from trainer/config.py; TensorFlow would take seconds to load."""
+    """The --arg check reads the trainer's flags from trainer/config.py; TensorFlow would take seconds."""
     run = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "trainer.launch", *SUBMIT],
         cwd=ROOT,
@@ -356,6 +356,23 @@ def test_an_unschedulable_chief_times_out_with_the_reason(cluster, capsys):
         == 1
     )
     assert "Insufficient nvidia.com/gpu" in capsys.readouterr().err
+
+
+def test_a_chief_without_status_yet_counts_as_pending(cluster, capsys):
+    """A pod listed without a status (its model's status is None) is not started yet: no crash, no log."""
+    cluster.pods = [{"metadata": pod("n-0-a", "Pending")["metadata"]}]
+    cluster.statuses = [{}]
+    assert (
+        launch.main(
+            ["--poll_seconds=0.01", "--schedule_timeout=0", "submit", f"--image={IMAGE}", "--name=n"],
+            api=cluster.api(),
+        )
+        == 1
+    )
+    assert "the pod has no status yet" in capsys.readouterr().err
+    assert not [r for r in cluster.requests if r[1].endswith("/log")]
+    assert launch.main(["status", "n"], api=cluster.api()) == 0  # the Job submit created
+    assert "pod n-0-a: Pending" in capsys.readouterr().out
 
 
 def test_an_api_error_is_one_line(cluster, capsys):

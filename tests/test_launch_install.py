@@ -1,4 +1,4 @@
-"""`python -m trainer.launch` after `pip install .`, run where no checkout is: the manifests come with the package.
+"""`python -m trainer.launch` after `pip install .`, away from any checkout: the package brings the manifests.
 
 Each test installs a copy of the sources with pip into a folder of its own and runs the launcher with
 only that folder on PYTHONPATH, from a directory without k8s/. Offline when this Python has
@@ -33,7 +33,7 @@ def copy_sources(dest: Path, names) -> Path:
 
 
 def pip_install(source: Path, target: Path) -> Path:
-    """`pip install --no-deps --target` of a source tree, as a user without the repository would install it."""
+    """`pip install --no-deps --target` of a source tree, as a user without the repository installs it."""
     offline = (
         ["--no-build-isolation", "--no-index"]
         if all(importlib.util.find_spec(m) for m in ("setuptools", "wheel"))

@@ -1,4 +1,4 @@
-"""The prepare Indexed Job (k8s/components/prepare, k8s/overlays/prepare) and `python -m trainer.launch prepare`.
+"""The prepare Indexed Job (k8s/components/prepare, k8s/overlays/prepare) and `trainer.launch prepare`.
 
 The generic checks (strict schemas, hardening, Workload Identity, checkov) run over it in
 tests/test_manifests.py; these are the prepare-specific contracts: the Indexed Job environment that
@@ -22,7 +22,7 @@ JOB_NAME_LABEL = "metadata.labels['batch.kubernetes.io/job-name']"
 
 
 def check_prepare_container(container, where: str) -> int:
-    """The prepare container runs trainer.prepare with flags it defines; the task comes from the environment."""
+    """The prepare container runs trainer.prepare with flags it defines; the task is from the environment."""
     assert container["command"] == ["python", "-m", "trainer.prepare"], where
     known = prepare_flags()
     for arg in container["args"]:
@@ -42,7 +42,7 @@ def prepare_job(objects):
 
 
 def check_prepare_job(job, container):
-    """Indexed, N tasks everywhere, independent retries per index, trainer/errors.py's exit codes, CPU only."""
+    """Indexed, N tasks everywhere, independent retries per index, errors.py's exit codes, CPU only."""
     spec = job["spec"]
     env = {e["name"]: e for e in container["env"]}
     assert spec["completionMode"] == "Indexed"

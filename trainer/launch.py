@@ -191,7 +191,7 @@ class Workload:
         pods = self.pods(
             CHIEF_SELECTOR[self.kind].split(",")[0]
         )  # every pod of the run, not only the chief's
-        return "\n".join(lines + [f"  pod {p.metadata.name}: {p.status.phase}" for p in pods])
+        return "\n".join(lines + [f"  pod {pod_name(p)}: {pod_phase(p) or 'Pending'}" for p in pods])
 
     def delete(self) -> None:
         """Deletes the run with its pods (and, through its owner reference, the headless Service)."""
@@ -217,16 +217,21 @@ class Workload:
             )
 
     def follow(self, watch: Watch) -> int:
-        """Waits for the chief to be scheduled, streams its log (again after each restart), returns the outcome."""
-        deadline, streamed = time.monotonic() + watch.schedule_timeout, set()
+        """Waits for the chief to be scheduled, streams its log (again after each restart).
+
+        Returns the run's outcome as an exit code (`report`), or 1 if the chief isn't scheduled in time.
+        """
+        deadline = time.monotonic() + watch.schedule_timeout
+        streamed: set[str] = set()  # the chief pods whose log has been copied: each is copied once
         while True:
             result = self.outcome()
             if result is not None:
                 return report(*result)
             pod = self.chief_pod(skip=streamed)
-            if pod is not None and pod.status.phase in ("Running", "Succeeded", "Failed"):
-                streamed.add(pod.metadata.name)
-                self.stream_log(pod.metadata.name, sys.stdout)
+            if pod is not None and pod_phase(pod) in ("Running", "Succeeded", "Failed"):
+                name = pod_name(pod)
+                streamed.add(name)
+                self.stream_log(name, sys.stdout)
                 deadline = time.monotonic() + watch.schedule_timeout
                 continue
             if time.monotonic() > deadline:
@@ -238,13 +243,29 @@ class Workload:
             time.sleep(watch.poll_seconds)
 
 
+def pod_name(pod: client.V1Pod) -> str:
+    """A pod's name: the API server always sets it, though the client's models type every field Optional."""
+    name = pod.metadata.name if pod.metadata is not None else None
+    if not name:
+        raise LaunchError("the cluster returned a pod without a name")
+    return name
+
+
+def pod_phase(pod: client.V1Pod) -> Optional[str]:
+    """A pod's phase; None while the pod has no status yet (the client's model then has status=None)."""
+    return pod.status.phase if pod.status is not None else None
+
+
 def pending_reason(pod: client.V1Pod) -> str:
     """Why a pod hasn't started: unschedulable (no node fits yet), or its container's waiting reason."""
-    for cond in pod.status.conditions or []:
+    status = pod.status
+    if status is None:
+        return "the pod has no status yet (kubectl describe pod)"
+    for cond in status.conditions or []:
         if cond.type == "PodScheduled" and cond.status != "True":
             return cond.message or cond.reason or "unschedulable"
-    waiting = [s.state.waiting for s in pod.status.container_statuses or [] if s.state and s.state.waiting]
-    return f"{waiting[0].reason}: {waiting[0].message}" if waiting else f"pod is {pod.status.phase}"
+    waiting = [s.state.waiting for s in status.container_statuses or [] if s.state and s.state.waiting]
+    return f"{waiting[0].reason}: {waiting[0].message}" if waiting else f"pod is {status.phase}"
 
 
 def report(succeeded: bool, message: str) -> int:
@@ -278,7 +299,7 @@ def on_name(command: str, workload: Workload, watch: Watch) -> int:
         pod = workload.chief_pod()
         if pod is None:
             raise LaunchError(f"{workload.name} has no pod yet")
-        workload.stream_log(pod.metadata.name, sys.stdout)
+        workload.stream_log(pod_name(pod), sys.stdout)
         return 0
     return workload.follow(watch)
 
@@ -310,17 +331,17 @@ def run_command(args: argparse.Namespace, connect: Callable[[], client.ApiClient
     """One parsed command; `connect()` gives the ApiClient, asked for only when the cluster is needed."""
     watch = Watch(args.schedule_timeout, args.poll_seconds)
     if args.command == "submit":
-        request = SubmitRequest.from_args(args)
-        objects = build(request)
+        submit = SubmitRequest.from_args(args)
+        objects = build(submit)
         return start(
-            request, objects, f"{objects[0]['kind']} {request.namespace}/{request.name}", connect, watch
+            submit, objects, f"{objects[0]['kind']} {submit.namespace}/{submit.name}", connect, watch
         )
     if args.command == "prepare":
-        request = launch_prepare.PrepareRequest.from_args(args)
+        prepare = launch_prepare.PrepareRequest.from_args(args)
         return start(
-            request,
-            launch_prepare.build(request),
-            f"Job {request.namespace}/{request.name} ({request.tasks} prepare tasks)",
+            prepare,
+            launch_prepare.build(prepare),
+            f"Job {prepare.namespace}/{prepare.name} ({prepare.tasks} prepare tasks)",
             connect,
             watch,
         )

@@ -1,4 +1,4 @@
-"""Container image references for `trainer.launch`: a tag resolved to its digest with the registry's v2 API."""
+"""Container image references for `trainer.launch`: a tag resolved to its digest (the registry's v2 API)."""
 
 import base64
 import re

@@ -46,7 +46,10 @@ SPOT_TOLERATION = {
 MANIFESTS_HELP = (
     "folder holding job.yaml and components/ (default: the checkout's k8s/, else the package's copy)"
 )
-DIGEST_HINT = "pass --image=NAME@sha256:... (after docker push: docker inspect --format='{{index .RepoDigests 0}}' IMAGE)"
+DIGEST_HINT = (
+    "pass --image=NAME@sha256:... "
+    "(after docker push: docker inspect --format='{{index .RepoDigests 0}}' IMAGE)"
+)
 
 
 class UsageError(Exception):
@@ -81,7 +84,7 @@ def check_flag_args(flag_args, known: flags.FlagValues, program: str) -> None:
 
 
 def flag_problem(arg: str, known: flags.FlagValues, program: str) -> Optional[str]:
-    """Why absl would refuse `arg` (--name, --noname or --name=value) given the flags `known`; None if it wouldn't."""
+    """Why absl would refuse `arg` (--name, --noname or --name=value) given the flags `known`, else None."""
     match = FLAG_ARG.fullmatch(arg)
     name, value = match.groups() if match else ("", None)
     if name not in known and name.startswith("no") and name[2:] in known and known[name[2:]].boolean:
@@ -110,7 +113,7 @@ Request = TypeVar("Request", bound="RunRequest")
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RunRequest:
-    """What `submit` and `prepare` share: the run's name and place, its image, its limits, and how to start it.
+    """What `submit` and `prepare` share: the run's name and place, its image, its limits, how to start it.
 
     Field names are the command line's (`extra_flags` is --arg), so `from_args` reads them all alike.
     """
@@ -154,7 +157,7 @@ class RunRequest:
             raise UsageError(f"--max_hours={self.max_hours}: must be > 0")
 
     def named(self, obj: dict, name: str) -> dict:
-        """A copy of a manifest's object under `name` in this run's namespace (kubectl's annotations dropped)."""
+        """A copy of a manifest's object as `name` in this run's namespace (kubectl's annotations dropped)."""
         obj = copy.deepcopy(obj)
         obj["metadata"].update(name=name, namespace=self.namespace)
         obj["metadata"].pop("annotations", None)
@@ -166,7 +169,7 @@ class RunRequest:
             meta.setdefault("labels", {})["colorizer.dev/run"] = self.name
 
     def set_deadline(self, run_spec: dict) -> None:
-        """--max_hours as activeDeadlineSeconds: the backstop for failures the policies ignore (preemptions)."""
+        """--max_hours as activeDeadlineSeconds: a backstop for failures the policies ignore (preemption)."""
         if self.max_hours is not None:
             run_spec["activeDeadlineSeconds"] = int(self.max_hours * 3600)
 

@@ -1,7 +1,8 @@
 """`python -m trainer.launch prepare`: photos in a bucket -> shards in the bucket, as a cluster job.
 
-    prepare --image=IMG --tasks=N [--input_dir=gs://B/photos/] [--output_dir=gs://B/data] [--num_shards=S]
-            [--holdout_fraction=F] [--name=RUN] [--cpu=C] [--memory=M] [--spot] [--arg=--recursive] [--dry_run]
+    prepare --image=IMG --tasks=N [--input_dir=gs://B/photos/] [--output_dir=gs://B/data]
+            [--num_shards=S] [--holdout_fraction=F] [--name=RUN] [--cpu=C] [--memory=M] [--spot]
+            [--arg=--recursive] [--dry_run]
 
 Builds the Indexed Job of k8s/components/prepare/prepare.yaml (the manifest `kubectl apply -k
 k8s/overlays/prepare` uses) with N tasks, creates it, streams task 0's log (again after each restart)
@@ -78,7 +79,7 @@ def add_parser(sub) -> None:
 
 
 def prepare_flags() -> flags.FlagValues:
-    """trainer.prepare's flags, defined apart from the process-wide ones (its --seed is also the trainer's)."""
+    """trainer.prepare's flags, defined apart from the process-wide ones (its --seed is the trainer's too)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # trainer.prepare imports TensorFlow: keep it quiet
     from trainer.prepare import define_flags
 

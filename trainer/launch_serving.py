@@ -28,7 +28,7 @@ PROXY_TIMEOUT_SECONDS = 10  # per status poll: a pod that accepts but never answ
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SwitchRequest:
-    """What `rollback` (and `promote`) are asked: the model, and whether and how long to wait for it to load."""
+    """What `rollback` (and `promote`) are asked: the model, whether and how long to wait for it to load."""
 
     namespace: str
     model_name: str
@@ -54,7 +54,7 @@ class PromoteRequest(SwitchRequest):
 
     @classmethod
     def from_args(cls, args: argparse.Namespace):
-        """The request; the gate's margins default to trainer.promote's (imported here: it loads TensorFlow)."""
+        """The request; the gate's margins default to trainer.promote's (imported here: loads TensorFlow)."""
         from trainer import promote
 
         defaults = {
