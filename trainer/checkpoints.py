@@ -237,7 +237,7 @@ class RunCheckpoints:
         return latest
 
     def save_latest(self, step: int, force: bool = True) -> None:
-        """Saves the resumable state at `step`; with force=False only when --checkpoint_every_steps says so."""
+        """Saves the resumable state at `step`; force=False: only when --checkpoint_every_steps is due."""
         with self.storage():
             self.latest.save(step, force=force)
 

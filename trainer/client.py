@@ -40,7 +40,7 @@ class ServingError(ColorizerError):
 
 
 class HttpTransport:
-    """`request(method, path, body) -> (HTTP status, body bytes)` over urllib; raises OSError if unreachable."""
+    """`request(method, path, body) -> (HTTP status, body bytes)` over urllib; OSError if unreachable."""
 
     def __init__(self, server: str, timeout: float):
         self.server = server.rstrip("/")
@@ -96,9 +96,10 @@ class Client:
                 answer = json.loads(data)
             except ValueError:
                 raise ServingError(f"{method} {path}: the answer is not JSON: {data[:100]!r}") from None
-            problem = check(answer) if check else None
-            if not problem:
+            trouble = check(answer) if check else None
+            if not trouble:
                 return answer
+            problem = trouble
         raise ServingError(f"{problem} (gave up after {self.retries + 1} attempts)")
 
     def _available(self, answer: dict):
@@ -143,8 +144,9 @@ def _pixel_count(path: str) -> int:
 
 
 def plan_outputs(files: list, output_dir: str, overwrite: bool, max_pixels: int = 0) -> list:
-    """(input, output) pairs; refuses missing, non-image and oversized inputs, clashes and existing outputs."""
-    pairs, taken = [], {}
+    """(input, output) pairs; refuses missing, non-image and oversized inputs, clashes, existing outputs."""
+    pairs: list = []
+    taken: dict = {}
     for path in files:
         if not os.path.isfile(path):
             raise DataError(f"no such file: {path}")
@@ -253,6 +255,7 @@ def _client_from_flags() -> Client:
         raise ConfigError(f"--batch_size={FLAGS.batch_size}: must be at least 1")
     if FLAGS.retries < 0 or FLAGS.backoff_seconds < 0 or FLAGS.timeout <= 0:
         raise ConfigError("--retries and --backoff_seconds must be at least 0, --timeout above 0")
+    transport: HttpTransport | rest.LocalModel
     if FLAGS.local_model:
         transport = rest.LocalModel(resolve_local_model(FLAGS.local_model), FLAGS.model_name)
     elif not FLAGS.server.startswith(("http://", "https://")):

@@ -8,7 +8,7 @@ run's `--arg` values against these same definitions without loading TensorFlow.
 import dataclasses
 import os
 import typing
-from typing import Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from absl import flags
 
@@ -36,7 +36,7 @@ ENVIRONMENT_FALLBACKS = {
 
 
 def _setting(default, help_text: str, choices=None, flag_default=dataclasses.MISSING):
-    """A field with its flag's help; `flag_default` when the flag's default differs (None: filled in later)."""
+    """A field with its flag's help; `flag_default` if the flag's default differs (None: filled in later)."""
     metadata = {
         "help": help_text,
         "choices": choices,
@@ -75,7 +75,7 @@ class TrainConfig:
     color_space: str = _setting(
         "lab", "rgb: predict RGB (the seed); lab: predict a*b*, keep L*.", COLOR_SPACES
     )
-    # None: two_heads with lab, mse with rgb (filled in on creation, so the seed's rgb recipe needs no --loss).
+    # None: two_heads with lab, mse with rgb (filled in on creation: the seed's rgb recipe needs no --loss).
     loss: Optional[str] = _setting(
         None,
         "two_heads: a*b* bins and regression (lab); mse, l1, huber on the targets; "
@@ -185,7 +185,7 @@ class ClusterConfig:
             raise ConfigError(f"--strategy={self.strategy!r}: choose one of {', '.join(STRATEGIES)}")
 
 
-_DEFINE = {
+_DEFINE: dict[Any, Callable[..., Any]] = {
     str: flags.DEFINE_string,
     bool: flags.DEFINE_bool,
     int: flags.DEFINE_integer,
@@ -193,7 +193,7 @@ _DEFINE = {
 }
 
 
-def _flag_type(field: dataclasses.Field) -> type:
+def _flag_type(field: dataclasses.Field) -> Any:
     """int for Optional[int]; the field's own type otherwise."""
     args = [a for a in typing.get_args(field.type) if a is not type(None)]
     return args[0] if args else field.type
@@ -231,9 +231,9 @@ def _precision(flag_values: flags.FlagValues) -> str:
 
 def config_from_flags(flag_values: flags.FlagValues, environ: Mapping[str, str]) -> tuple:
     """(TrainConfig, ClusterConfig) from parsed flags; unset outputs from ENVIRONMENT_FALLBACKS."""
-    values = {f.name: flag_values[f.name].value for f in dataclasses.fields(TrainConfig)}
+    values: dict[str, Any] = {f.name: flag_values[f.name].value for f in dataclasses.fields(TrainConfig)}
     for name, (variable, default) in ENVIRONMENT_FALLBACKS.items():
         values[name] = values[name] or environ.get(variable) or default
     values["precision"] = _precision(flag_values)
-    cluster = {f.name: flag_values[f.name].value for f in dataclasses.fields(ClusterConfig)}
+    cluster: dict[str, Any] = {f.name: flag_values[f.name].value for f in dataclasses.fields(ClusterConfig)}
     return TrainConfig(**values), ClusterConfig(**cluster)

@@ -19,7 +19,8 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 # Lines of TF's native start-up that say nothing actionable (a CPU machine has no CUDA by design).
 NATIVE_NOISE = re.compile(
     r"All log messages before absl::InitializeLog|\] oneDNN custom operations are on|cudart_stub\.cc|"
-    r"cpu_feature_guard\.cc|^To enable the following instructions|cuda_platform\.cc:\d+\] failed call to cuInit|"
+    r"cpu_feature_guard\.cc|^To enable the following instructions|"
+    r"cuda_platform\.cc:\d+\] failed call to cuInit|"
     r"Unable to register cu(DNN|FFT|BLAS) factory|computation_placer\.cc|TF-TRT Warning"
 )
 

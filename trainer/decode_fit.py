@@ -47,7 +47,7 @@ def validation_batches(shards: ShardSet, max_examples: int = MAX_EXAMPLES) -> tf
 def score(
     model, batches: Iterable, color_space: str, settings: List[DecodeSettings]
 ) -> Dict[DecodeSettings, Dict[str, float]]:
-    """Mean PSNR and colourfulness (and the truth's) of each setting's pictures, as metrics.py computes them."""
+    """Mean PSNR and colourfulness (and the truth's) of each setting's pictures, computed as in metrics.py."""
     psnr = {s: [] for s in settings}
     colour = {s: [] for s in settings}
     truth_colour = []
@@ -76,7 +76,10 @@ def choose(
     colour_target: float = COLOUR_TARGET,
     psnr_budget_db: float = PSNR_BUDGET_DB,
 ) -> DecodeSettings:
-    """Within `psnr_budget_db` of the best PSNR: the most accurate setting reaching `colour_target`, else the most colourful."""
+    """Within `psnr_budget_db` of the best PSNR: the most accurate setting reaching `colour_target`.
+
+    If none reaches it, the most colourful one within the budget.
+    """
     best = max(s["psnr"] for s in scores.values())
     affordable = {k: s for k, s in scores.items() if s["psnr"] >= best - psnr_budget_db}
     vivid = [

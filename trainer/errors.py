@@ -58,9 +58,9 @@ def exit_on_user_error():
         sys.exit(exc.exit_code)
 
 
-def first_line(text: str, limit: int = 300) -> str:
+def first_line(text: object, limit: int = 300) -> str:
     """The first non-empty line of an error message (TF's and HTTP errors span many), shortened."""
-    line = next((l.strip() for l in str(text).splitlines() if l.strip()), "")
+    line = next((part.strip() for part in str(text).splitlines() if part.strip()), "")
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 

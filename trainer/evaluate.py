@@ -1,6 +1,7 @@
 """`python -m trainer.evaluate`: score an exported model against the gray baseline; write a report.
 
-    python -m trainer.evaluate --image_dir=photos/ --saved_model=runs/colorizer/export/1712345678 --report_dir=R
+    python -m trainer.evaluate --image_dir=photos/ --saved_model=runs/colorizer/export/1712345678 \
+        --report_dir=R
     python -m trainer.evaluate --data='data/validation-*' --saved_model=... --report_dir=R
 
 Writes `R/metrics.json` and `R/contact_sheet.png` (gray | model | truth, a row per image, 120x120).

@@ -131,7 +131,7 @@ class Listing:
             raise _explain(exc, self.directory) from None
 
 
-_PROCESS_CLIENT = {}
+_PROCESS_CLIENT: dict = {}
 
 
 def read_bytes(path: str) -> bytes:

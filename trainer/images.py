@@ -40,7 +40,7 @@ def _open(path: str, mode: str, size: int) -> Image.Image:
             background = Image.new("RGBA", image.size, (255, 255, 255, 255))
             image = Image.alpha_composite(background, image)
         image = image.convert(mode)
-        return image.resize((size, size), Image.BILINEAR)
+        return image.resize((size, size), Image.Resampling.BILINEAR)
 
 
 def pixel_count(path: str) -> int:

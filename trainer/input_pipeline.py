@@ -78,7 +78,7 @@ def build_dataset(
     seed=None,
     num_workers: int = 1,
 ) -> tf.data.Dataset:
-    """Endless full batches of uint8 (gray [N,H,W,1], colour [N,H,W,3]); `training` shuffles files and examples.
+    """Endless full batches of uint8 (gray [N,H,W,1], colour [N,H,W,3]); `training` shuffles files, examples.
 
     The host only reads, parses and decodes: conversion to float, flips and colour-space targets
     run on the training device inside the step (`preprocess.model_pair`, `trainer.augment`), where

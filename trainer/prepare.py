@@ -283,9 +283,10 @@ def _prepare_alone(scan, names, how, output_dir, num_shards, seed, overwrite):
 
 def _summarise(manifests, scan, output_dir):
     for split, manifest in sorted(manifests.items()):
+        first = posixpath.join(output_dir, shard_name(split, 0, len(manifest.shards)))
         print(
             f"{split}: {manifest.num_examples} examples in {len(manifest.shards)} shards "
-            f"({manifest.encoding}) -> {posixpath.join(output_dir, shard_name(split, 0, len(manifest.shards)))} ..."
+            f"({manifest.encoding}) -> {first} ..."
         )
         if manifest.skipped:
             print(

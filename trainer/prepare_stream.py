@@ -26,7 +26,7 @@ class Scan:
     def __init__(self, source, task: int = 0, num_tasks: int = 1):
         self.source, self.task, self.num_tasks = source, task, num_tasks
         self.images = self.mine = self.bytes = self.ignored = 0
-        self.ignored_names = []
+        self.ignored_names: list = []
 
     def __iter__(self):
         for name, size in self.source:
@@ -58,7 +58,8 @@ class Progress:
         self.label, self.every, self.enabled, self.out = label, every, enabled, out or sys.stderr
         self.start = start or time.monotonic()
         self.last = time.monotonic()
-        self.total, self.first_after, self._counter = None, None, count
+        self.total, self._counter = None, count
+        self.first_after: float | None = None
 
     def count_in_background(self) -> None:
         """Starts the counting listing; call it after the decode processes are forked (no thread to copy)."""
@@ -111,7 +112,8 @@ class Written:
 
 def decoded(pool, jobs, load_chunk, window: int):
     """Results of `load_chunk` over `jobs` in order, at most `window` chunks in flight."""
-    pending, jobs = collections.deque(), iter(jobs)
+    pending: collections.deque = collections.deque()
+    jobs = iter(jobs)
     while True:
         chunk = list(itertools.islice(jobs, CHUNK))
         if chunk:

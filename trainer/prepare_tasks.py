@@ -169,7 +169,7 @@ class Plan:
         text, self.part_generation = _read(mine)
         part = json.loads(text) if text else None
         ours = part is not None and part.get("run") == self.run
-        if ours and part.get("state") == "done":
+        if part is not None and ours and part.get("state") == "done":
             self.state = "finalize"
         foreign = {
             manifest_path(self.output_dir, s): g

@@ -120,8 +120,8 @@ _RGB_FROM_XYZ = (
 
 def lab_to_rgb(lab: tf.Tensor) -> tf.Tensor:
     """CIE L*a*b* -> sRGB clipped to [0, 1]: tensorflow-io's formula without tf.math.pow (see rgb_to_lab)."""
-    l, a, b = tf.unstack(lab, axis=-1)
-    fy = (l + 16.0) / 116.0
+    lightness, a, b = tf.unstack(lab, axis=-1)
+    fy = (lightness + 16.0) / 116.0
     f = tf.stack([a / 500.0 + fy, fy, tf.maximum(fy - b / 200.0, 0.0)], axis=-1)
     xyz = tf.where(f > 0.2068966, f * f * f, (f - 16.0 / 116.0) / 7.787) * tf.constant(_D65_WHITE, lab.dtype)
     linear = tf.tensordot(xyz, tf.constant(_RGB_FROM_XYZ, lab.dtype), axes=((-1,), (1,)))

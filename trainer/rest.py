@@ -112,7 +112,7 @@ def decode_instances(body: dict, input_specs: dict) -> dict:
     instances = body.get("instances")
     if not isinstance(instances, list) or not instances:
         raise RestError(400, "Missing or empty 'instances' list")
-    columns = {name: [] for name in input_specs}
+    columns: dict = {name: [] for name in input_specs}
     for index, instance in enumerate(instances):
         if not (isinstance(instance, dict) and not _is_b64(instance)):
             if len(input_specs) > 1:
@@ -206,7 +206,7 @@ class LocalModel:
             if not match or match["name"] != self.model_name or match["version"] not in (None, self.version):
                 raise RestError(404, f"Servable not found for request: {path}")
             if match["verb"] and method == "POST":
-                return 200, json.dumps(self._predict(json.loads(body))).encode()
+                return 200, json.dumps(self._predict(json.loads(body or b"null"))).encode()
             if not match["verb"] and method == "GET":
                 status = {
                     "version": self.version,

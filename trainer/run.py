@@ -139,7 +139,7 @@ PEER_ERRORS = (
 
 
 def train_and_export_guarded(config: TrainConfig, strategy, stop_requested, shards=None) -> RunResult:
-    """train_and_export(), with a lost peer exiting EXIT_PEER_LOST and unavailable storage a TransientError."""
+    """train_and_export(); a lost peer exits EXIT_PEER_LOST, unavailable storage is a TransientError."""
     try:
         return train_and_export(config, strategy, stop_requested, shards)
     except PEER_ERRORS as exc:

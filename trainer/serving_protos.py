@@ -1,4 +1,4 @@
-"""The few TF Serving protocol buffers we write, built from their field numbers with protobuf's descriptor API.
+"""The few TF Serving protocol buffers we write, built from their field numbers (protobuf's descriptor API).
 
 TF Serving reads two files of ours: the warmup requests (a TFRecord of `tensorflow.serving.PredictionLog`)
 and the model config (a text `tensorflow.serving.ModelServerConfig`). Their classes ship in

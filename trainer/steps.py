@@ -27,7 +27,7 @@ def device_preprocess(gray: tf.Tensor, color: tf.Tensor, color_space: str, flip_
 def build_step_functions(
     config: TrainConfig, model, optimizer, strategy, global_batch: int, seed: int, bin_weights=None
 ):
-    """(run_train, run_eval): each `run(iterator, steps)` runs `steps` steps in one call, returns the mean loss.
+    """(run_train, run_eval): `run(iterator, steps)` runs `steps` steps in one call, returns the mean loss.
 
     The loss is summed over replicas and divided by the GLOBAL batch (`compute_average_loss`), so an
     update is the same whatever the number of replicas.

@@ -52,7 +52,8 @@ def main(argv):
         print(f"SavedModel:  {result.export}")
         print(f"tensorboard: tensorboard --logdir {config.log_dir}")
         print(
-            f"colorize:    python -m trainer.client --local_model={result.export} PHOTO.jpg --output_dir=colorized"
+            f"colorize:    python -m trainer.client --local_model={result.export} PHOTO.jpg "
+            "--output_dir=colorized"
         )
 
 

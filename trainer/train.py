@@ -6,6 +6,7 @@ node) and MultiWorkerMirroredStrategy (many nodes).
 """
 
 import dataclasses
+import functools
 import math
 import random
 import time
@@ -277,11 +278,13 @@ class Trainer:
             if interval:
                 steps = min(steps, interval - self.step % interval)
             start = time.perf_counter()
-            losses.append((float(_guard(lambda: run_train(train_iter, steps), self.train_shards)), steps))
+            losses.append(
+                (float(_guard(functools.partial(run_train, train_iter, steps), self.train_shards)), steps)
+            )
             self.pacer.timed(steps, time.perf_counter() - start)
             if interval:
                 self.checkpoints.save_latest(self.step, force=False)
-        return sum(l * n for l, n in losses) / max(1, sum(n for _, n in losses)), False
+        return sum(loss * n for loss, n in losses) / max(1, sum(n for _, n in losses)), False
 
     def _evaluate(self, run_eval, eval_dist):
         """Mean validation loss, in calls no longer than training's; None when a stop was agreed.
@@ -294,7 +297,7 @@ class Trainer:
                 preemption.keep_until_exit(iterator)
                 return None
             steps = min(self.pacer.steps_per_call, self.eval_steps - done)
-            total += float(_guard(lambda: run_eval(iterator, steps), self.eval_shards)) * steps
+            total += float(_guard(functools.partial(run_eval, iterator, steps), self.eval_shards)) * steps
             done += steps
         return total / done
 
