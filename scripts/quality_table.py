@@ -31,7 +31,8 @@ def _cells(full: dict, small: dict, truth: float) -> str:
     share = 100.0 * full["colourfulness"] / truth if truth else 0.0
     return (
         f"{full['psnr']:.2f} | {full['ssim']:.3f} | {full['colourfulness']:.1f} ({share:.0f}%) | "
-        f"{full['delta_e_2000']:.2f} | {small['psnr']:.2f} | {small['ssim']:.3f} | {small['colourfulness']:.1f}"
+        f"{full['delta_e_2000']:.2f} | {small['psnr']:.2f} | {small['ssim']:.3f} | "
+        f"{small['colourfulness']:.1f}"
     )
 
 
@@ -61,7 +62,8 @@ def table(rows: list, reference: str = None) -> str:
         f"{'full resolution via serving_default' if size == 'full' else '120x120'}, 6-8 at 120x120 "
         "via colorize_tensor.",
         "",
-        "| | PSNR dB | SSIM | colourfulness (% of truth) | CIEDE2000 | PSNR 120 | SSIM 120 | colourf. 120 | goals |",
+        "| | PSNR dB | SSIM | colourfulness (% of truth) | CIEDE2000 | "
+        "PSNR 120 | SSIM 120 | colourf. 120 | goals |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         f"| gray input returned as is | {_cells(first[size]['gray'], first['120']['gray'], truth)} | |",
     ]
@@ -93,7 +95,8 @@ def curve_table(curve: list) -> str:
     ]
     for epoch, (step, values) in enumerate(curve, start=1):
         lines.append(
-            f"| {epoch} | {step} | {values.get('loss', float('nan')):.4f} | {values.get('psnr', float('nan')):.2f} | "
+            f"| {epoch} | {step} | {values.get('loss', float('nan')):.4f} | "
+            f"{values.get('psnr', float('nan')):.2f} | "
             f"{100 * values.get('colourfulness_share', float('nan')):.0f}% |"
         )
     return "\n".join(lines) + "\n"

@@ -159,7 +159,8 @@ def tf_serving_gated_available_at(
     promoted_at, config_poll, fs_poll, load_seconds, propagation=0.0, phases=(0.0, 0.0)
 ):
     """Gated mode: when the promoted version is AVAILABLE. The kubelet projects the new ConfigMap after
-    `propagation`, the next config poll reads it, the next file-system poll finds the version, then the load."""
+    `propagation`, the next config poll reads it, the next file-system poll finds the version, then the
+    load."""
     if promoted_at is None:
         return None
     read = _next_tick(promoted_at + propagation, config_poll, phases[0])

@@ -1,4 +1,4 @@
-"""A local fake Kubernetes API server for the `kubernetes` client (tests/test_launch.py, tests/test_promote.py).
+"""A local fake Kubernetes API server for the `kubernetes` client (tests/test_launch.py, test_promote.py).
 
 It answers the REST paths the client calls (jobs, services, pods, pod logs, kubeflow.org tfjobs,
 ConfigMaps, strategic-merge PATCHes of ConfigMaps and pods, and the pod proxy
@@ -21,8 +21,9 @@ MERGE_PATCHES = ("application/strategic-merge-patch+json", "application/merge-pa
 class FakeCluster(http.server.ThreadingHTTPServer):
     """Just enough of the Kubernetes API; `statuses` are returned by successive Job status reads.
 
-    `patch_types` are the Content-Types of the PATCHes; `on_patch(plural, name)` runs after each PATCH is applied (a pod update is what makes the kubelet
-    sync that pod); `proxy(pod, port, path)` answers pod-proxy GETs with (HTTP code, JSON body).
+    `patch_types` are the Content-Types of the PATCHes; `on_patch(plural, name)` runs after each PATCH
+    is applied (a pod update is what makes the kubelet sync that pod); `proxy(pod, port, path)` answers
+    pod-proxy GETs with (HTTP code, JSON body).
     """
 
     def __init__(self):

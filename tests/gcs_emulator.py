@@ -208,7 +208,10 @@ def denial(request) -> bytes:
         )
         content_type = "application/xml; charset=UTF-8"
     data = body.encode()
-    head = f"HTTP/1.1 403 Forbidden\r\nContent-Type: {content_type}\r\nContent-Length: {len(data)}\r\nConnection: close\r\n\r\n"
+    head = (
+        f"HTTP/1.1 403 Forbidden\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n"
+    )
     return head.encode() + data
 
 
@@ -271,7 +274,7 @@ def _rewrite_head(head: bytes, body_length: int) -> bytes:
     """Drops what Go's server rejects or what would keep the connection open; the body is already read."""
     lines = head.split(b"\r\n")
     dropped = (b"connection:", b"transfer-encoding:", b"expect:", b"content-length:")
-    kept = [l for l in lines[1:] if l and not l.lower().startswith(dropped)]
+    kept = [line for line in lines[1:] if line and not line.lower().startswith(dropped)]
     return b"\r\n".join(
         [lines[0], *kept, b"Content-Length: %d" % body_length, b"Connection: close", b"", b""]
     )
@@ -393,7 +396,9 @@ class TlsFront:
         """Maps the request to its permissions and logs it; `missing` is None for an unknown kind."""
         lines = head.decode("latin-1").split("\r\n")
         method, target = lines[0].split(" ")[:2]
-        host = next((l.split(":", 1)[1].strip() for l in lines[1:] if l.lower().startswith("host:")), "")
+        host = next(
+            (line.split(":", 1)[1].strip() for line in lines[1:] if line.lower().startswith("host:")), ""
+        )
         known, granted = classify(method, target, host), self.granted
         if known is None:
             request = Request(method, target, None, frozenset(), None)

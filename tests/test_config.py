@@ -61,6 +61,9 @@ def test_bad_enum_values_are_refused_by_the_flags_and_the_config():
 
 
 def test_config_module_imports_no_tensorflow():
-    code = "import sys, trainer.config, trainer.task; assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
+    code = (
+        "import sys, trainer.config, trainer.task; "
+        "assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
+    )
     run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr

@@ -41,8 +41,12 @@ spec:
       onPodConditions: [{type: DisruptionTarget}]
 """
 # kubernetes.io/examples/controllers/job-backoff-limit-per-index-example.yaml: even indexes exit 1
-DOCS_PER_INDEX_EXAMPLE = "spec: {completions: 10, parallelism: 3, completionMode: Indexed, backoffLimitPerIndex: 1, maxFailedIndexes: 5}"
-# kubernetes.io/examples/controllers/job-backoff-limit-per-index-failindex.yaml: index 0 exits 1, index 1 exits 42
+DOCS_PER_INDEX_EXAMPLE = (
+    "spec: {completions: 10, parallelism: 3, completionMode: Indexed, "
+    "backoffLimitPerIndex: 1, maxFailedIndexes: 5}"
+)
+# kubernetes.io/examples/controllers/job-backoff-limit-per-index-failindex.yaml:
+# index 0 exits 1, index 1 exits 42
 DOCS_FAILINDEX_EXAMPLE = """
 spec:
   completions: 4
@@ -63,7 +67,7 @@ def test_docs_pod_failure_policy_example():
     assert JobController(job).fail(PodFailure(42, container="main")) == "FailJob"
     jc = JobController(job)
     assert jc.fail(PodFailure(137, disruption_target=True, container="main")) == "Ignore" and jc.counted == 0
-    for attempt in range(7):
+    for _ in range(7):  # backoffLimit: 6, so the 7th counted failure fails the Job
         assert not jc.failed
         assert jc.fail(PodFailure(1, container="main")) == "Count"
     assert jc.failed and jc.reason == "BackoffLimitExceeded"
@@ -71,7 +75,8 @@ def test_docs_pod_failure_policy_example():
 
 
 def test_docs_backoff_limit_per_index_example():
-    """Documented outcome: failedIndexes 0,2,4,6,8, 10 failed pods, all indexes run, the Job fails at the end."""
+    """Documented outcome: failedIndexes 0,2,4,6,8, 10 failed pods, all indexes run, the Job fails at the
+    end."""
     jc = JobController(yaml.safe_load(DOCS_PER_INDEX_EXAMPLE))
     for index in range(0, 10, 2):
         assert jc.fail(PodFailure(1, container="example", index=index)) == "Count"
@@ -83,7 +88,8 @@ def test_docs_backoff_limit_per_index_example():
 
 
 def test_docs_failindex_example():
-    """Documented outcome: index 0 retried once then failed, index 1 failed without retry: failedIndexes 0,1."""
+    """Documented outcome: index 0 retried once then failed, index 1 failed without retry:
+    failedIndexes 0,1."""
     jc = JobController(yaml.safe_load(DOCS_FAILINDEX_EXAMPLE))
     assert jc.fail(PodFailure(42, container="main", index=1)) == "FailIndex"
     assert jc.fail(PodFailure(1, container="main", index=0)) == "Count" and jc.failed_indexes == {1}
@@ -112,7 +118,8 @@ def test_docs_startup_probe_example():
 
 @pytest.mark.parametrize("code, retried", [(1, False), (2, False), (3, False), (130, True), (138, True)])
 def test_training_operator_unit_test_cases(code, retried):
-    """training-operator v1.9.0 pkg/util/train/train_util_test.go TestIsRetryableExitCode, through the model."""
+    """training-operator v1.9.0 pkg/util/train/train_util_test.go TestIsRetryableExitCode, through the
+    model."""
     tfjob = {
         "spec": {
             "tfReplicaSpecs": {
@@ -200,7 +207,8 @@ def test_gated_serving_is_ready_within_a_minute_of_a_promotion():
 
 
 def test_the_old_serving_probes_restarted_the_server_within_about_a_minute():
-    """The defect as it was: a tcpSocket liveness probe (15 s delay, 20 s period, 3 failures), no startup probe."""
+    """The defect as it was: a tcpSocket liveness probe (15 s delay, 20 s period, 3 failures), no startup
+    probe."""
     old = {
         "readinessProbe": {"initialDelaySeconds": 5, "periodSeconds": 10},
         "livenessProbe": {"initialDelaySeconds": 15, "periodSeconds": 20, "failureThreshold": 3},

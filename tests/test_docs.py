@@ -139,7 +139,8 @@ def test_readme_cluster_commands_are_the_walkthrough_s():
 
 
 def test_every_serving_production_command_is_tested_or_cluster_only():
-    """docs/SERVING.md's export -> warm -> evaluate -> promote -> rollback blocks carry a marker naming a real test."""
+    """docs/SERVING.md's export -> warm -> evaluate -> promote -> rollback blocks carry a marker naming a
+    real test."""
     path = ROOT / "docs" / "SERVING.md"
     text = path.read_text()
     section = text[text.index("## Production") : text.index("## The REST API")]

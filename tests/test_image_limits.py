@@ -87,7 +87,9 @@ try:
     print("served")
 except tf.errors.InvalidArgumentError as exc:
     print("refused", " ".join(exc.message.split()))
-print(len(bomb), time.perf_counter() - start, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+elapsed = time.perf_counter() - start
+grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+print(len(bomb), elapsed, grown_mib)
 """
 
 

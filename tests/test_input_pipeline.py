@@ -91,7 +91,8 @@ def test_corrupt_record_is_traced_to_its_shard(shards_dir, tmp_path):
     ],
 )
 def test_listing_errors_transient_or_permanent(monkeypatch, error, expected):
-    """Storage that stays unavailable after TF's retries may recover (145); a denied or missing bucket won't (3)."""
+    """Storage that stays unavailable after TF's retries may recover (145); a denied or missing bucket
+    won't (3)."""
 
     def glob(pattern):
         raise error

@@ -114,7 +114,10 @@ def test_standalone_job_is_the_base_job():
 
 def test_yaml_lint():
     """yamllint catches what PyYAML forgives (duplicate keys, bad indentation)."""
-    config = "{extends: default, rules: {line-length: {max: 160}, document-start: disable, truthy: {check-keys: false}}}"
+    config = (
+        "{extends: default, rules: "
+        "{line-length: {max: 160}, document-start: disable, truthy: {check-keys: false}}}"
+    )
     out = subprocess.run(
         [tool("yamllint"), "-s", "-d", config, str(K8S), str(ROOT / "skaffold.yaml")],
         capture_output=True,
@@ -188,7 +191,8 @@ def test_trainer_flags_exist(docs):
 
 
 def test_variable_references_resolve(docs):
-    """$(VAR) in args expands only from the container's env and envFrom; a typo would pass through verbatim."""
+    """$(VAR) in args expands only from the container's env and envFrom; a typo would pass through
+    verbatim."""
     name, objects = docs
     config = {d["metadata"]["name"]: set(d.get("data", {})) for d in objects if d["kind"] == "ConfigMap"}
     for doc in objects:
@@ -353,7 +357,8 @@ def test_single_node_job():
 
 @pytest.mark.parametrize("overlay", ["dev", "gke", "gke-multinode"])
 def test_each_run_checkpoints_under_its_job_name(overlay):
-    """Re-running a finished Job must not silently resume it under another run's name: model_dir is per Job."""
+    """Re-running a finished Job must not silently resume it under another run's name: model_dir is per
+    Job."""
     for job in _by_kind(load(f"overlay:{overlay}"), "Job"):
         [c] = job["spec"]["template"]["spec"]["containers"]
         [model_dir] = [a for a in c["args"] if a.startswith("--model_dir=")]

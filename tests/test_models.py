@@ -7,7 +7,8 @@ from trainer.models import build_autoencoder, build_model, build_unet
 
 def _layer_summary(model):
     return [
-        (type(l).__name__, getattr(l, "filters", None), getattr(l, "strides", None)) for l in model.layers
+        (type(layer).__name__, getattr(layer, "filters", None), getattr(layer, "strides", None))
+        for layer in model.layers
     ]
 
 
@@ -30,9 +31,9 @@ def test_autoencoder_is_the_seed_model():
         ("BatchNormalization", None, None),
     ]
     assert all(
-        l.kernel_size == (3, 3) and l.activation.__name__ == "relu"
-        for l in encoder.layers
-        if isinstance(l, keras.layers.Conv2D)
+        layer.kernel_size == (3, 3) and layer.activation.__name__ == "relu"
+        for layer in encoder.layers
+        if isinstance(layer, keras.layers.Conv2D)
     )
     assert encoder.output_shape == (None, 15, 15, 512)
     assert _layer_summary(decoder) == [
@@ -42,7 +43,7 @@ def test_autoencoder_is_the_seed_model():
         ("Conv2D", 3, (1, 1)),
         ("Reshape", None, None),
     ]
-    assert [l.output.shape[1] for l in decoder.layers[:3]] == [30, 60, 120]
+    assert [layer.output.shape[1] for layer in decoder.layers[:3]] == [30, 60, 120]
 
 
 @pytest.mark.parametrize("channels", [2, 3])
@@ -57,7 +58,7 @@ def test_output_shapes_and_ranges(channels):
 
 def test_unet_has_skip_connections_at_every_level():
     model = build_unet(2, base_filters=4, depth=3)
-    skips = [l for l in model.layers if isinstance(l, keras.layers.Concatenate)]
+    skips = [layer for layer in model.layers if isinstance(layer, keras.layers.Concatenate)]
     assert sorted(s.output.shape[1] for s in skips) == [30, 60, 120]
 
 

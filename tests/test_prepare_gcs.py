@@ -1,4 +1,4 @@
-"""Prepare tasks as an Indexed Job runs them, against a real GCS server (fake-gcs-server, tests/gcs_emulator.py).
+"""Prepare tasks as an Indexed Job runs them, against a real GCS server (fake-gcs-server, gcs_emulator.py).
 
 Photos in gs://BUCKET/photos/ -> 3 `python -m trainer.prepare` processes with JOB_COMPLETION_INDEX,
 COLORIZER_NUM_TASKS and COLORIZER_RUN_NAME set -> shards and one manifest per split in the bucket ->

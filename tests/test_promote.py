@@ -393,7 +393,8 @@ def test_cluster_model_status_through_the_pod_proxy(versions, kube):
 
 
 def test_cluster_a_forbidden_pod_proxy_is_an_error_not_a_wait(versions, kube, capsys):
-    """Without RBAC `get pods/proxy` the API server answers 403: say so at once, not "not AVAILABLE" after --timeout."""
+    """Without RBAC `get pods/proxy` the API server answers 403: say so at once, not "not AVAILABLE"
+    after --timeout."""
     _, (v1, _, _), _ = versions
     message = 'pods "serving-a" is forbidden: User "dev@example.com" cannot get resource "pods/proxy"'
     kube.cluster.proxy = lambda pod, port, path: (

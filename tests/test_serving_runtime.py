@@ -1,4 +1,4 @@
-"""The export runs in the TensorFlow that the pinned tensorflow/serving image is built on, as TF Serving runs it.
+"""The export runs in the TensorFlow the pinned tensorflow/serving image is built on, as TF Serving runs it.
 
 Exports are written by TF 2.21; the manifests pin tensorflow/serving:2.20.0 (no 2.21 server release
 exists yet). A graph or op attribute that 2.20 can't load or run would only show on the cluster, as a
@@ -70,7 +70,8 @@ def run_in_serving_runtime(saved_model: str, cases: dict, tmp_path) -> dict:
     results = dict(np.load(tmp_path / "out.npz", allow_pickle=True))
     runtime = str(results.pop("tensorflow_version"))
     assert runtime.startswith(pinned_serving_version() + "."), (
-        f"{python} runs TensorFlow {runtime}, the manifests pin tensorflow/serving:{pinned_serving_version()}: {SETUP_HINT}"
+        f"{python} runs TensorFlow {runtime}, "
+        f"the manifests pin tensorflow/serving:{pinned_serving_version()}: {SETUP_HINT}"
     )
     return results
 

@@ -1,6 +1,5 @@
 """The replicated step does on the device what the host pipeline used to: same targets, same loss."""
 
-
 import keras
 import numpy as np
 import pytest

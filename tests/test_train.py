@@ -60,7 +60,8 @@ def test_resume_continues_from_checkpoint_with_optimizer_state(shards_dir, tmp_p
 
 
 def test_early_stopping_state_survives_restart(shards_dir, tmp_path, mirrored):
-    # Validation losses are scripted (improve, then worsen) so the stop epoch doesn't depend on training noise.
+    # Validation losses are scripted (improve, then worsen) so the stop epoch doesn't depend on
+    # training noise.
     config = _config(shards_dir, tmp_path, epochs=8, patience=2)
     first = _trainer(config, mirrored)
     val_losses = iter([1.0, 0.5, 0.7, 0.9])

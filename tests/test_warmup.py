@@ -96,7 +96,8 @@ def test_each_warmup_request_runs_in_the_trainer_s_and_the_serving_image_s_tenso
 
 
 def test_the_large_warmup_photo_fits_a_lower_pixel_limit(tmp_path):
-    """With --max_pixels below the photo's size, the photo shrinks: the export would refuse it, failing the load."""
+    """With --max_pixels below the photo's size, the photo shrinks: the export would refuse it, failing
+    the load."""
     model = build_model("unet", 2, base_filters=4)
     path = export.export_saved_model(model, "lab", str(tmp_path), max_pixels=200_000)
     large = as_arrays(records(path)[1])["image_bytes"]
