@@ -256,7 +256,7 @@ def test_oversized_images_are_refused_before_any_request(tmp_path):
     with pytest.raises(client.DataError, match=r"cut.png: not a readable image \("):
         client.plan_outputs([str(tmp_path / "cut.png")], str(tmp_path / "out"), False, max_pixels=100)
     with pytest.raises(client.DataError, match=r"b.png: more than 51000000 pixels"):
-        client.plan_outputs(files, str(tmp_path / "out"), False, max_pixels=client.images.DEFAULT_MAX_PIXELS)
+        client.plan_outputs(files, str(tmp_path / "out"), False, max_pixels=client.DEFAULT_MAX_PIXELS)
 
 
 def _write(path, data):

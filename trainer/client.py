@@ -21,6 +21,7 @@ import urllib.request
 from absl import app, flags
 
 from trainer import images, rest
+from trainer.config import DEFAULT_MAX_PIXELS
 from trainer.errors import (
     ColorizerError,
     ConfigError,
@@ -241,7 +242,7 @@ def define_flags():
     flags.DEFINE_bool("overwrite", False, "Replace existing output files.")
     flags.DEFINE_integer(
         "max_pixels",
-        images.DEFAULT_MAX_PIXELS,
+        DEFAULT_MAX_PIXELS,
         "Refuse files with more pixels before sending (the export's limit; 0: don't check).",
     )
 

@@ -19,9 +19,9 @@ import tensorflow as tf
 from absl import logging
 
 from trainer import preprocess
+from trainer.config import DEFAULT_MAX_PIXELS
 from trainer.errors import TransientError
 from trainer.image_limits import check_image_size
-from trainer.images import DEFAULT_MAX_PIXELS
 from trainer.schema import IMAGE_SIZE
 from trainer.warmup import write_warmup
 

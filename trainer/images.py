@@ -9,12 +9,6 @@ import numpy as np
 from PIL import Image, ImageFile
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-# Serving's default pixel limit (trainer/image_limits.py). A 50-megapixel camera writes 8688 x 5792
-# = 50.3 M pixels. Serving costs about 47 bytes per pixel above idle (measured: 2.4 GB for that
-# photo, 0.57 GB for 12 MP); a request's images are served one at a time (4 x 12 MP: 0.8 GB, was
-# 1.4 GB), so a 4 Gi pod takes one request at the limit at a time: lower it (`--max_pixels` at
-# export) or serving's num_batch_threads for more concurrent large photos.
-DEFAULT_MAX_PIXELS = 51_000_000
 
 # A truncated JPEG must be reported as unreadable, not silently padded with gray.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
