@@ -60,3 +60,12 @@ def shards_dir(tmp_path_factory):
     prepare(str(root / "train_photos"), out, split="train", num_shards=3, progress=False)
     prepare(str(root / "val_photos"), out, split="validation", num_shards=1, progress=False)
     return out
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_workers():
+    """Kills trainer workers a failed test left running: they would slow every later test."""
+    yield
+    from tests import workers
+
+    workers.kill_leftovers()

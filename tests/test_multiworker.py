@@ -45,7 +45,8 @@ def test_sigterm_to_the_chief_stops_both_workers_then_both_resume_agree_and_expo
     resumes there, finishes with identical weights and exports once."""
     envs = tf_config_envs(free_ports(2))
     # Synchronised batch norm: otherwise each worker's moving statistics follow its own shard of data.
-    flags = train_flags(data, tmp_path, 1000, "--sync_batchnorm")
+    # The default loss (two heads: bin prior, per-epoch scores, decode fit) under MultiWorkerMirrored.
+    flags = train_flags(data, tmp_path, 1000, "--sync_batchnorm", "--loss=two_heads")
     stopped = preempt_one(flags, envs, tmp_path, victim=0, after_step=4)
     print("SIGTERM to the chief: exit codes", stopped.codes, "seconds to exit", stopped.seconds)
     assert stopped.codes == [143, 143], stopped.outputs
@@ -55,7 +56,8 @@ def test_sigterm_to_the_chief_stops_both_workers_then_both_resume_agree_and_expo
     assert checkpoint_step(tmp_path / "model" / "checkpoints") == step and not os.listdir(tmp_path / "export")
 
     epochs = step // 4 + 2  # 4 steps an epoch: at least one more epoch
-    codes, outputs = run_pair(train_flags(data, tmp_path, epochs, "--sync_batchnorm"), envs, tmp_path, "w")
+    flags = train_flags(data, tmp_path, epochs, "--sync_batchnorm", "--loss=two_heads")
+    codes, outputs = run_pair(flags, envs, tmp_path, "w")
     assert codes == [0, 0], outputs
     assert "MultiWorkerMirroredStrategy: 2 replica(s)" in outputs[0]
     assert "all-reduce between workers: RING (0 GPU(s) on this worker)" in outputs[0]

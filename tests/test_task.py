@@ -167,8 +167,8 @@ def test_model_dir_guards_its_run_survives_bad_checkpoints_and_a_finished_run_is
     _one_line(
         other,
         2,
-        f"error: --model_dir={tmp_path}/model holds a run with --model=unet --color_space=lab "
-        "--loss=two_heads, not --model=autoencoder --color_space=rgb --loss=mse: pass the same flags",
+        f"error: --model_dir={tmp_path}/model holds a run with --model=unet --color_space=lab, "
+        "not --model=autoencoder --color_space=rgb: pass the same flags",
     )
 
     checkpoints = tmp_path / "model" / "checkpoints"

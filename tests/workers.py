@@ -47,6 +47,7 @@ def train_flags(data, run_dir, epochs, *extra) -> list:
         f"--export_dir={run_dir}/export",
         "--base_filters=4",
         "--batch_size=2",
+        "--loss=mse",  # distributed mechanics; --loss=two_heads in extra where a test covers the default
         f"--epochs={epochs}",
         "--patience=0",
         "--peer_timeout_seconds=30",
@@ -85,8 +86,11 @@ def indexed_env(index, ports, resolvable=None) -> dict:
     }
 
 
+STARTED: list = []  # every worker started, so a failed test can't leave one training (conftest kills them)
+
+
 def start(flags, env, log) -> subprocess.Popen:
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "trainer.task", *flags],
         cwd=REPO,
         env={**ENV, **env},
@@ -94,6 +98,17 @@ def start(flags, env, log) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         text=True,
     )
+    STARTED.append(proc)
+    return proc
+
+
+def kill_leftovers() -> None:
+    """SIGKILLs workers a test left running (it failed before stopping them)."""
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
 
 
 def run_pair(flags, envs, tmp_path, tag):
