@@ -14,7 +14,7 @@ from absl import flags
 
 from trainer.errors import ConfigError
 
-MODELS = ("autoencoder", "unet")
+MODELS = ("autoencoder", "unet", "unet_global")
 COLOR_SPACES = ("rgb", "lab")
 LOSSES = ("mse", "l1", "huber", "classification", "two_heads")
 BIN_LOSSES = ("classification", "two_heads")  # the losses that need bin logits and rebalancing weights
@@ -76,7 +76,12 @@ class TrainConfig:
     tensorboard_dir: str = _setting(
         "", "TensorBoard logs [$AIP_TENSORBOARD_LOG_DIR or {model_dir}/logs].", flag_default=None
     )
-    model: str = _setting("unet", "autoencoder: the seed's model; unet: skip connections.", MODELS)
+    model: str = _setting(
+        "unet",
+        "autoencoder: the seed's model; unet: skip connections; unet_global: plus an image-level "
+        "vector fused at the bottleneck (against whole-photo colour casts).",
+        MODELS,
+    )
     color_space: str = _setting(
         "lab", "rgb: predict RGB (the seed); lab: predict a*b*, keep L*.", COLOR_SPACES
     )

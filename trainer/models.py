@@ -1,5 +1,7 @@
 """Model builders: the seed's autoencoder (the baseline) and a U-Net with skip connections."""
 
+from typing import Optional
+
 import keras
 from keras import layers
 
@@ -55,23 +57,43 @@ def _conv_block(x, filters: int, name: str, sync_batchnorm: bool = False):
     return x
 
 
+def _global_fusion(x, filters: int):
+    """Iizuka et al. (2016)'s fusion: an image-level vector (pooled, then dense) joined to every
+    bottleneck position, so each pixel's colour can depend on what the whole photo shows."""
+    pooled = layers.GlobalAveragePooling2D(name="global_pool")(x)
+    vector = layers.Dense(filters, activation="relu", name="global_dense")(pooled)
+    # [N, H, W, 1] x [N, 1, 1, F]: the vector at every position, whatever H and W are.
+    tiled = keras.ops.ones_like(x[..., :1]) * layers.Reshape((1, 1, filters), name="global_tile")(vector)
+    x = layers.Concatenate(name="global_concat")([x, tiled])
+    return layers.Conv2D(filters, 1, activation="relu", name="global_fuse")(x)
+
+
 def build_unet(
-    output_channels: int = 2, base_filters: int = 32, depth: int = 3, sync_batchnorm: bool = False
+    output_channels: int = 2,
+    base_filters: int = 32,
+    depth: int = 3,
+    sync_batchnorm: bool = False,
+    global_prior: bool = False,
+    image_size: Optional[int] = IMAGE_SIZE,
 ) -> keras.Model:
     """U-Net: `depth` poolings (120 -> 60 -> 30 -> 15), skips joining encoder and decoder levels.
 
     The skips carry edges past the bottleneck, which the seed's autoencoder loses in its poolings.
-    `sync_batchnorm` computes batch statistics over the global batch rather than each replica's.
+    `sync_batchnorm` computes batch statistics over the global batch rather than each replica's;
+    `global_prior` adds `_global_fusion` at the bottleneck. `image_size=None` leaves height and
+    width free (any multiple of 2**depth): the weights don't depend on them.
     """
-    if IMAGE_SIZE % (2**depth):
-        raise ValueError(f"depth {depth} does not divide image size {IMAGE_SIZE}")
-    inputs = keras.Input(shape=INPUT_SHAPE, name="gray")
+    if image_size is not None and image_size % (2**depth):
+        raise ValueError(f"depth {depth} does not divide image size {image_size}")
+    inputs = keras.Input(shape=(image_size, image_size, 3), name="gray")
     x, skips = inputs, []
     for level in range(depth):
         x = _conv_block(x, base_filters * 2**level, f"down{level}", sync_batchnorm)
         skips.append(x)
         x = layers.MaxPooling2D(2, name=f"pool{level}")(x)
     x = _conv_block(x, base_filters * 2**depth, "bottleneck", sync_batchnorm)
+    if global_prior:
+        x = _global_fusion(x, base_filters * 2**depth)
     for level in reversed(range(depth)):
         filters = base_filters * 2**level
         x = layers.Conv2DTranspose(filters, 2, strides=2, padding="same", name=f"up{level}")(x)
@@ -89,6 +111,8 @@ def build_model(
     """Builds a model by name; `base_filters` sizes the U-Net (the autoencoder is fixed by the seed)."""
     if name == "autoencoder":
         return build_autoencoder(output_channels)
-    if name == "unet":
-        return build_unet(output_channels, base_filters, sync_batchnorm=sync_batchnorm)
+    if name in ("unet", "unet_global"):
+        return build_unet(
+            output_channels, base_filters, sync_batchnorm=sync_batchnorm, global_prior=name == "unet_global"
+        )
     raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
