@@ -27,12 +27,16 @@ def load(report_dir: str) -> dict:
         return json.load(handle)
 
 
+def _percent(value) -> str:
+    return "-" if value is None else f"{100 * value:.0f}%"  # reports written before the metric existed
+
+
 def _cells(full: dict, small: dict, truth: float) -> str:
     share = 100.0 * full["colourfulness"] / truth if truth else 0.0
     return (
         f"{full['psnr']:.2f} | {full['ssim']:.3f} | {full['colourfulness']:.1f} ({share:.0f}%) | "
-        f"{full['delta_e_2000']:.2f} | {small['psnr']:.2f} | {small['ssim']:.3f} | "
-        f"{small['colourfulness']:.1f}"
+        f"{full['delta_e_2000']:.2f} | {_percent(full.get('hue_agreement'))} | "
+        f"{small['psnr']:.2f} | {small['ssim']:.3f} | {small['colourfulness']:.1f}"
     )
 
 
@@ -58,13 +62,13 @@ def table(rows: list, reference: str = None) -> str:
     reports = dict(rows)
     baseline = reports[reference][size]["model"] if reference in reports else None
     lines = [
-        f"Scored on {first[size]['images']} photos; truth colourfulness {truth:.1f}. Columns 2-5 at "
+        f"Scored on {first[size]['images']} photos; truth colourfulness {truth:.1f}. Columns 2-6 at "
         f"{'full resolution via serving_default' if size == 'full' else '120x120'}, 6-8 at 120x120 "
         "via colorize_tensor.",
         "",
-        "| | PSNR dB | SSIM | colourfulness (% of truth) | CIEDE2000 | "
+        "| | PSNR dB | SSIM | colourfulness (% of truth) | CIEDE2000 | right hue | "
         "PSNR 120 | SSIM 120 | colourf. 120 | goals |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         f"| gray input returned as is | {_cells(first[size]['gray'], first['120']['gray'], truth)} | |",
     ]
     for label, report in rows:

@@ -75,3 +75,29 @@ def test_image_metrics_and_accumulator_average_over_images():
     assert acc.count() == 3 and set(acc.means()) == set(metrics.METRICS)
     assert acc.means()["psnr"] == metrics.PSNR_CAP_DB
     np.testing.assert_allclose(acc.means()["colourfulness"], metrics.colourfulness(IMAGES).mean())
+
+
+def _solid(rgb, size=8):
+    return np.broadcast_to(np.array(rgb, np.uint8), (1, size, size, 3)).copy()
+
+
+def test_hue_agreement_counts_right_hues_not_casts():
+    sky = _solid((90, 140, 220))
+    assert metrics.hue_agreement_lab(metrics._lab(sky), metrics._lab(sky)) == pytest.approx([1.0])
+    # A warm cast on a blue sky is colourful but wrong; gray is not coloured at all.
+    yellow_cast = _solid((200, 180, 120))
+    gray = np.repeat(np.mean(sky, axis=-1, keepdims=True).astype(np.uint8), 3, axis=-1)
+    assert metrics.colourfulness(yellow_cast)[0] > 10
+    assert metrics.hue_agreement_lab(metrics._lab(yellow_cast), metrics._lab(sky)) == pytest.approx([0.0])
+    assert metrics.hue_agreement_lab(metrics._lab(gray), metrics._lab(sky)) == pytest.approx([0.0])
+
+
+def test_hue_agreement_is_the_share_of_coloured_truth_pixels():
+    truth = _solid((200, 40, 40))  # red
+    truth[0, :, :2] = 128  # a quarter of the pixels gray: not counted
+    predicted = _solid((180, 60, 50))  # a duller red: the same hue sector
+    predicted[0, :, 6:] = (40, 160, 60)  # the last quarter green
+    # 48 coloured truth pixels, 16 of them predicted green: 32 / 48 agree.
+    assert metrics.hue_agreement_lab(metrics._lab(predicted), metrics._lab(truth)) == pytest.approx([2 / 3])
+    all_gray = np.full((1, 8, 8, 3), 128, np.uint8)
+    assert metrics.hue_agreement_lab(metrics._lab(all_gray), metrics._lab(all_gray)) == pytest.approx([1.0])

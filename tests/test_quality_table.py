@@ -14,8 +14,9 @@ quality_table = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(quality_table)
 
 
-def _metrics(psnr, ssim, colourfulness):
-    return {"psnr": psnr, "ssim": ssim, "colourfulness": colourfulness, "delta_e_2000": 5.0}
+def _metrics(psnr, ssim, colourfulness, hue=None):
+    values = {"psnr": psnr, "ssim": ssim, "colourfulness": colourfulness, "delta_e_2000": 5.0}
+    return values if hue is None else {**values, "hue_agreement": hue}
 
 
 def _report(folder, model):
@@ -59,7 +60,7 @@ def test_curve_comes_from_the_runs_tensorboard_events(tmp_path):
 
 def test_writes_table_sheet_and_notes(tmp_path):
     seed = _report(tmp_path / "seed", _metrics(13.0, 0.4, 10.0))
-    best = _report(tmp_path / "best", _metrics(22.0, 0.91, 35.0))
+    best = _report(tmp_path / "best", _metrics(22.0, 0.91, 35.0, hue=0.4))
     (tmp_path / "notes.md").write_text("## Experiments\n")
     out, sheet = tmp_path / "QUALITY.md", tmp_path / "sheet.png"
     quality_table.main(
@@ -75,7 +76,12 @@ def test_writes_table_sheet_and_notes(tmp_path):
     )
     text = out.read_text()
     assert "| gray input returned as is | 20.00 | 0.900 | 0.0 (0%)" in text
-    assert "| best | 22.00 | 0.910 | 35.0 (70%) |" in text and "| met |" in text and "| reference |" in text
+    assert "| seed | 13.00 | 0.400 | 10.0 (20%) | 5.00 | - |" in text  # a report from before the metric
+    assert (
+        "| best | 22.00 | 0.910 | 35.0 (70%) | 5.00 | 40% |" in text
+        and "| met |" in text
+        and "| reference |" in text
+    )
     assert (
         "10.0 min" in text
         and "![gray | model | truth](sheet.png)" in text

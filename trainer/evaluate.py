@@ -218,14 +218,14 @@ def define_flags():
 
 
 def _summary(report: dict) -> str:
-    lines = [f"{'':12}{'psnr':>8}{'ssim':>8}{'colourf.':>10}{'dE2000':>8}"]
+    lines = [f"{'':12}{'psnr':>8}{'ssim':>8}{'colourf.':>10}{'dE2000':>8}{'hue':>6}"]
     for size in ("120", "full"):
         for who in ("model", "gray"):
             if report[size]:
                 m = report[size][who]
                 lines.append(
                     f"{size + ' ' + who:12}{m['psnr']:8.2f}{m['ssim']:8.4f}{m['colourfulness']:10.2f}"
-                    f"{m['delta_e_2000']:8.2f}"
+                    f"{m['delta_e_2000']:8.2f}{100 * m['hue_agreement']:5.0f}%"
                 )
     return "\n".join(lines)
 

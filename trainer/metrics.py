@@ -8,7 +8,10 @@ Every image is compared as the uint8 picture a person would see (predictions are
     the DDColor and CT2 evaluation code: rg = |R - G|, yb = |(R + G) / 2 - B|,
     sqrt(std_rg^2 + std_yb^2) + 0.3 * sqrt(mean_rg^2 + mean_yb^2); 0 for any gray image;
   * `delta_e_2000`: mean CIEDE2000 colour difference (Sharma, Wu & Dalal 2005) between the CIE L*a*b*
-    (D65) values of the two images, with the Lab conversion `trainer.preprocess` uses.
+    (D65) values of the two images, with the Lab conversion `trainer.preprocess` uses;
+  * `hue_agreement`: the share of the truth's coloured pixels that the prediction colours with
+    about the right hue. Colourfulness alone rewards a uniform warm cast (yellow-blue spread counts
+    as colour); this counts a sky only if it comes out blue.
 """
 
 import numpy as np
@@ -17,7 +20,9 @@ import tensorflow as tf
 from trainer import preprocess
 
 PSNR_CAP_DB = 100.0
-METRICS = ("psnr", "ssim", "colourfulness", "delta_e_2000")
+METRICS = ("psnr", "ssim", "colourfulness", "delta_e_2000", "hue_agreement")
+HUE_CHROMA_MIN = 10.0  # C*ab below which a pixel reads as gray (a*b* units)
+HUE_TOLERANCE_DEG = 45.0  # one of eight hue sectors either side: red vs orange passes, red vs green not
 
 
 def _unit(images) -> tf.Tensor:
@@ -83,20 +88,36 @@ def ciede2000(lab1, lab2) -> np.ndarray:
     return np.sqrt(dl**2 + dc**2 + dhh**2 + r_t * dc * dhh)
 
 
+def _lab(images) -> np.ndarray:
+    return preprocess.rgb_to_lab(_unit(images)).numpy()
+
+
 def delta_e(predicted, truth) -> np.ndarray:
     """Per-image mean CIEDE2000 between two uint8 RGB batches."""
-    lab_p = preprocess.rgb_to_lab(_unit(predicted)).numpy()
-    lab_t = preprocess.rgb_to_lab(_unit(truth)).numpy()
-    return ciede2000(lab_p, lab_t).mean(axis=(-2, -1))
+    return ciede2000(_lab(predicted), _lab(truth)).mean(axis=(-2, -1))
+
+
+def hue_agreement_lab(lab_predicted, lab_truth) -> np.ndarray:
+    """Per-image share of the truth's pixels with C*ab >= HUE_CHROMA_MIN whose prediction has C*ab of
+    at least half that and a hue angle within HUE_TOLERANCE_DEG; 1 for an image with no such pixel."""
+    a_p, b_p = lab_predicted[..., 1], lab_predicted[..., 2]
+    a_t, b_t = lab_truth[..., 1], lab_truth[..., 2]
+    coloured = np.hypot(a_t, b_t) >= HUE_CHROMA_MIN
+    turn = np.degrees(np.arctan2(b_p, a_p) - np.arctan2(b_t, a_t)) % 360.0
+    right = (np.minimum(turn, 360.0 - turn) <= HUE_TOLERANCE_DEG) & (np.hypot(a_p, b_p) >= HUE_CHROMA_MIN / 2)
+    hits, total = (right & coloured).sum(axis=(-2, -1)), coloured.sum(axis=(-2, -1))
+    return np.where(total > 0, hits / np.maximum(total, 1), 1.0)
 
 
 def image_metrics(predicted, truth) -> dict:
     """{metric: per-image values} for a batch of uint8 predictions against uint8 truth."""
+    lab_predicted, lab_truth = _lab(predicted), _lab(truth)
     return {
         "psnr": psnr(predicted, truth),
         "ssim": ssim(predicted, truth),
         "colourfulness": colourfulness(predicted),
-        "delta_e_2000": delta_e(predicted, truth),
+        "delta_e_2000": ciede2000(lab_predicted, lab_truth).mean(axis=(-2, -1)),
+        "hue_agreement": hue_agreement_lab(lab_predicted, lab_truth),
     }
 
 
