@@ -67,3 +67,10 @@ def test_config_module_imports_no_tensorflow():
     )
     run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
+
+
+def test_rgb_regression_space_needs_a_lab_regression():
+    assert config.config_from_flags(_parse("--regression_space=rgb"), {})[0].regression_space == "rgb"
+    for other in (("--color_space=rgb",), ("--loss=classification",)):
+        with pytest.raises(ConfigError, match="--regression_space=rgb converts a.b. to sRGB"):
+            config.config_from_flags(_parse("--regression_space=rgb", *other), {})

@@ -72,3 +72,28 @@ def test_count_bins_histograms_target_pixels():
 def test_unknown_loss_is_rejected():
     with pytest.raises(ValueError, match="unknown loss"):
         losses.per_example_loss("hinge", tf.zeros([1, 1, 1, 2]), tf.zeros([1, 1, 1, 2]))
+
+
+def test_rgb_regression_space_scores_the_pictures_both_make_with_the_input_lightness():
+    targets = _targets()
+    lightness = tf.fill(targets.shape[:-1] + (1,), 60.0)
+    off = targets + 0.2
+    assert losses.per_example_loss("mse", targets, targets, lightness=lightness).numpy() == pytest.approx(
+        [0, 0]
+    )
+    in_rgb = losses.per_example_loss("mse", off, targets, lightness=lightness).numpy()
+    picture = lambda ab: preprocess.lab_to_rgb(tf.concat([lightness, ab * preprocess.AB_SCALE], -1))  # noqa: E731
+    expected = losses.RGB_ERROR_WEIGHT * tf.reduce_mean(tf.square(picture(off) - picture(targets)), [1, 2, 3])
+    np.testing.assert_allclose(in_rgb, expected.numpy(), rtol=1e-5)
+    # In sRGB, the same a*b* error weighs less where it is less visible: near black.
+    dark = losses.per_example_loss("mse", off, targets, lightness=lightness * 0.0 + 5.0).numpy()
+    assert np.all(dark < in_rgb)
+    # two_heads' regression head moves to sRGB, and its gradient reaches the regressed a*b*.
+    logits = tf.zeros(targets.shape[:-1] + (len(preprocess.ab_bins()),))
+    regressed = tf.Variable(off)
+    with tf.GradientTape() as tape:
+        loss = losses.per_example_loss(
+            "two_heads", tf.concat([logits, regressed], -1), targets, None, lightness
+        )
+    gradient = tape.gradient(loss, regressed).numpy()
+    assert np.all(np.isfinite(gradient)) and np.abs(gradient).sum() > 0

@@ -17,6 +17,7 @@ from trainer.errors import ConfigError
 MODELS = ("autoencoder", "unet", "unet_global")
 COLOR_SPACES = ("rgb", "lab")
 LOSSES = ("mse", "l1", "huber", "classification", "two_heads")
+REGRESSION_SPACES = ("ab", "rgb")
 BIN_LOSSES = ("classification", "two_heads")  # the losses that need bin logits and rebalancing weights
 LR_SCHEDULES = ("constant", "cosine")
 # Keras precision policies: mixed_float16 needs loss scaling (GPUs with float16 tensor cores);
@@ -93,6 +94,13 @@ class TrainConfig:
         "with rgb].",
         LOSSES,
     )
+    regression_space: str = _setting(
+        "ab",
+        "With --color_space=lab, where mse and two_heads' regression head compare colours: ab "
+        "(a*b* / 128), or rgb (both a*b* joined with the input's L* and converted to sRGB, the "
+        "space PSNR is measured in).",
+        REGRESSION_SPACES,
+    )
     base_filters: int = _setting(32, "Filters of the U-Net's first level (doubled at each level).")
     sync_batchnorm: bool = _setting(
         False, "U-Net batch statistics over the global batch, not each replica's."
@@ -157,6 +165,13 @@ class TrainConfig:
             raise ConfigError(
                 f"--loss={self.loss} predicts a*b* bins: it needs --color_space=lab (with rgb, "
                 "pass --loss=mse, l1 or huber)"
+            )
+        if self.regression_space == "rgb" and (
+            self.color_space != "lab" or self.loss not in ("mse", "two_heads")
+        ):
+            raise ConfigError(
+                f"--regression_space=rgb converts a*b* to sRGB: it needs --color_space=lab and "
+                f"--loss=mse or two_heads, not {self.color_space} and {self.loss}"
             )
         for name in ("epochs", "batch_size", "base_filters", "max_pixels", "shuffle_buffer"):
             if getattr(self, name) < 1:

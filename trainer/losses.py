@@ -22,6 +22,9 @@ HUBER_DELTA = 0.1  # in a*b* / 128 units: about 13 a*b* units, quadratic below, 
 # two_heads: weight of the regression head's MSE (a*b* / 128 units, ~0.01) next to the bins' cross
 # entropy (~2-5), so both shape the shared layers.
 REGRESSION_WEIGHT = 100.0
+# --regression_space=rgb: sRGB squared errors are 1.5-1.75 times smaller than a*b* / 128 ones for the
+# same predictions (zero, half and noisy chroma on cbsd432), so both spaces weigh alike next to the bins.
+RGB_ERROR_WEIGHT = 1.6
 # The classification loss scores every 3rd pixel in each direction: its tensors hold one value per
 # bin (~260) per pixel, which at full 120x120 made a CPU step several times slower than the model's.
 # Neighbouring pixels carry nearly the same colour, and an odd stride visits every phase of the
@@ -76,16 +79,31 @@ def _bin_cross_entropy(logits: tf.Tensor, targets: tf.Tensor, bin_weights=None) 
     return tf.reduce_mean(cross_entropy, axis=[1, 2])
 
 
-def per_example_loss(name: str, predictions: tf.Tensor, targets: tf.Tensor, bin_weights=None) -> tf.Tensor:
+def _squared_error(predictions: tf.Tensor, targets: tf.Tensor, lightness=None) -> tf.Tensor:
+    """Per-pixel squared error of a*b* / 128, or (`lightness` [N, H, W, 1] given) of the sRGB pictures
+    both make with that L*: `--regression_space=rgb`, the loss in the space PSNR is measured in."""
+    if lightness is None:
+        return tf.square(predictions - targets)
+
+    def picture(ab):
+        return preprocess.lab_to_rgb(tf.concat([lightness, ab * preprocess.AB_SCALE], axis=-1))
+
+    return RGB_ERROR_WEIGHT * tf.square(picture(predictions) - picture(targets))
+
+
+def per_example_loss(
+    name: str, predictions: tf.Tensor, targets: tf.Tensor, bin_weights=None, lightness=None
+) -> tf.Tensor:
     """One loss value per example [N]: the pixel mean of the chosen per-pixel loss.
 
     `targets` are what `preprocess.model_targets` makes; for `classification`, `predictions` are
     bin logits and `bin_weights` [Q] the rebalancing weights (None: unweighted); for `two_heads`,
-    bin logits followed by the regressed a*b*, scored by both losses.
+    bin logits followed by the regressed a*b*, scored by both losses. `lightness` (the input's L*)
+    moves mse and the regression head's error to sRGB (`_squared_error`).
     """
     predictions, targets = tf.cast(predictions, tf.float32), tf.cast(targets, tf.float32)
     if name == "mse":
-        return tf.reduce_mean(tf.square(predictions - targets), axis=[1, 2, 3])
+        return tf.reduce_mean(_squared_error(predictions, targets, lightness), axis=[1, 2, 3])
     if name == "l1":
         return tf.reduce_mean(tf.abs(predictions - targets), axis=[1, 2, 3])
     if name == "huber":
@@ -96,7 +114,9 @@ def per_example_loss(name: str, predictions: tf.Tensor, targets: tf.Tensor, bin_
         return _bin_cross_entropy(predictions, targets, bin_weights)
     if name == "two_heads":
         bins = len(preprocess.ab_bins())
-        regression = tf.reduce_mean(tf.square(predictions[..., bins:] - targets), axis=[1, 2, 3])
+        regression = tf.reduce_mean(
+            _squared_error(predictions[..., bins:], targets, lightness), axis=[1, 2, 3]
+        )
         return (
             _bin_cross_entropy(predictions[..., :bins], targets, bin_weights) + REGRESSION_WEIGHT * regression
         )

@@ -35,8 +35,9 @@ def build_step_functions(
 
     def loss_of(gray, color, flip_seed, training):
         inputs, targets = device_preprocess(gray, color, config.color_space, flip_seed)
+        lightness = preprocess.gray_lightness(inputs[..., :1]) if config.regression_space == "rgb" else None
         per_example = losses.per_example_loss(
-            config.loss, model(inputs, training=training), targets, bin_weights
+            config.loss, model(inputs, training=training), targets, bin_weights, lightness
         )
         return tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
 
