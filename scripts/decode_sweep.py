@@ -2,6 +2,7 @@
 
     python scripts/decode_sweep.py --run=runs/quality/recommended
     python scripts/decode_sweep.py --run=runs/quality/two_heads --blends=0,0.25,0.5,0.75,1 --scales=1
+    python scripts/decode_sweep.py --run=runs/quality/recommended --scales=1.3 --blends=0.25 --sides=0,120,176
 
 Settings: a global a*b* scale x, for a `--loss=two_heads` run, the blend of the classification
 head's annealed mean with the regression head. Restores the run's best weights (`{run}/model/best`
@@ -9,7 +10,9 @@ of a `--model=unet --color_space=lab` run; loss and width from its run.json) and
 setting, the cbsd432 tuning slice (the photos `trainer.prepare --holdout_fraction` holds out; never
 trained on, the only photos a setting may be chosen on) and cbsd68 (reported), each photo at full
 resolution with the serving path's composition: the prediction for the 120x120 gray, a*b* upsampled
-to the photo's size and scaled, joined with the photo's own L*.
+to the photo's size and scaled, joined with the photo's own L*. `--sides` adds issue 17's lever 4:
+0 is serving's squash to 120x120; S predicts at the photo's own aspect ratio, the shorter side S
+and both sides rounded to multiples of 8, with the same weights in a U-Net of free height and width.
 """
 
 import argparse
@@ -27,7 +30,7 @@ from PIL import Image  # noqa: E402
 
 from trainer import decode_fit, metrics, preprocess  # noqa: E402
 from trainer.input_pipeline import find_shards  # noqa: E402
-from trainer.models import build_model  # noqa: E402
+from trainer.models import build_model, build_unet  # noqa: E402
 from trainer.prepare import assign_split  # noqa: E402
 
 
@@ -37,17 +40,31 @@ def compose(prediction, gray, scale: float, blend: float) -> np.ndarray:
     return tf.image.convert_image_dtype(rgb, tf.uint8, saturate=True).numpy()
 
 
+def model_input(gray, side: int) -> tf.Tensor:
+    """Serving's squash to 120x120 (side 0), or the photo's aspect ratio with shorter side `side`."""
+    if not side:
+        return preprocess.model_inputs(preprocess.resize_to_model(gray, 120))
+    height, width = gray.shape[1:3]
+    factor = side / min(height, width)
+    size = [max(8, int(round(height * factor / 8)) * 8), max(8, int(round(width * factor / 8)) * 8)]
+    return preprocess.model_inputs(tf.image.resize(gray, size, method="bilinear", antialias=True))
+
+
 def score(model, paths, settings) -> tuple:
-    """(truth colourfulness, {(scale, blend): metric means}) over `paths`."""
+    """(truth colourfulness, {(scale, blend, side): metric means}) over `paths`."""
     results = {setting: metrics.Accumulator() for setting in settings}
     truth_colourfulness = []
     for path in paths:
         with Image.open(path) as image:
             truth = np.asarray(image.convert("RGB"))
         gray = preprocess.to_float(tf.image.rgb_to_grayscale(tf.constant(truth)))[tf.newaxis]
-        prediction = model(preprocess.model_inputs(preprocess.resize_to_model(gray, 120)), training=False)
+        predictions = {
+            side: model(model_input(gray, side), training=False) for side in {s[2] for s in settings}
+        }
         for setting, accumulator in results.items():
-            accumulator.add(metrics.image_metrics(compose(prediction, gray, *setting), truth[np.newaxis]))
+            scale, blend, side = setting
+            prediction = predictions[side]
+            accumulator.add(metrics.image_metrics(compose(prediction, gray, scale, blend), truth[np.newaxis]))
         truth_colourfulness.append(float(metrics.colourfulness(truth[np.newaxis])[0]))
     return float(np.mean(truth_colourfulness)), {k: a.means() for k, a in results.items()}
 
@@ -64,13 +81,23 @@ def main():
     parser.add_argument(
         "--tuning_data", help="shards of the tuning slice: also print trainer.decode_fit's choice"
     )
+    parser.add_argument(
+        "--sides", default="0", help="0: squash to 120x120 (serving); S: aspect ratio, shorter side S"
+    )
     args = parser.parse_args()
     with open(os.path.join(args.run, "model", "run.json")) as handle:
         run = json.load(handle)
-    model = build_model("unet", preprocess.output_channels("lab", run["loss"]), run["base_filters"])
+    model = build_model(run["model"], preprocess.output_channels("lab", run["loss"]), run["base_filters"])
     tf.train.Checkpoint(model=model).restore(
         tf.train.latest_checkpoint(os.path.join(args.run, "model", "best"))
     ).expect_partial()
+    free = build_unet(
+        model.output_shape[-1],
+        run["base_filters"],
+        global_prior=run["model"] == "unet_global",
+        image_size=None,
+    )
+    free.set_weights(model.get_weights())
     train_dir, test_dir = (os.path.join(args.data_root, name) for name in ("cbsd432", "cbsd68"))
     tuning = [
         n
@@ -78,7 +105,8 @@ def main():
         if assign_split(n, "train", "tuning", args.tuning_fraction) == "tuning"
     ]
     blends = [float(b) for b in args.blends.split(",")] if run["loss"] == "two_heads" else [0.0]
-    settings = list(itertools.product([float(s) for s in args.scales.split(",")], blends))
+    sides = [int(side) for side in args.sides.split(",")]
+    settings = list(itertools.product([float(s) for s in args.scales.split(",")], blends, sides))
     if args.tuning_data:
         chosen, scores = decode_fit.fit_decode(model, find_shards(args.tuning_data), "lab", run["loss"])
         print(f"decode_fit's choice on {args.tuning_data} (120x120): {chosen} {scores}")
@@ -86,12 +114,14 @@ def main():
         ("tuning slice of cbsd432", [os.path.join(train_dir, n) for n in tuning]),
         ("cbsd68", [os.path.join(test_dir, n) for n in sorted(os.listdir(test_dir))]),
     ):
-        truth, results = score(model, paths, settings)
+        truth, results = score(free, paths, settings)
         print(f"{name}: {len(paths)} photos, truth colourfulness {truth:.1f}")
-        for (scale, blend), r in results.items():
+        for (scale, blend, side), r in results.items():
             print(
-                f"  a*b* x{scale:.1f} blend {blend:.2f}  PSNR {r['psnr']:.2f}  SSIM {r['ssim']:.3f}  "
-                f"colourfulness {r['colourfulness']:.1f} ({100 * r['colourfulness'] / truth:.0f}%)"
+                f"  a*b* x{scale:.1f} blend {blend:.2f} side {side or 'squash'}  "
+                f"PSNR {r['psnr']:.2f}  SSIM {r['ssim']:.3f}  "
+                f"colourfulness {r['colourfulness']:.1f} ({100 * r['colourfulness'] / truth:.0f}%)  "
+                f"right hue {100 * r['hue_agreement']:.0f}%"
             )
 
 
