@@ -101,3 +101,57 @@ def test_listing_errors_transient_or_permanent(monkeypatch, error, expected):
     with pytest.raises(expected, match=r"^gs://b/train-\*: ") as raised:
         input_pipeline.find_shards("gs://b/train-*")
     assert "\n" not in str(raised.value)
+
+
+@pytest.fixture(scope="module")
+def large_shards(tmp_path_factory):
+    """The same kind of photos as `shards_dir`, stored at 240x240 (`prepare --image_size=240`)."""
+    from tests.conftest import write_photos
+    from trainer.prepare import prepare
+
+    root = tmp_path_factory.mktemp("large")
+    write_photos(root / "photos", 6)
+    prepare(str(root / "photos"), str(root / "small"), num_shards=1, progress=False)
+    manifests = prepare(
+        str(root / "photos"), str(root / "large"), num_shards=2, progress=False, image_size=240
+    )
+    assert manifests["train"].image_size == 240
+    return str(root / "small"), str(root / "large")
+
+
+def test_larger_stored_pairs_are_resized_whole_for_evaluation(large_shards):
+    small, large = (input_pipeline.find_shards(_pattern(d, "train")) for d in large_shards)
+    assert (small.image_size, large.image_size) == (120, 240)
+    ds = input_pipeline.build_dataset(large, 6, training=False)
+    assert ds.element_spec[1].shape.as_list() == [6, 120, 120, 3]
+    by_size = {}
+    for shards, (gray, color) in (
+        (small, next(iter(input_pipeline.build_dataset(small, 6, False)))),
+        (large, next(iter(ds))),
+    ):
+        by_size[shards.image_size] = {int(g.numpy().sum()): c.numpy() for g, c in zip(gray, color)}
+    # Each photo squashed to 240 and resized whole is the photo squashed to 120, up to rounding.
+    for small_color, large_color in zip(sorted(by_size[120].items()), sorted(by_size[240].items())):
+        assert np.abs(small_color[1].astype(int) - large_color[1].astype(int)).mean() < 3
+
+
+def test_training_on_larger_stored_pairs_takes_random_crops_at_several_scales(large_shards):
+    large = input_pipeline.find_shards(_pattern(large_shards[1], "train"))
+    record = next(iter(tf.data.TFRecordDataset(large.files[0])))
+    gray, color = large_tensors = input_pipeline.parse_record(record, large.encoding, 240)
+    assert gray.shape == (240, 240, 1) and color.shape == (240, 240, 3)
+    tf.random.set_seed(3)
+    crops = [input_pipeline.random_crop_pair(*large_tensors) for _ in range(8)]
+    assert all(
+        g.shape == (120, 120, 1) and c.shape == (120, 120, 3) and c.dtype == tf.uint8 for g, c in crops
+    )
+    assert len({c.numpy().tobytes() for _, c in crops}) == 8  # each crop differs
+    # A crop keeps gray and colour aligned: the gray is the colour's luma, as prepare made it.
+    g, c = (t.numpy().astype(float) for t in crops[0])
+    luma = c @ [0.299, 0.587, 0.114]
+    assert np.abs(luma - g[..., 0]).mean() < 2
+    # With the smallest share 1 the crop is the whole image, as evaluation sees it.
+    whole = input_pipeline.random_crop_pair(gray, color, smallest=1.0)[1].numpy()
+    np.testing.assert_array_equal(whole, input_pipeline.parse_for_model(record, large)[1].numpy())
+    ds = input_pipeline.build_dataset(large, 4, training=True, seed=0)
+    assert ds.element_spec[0].shape.as_list() == [4, 120, 120, 1]

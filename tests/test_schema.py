@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -52,3 +54,7 @@ def test_manifest_round_trip_and_validation():
         schema.Manifest.from_json("{not json", "m.json")
     with pytest.raises(DataError, match="encoding"):
         schema.Manifest.from_json(manifest.to_json().replace('"png"', '"jpeg"'), "m.json")
+    larger = dataclasses.replace(manifest, image_size=240)
+    assert schema.Manifest.from_json(larger.to_json(), "m.json").image_size == 240
+    with pytest.raises(DataError, match="m.json: schema 1 / size 96, this trainer reads .* size 120 or more"):
+        schema.Manifest.from_json(dataclasses.replace(manifest, image_size=96).to_json(), "m.json")

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainer import metrics, preprocess
-from trainer.input_pipeline import ShardSet, parse_record
+from trainer.input_pipeline import ShardSet, parse_for_model
 from trainer.preprocess import DecodeSettings
 
 CHROMA_SCALES = (1.0, 1.1, 1.2, 1.3, 1.4)
@@ -38,9 +38,7 @@ def candidates(color_space: str, loss: str) -> List[DecodeSettings]:
 def validation_batches(shards: ShardSet, max_examples: int = MAX_EXAMPLES) -> tf.data.Dataset:
     """The first `max_examples` validation pairs, in file order, as uint8 batches (same on every worker)."""
     records = tf.data.TFRecordDataset(list(shards.files)).take(max_examples)
-    pairs = records.map(
-        lambda record: parse_record(record, shards.encoding), num_parallel_calls=tf.data.AUTOTUNE
-    )
+    pairs = records.map(lambda record: parse_for_model(record, shards), num_parallel_calls=tf.data.AUTOTUNE)
     return pairs.batch(_BATCH).prefetch(tf.data.AUTOTUNE)
 
 

@@ -28,7 +28,7 @@ from trainer import metrics
 from trainer.errors import ConfigError, DataError, exit_on_user_error, parse_flags_or_exit
 from trainer.export import METADATA_FILE, decode_gray
 from trainer.images import IMAGE_EXTENSIONS, load_pair
-from trainer.input_pipeline import find_shards, parse_record
+from trainer.input_pipeline import find_shards, parse_for_model
 from trainer.schema import IMAGE_SIZE
 
 REPORT_FILE = "metrics.json"
@@ -40,7 +40,7 @@ def shard_batches(pattern: str, batch_size: int, limit: int):
     """(gray uint8 [n,120,120,1], colour uint8 [n,120,120,3]) batches from `trainer.prepare` shards."""
     shards = find_shards(pattern)
     records = tf.data.TFRecordDataset(list(shards.files))
-    pairs = records.map(lambda r: parse_record(r, shards.encoding))
+    pairs = records.map(lambda r: parse_for_model(r, shards))
     if limit:
         pairs = pairs.take(limit)
     yield from pairs.batch(batch_size).as_numpy_iterator()

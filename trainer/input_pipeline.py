@@ -7,9 +7,12 @@ import tensorflow as tf
 from absl import logging
 
 from trainer.errors import DataError, first_line, storage_errors
-from trainer.schema import FEATURES, decode_pair, parse_shard_name, read_manifest
+from trainer.schema import FEATURES, IMAGE_SIZE, decode_pair, parse_shard_name, read_manifest
 
 _READ_BUFFER_BYTES = 8 << 20  # large reads amortise object-storage latency
+# Random crops of larger stored pairs span this share of the stored side up to all of it: with pairs
+# stored at 2x the model's size, objects appear at 1x-2x the size serving shows them.
+MIN_CROP = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,6 +23,7 @@ class ShardSet:
     files: tuple
     num_examples: int
     encoding: str
+    image_size: int = IMAGE_SIZE  # stored pairs' side; larger than the model's is cropped or resized to it
 
 
 def find_shards(pattern: str) -> ShardSet:
@@ -57,17 +61,45 @@ def find_shards(pattern: str) -> ShardSet:
     stale = sorted(found - set(manifest.shards))
     if stale:
         raise DataError(f"{pattern}: {stale[0]} is not in the split's manifest (left from an older prepare?)")
-    return ShardSet(pattern, tuple(files), manifest.num_examples, manifest.encoding)
+    return ShardSet(pattern, tuple(files), manifest.num_examples, manifest.encoding, manifest.image_size)
 
 
 # What reading a damaged or vanished shard raises; `find_corrupt_record` then names the shard.
 CORRUPT_RECORD_ERRORS = (tf.errors.DataLossError, tf.errors.InvalidArgumentError, tf.errors.NotFoundError)
 
 
-def parse_record(record: tf.Tensor, encoding: str):
-    """One serialized example -> (gray uint8 [120,120,1], colour uint8 [120,120,3])."""
+def parse_record(record: tf.Tensor, encoding: str, size: int = IMAGE_SIZE):
+    """One serialized example -> (gray uint8 [size,size,1], colour uint8 [size,size,3]) as stored."""
     example = tf.io.parse_single_example(record, FEATURES)
-    return decode_pair(example["gray"], example["color"], encoding)
+    return decode_pair(example["gray"], example["color"], encoding, size)
+
+
+def _resize_pair(gray: tf.Tensor, color: tf.Tensor):
+    """uint8 gray and colour of any size -> both at the model's size, resized together (antialiased)."""
+    both = tf.image.resize(tf.concat([gray, color], -1), [IMAGE_SIZE, IMAGE_SIZE], antialias=True)
+    both = tf.cast(tf.clip_by_value(tf.round(both), 0.0, 255.0), tf.uint8)
+    return both[..., :1], both[..., 1:]
+
+
+def parse_for_model(record: tf.Tensor, shards: ShardSet):
+    """One example at the model's size: larger stored pairs resized whole (evaluation, decode fit)."""
+    gray, color = parse_record(record, shards.encoding, shards.image_size)
+    return (gray, color) if shards.image_size == IMAGE_SIZE else _resize_pair(gray, color)
+
+
+def random_crop_pair(gray: tf.Tensor, color: tf.Tensor, smallest: float = MIN_CROP):
+    """A random square crop of both images, its side a share in [smallest, 1] of theirs, at the
+    model's size: each epoch shows every photo at another place and scale (issue 17, lever 3).
+
+    Stateful random ops: file-sharded multi-worker input can't zip in a seed dataset, and training
+    input is read in a non-deterministic order anyway.
+    """
+    stored = tf.shape(gray)[0]
+    share = tf.random.uniform([], smallest, 1.0)
+    side = tf.maximum(IMAGE_SIZE, tf.cast(share * tf.cast(stored, tf.float32), tf.int32))
+    corner = tf.random.uniform([2], 0, stored - side + 1, dtype=tf.int32)
+    both = tf.concat([gray, color], -1)[corner[0] : corner[0] + side, corner[1] : corner[1] + side]
+    return _resize_pair(both[..., :1], both[..., 1:])
 
 
 def build_dataset(
@@ -107,13 +139,22 @@ def build_dataset(
     if training:
         records = records.shuffle(shuffle_buffer, seed=seed)
 
-    pairs = records.map(
-        lambda record: parse_record(record, shards.encoding), num_parallel_calls=tf.data.AUTOTUNE
-    )
+    pairs = _model_size_pairs(records, shards, training)
     batches = pairs.batch(global_batch_size, drop_remainder=True, num_parallel_calls=tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = policy
     return batches.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def _model_size_pairs(records: tf.data.Dataset, shards: ShardSet, training: bool) -> tf.data.Dataset:
+    """Decoded pairs at the model's size: larger stored pairs are randomly cropped for training and
+    resized whole otherwise."""
+    if not training or shards.image_size == IMAGE_SIZE:
+        return records.map(lambda r: parse_for_model(r, shards), num_parallel_calls=tf.data.AUTOTUNE)
+    return records.map(
+        lambda r: random_crop_pair(*parse_record(r, shards.encoding, shards.image_size)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
 
 
 def shard_policy(num_files: int, num_workers: int, pattern: str = "") -> tf.data.experimental.AutoShardPolicy:
@@ -144,7 +185,7 @@ def find_corrupt_record(shards: ShardSet):
         index = 0
         try:
             for record in tf.data.TFRecordDataset(path):
-                parse_record(record, shards.encoding)
+                parse_record(record, shards.encoding, shards.image_size)
                 index += 1
         except CORRUPT_RECORD_ERRORS as exc:
             return f"{path} (record {index}): {first_line(exc.message)}"

@@ -73,15 +73,15 @@ def _read(path: str):
 
 
 def fetch(jobs):
-    """The jobs (name, colour path, gray path or None, encoding) with gs:// paths replaced by their
-    bytes, downloaded by a few threads at once; a missing object's exception takes its place."""
+    """The jobs (name, colour path, gray path or None, storage format) with gs:// paths replaced by
+    their bytes, downloaded by a few threads at once; a missing object's exception takes its place."""
 
     def one(job):
-        name, color, gray, encoding = job
+        name, color, gray, stored_as = job
         try:
-            return name, _read(color), gray and _read(gray), encoding
+            return name, _read(color), gray and _read(gray), stored_as
         except FileNotFoundError as exc:
-            return name, exc, None, encoding
+            return name, exc, None, stored_as
 
     if not any(gcs.is_gcs(job[1]) for job in jobs):
         return jobs

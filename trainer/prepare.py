@@ -60,6 +60,14 @@ def define_flags(flag_values=FLAGS):
         **fv,
     )
     flags.DEFINE_integer(
+        "image_size",
+        IMAGE_SIZE,
+        f"Side of the stored square pairs: {IMAGE_SIZE} (the model's), or larger for training "
+        "on random crops at several scales (e.g. 240).",
+        lower_bound=IMAGE_SIZE,
+        **fv,
+    )
+    flags.DEFINE_integer(
         "workers", os.cpu_count() or 1, "Processes that decode and encode images (this task's).", **fv
     )
     flags.DEFINE_integer("seed", 0, "Seed of the shuffle of each shard's records.", **fv)
@@ -97,13 +105,13 @@ def assign_split(name: str, split: str, holdout_split: str, holdout_fraction: fl
 
 def _load(job):
     """(name, (gray, colour) or None, error or None) for one fetched job; bad files are errors, not raised."""
-    name, color, gray, encoding = job
+    name, color, gray, (encoding, size) = job
     try:
         if isinstance(color, Exception):
             raise color
         if isinstance(gray, str) and not gcs.is_gcs(gray) and not os.path.exists(gray):
             raise FileNotFoundError(f"no gray version {gray}")
-        return name, images.load_pair(color, gray, IMAGE_SIZE, encoding), None
+        return name, images.load_pair(color, gray, size, encoding), None
     except (OSError, ValueError, SyntaxError) as exc:  # Pillow raises all three for bad files
         return name, None, f"{type(exc).__name__}: {exc}".splitlines()[0]
 
@@ -149,11 +157,12 @@ class _Pass:
     task: int
     num_tasks: int
     started: float
+    image_size: int
 
     def run(self, names, writer_for, label: str):
         def job_of(name):
             gray = self.gray_dir and photo_source.join(self.gray_dir, name)
-            return name, photo_source.join(self.input_dir, name), gray, self.encoding
+            return name, photo_source.join(self.input_dir, name), gray, (self.encoding, self.image_size)
 
         def split_of(name):
             return assign_split(name, self.split, self.holdout_split, self.holdout_fraction)
@@ -182,6 +191,7 @@ def prepare(
     num_tasks=None,
     task_index=None,
     run_name="",
+    image_size=IMAGE_SIZE,
 ):
     """Writes the shards and manifests; returns {split: Manifest}. Raises ColorizerError for bad input.
 
@@ -199,6 +209,7 @@ def prepare(
             "holdout_fraction": holdout_fraction,
             "encoding": encoding,
             "seed": seed,
+            "image_size": image_size,
         }
         plan = prepare_tasks.Plan.make(
             output_dir,
@@ -218,7 +229,7 @@ def prepare(
             )
             return {}
         if plan.state == "finalize":  # this task's part was done before it was restarted
-            return prepare_finalize.finalize(plan, encoding, sys.stderr)
+            return prepare_finalize.finalize(plan, encoding, sys.stderr, image_size)
     task = (task_index or 0, num_tasks or 1)
     scan = Scan(photo_source.PhotoSource(input_dir, recursive), *task)
     names = first_photos(scan, input_dir)
@@ -235,11 +246,12 @@ def prepare(
         recursive,
         *task,
         started,
+        image_size,
     )
     if plan is None:
         return _prepare_alone(scan, names, how, output_dir, num_shards, seed, overwrite)
     prepare_tasks.run(plan, scan, lambda writer_for: how.run(names, writer_for, plan.label), seed)
-    return prepare_finalize.finalize(plan, encoding, sys.stderr)
+    return prepare_finalize.finalize(plan, encoding, sys.stderr, image_size)
 
 
 def _prepare_alone(scan, names, how, output_dir, num_shards, seed, overwrite):
@@ -267,6 +279,7 @@ def _prepare_alone(scan, names, how, output_dir, num_shards, seed, overwrite):
             manifests[name] = Manifest(
                 split=name,
                 encoding=how.encoding,
+                image_size=how.image_size,
                 shards=writer.commit(),
                 skipped=tuple(sorted(written.skipped[name])),
             )
@@ -345,6 +358,7 @@ def main(argv):
             num_tasks,
             task_index,
             run_name,
+            FLAGS.image_size,
         )
 
 

@@ -10,7 +10,7 @@ import posixpath
 
 from trainer.errors import DataError
 from trainer.prepare_tasks import _delete, _list, _read, _write, part_path, shard_range, summary
-from trainer.schema import Manifest, manifest_path, parse_shard_name, shard_name
+from trainer.schema import IMAGE_SIZE, Manifest, manifest_path, parse_shard_name, shard_name
 
 
 def _parts(plan) -> list:
@@ -59,7 +59,7 @@ def _clean(plan, manifests: dict) -> None:
         _delete(stale)
 
 
-def finalize(plan, encoding: str, log) -> dict:
+def finalize(plan, encoding: str, log, image_size: int = IMAGE_SIZE) -> dict:
     """Writes the manifests if every part is done (unless a peer just did); returns them, or {} while
     other tasks are still at work."""
     parts = _parts(plan)
@@ -91,6 +91,7 @@ def finalize(plan, encoding: str, log) -> dict:
         manifests[split] = Manifest(
             split=split,
             encoding=encoding,
+            image_size=image_size,
             shards=dict(sorted(shards.items())),
             skipped=tuple(sorted(skipped)),
             run=plan.run,

@@ -1,5 +1,7 @@
 """The on-disk format: TFRecord shards of 120x120 gray/colour pairs and a manifest per split.
 
+Pairs may be stored larger (`trainer.prepare --image_size`, the manifest's `image_size`): training
+then takes random crops of them, at several scales, down to the model's 120x120.
 Every example holds the pair already resized, so the trainer never has to guess how an image was
 prepared. Each split has a manifest (`{split}.manifest.json`) beside its shards that records the
 example count of every shard: training compares it with the shards it finds to tell a complete
@@ -22,8 +24,8 @@ ENCODINGS = ("png", "raw")
 # Feature names and their meaning; documented in the README.
 FEATURES = {
     "id": tf.io.FixedLenFeature([], tf.string),  # source file name, for tracing a bad example
-    "gray": tf.io.FixedLenFeature([], tf.string),  # 120x120x1 uint8, PNG or raw bytes
-    "color": tf.io.FixedLenFeature([], tf.string),  # 120x120x3 uint8 sRGB, PNG or raw bytes
+    "gray": tf.io.FixedLenFeature([], tf.string),  # SxSx1 uint8 (S = the manifest's image_size), PNG or raw
+    "color": tf.io.FixedLenFeature([], tf.string),  # SxSx3 uint8 sRGB, PNG or raw bytes
 }
 
 _SHARD_RE = re.compile(r"^(?P<split>[A-Za-z0-9_.]+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.tfrecord$")
@@ -56,18 +58,16 @@ def encode_example(example_id: str, gray: bytes, color: bytes) -> bytes:
     return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
 
 
-def decode_pair(gray: tf.Tensor, color: tf.Tensor, encoding: str):
-    """Decodes one example's encoded images to uint8 tensors [120,120,1] and [120,120,3]."""
+def decode_pair(gray: tf.Tensor, color: tf.Tensor, encoding: str, size: int = IMAGE_SIZE):
+    """Decodes one example's encoded images to uint8 tensors [size,size,1] and [size,size,3]."""
     if encoding == "png":
         gray_img = tf.io.decode_png(gray, channels=1)
         color_img = tf.io.decode_png(color, channels=3)
     else:
         gray_img = tf.io.decode_raw(gray, tf.uint8)
         color_img = tf.io.decode_raw(color, tf.uint8)
-    gray_img = tf.ensure_shape(tf.reshape(gray_img, [IMAGE_SIZE, IMAGE_SIZE, 1]), [IMAGE_SIZE, IMAGE_SIZE, 1])
-    color_img = tf.ensure_shape(
-        tf.reshape(color_img, [IMAGE_SIZE, IMAGE_SIZE, 3]), [IMAGE_SIZE, IMAGE_SIZE, 3]
-    )
+    gray_img = tf.ensure_shape(tf.reshape(gray_img, [size, size, 1]), [size, size, 1])
+    color_img = tf.ensure_shape(tf.reshape(color_img, [size, size, 3]), [size, size, 3])
     return gray_img, color_img
 
 
@@ -110,10 +110,10 @@ class Manifest:
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise DataError(f"{source}: not a valid manifest ({exc})") from None
-        if manifest.schema_version != SCHEMA_VERSION or manifest.image_size != IMAGE_SIZE:
+        if manifest.schema_version != SCHEMA_VERSION or manifest.image_size < IMAGE_SIZE:
             raise DataError(
                 f"{source}: schema {manifest.schema_version} / size {manifest.image_size}, "
-                f"this trainer reads schema {SCHEMA_VERSION} / size {IMAGE_SIZE}"
+                f"this trainer reads schema {SCHEMA_VERSION} / size {IMAGE_SIZE} or more"
             )
         if manifest.encoding not in ENCODINGS:
             raise DataError(f"{source}: unknown encoding {manifest.encoding!r}")
