@@ -49,10 +49,13 @@ for name in $MODELS; do
     esac
 done
 
+# The uniform-tint reference: gray plus the training photos' mean a*b* (no training; seconds).
+"$PYTHON" scripts/tint_baseline.py --data_root="$DATA_ROOT" --report_dir="$OUT/tint/report"
 [ -d "$OUT/curve/model/logs/eval" ] && CURVE=1
 echo "quality.sh MODELS=$MODELS: $(( $(date +%s) - start ))s" | tee -a "$OUT/timings.txt"
 "$PYTHON" scripts/quality_table.py --output=docs/QUALITY.md --sheet=docs/quality_contact_sheet.png \
     --timings="$OUT/timings.txt" ${NOTES:+--notes="$NOTES"} \
     --reference="previous default (MSE, plain decode)" ${CURVE:+--curve="$OUT/curve/model/logs/eval"} \
+    "uniform tint (training photos' mean a*b*)=$OUT/tint/report" \
     "seed recipe (autoencoder, rgb)=$OUT/seed/report" "previous default (MSE, plain decode)=$OUT/previous/report" \
     "default flags, 30 epochs allowed=$OUT/curve/report" "recommended (default flags)=$OUT/recommended/report"

@@ -29,7 +29,12 @@ def test_the_tint_is_the_photos_mean_colour_and_scores_as_a_picture(tmp_path):
         tint_baseline.mean_ab([orange, blue]), (lab[0][1:] + lab[1][1:]) / 2, atol=0.05
     )
     # Tinted with the orange photo's own a*b*, the orange photo comes back (up to gray's L* vs its L*).
-    truth, scores = tint_baseline.tint_scores([orange], lab[0][1:])
-    assert scores["hue_agreement"] == pytest.approx(1.0) and scores["colourfulness"] > 0.5 * truth
+    report = tint_baseline.tint_report([orange, orange], lab[0][1:])
+    for section in ("120", "full"):
+        scores, truth = report[section]["model"], report[section]["truth_colourfulness"]
+        assert scores["hue_agreement"] == pytest.approx(1.0) and scores["colourfulness"] > 0.5 * truth
+        assert report[section]["gray"]["hue_agreement"] == 0.0 and report[section]["images"] == 2
     # The same tint on the blue photo: colourful, but every hue wrong.
-    assert tint_baseline.tint_scores([blue], lab[0][1:])[1]["hue_agreement"] == pytest.approx(0.0)
+    assert tint_baseline.tint_report([blue], lab[0][1:])["full"]["model"]["hue_agreement"] == pytest.approx(
+        0.0
+    )

@@ -80,7 +80,7 @@ def photo_batches(paths: list, batch_size: int, limit: int, used: list, skipped:
         yield np.stack(grays), np.stack(colors)
 
 
-class _Section:
+class Section:
     """Model and gray-baseline metrics for one resolution."""
 
     def __init__(self):
@@ -106,7 +106,7 @@ class _Section:
 
 def evaluate_small(loaded, batches, sheet_rows: int):
     """Runs `colorize_tensor` on 120x120 batches; returns (section report, contact-sheet rows)."""
-    section, rows = _Section(), []
+    section, rows = Section(), []
     signature = loaded.signatures["colorize_tensor"]
     for gray, truth in batches:
         rgb = signature(gray=tf.image.convert_image_dtype(gray, tf.float32))["rgb"]
@@ -121,7 +121,7 @@ def evaluate_full(loaded, paths: list, max_pixels: int | None, skipped: list) ->
 
     Photos above the export's pixel limit (which serving would refuse) are named in `skipped`.
     """
-    section = _Section()
+    section = Section()
     signature = loaded.signatures["serving_default"]
     for path in paths:
         with Image.open(path) as image:
