@@ -65,3 +65,19 @@ def test_unet_has_skip_connections_at_every_level():
 def test_unknown_model_is_an_error():
     with pytest.raises(ValueError, match="unknown model"):
         build_model("resnet", 2)
+
+
+def test_global_prior_lets_every_pixel_see_the_whole_photo():
+    """Free height and width (any multiple of 8) keep the weights; only the global vector carries
+    a far corner's content to the opposite corner, beyond the convolutions' reach."""
+    image = np.random.default_rng(0).uniform(size=(1, 240, 240, 3)).astype("float32")
+    changed = image.copy()
+    changed[:, -40:, -40:] = 1.0 - changed[:, -40:, -40:]
+    for global_prior in (False, True):
+        fixed = build_model("unet_global" if global_prior else "unet", 2, base_filters=4)
+        free = build_unet(2, base_filters=4, global_prior=global_prior, image_size=None)
+        free.set_weights(fixed.get_weights())
+        np.testing.assert_allclose(free(image[:, :120, :120]), fixed(image[:, :120, :120]), atol=1e-6)
+        assert free(image[:, :160, :200]).shape == (1, 160, 200, 2)
+        corner = np.abs(free(changed)[0, :40, :40] - free(image)[0, :40, :40]).max()
+        assert (corner > 0) == global_prior, (global_prior, corner)  # without it: exactly unchanged
