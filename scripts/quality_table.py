@@ -63,7 +63,7 @@ def table(rows: list, reference: str = None) -> str:
     baseline = reports[reference][size]["model"] if reference in reports else None
     lines = [
         f"Scored on {first[size]['images']} photos; truth colourfulness {truth:.1f}. Columns 2-6 at "
-        f"{'full resolution via serving_default' if size == 'full' else '120x120'}, 6-8 at 120x120 "
+        f"{'full resolution via serving_default' if size == 'full' else '120x120'}, 7-9 at 120x120 "
         "via colorize_tensor.",
         "",
         "| | PSNR dB | SSIM | colourfulness (% of truth) | CIEDE2000 | right hue | "
