@@ -16,7 +16,7 @@ import tensorflow as tf
 from tests.conftest import REPO, write_photos
 from trainer import prepare_finalize, prepare_tasks, schema
 from trainer.errors import ConfigError
-from trainer.input_pipeline import find_shards
+from trainer.input_pipeline import find_shards, parse_record
 from trainer.prepare import prepare
 
 
@@ -263,3 +263,15 @@ def test_recursive_reads_subfolders_named_by_their_path(tmp_path):
         "photo001.png",
     ]
     assert nested["train"].num_examples == 4
+
+
+def test_tasks_store_larger_pairs_as_a_run_of_its_own(photos, tmp_path):
+    out = tmp_path / "out"
+    manifests = run_tasks(photos, out, image_size=240)[-1]
+    assert manifests["train"].image_size == manifests["validation"].image_size == 240
+    train = find_shards(f"{out}/train-*")
+    gray, color = parse_record(next(iter(tf.data.TFRecordDataset(train.files[0]))), train.encoding, 240)
+    assert gray.shape == (240, 240, 1) and color.shape == (240, 240, 3)
+    # Another size is another run: its shards are not taken for the 120x120 run's.
+    with pytest.raises(ConfigError, match="not from run r1-.*pass --overwrite"):
+        run_tasks(photos, out, order=[0])

@@ -209,8 +209,9 @@ def prepare(
             "holdout_fraction": holdout_fraction,
             "encoding": encoding,
             "seed": seed,
-            "image_size": image_size,
         }
+        if image_size != IMAGE_SIZE:  # only then: a run started before --image_size keeps its id
+            config["image_size"] = image_size
         plan = prepare_tasks.Plan.make(
             output_dir,
             num_tasks,
