@@ -11,6 +11,7 @@ server of tests/fake_kubernetes.py, with the same FakeServing pods behind its po
 """
 
 import json
+import tempfile
 import time
 
 import numpy as np
@@ -118,11 +119,15 @@ def test_gate_margins(new, old, refused):
     assert [r.split()[0] for r in reasons] == refused
 
 
-def test_first_promotion_then_an_equal_candidate_then_rollback(versions, serving, capsys):
+def test_first_promotion_then_an_equal_candidate_then_rollback(versions, serving, capsys, tmp_path, monkeypatch):
     _, (v1, v2, _), photos = versions
     assert run("promote", str(v1), "--force") == 0
     assert all(p == {"versions": [v1], "labels": {"stable": v1}} for p in serving.pods_state.values())
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     assert run("promote", str(v2), f"--image_dir={photos}", "--wait") == 0
+    assert list(scratch.iterdir()) == [], "the gate's reports leave nothing behind"
     assert all(
         p == {"versions": [v1, v2], "labels": {"stable": v2, "previous": v1}}
         for p in serving.pods_state.values()

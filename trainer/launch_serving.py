@@ -192,12 +192,10 @@ def score(export_dir: str, version: int, image_dir: str) -> dict:
     from trainer.errors import ColorizerError
     from trainer.evaluate import evaluate
 
+    # The gate reads only the metrics; the report's files go with the temporary directory.
     try:
-        return evaluate(
-            f"{export_dir.rstrip('/')}/{version}",
-            tempfile.mkdtemp(prefix=f"colorizer-{version}-"),
-            image_dir=image_dir,
-        )
+        with tempfile.TemporaryDirectory(prefix=f"colorizer-{version}-") as report_dir:
+            return evaluate(f"{export_dir.rstrip('/')}/{version}", report_dir, image_dir=image_dir)
     except ColorizerError as exc:
         raise UsageError(str(exc)) from None
 
