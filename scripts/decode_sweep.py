@@ -26,11 +26,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from PIL import Image  # noqa: E402
 
 from trainer import decode_fit, metrics, preprocess  # noqa: E402
+from trainer.images import read_rgb  # noqa: E402
 from trainer.input_pipeline import find_shards  # noqa: E402
-from trainer.models import build_model, build_unet  # noqa: E402
+from trainer.models import build_model  # noqa: E402
 from trainer.prepare import assign_split  # noqa: E402
 
 
@@ -55,8 +55,7 @@ def score(model, paths, settings) -> tuple:
     results = {setting: metrics.Accumulator() for setting in settings}
     truth_colourfulness = []
     for path in paths:
-        with Image.open(path) as image:
-            truth = np.asarray(image.convert("RGB"))
+        truth = read_rgb(path)
         gray = preprocess.to_float(tf.image.rgb_to_grayscale(tf.constant(truth)))[tf.newaxis]
         predictions = {
             side: model(model_input(gray, side), training=False) for side in {s[2] for s in settings}
@@ -91,12 +90,7 @@ def main():
     tf.train.Checkpoint(model=model).restore(
         tf.train.latest_checkpoint(os.path.join(args.run, "model", "best"))
     ).expect_partial()
-    free = build_unet(
-        model.output_shape[-1],
-        run["base_filters"],
-        global_prior=run["model"] == "unet_global",
-        image_size=None,
-    )
+    free = build_model(run["model"], model.output_shape[-1], run["base_filters"], image_size=None)
     free.set_weights(model.get_weights())
     train_dir, test_dir = (os.path.join(args.data_root, name) for name in ("cbsd432", "cbsd68"))
     tuning = [

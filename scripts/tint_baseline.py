@@ -21,16 +21,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from PIL import Image  # noqa: E402
 
 from trainer import evaluate, preprocess  # noqa: E402
 from trainer.export import decode_gray  # noqa: E402
+from trainer.images import read_rgb  # noqa: E402
 from trainer.prepare import assign_split  # noqa: E402
-
-
-def read_rgb(path: str) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
 
 
 def mean_ab(paths) -> np.ndarray:

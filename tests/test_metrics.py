@@ -13,7 +13,7 @@ IMAGES = RNG.integers(0, 256, (3, 24, 20, 3), dtype=np.uint8)
 def test_identical_images_have_capped_psnr_and_unit_ssim():
     assert np.all(metrics.psnr(IMAGES, IMAGES) == metrics.PSNR_CAP_DB)
     np.testing.assert_allclose(metrics.ssim(IMAGES, IMAGES), 1.0, atol=1e-6)
-    np.testing.assert_allclose(metrics.delta_e(IMAGES, IMAGES), 0.0, atol=1e-9)
+    np.testing.assert_allclose(metrics.image_metrics(IMAGES, IMAGES)["delta_e_2000"], 0.0, atol=1e-9)
 
 
 def test_psnr_matches_the_definition():
@@ -65,7 +65,7 @@ def test_ciede2000_matches_scikit_image():
 def test_delta_e_of_rgb_images_matches_scikit_image():
     other = RNG.integers(0, 256, IMAGES.shape, dtype=np.uint8)
     expected = [deltaE_ciede2000(rgb2lab(a), rgb2lab(b)).mean() for a, b in zip(IMAGES, other)]
-    np.testing.assert_allclose(metrics.delta_e(IMAGES, other), expected, atol=0.05)
+    np.testing.assert_allclose(metrics.image_metrics(IMAGES, other)["delta_e_2000"], expected, atol=0.05)
 
 
 def test_image_metrics_and_accumulator_average_over_images():

@@ -62,9 +62,11 @@ def test_unet_has_skip_connections_at_every_level():
     assert sorted(s.output.shape[1] for s in skips) == [30, 60, 120]
 
 
-def test_unknown_model_is_an_error():
+def test_unknown_model_or_a_free_size_autoencoder_is_an_error():
     with pytest.raises(ValueError, match="unknown model"):
         build_model("resnet", 2)
+    with pytest.raises(ValueError, match="120x120 inputs only"):
+        build_model("autoencoder", 3, image_size=None)
 
 
 def test_global_prior_lets_every_pixel_see_the_whole_photo():
@@ -74,8 +76,9 @@ def test_global_prior_lets_every_pixel_see_the_whole_photo():
     changed = image.copy()
     changed[:, -40:, -40:] = 1.0 - changed[:, -40:, -40:]
     for global_prior in (False, True):
-        fixed = build_model("unet_global" if global_prior else "unet", 2, base_filters=4)
-        free = build_unet(2, base_filters=4, global_prior=global_prior, image_size=None)
+        name = "unet_global" if global_prior else "unet"
+        fixed = build_model(name, 2, base_filters=4)
+        free = build_model(name, 2, base_filters=4, image_size=None)
         free.set_weights(fixed.get_weights())
         np.testing.assert_allclose(free(image[:, :120, :120]), fixed(image[:, :120, :120]), atol=1e-6)
         assert free(image[:, :160, :200]).shape == (1, 160, 200, 2)

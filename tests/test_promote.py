@@ -119,7 +119,9 @@ def test_gate_margins(new, old, refused):
     assert [r.split()[0] for r in reasons] == refused
 
 
-def test_first_promotion_then_an_equal_candidate_then_rollback(versions, serving, capsys, tmp_path, monkeypatch):
+def test_first_promotion_then_an_equal_candidate_then_rollback(
+    versions, serving, capsys, tmp_path, monkeypatch
+):
     _, (v1, v2, _), photos = versions
     assert run("promote", str(v1), "--force") == 0
     assert all(p == {"versions": [v1], "labels": {"stable": v1}} for p in serving.pods_state.values())

@@ -46,6 +46,12 @@ def pixel_count(path: str) -> int:
         return 2 * (Image.MAX_IMAGE_PIXELS or 0) + 1
 
 
+def read_rgb(path: str) -> np.ndarray:
+    """The photo at its own size as uint8 RGB (the truth that evaluation scripts score against)."""
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
 def _encode(image: Image.Image, encoding: str) -> bytes:
     if encoding == "raw":
         return np.asarray(image, dtype=np.uint8).tobytes()

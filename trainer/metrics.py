@@ -92,11 +92,6 @@ def _lab(images) -> np.ndarray:
     return preprocess.rgb_to_lab(_unit(images)).numpy()
 
 
-def delta_e(predicted, truth) -> np.ndarray:
-    """Per-image mean CIEDE2000 between two uint8 RGB batches."""
-    return ciede2000(_lab(predicted), _lab(truth)).mean(axis=(-2, -1))
-
-
 def hue_agreement_lab(lab_predicted, lab_truth) -> np.ndarray:
     """Per-image share of the truth's pixels with C*ab >= HUE_CHROMA_MIN whose prediction has C*ab of
     at least half that and a hue angle within HUE_TOLERANCE_DEG; 1 for an image with no such pixel."""

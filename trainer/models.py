@@ -106,13 +106,26 @@ def build_unet(
 
 
 def build_model(
-    name: str, output_channels: int, base_filters: int = 32, sync_batchnorm: bool = False
+    name: str,
+    output_channels: int,
+    base_filters: int = 32,
+    sync_batchnorm: bool = False,
+    image_size: Optional[int] = IMAGE_SIZE,
 ) -> keras.Model:
-    """Builds a model by name; `base_filters` sizes the U-Net (the autoencoder is fixed by the seed)."""
+    """Builds a model by name; `base_filters` sizes the U-Net (the autoencoder is fixed by the seed).
+
+    `image_size=None` gives a U-Net with free height and width (see `build_unet`).
+    """
     if name == "autoencoder":
+        if image_size != IMAGE_SIZE:
+            raise ValueError(f"the autoencoder takes {IMAGE_SIZE}x{IMAGE_SIZE} inputs only")
         return build_autoencoder(output_channels)
     if name in ("unet", "unet_global"):
         return build_unet(
-            output_channels, base_filters, sync_batchnorm=sync_batchnorm, global_prior=name == "unet_global"
+            output_channels,
+            base_filters,
+            sync_batchnorm=sync_batchnorm,
+            global_prior=name == "unet_global",
+            image_size=image_size,
         )
     raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
