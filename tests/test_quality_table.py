@@ -23,7 +23,7 @@ def _report(folder, model):
     os.makedirs(folder)
     section = {"images": 2, "truth_colourfulness": 50.0, "model": model, "gray": _metrics(20.0, 0.9, 0.0)}
     with open(os.path.join(folder, "metrics.json"), "w") as handle:
-        json.dump({"120": section, "full": section}, handle)
+        json.dump({"report_version": 3, "skipped": [], "120": section, "full": section}, handle)
     Image.fromarray(np.zeros((16 + 10 * 120, 360, 3), np.uint8)).save(
         os.path.join(folder, "contact_sheet.png")
     )
@@ -97,3 +97,21 @@ def test_missing_reports_are_skipped(tmp_path):
         [f"seed={seed}", f"best={tmp_path / 'none'}", f"--output={out}", f"--sheet={tmp_path / 's.png'}"]
     )
     assert "| seed |" in out.read_text() and "| best |" not in out.read_text()
+
+
+def test_a_mean_row_averages_the_seeds_that_exist_and_is_judged_by_the_goals(tmp_path):
+    seed = _report(tmp_path / "seed", _metrics(21.0, 0.9, 10.0))
+    runs = [
+        _report(tmp_path / f"s{i}", _metrics(psnr, 0.9, colour, hue=hue))
+        for i, (psnr, colour, hue) in enumerate(((22.0, 30.0, 0.5), (23.0, 32.0, 0.6), (21.5, 31.0, 0.7)))
+    ]
+    out = tmp_path / "QUALITY.md"
+    spread = ",".join([*runs, str(tmp_path / "not-run")])
+    quality_table.main(
+        [f"seed={seed}", f"best={runs[0]}", f"--mean_of=best={spread}", f"--output={out}", "--reference=seed"]
+    )
+    text = out.read_text()
+    assert "| best (mean of 3 runs) | 22.17 | 0.900 | 31.0 (62%) | 5.00 | 60% |" in text
+    lonely = tmp_path / "lonely.md"
+    quality_table.main([f"seed={seed}", f"--mean_of=best={runs[0]}", f"--output={lonely}"])
+    assert "mean of" not in lonely.read_text(), "one run is not a mean"
