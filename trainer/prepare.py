@@ -202,6 +202,7 @@ def prepare(
     _check_flags(split, num_shards, holdout_fraction, holdout_split, gray_dir)
     plan = None
     if num_tasks is not None:
+        # What a task run is: a restarted task with other settings is refused, not merged.
         config = {
             "input_dir": input_dir,
             "gray_dir": gray_dir,
@@ -212,16 +213,9 @@ def prepare(
         }
         if image_size != IMAGE_SIZE:  # only then: a run started before --image_size keeps its id
             config["image_size"] = image_size
+        holdout = holdout_split if holdout_fraction else None
         plan = prepare_tasks.Plan.make(
-            output_dir,
-            num_tasks,
-            task_index,
-            run_name,
-            split,
-            holdout_split if holdout_fraction else None,
-            num_shards,
-            overwrite,
-            config,
+            output_dir, num_tasks, task_index, run_name, split, holdout, num_shards, overwrite, config
         )
         if plan.state == "complete":
             print(
