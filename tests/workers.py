@@ -90,10 +90,14 @@ STARTED: list = []  # every worker started, so a failed test can't leave one tra
 
 
 def start(flags, env, log) -> subprocess.Popen:
+    # Beside the log, in the test's tmp_path: a non-chief worker's throwaway checkpoint and export
+    # folders (gone with the pod on a cluster) would otherwise pile up in /tmp, run after run.
+    scratch = os.path.join(os.path.dirname(log.name), "tmp")
+    os.makedirs(scratch, exist_ok=True)
     proc = subprocess.Popen(
         [sys.executable, "-m", "trainer.task", *flags],
         cwd=REPO,
-        env={**ENV, **env},
+        env={**ENV, "TMPDIR": scratch, **env},
         stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
