@@ -6,6 +6,7 @@
 #   scripts/quality.sh                      # data from ../shared/data, runs under runs/quality
 #   DATA_ROOT=/data OUT=/tmp/q scripts/quality.sh
 #   MODELS=seed scripts/quality.sh          # (re)train only these; the table uses every report in OUT
+#   MODELS=" " scripts/quality.sh           # train nothing: the tint row and the table from OUT
 # The prepared shards in OUT/data are reused when they exist (delete the folder to re-prepare).
 # Budget: 10 epochs over cbsd432. Early stopping and the best epoch are chosen on a tuning slice
 # of cbsd432 (a stable 10% by file name hash, never trained on); the scores are on cbsd68, which

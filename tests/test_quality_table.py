@@ -111,7 +111,7 @@ def test_a_mean_row_averages_the_seeds_that_exist_and_is_judged_by_the_goals(tmp
         [f"seed={seed}", f"best={runs[0]}", f"--mean_of=best={spread}", f"--output={out}", "--reference=seed"]
     )
     text = out.read_text()
-    assert "| best (mean of 3 runs) | 22.17 | 0.900 | 31.0 (62%) | 5.00 | 60% |" in text
+    assert "| best, mean of 3 runs | 22.17 | 0.900 | 31.0 (62%) | 5.00 | 60% |" in text
     lonely = tmp_path / "lonely.md"
     quality_table.main([f"seed={seed}", f"--mean_of=best={runs[0]}", f"--output={lonely}"])
     assert "mean of" not in lonely.read_text(), "one run is not a mean"
