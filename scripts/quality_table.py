@@ -11,6 +11,7 @@ validation scores, read from its TensorBoard events.
 """
 
 import argparse
+import copy
 import json
 import os
 
@@ -80,7 +81,7 @@ def table(rows: list, reference: str = None) -> str:
 
 def mean_report(reports: list) -> dict:
     """One report whose model metrics are the means over `reports` (runs of one recipe, other seeds)."""
-    merged = json.loads(json.dumps(reports[0]))
+    merged = copy.deepcopy(reports[0])
     for size in ("120", "full"):
         if section := merged.get(size):
             for metric in section["model"]:
