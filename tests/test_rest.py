@@ -67,6 +67,9 @@ def test_decode_stacks_instances_and_decodes_b64():
         ({"instances": [{"wrong": {"b64": "YQ=="}}]}, "keys must be equal to: image_bytes"),
         ({"instances": [{"image_bytes": {"b64": "YQ==", "x": 1}}]}, "not formatted correctly for base64"),
         ([1, 2], "Is not object"),
+        ({"instances": "x"}, "Expecting 'instances' to be a list"),
+        ({"instances": [3]}, "JSON Value: 3 Type: Number is not of expected type: string"),
+        ({"instances": [{"b64": "!!"}]}, "is not valid base64 data"),
     ],
 )
 def test_decode_refuses_what_tf_serving_refuses(body, message):
@@ -174,3 +177,39 @@ def test_unknown_signature_is_400(local):
     body = json.dumps({"signature_name": "nope", "instances": [1]}).encode()
     code, answer = local.request("POST", "/v1/models/colorizer:predict", body)
     assert code == 400 and "nope" in json.loads(answer)["error"]
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (b"[]", "JSON Value: [] Is not object"),
+        (b'"x"', 'JSON Value: "x" Is not object'),
+        (b"3", "JSON Value: 3 Is not object"),
+        (b"null", "JSON Value: null Is not object"),
+        (b"", "JSON Parse error: "),
+        (b"\xff\xfe{", "JSON Parse error: "),
+        (b"[" * 100_000, "JSON Parse error: "),  # deeper than the parser's recursion limit
+        (b'{"instances": "x"}', "Expecting 'instances' to be a list"),
+        (b'{"instances": {"image_bytes": {"b64": "YQ=="}}}', "Expecting 'instances' to be a list"),
+        (b'{"inputs": 3}', "row format ('instances') only"),
+        (b'{"instances": [3]}', "Type: Number is not of expected type: string"),
+        (b'{"instances": [null]}', "Type: Null is not of expected type: string"),
+        (b'{"instances": [{"b64": "!!"}]}', "is not valid base64 data"),
+        (b'{"signature_name": [], "instances": [1]}', "Expecting 'signature_name' to be a string"),
+        (b'{"signature_name": {}, "instances": [1]}', "Expecting 'signature_name' to be a string"),
+        (
+            b'{"signature_name": "colorize_tensor", "instances": [[[[null]]]]}',
+            "Type: Null is not of expected type: number",
+        ),
+        (
+            b'{"signature_name": "colorize_tensor", "instances": ["gray"]}',
+            'JSON Value: "gray" Type: String is not of expected type: number',
+        ),
+    ],
+)
+def test_hostile_bodies_are_a_one_line_400(local, body, message):
+    """Whatever the body, the stand-in answers like TF Serving: HTTP 400 and `{"error": one line}`."""
+    code, answer = local.request("POST", "/v1/models/colorizer:predict", body)
+    error = json.loads(answer)
+    assert code == 400 and list(error) == ["error"], answer
+    assert message in error["error"] and "\n" not in error["error"]

@@ -26,6 +26,8 @@ import re
 
 import numpy as np
 
+from trainer.errors import first_line
+
 DEFAULT_INPUT = "image_bytes"
 DEFAULT_OUTPUT = "colorized_bytes"
 BYTES_SUFFIX = "_bytes"
@@ -88,16 +90,36 @@ def _is_b64(value) -> bool:
 
 
 def _decode_value(value, is_string: bool):
-    """One JSON leaf or nested list -> Python values; `{"b64"}` objects only for string inputs."""
+    """One JSON leaf or nested list -> Python values; `{"b64"}` objects only for string inputs.
+
+    A leaf of the wrong JSON type (a number or null for a string input, a string or null for a
+    numeric one) is refused here, as TF Serving does, rather than left to the tensor conversion.
+    """
     if isinstance(value, list):
         return [_decode_value(v, is_string) for v in value]
     if _is_b64(value):
         if not is_string:
             raise RestError(400, f"JSON Value: {json.dumps(value)} Type: Object is not of expected type")
-        return base64.b64decode(value["b64"], validate=True)
+        try:
+            return base64.b64decode(value["b64"], validate=True)
+        except ValueError:
+            raise RestError(400, f"JSON Value: {json.dumps(value)[:100]} is not valid base64 data") from None
     if isinstance(value, dict):
         raise RestError(400, f"JSON Value: {json.dumps(value)[:100]} not formatted correctly for base64 data")
+    if isinstance(value, str) != is_string or value is None:
+        raise RestError(
+            400,
+            f"JSON Value: {json.dumps(value)[:100]} Type: {_json_type(value)} is not of expected type: "
+            + ("string" if is_string else "number"),
+        )
     return value
+
+
+def _json_type(value) -> str:
+    """RapidJSON's name of a JSON value's type, which TF Serving's messages use."""
+    if value is None or isinstance(value, bool):
+        return {None: "Null", True: "True", False: "False"}[value]
+    return "String" if isinstance(value, str) else "Number"
 
 
 def decode_instances(body: dict, input_specs: dict) -> dict:
@@ -110,7 +132,9 @@ def decode_instances(body: dict, input_specs: dict) -> dict:
     if "inputs" in body:
         raise RestError(400, "this stand-in implements the row format ('instances') only")
     instances = body.get("instances")
-    if not isinstance(instances, list) or not instances:
+    if instances is not None and not isinstance(instances, list):
+        raise RestError(400, f"JSON Value: {json.dumps(instances)[:100]} Expecting 'instances' to be a list")
+    if not instances:
         raise RestError(400, "Missing or empty 'instances' list")
     columns: dict = {name: [] for name in input_specs}
     for index, instance in enumerate(instances):
@@ -133,6 +157,17 @@ def decode_instances(body: dict, input_specs: dict) -> dict:
         except (ValueError, TypeError) as exc:
             raise RestError(400, f"input {name}: ragged or mistyped instances ({exc})") from None
     return arrays
+
+
+def parse_request(body: bytes | None) -> dict:
+    """A predict request's JSON object; RestError 400 for invalid JSON or a body that isn't an object."""
+    try:
+        value = json.loads(body or b"")
+    except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than the parser allows
+        raise RestError(400, f"JSON Parse error: {first_line(exc)}") from None
+    if not isinstance(value, dict):
+        raise RestError(400, f"JSON Value: {json.dumps(value)[:100]} Is not object")
+    return value
 
 
 def encode_predictions(outputs: dict) -> dict:
@@ -174,6 +209,10 @@ def error_message(body: bytes, status: int) -> str:
     return f"HTTP {status}: {(lines[0] if lines else 'empty error')[:300]}"
 
 
+def _error_body(message: str) -> bytes:
+    return json.dumps({"error": message}).encode()
+
+
 def _op_message(message: str) -> str:
     """Drops the Python wrapper ("Graph execution error: ... Detected at node ...") that eager calls
     add, leaving the op's own message and node line, which is what TF Serving returns."""
@@ -201,31 +240,40 @@ class LocalModel:
         self._loaded = tf.saved_model.load(saved_model)
 
     def request(self, method: str, path: str, body: bytes | None = None):
-        match = _PATH_RE.match(path)
+        """(HTTP status, JSON body); every refusal is an `{"error": ...}` body, never an exception."""
         try:
-            if not match or match["name"] != self.model_name or match["version"] not in (None, self.version):
-                raise RestError(404, f"Servable not found for request: {path}")
-            if match["verb"] and method == "POST":
-                return 200, json.dumps(self._predict(json.loads(body or b"null"))).encode()
-            if not match["verb"] and method == "GET":
-                status = {
-                    "version": self.version,
-                    "state": "AVAILABLE",
-                    "status": {"error_code": "OK", "error_message": ""},
-                }
-                return 200, json.dumps({"model_version_status": [status]}).encode()
-            raise RestError(404, f"no handler for {method} {path}")
-        except ValueError as exc:
-            return 400, json.dumps({"error": f"JSON Parse error: {exc}"}).encode()
+            return 200, json.dumps(self._answer(method, path, body)).encode()
         except RestError as exc:
-            return exc.status, json.dumps({"error": str(exc)}).encode()
+            return exc.status, _error_body(str(exc))
         except self._tf.errors.OpError as exc:
-            return _HTTP_STATUS.get(type(exc).__name__, 500), json.dumps(
-                {"error": _op_message(exc.message)}
-            ).encode()
+            return _HTTP_STATUS.get(type(exc).__name__, 500), _error_body(_op_message(exc.message))
+        except (ValueError, TypeError, RecursionError) as exc:
+            # What converting decoded instances to the signature's tensors raises for mistyped or
+            # absurdly nested ones: the request's fault, as TF Serving's InvalidArgument is.
+            return 400, _error_body(f"{type(exc).__name__}: {first_line(exc)}")
+
+    def _answer(self, method: str, path: str, body: bytes | None) -> dict:
+        match = _PATH_RE.match(path)
+        if not match or match["name"] != self.model_name or match["version"] not in (None, self.version):
+            raise RestError(404, f"Servable not found for request: {path}")
+        if match["verb"] and method == "POST":
+            return self._predict(parse_request(body))
+        if not match["verb"] and method == "GET":
+            status = {
+                "version": self.version,
+                "state": "AVAILABLE",
+                "status": {"error_code": "OK", "error_message": ""},
+            }
+            return {"model_version_status": [status]}
+        raise RestError(404, f"no handler for {method} {path}")
 
     def _predict(self, body: dict) -> dict:
-        name = body.get("signature_name") or "serving_default"
+        name = body.get("signature_name", "serving_default")
+        if not isinstance(name, str):
+            raise RestError(
+                400, f"JSON Value: {json.dumps(name)[:100]} Expecting 'signature_name' to be a string"
+            )
+        name = name or "serving_default"
         if name not in self._loaded.signatures:
             raise RestError(400, f'Serving signature name: "{name}" not found in signature def')
         signature = self._loaded.signatures[name]
