@@ -233,10 +233,62 @@ def test_a_tag_is_resolved_to_its_digest(registry, capsys):
 
 
 def test_google_registries_get_an_access_token(registry, monkeypatch):
-    monkeypatch.setattr(launch_image, "GOOGLE_REGISTRIES", (registry,))
+    monkeypatch.setattr(launch_image, "is_google_registry", lambda host: host == registry)
     monkeypatch.setattr(launch_image, "google_access_token", lambda: "ya29.token")
     assert launch_image.pinned_image(f"{registry}/colorizer/trainer:v1").endswith(DIGEST)
     assert FakeRegistry.seen[0][2] == "Basic " + base64.b64encode(b"oauth2accesstoken:ya29.token").decode()
+
+
+GOOGLE_HOSTS = ["gcr.io", "us.gcr.io", "GCR.io:443", "europe-docker.pkg.dev", "us-central1-docker.pkg.dev"]
+LOOK_ALIKES = [
+    "evilgcr.io",
+    "gcr.io.evil.com",
+    "evil-docker.pkg.dev.attacker.com",
+    "docker.pkg.dev",
+    "pkg.dev",
+    "evil.com@gcr.io",
+    "registry-1.docker.io",
+    "localhost:5000",
+    "[::1]:5000",
+]
+
+
+def test_only_google_registry_hosts_are_google_registries():
+    assert all(launch_image.is_google_registry(host) for host in GOOGLE_HOSTS)
+    assert not any(launch_image.is_google_registry(host) for host in LOOK_ALIKES)
+
+
+@pytest.mark.parametrize("host", GOOGLE_HOSTS + LOOK_ALIKES)
+def test_the_access_token_goes_to_google_registries_only(host, monkeypatch):
+    """The request `pinned_image` sends (urlopen faked: no network) has the token only for Google's."""
+    sent = []
+
+    class Answer:
+        headers = {"Docker-Content-Digest": DIGEST}
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    def urlopen(request, timeout):
+        sent.append(request)
+        return Answer()
+
+    monkeypatch.setattr(launch_image.urllib.request, "urlopen", urlopen)
+    monkeypatch.setattr(launch_image, "google_access_token", lambda: "ya29.token")
+    assert launch_image.pinned_image(f"{host}/p/colorizer/trainer:v1").endswith(DIGEST)
+    [request] = sent
+    assert (
+        request.full_url.startswith(("https://", "http://"))
+        and "/v2/p/colorizer/trainer/" in request.full_url
+    )
+    authorization = request.get_header("Authorization")
+    if host in GOOGLE_HOSTS:
+        assert authorization == "Basic " + base64.b64encode(b"oauth2accesstoken:ya29.token").decode()
+    else:
+        assert authorization is None
 
 
 @pytest.mark.parametrize("image", ["{registry}/colorizer/trainer:nope", "127.0.0.1:9/colorizer/trainer:v1"])

@@ -3,6 +3,7 @@
 import base64
 import re
 import urllib.error
+import urllib.parse
 import urllib.request
 
 DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
@@ -12,10 +13,10 @@ MANIFEST_TYPES = (
     "application/vnd.oci.image.manifest.v1+json",
     "application/vnd.docker.distribution.manifest.v2+json",
 )
-GOOGLE_REGISTRIES = (
-    ".pkg.dev",
-    "gcr.io",
-)  # registries that take a Google access token as user oauth2accesstoken
+# The hosts that take a Google access token (as user oauth2accesstoken): gcr.io and its
+# subdomains (us.gcr.io, ...) and Artifact Registry's LOCATION-docker.pkg.dev. Whole host names,
+# so that a look-alike (evilgcr.io, gcr.io.evil.com) never receives the token.
+GOOGLE_REGISTRY_HOST = re.compile(r"(?:[a-z0-9-]+\.)*gcr\.io|[a-z0-9-]+-docker\.pkg\.dev")
 
 
 class UnresolvedImage(Exception):
@@ -31,6 +32,17 @@ def split_image(image: str) -> tuple:
     if rest and ("." in first or ":" in first or first == "localhost"):
         return first, rest, tag
     return "registry-1.docker.io", name if rest else f"library/{name}", tag
+
+
+def is_google_registry(registry: str) -> bool:
+    """Whether `registry` (host[:port]) is one of Google's, which get an access token."""
+    if "@" in registry:  # user info: not a plain host, whatever it names
+        return False
+    try:
+        host = urllib.parse.urlsplit(f"//{registry}").hostname or ""
+    except ValueError:  # not a host name at all (e.g. an unbalanced IPv6 bracket)
+        return False
+    return GOOGLE_REGISTRY_HOST.fullmatch(host) is not None
 
 
 def google_access_token() -> str:
@@ -65,7 +77,7 @@ def pinned_image(image: str, timeout: float = 30) -> str:
         headers={"Accept": ", ".join(MANIFEST_TYPES)},
     )
     try:
-        if registry.endswith(GOOGLE_REGISTRIES):
+        if is_google_registry(registry):
             token = base64.b64encode(f"oauth2accesstoken:{google_access_token()}".encode()).decode()
             request.add_header("Authorization", f"Basic {token}")
         with urllib.request.urlopen(request, timeout=timeout) as response:
