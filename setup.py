@@ -30,7 +30,7 @@ setup(
         "tensorboard>=2.21,<2.22",  # tf.summary needs it; TF 2.21 no longer pulls it in
         "absl-py>=2.1",
         "numpy>=1.26",
-        "pillow>=10.0",
+        "pillow>=12.2.0",  # decodes untrusted photos: the CVEs this floor fixes: tests/test_launch_install.py
         "tqdm>=4.66",
         "google-cloud-storage>=2.16",
         "kubernetes>=29.0",

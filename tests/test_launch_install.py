@@ -5,6 +5,8 @@ only that folder on PYTHONPATH, from a directory without k8s/. Offline when this
 setuptools and wheel (as a venv with the test extras does); otherwise pip fetches them to build.
 """
 
+import ast
+import importlib.metadata
 import importlib.util
 import os
 import shutil
@@ -13,11 +15,19 @@ import sys
 from pathlib import Path
 
 import yaml
+from packaging.requirements import Requirement
 
 from tests.test_launch import IMAGE, container
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK = "colorizer.dev/manifests"
+# Pillow releases with a known hole in what prepare and the client do with untrusted photos (decode),
+# by the release that fixed it: CVE-2023-4863 (libwebp heap overflow, 10.0.1 bundles libwebp 1.3.2),
+# CVE-2024-28219 (buffer overflow in _imagingcms, 10.3.0), CVE-2026-25990 (out-of-bounds write from
+# a crafted PSD in >= 10.3.0, 12.1.1, its integer-overflow case 12.2.0) and CVE-2026-40192 (FITS
+# GZIP decompression bomb in >= 10.3.0, 12.2.0). Pillow's release notes, Security sections.
+PILLOW_VULNERABLE = ("10.0.0", "10.0.1", "10.2.0", "10.3.0", "11.3.0", "12.1.1")
+PILLOW_FLOOR = "12.2.0"
 
 
 def copy_sources(dest: Path, names) -> Path:
@@ -116,3 +126,22 @@ def test_without_packaged_manifests_the_error_names_where_it_looked(tmp_path):
     assert "--manifests" in line
     run = launch(site, elsewhere, "submit", f"--image={IMAGE}", "--dry_run", f"--manifests={ROOT / 'k8s'}")
     assert run.returncode == 0 and list(yaml.safe_load_all(run.stdout))[0]["kind"] == "Job", run.stderr
+
+
+def install_requires() -> list:
+    """setup.py's install_requires, read from its source (setup.py runs setup() when imported)."""
+    tree = ast.parse((ROOT / "setup.py").read_text(encoding="utf-8"))
+    [call] = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "setup"
+    ]
+    [requires] = [keyword.value for keyword in call.keywords if keyword.arg == "install_requires"]
+    return [Requirement(text) for text in ast.literal_eval(requires)]
+
+
+def test_pillow_is_pinned_past_its_known_decoder_holes():
+    [pillow] = [r for r in install_requires() if r.name.lower() == "pillow"]
+    assert not [v for v in PILLOW_VULNERABLE if pillow.specifier.contains(v)], pillow
+    assert pillow.specifier.contains(PILLOW_FLOOR), pillow
+    assert pillow.specifier.contains(importlib.metadata.version("pillow")), "the installed Pillow is too old"
