@@ -215,3 +215,61 @@ def test_cloud_storage_errors_are_transient_or_permanent(tmp_path, monkeypatch, 
     with pytest.raises(expected, match="^gs://bucket/data: ") as raised:
         prepare(str(tmp_path / "in"), "gs://bucket/data", num_shards=1, progress=False)
     assert "\n" not in str(raised.value)
+
+
+def _link(path, target):
+    """A symlink at `path` to `target` (relative to the link's folder, as `ln -s` takes it)."""
+    os.symlink(target, path)
+
+
+def _listing(folder, recursive=True):
+    from trainer.photo_source import PhotoSource
+
+    source = PhotoSource(str(folder), recursive)
+    return [name for name, _ in source], source.subfolders
+
+
+def test_recursive_listing_survives_symlink_loops(tmp_path):
+    write_photos(tmp_path / "in", 1)
+    write_photos(tmp_path / "in" / "a" / "b", 1, start=20)
+    _link(tmp_path / "in" / "a" / "loop", "..")  # the input folder
+    _link(tmp_path / "in" / "a" / "b" / "up", "..")  # the link's own parent
+    _link(tmp_path / "in" / "a" / "far", "../..")  # above the input folder
+    _link(tmp_path / "in" / "a" / "self", "self")  # can't be resolved (ELOOP)
+    expected = ["photo000.png", "a/b/photo020.png"]
+    assert _listing(tmp_path / "in") == _listing(tmp_path / "in") == (expected, 0)
+    assert _listing(tmp_path / "in", recursive=False) == (["photo000.png"], 1)
+
+
+def test_recursive_listing_names_each_real_file_once(tmp_path):
+    """Two links to one folder or file list it once, under the first name the sorted walk meets."""
+    write_photos(tmp_path / "in", 2)
+    write_photos(tmp_path / "in" / "a" / "b", 1, start=20)
+    write_photos(tmp_path / "elsewhere", 2, start=100)
+    write_photos(tmp_path / "lone", 1, start=200)
+    _link(tmp_path / "in" / "0link", "a/b")  # walked before a/b, which is then left out
+    _link(tmp_path / "in" / "copy", "a/b")
+    _link(tmp_path / "in" / "ext1", "../elsewhere")
+    _link(tmp_path / "in" / "ext2", "../elsewhere")
+    _link(tmp_path / "in" / "also.png", "photo000.png")  # its folder lists the file itself
+    _link(tmp_path / "in" / "z1.png", "../lone/photo200.png")
+    _link(tmp_path / "in" / "z2.png", "../lone/photo200.png")
+    _link(tmp_path / "in" / "zz", "../lone")  # photo200.png was listed as z1.png
+    expected = [
+        "photo000.png",
+        "photo001.png",
+        "z1.png",
+        "0link/photo020.png",
+        "ext1/photo100.png",
+        "ext1/photo101.png",
+    ]
+    assert _listing(tmp_path / "in") == _listing(tmp_path / "in") == (expected, 0)
+    assert _listing(tmp_path / "in", recursive=False) == (["photo000.png", "photo001.png", "z1.png"], 6)
+    manifests = prepare(
+        str(tmp_path / "in"), str(tmp_path / "out"), num_shards=1, recursive=True, progress=False
+    )
+    assert manifests["train"].num_examples == len(expected) and not manifests["train"].skipped
+    [shard] = manifests["train"].shards
+    assert sorted(r["id"].numpy().decode() for r in _records(str(tmp_path / "out" / shard))) == sorted(
+        expected
+    )

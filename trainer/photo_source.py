@@ -37,7 +37,8 @@ class PhotoSource:
     """Names (relative to `input_dir`, '/'-separated) and sizes of the files under it, streamed.
 
     Without `recursive` only the folder's own files are listed (as prepare always did), and
-    `subfolders` counts the subfolders left out; with it, every file below, named by its path.
+    `subfolders` counts the subfolders left out; with it, every file below, named by its path. A
+    local listing names each real file once, however many symlinks reach it (`_walk`).
     """
 
     def __init__(self, input_dir: str, recursive: bool = False):
@@ -51,20 +52,71 @@ class PhotoSource:
             yield from listing
             self.subfolders = listing.subfolders
             return
-        yield from self._walk(self.input_dir, "")
+        yield from self._walk()
 
-    def _walk(self, folder: str, relative: str):
-        """Sorted, one folder at a time, so the order (and so the shards) is the same on every run."""
-        entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        subfolders = [e for e in entries if e.is_dir()]
-        for entry in entries:
-            if entry.is_file():
-                yield relative + entry.name, entry.stat().st_size
-        if not self.recursive:
-            self.subfolders += len(subfolders)
-            return
-        for entry in subfolders:
-            yield from self._walk(entry.path, relative + entry.name + "/")
+    def _walk(self):
+        """Sorted, one folder at a time (its files, then its subfolders), so the order (and so the
+        shards) is the same on every run.
+
+        Symlinks are followed, yet each real folder is walked once and each real file listed once,
+        under the first name that reaches it: a link to a folder already walked, or to one holding
+        the input folder or the link itself (a loop), is left out, and so is a link to a file that
+        another name already lists. A link that can't be resolved (broken, or a loop) is skipped.
+        """
+        root = os.path.realpath(self.input_dir)
+        walked: set = set()
+        linked: set = set()  # real paths of the files listed through a link to the file itself
+        stack = [(self.input_dir, "", root)]
+        while stack:
+            folder, relative, parent = stack.pop()
+            real = os.path.realpath(folder)
+            if real in walked or (folder != self.input_dir and _loops(real, root, parent)):
+                continue
+            walked.add(real)
+            subfolders = []
+            for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+                kind = _kind(entry)
+                if kind == "dir":
+                    subfolders.append(entry)
+                elif kind == "file" and _first_name(entry, real, walked, linked):
+                    yield relative + entry.name, entry.stat().st_size
+            if not self.recursive:
+                self.subfolders += len(subfolders)
+                return
+            stack += [(e.path, relative + e.name + "/", real) for e in reversed(subfolders)]
+
+
+def _kind(entry: os.DirEntry) -> str:
+    """'file' or 'dir' (through symlinks), else '' (a broken link, a link loop, a device...)."""
+    try:
+        return "file" if entry.is_file() else "dir" if entry.is_dir() else ""
+    except OSError:  # ELOOP: a link that leads back to itself
+        return ""
+
+
+def _contains(outer: str, inner: str) -> bool:
+    return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
+
+
+def _loops(real: str, root: str, parent: str) -> bool:
+    """Whether the folder `real`, reached from the folder `parent`, holds the input folder or
+    `parent` itself: walking it would come back to where the walk already is."""
+    return _contains(real, root) or _contains(real, parent)
+
+
+def _first_name(entry: os.DirEntry, folder: str, walked: set, linked: set) -> bool:
+    """Whether this file entry (in the real folder `folder`) is the first name of its real file.
+
+    A plain file is, unless a link listed it before its folder was walked. A link to a file is left
+    out when the file's own folder is walked (that walk lists it) or another link listed it.
+    """
+    if not entry.is_symlink():
+        return not linked or os.path.join(folder, entry.name) not in linked
+    target = os.path.realpath(entry.path)
+    if os.path.dirname(target) in walked or target in linked:
+        return False
+    linked.add(target)
+    return True
 
 
 def _read(path: str):
