@@ -119,7 +119,7 @@ def test_cli_flag_error_is_one_line_exit_2(tmp_path):
 
 
 def test_oversized_photos_are_skipped_and_named(tmp_path):
-    from tests.test_image_limits import png_bomb
+    from tests.hostile_requests import png_bomb
 
     model = build_model("unet", preprocess.output_channels("lab"), base_filters=4)
     small_limit = export.export_saved_model(model, "lab", str(tmp_path / "export"), max_pixels=60 * 50)

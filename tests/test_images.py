@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.test_image_limits import png_bomb
+from tests.hostile_requests import png_bomb
 from trainer import images
 
 

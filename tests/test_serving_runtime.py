@@ -18,6 +18,7 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import REPO, make_photo
+from tests.hostile_requests import hostile_cases, warm_case
 from trainer import export, preprocess
 from trainer.models import build_model
 
@@ -47,10 +48,12 @@ def pinned_serving_version() -> str:
         return re.search(r"image: tensorflow/serving:(\d+\.\d+)\.\d+", handle.read()).group(1)
 
 
-def run_in_serving_runtime(saved_model: str, cases: dict, tmp_path) -> dict:
+def run_in_serving_runtime(saved_model: str, cases: dict, tmp_path, refusals: bool = False) -> dict:
     """{case: (signature, {input: array})} -> {case/output: array} from the serving image's TensorFlow.
 
-    Fails when that TensorFlow is not the one the manifests pin (a stale venv would prove nothing).
+    Cases run in order through TF_SessionRun (tests/serving_runtime_runner.py). A refused case is
+    `{case}/error` when `refusals`, else a failure. Fails when that TensorFlow is not the one the
+    manifests pin (a stale venv would prove nothing).
     """
     python = serving_python()
     feeds = {
@@ -73,6 +76,8 @@ def run_in_serving_runtime(saved_model: str, cases: dict, tmp_path) -> dict:
         f"{python} runs TensorFlow {runtime}, "
         f"the manifests pin tensorflow/serving:{pinned_serving_version()}: {SETUP_HINT}"
     )
+    errors = {key: str(value) for key, value in results.items() if key.endswith("/error")}
+    assert refusals or not errors, f"the serving runtime refused a request: {errors}"
     return results
 
 
@@ -135,3 +140,27 @@ def test_a_graph_the_serving_tensorflow_cannot_run_fails(tmp_path):
     gray = np.zeros((1, 120, 120, 1), np.float32)
     with pytest.raises(AssertionError, match="could not load or run"):
         run_in_serving_runtime(path, {"tensor": ("colorize_tensor", {"gray": gray})}, tmp_path)
+
+
+@pytest.mark.parametrize("exported", ["lab"], indirect=True)
+def test_hostile_requests_are_refused_through_the_c_api_without_a_crash(exported, tmp_path):
+    """TF Serving feeds a request's tensor to Session::Run unchecked: each hostile case must be an
+    InvalidArgument (HTTP 400) naming the problem within a second, the process must survive them all
+    (a oneDNN check failure aborts it), and its peak RSS grows by under 1 GB over all of them."""
+    path, _ = exported
+    cases = {**warm_case(), **hostile_cases(export.DEFAULT_MAX_PIXELS)}
+    results = run_in_serving_runtime(
+        path,
+        {case: (signature, inputs) for case, (signature, inputs, _) in cases.items()},
+        tmp_path,
+        refusals=True,
+    )
+    assert "warm/error" not in results
+    for case, (_, _, expected) in list(cases.items())[1:]:
+        error = str(results.get(f"{case}/error", "answered"))
+        assert error.startswith("InvalidArgumentError") and re.search(expected, error.splitlines()[0]), (
+            case,
+            error,
+        )
+        assert float(results[f"{case}/seconds"]) < 1.0, (case, float(results[f"{case}/seconds"]))
+    assert int(results["rss_growth_bytes"]) < 1e9, int(results["rss_growth_bytes"])

@@ -1,10 +1,13 @@
 """Export a trained model as a SavedModel that stock TF Serving loads: `{export_dir}/{version}/`.
 
 Signatures (both run `trainer.preprocess`, the same code training used):
-  * `serving_default`: `image_bytes` (JPEG/PNG/GIF/BMP up to `max_pixels`, 1, 3 or 4 channels) ->
+  * `serving_default`: `image_bytes` (JPEG/PNG/BMP up to `max_pixels`, 1, 3 or 4 channels) ->
     `colorized_bytes` (PNG at the input's own resolution). The `_bytes` suffix makes TF Serving's
     REST API exchange these as `{"b64": ...}`.
   * `colorize_tensor`: `gray` float32 [N, 120, 120, 1] in [0, 1] -> `rgb` float32 [N, 120, 120, 3].
+Both check their input first (N from 1 to MAX_BATCH, shape, image headers): TF Serving feeds a
+request's tensor to the graph without checking it against the signature, and a wrong shape reaching
+a oneDNN kernel aborts the whole server process instead of failing the request.
 """
 
 import dataclasses
@@ -21,15 +24,16 @@ from absl import logging
 from trainer import preprocess
 from trainer.config import DEFAULT_MAX_PIXELS
 from trainer.errors import TransientError
-from trainer.image_limits import check_image_size
+from trainer.image_limits import check_batch_size, check_image_size
 from trainer.schema import IMAGE_SIZE
 from trainer.warmup import write_warmup
 
 METADATA_FILE = "colorizer.json"
+MAX_BATCH = 64  # images per call of either signature; TF Serving's max_batch_size must not exceed it
 
 
 def decode_gray(image_bytes: tf.Tensor, max_pixels: int = DEFAULT_MAX_PIXELS) -> tf.Tensor:
-    """A JPEG, PNG, GIF or BMP file -> gray uint8 [H, W, 1] (BT.601 luma, alpha dropped).
+    """A JPEG, PNG or BMP file -> gray uint8 [H, W, 1] (BT.601 luma, alpha dropped).
 
     uint8, as `trainer.prepare` stores gray images. Not an image, an empty string, a truncated file
     or one with more than `max_pixels` pixels (checked in its header, before anything is decoded)
@@ -38,6 +42,13 @@ def decode_gray(image_bytes: tf.Tensor, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     with tf.control_dependencies([check_image_size(image_bytes, max_pixels)]):
         image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
     return tf.image.rgb_to_grayscale(image)
+
+
+def checked_batch(batch: tf.Tensor, shape: list) -> tf.Tensor:
+    """`batch` once its shape matches `shape` and it holds 1 to MAX_BATCH items (else InvalidArgument)."""
+    batch = tf.ensure_shape(batch, shape)
+    with tf.control_dependencies([check_batch_size(batch, MAX_BATCH)]):
+        return tf.identity(batch)
 
 
 class ColorizerModule(tf.Module):
@@ -68,11 +79,14 @@ class ColorizerModule(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 1], tf.float32, name="gray")])
     def colorize_tensor(self, gray):
+        gray = checked_batch(gray, [None, IMAGE_SIZE, IMAGE_SIZE, 1])
         rgb = preprocess.predictions_to_rgb(self._colorize_small(gray), gray, self.color_space, self.decode)
         return {"rgb": rgb}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def colorize_bytes(self, image_bytes):
+        image_bytes = checked_batch(image_bytes, [None])
+
         def decode(data):
             # Each photo is decoded once; its full-size gray waits as a uint8 string (1 byte a pixel)
             # while the batch runs through the model: photos differ in size, so they can't be stacked.

@@ -1,13 +1,16 @@
-"""Bounds what one image may cost before it is decoded: its size is read from the file's header.
+"""Bounds what a request may cost before anything is decoded or run: InvalidArgument (HTTP 400) otherwise.
 
 A PNG of a few hundred KB can declare 50,000 x 50,000 pixels; decoding it would allocate tens of
-GB and take a TF Serving pod down with every request batched with it. The header says how big the
-image is, so a request over the limit fails as InvalidArgument (HTTP 400) in microseconds.
+GB and take a TF Serving pod down with every request batched with it. The header says how big a
+JPEG, PNG or BMP is, and TensorFlow's decoders allocate exactly that. GIF is refused: its header
+gives the logical screen, not the frames TensorFlow decodes (one frame may be far larger, and every
+frame of an animation is decoded), so clients send its first frame as PNG (`trainer.client` does).
 """
 
 import tensorflow as tf
 
 _HEAD = 32  # every header field read here lies within the first 32 bytes
+GIF_REFUSED = "GIF is not accepted: send its first frame as PNG (trainer.client converts GIFs itself)"
 _PNG = (0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A)
 
 
@@ -28,25 +31,16 @@ def _bmp_side(head: tf.Tensor, offset: int) -> tf.Tensor:
 
 
 def header_dimensions(image_bytes: tf.Tensor) -> tf.Tensor:
-    """(height, width) int64 of a JPEG, PNG, GIF or BMP file, read from its header without decoding.
+    """(height, width) int64 of a JPEG, PNG or BMP file, read from its header without decoding.
 
-    Offsets are the ones TensorFlow's own decoders read (PNG IHDR, GIF logical screen, BMP
-    BITMAPINFOHEADER); JPEG's frame header is found by `tf.io.extract_jpeg_shape`. Other formats
-    (WebP, JPEG XL, none) give (-1, -1).
+    Offsets are the ones TensorFlow's own decoders read (PNG IHDR, BMP BITMAPINFOHEADER); JPEG's
+    frame header is found by `tf.io.extract_jpeg_shape`. Other formats (GIF, WebP, none) give (-1, -1).
     """
     padded = tf.strings.join([tf.strings.substr(image_bytes, 0, _HEAD), "\0" * _HEAD])
     head = tf.cast(tf.io.decode_raw(tf.strings.substr(padded, 0, _HEAD), tf.uint8), tf.int64)
-    png, gif, bmp = _matches(head, _PNG), _matches(head, b"GIF8"), _matches(head, b"BM")
-    height = tf.where(
-        png,
-        _uint(head, 20, 4, True),
-        tf.where(gif, _uint(head, 8, 2, False), tf.where(bmp, _bmp_side(head, 22), -1)),
-    )
-    width = tf.where(
-        png,
-        _uint(head, 16, 4, True),
-        tf.where(gif, _uint(head, 6, 2, False), tf.where(bmp, _bmp_side(head, 18), -1)),
-    )
+    png, bmp = _matches(head, _PNG), _matches(head, b"BM")
+    height = tf.where(png, _uint(head, 20, 4, True), tf.where(bmp, _bmp_side(head, 22), -1))
+    width = tf.where(png, _uint(head, 16, 4, True), tf.where(bmp, _bmp_side(head, 18), -1))
     return tf.cond(
         _matches(head, (0xFF, 0xD8, 0xFF)),
         lambda: tf.cast(tf.io.extract_jpeg_shape(image_bytes)[:2], tf.int64),
@@ -62,8 +56,12 @@ def check_image_size(image_bytes: tf.Tensor, max_pixels: int) -> tf.Operation:
     dims = header_dimensions(image_bytes)
     supported = tf.reduce_all(dims > 0)
     pixels = tf.reduce_prod(dims)
+    gif = tf.strings.substr(image_bytes, 0, 4) == "GIF8"
     return tf.group(
-        tf.debugging.Assert(supported, ["unsupported image format: send JPEG, PNG, GIF or BMP"]),
+        tf.debugging.Assert(tf.logical_not(gif), [GIF_REFUSED]),
+        tf.debugging.Assert(
+            tf.logical_or(gif, supported), ["unsupported image format: send JPEG, PNG or BMP"]
+        ),
         tf.debugging.Assert(
             tf.logical_or(tf.logical_not(supported), pixels <= max_pixels),
             [
@@ -73,4 +71,13 @@ def check_image_size(image_bytes: tf.Tensor, max_pixels: int) -> tf.Operation:
                 )
             ],
         ),
+    )
+
+
+def check_batch_size(batch: tf.Tensor, max_batch: int) -> tf.Operation:
+    """An op that fails with InvalidArgument unless the batch holds 1 to `max_batch` items."""
+    count = tf.shape(batch, out_type=tf.int64)[0]
+    return tf.debugging.Assert(
+        tf.logical_and(count >= 1, count <= max_batch),
+        [tf.strings.format("a request holds {} images; send 1 to {} at a time", (count, max_batch))],
     )
