@@ -170,7 +170,7 @@ def test_cli_unwritable_output_is_one_line_before_any_photo_is_decoded(tmp_path,
 
 
 def test_decompression_bomb_is_skipped_and_named(tmp_path):
-    from tests.test_image_limits import png_bomb
+    from tests.hostile_requests import png_bomb
 
     write_photos(tmp_path / "in", 3)
     (tmp_path / "in" / "bomb.png").write_bytes(png_bomb(15000, 12000))
@@ -273,3 +273,57 @@ def test_recursive_listing_names_each_real_file_once(tmp_path):
     assert sorted(r["id"].numpy().decode() for r in _records(str(tmp_path / "out" / shard))) == sorted(
         expected
     )
+
+
+def test_a_photo_file_above_the_size_limit_is_skipped_and_named_unread(tmp_path, monkeypatch, capsys):
+    from trainer import photo_source
+
+    monkeypatch.setattr(photo_source, "MAX_PHOTO_BYTES", 20_000)
+    write_photos(tmp_path / "in", 2)
+    # Not an image at all: read, it would be skipped as unreadable; refused by size, it never is.
+    (tmp_path / "in" / "big.png").write_bytes(b"\0" * 30_000)
+    manifests = prepare(str(tmp_path / "in"), str(tmp_path / "out"), num_shards=1, progress=False)
+    reason = "30000 bytes, above the 20000 bytes limit for one photo file"
+    assert manifests["train"].num_examples == 2
+    assert manifests["train"].skipped == (f"big.png (TooLarge: {reason})",)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "big.png" in line]
+    assert warnings == [f"warning: skipping big.png without reading it: {reason}"]
+
+
+class _Page(list):
+    prefixes: tuple = ()
+
+
+class _ListingClient:
+    """Lists (name, size) objects as google-cloud-storage does; any read fails the test."""
+
+    def __init__(self, objects):
+        self.objects = objects
+
+    def list_blobs(self, bucket, prefix, **kwargs):
+        page = _Page(type("Blob", (), {"name": prefix + name, "size": size})() for name, size in self.objects)
+        return type("Blobs", (), {"pages": [page]})()
+
+    def bucket(self, *args, **kwargs):
+        pytest.fail("an object was read")
+
+
+def test_a_gcs_object_above_the_size_limit_is_refused_from_its_listing(monkeypatch):
+    """The object's size comes from the listing: its decode job fails with TooLarge, nothing downloaded."""
+    import io
+
+    from trainer import photo_source
+    from trainer.prepare import _load
+    from trainer.prepare_stream import Scan
+
+    client = _ListingClient([("a.jpg", 10), ("huge.jpg", 65 * 2**20), ("z.jpg", 64 * 2**20)])
+    monkeypatch.setattr(gcs, "_client", lambda: client)
+    log = io.StringIO()
+    scan = Scan(photo_source.PhotoSource("gs://bucket/photos"), log=log)
+    assert list(scan) == ["a.jpg", "huge.jpg", "z.jpg"] and list(scan.refused) == ["huge.jpg"]
+    assert scan.bytes == 10 + 64 * 2**20  # what will be read
+    reason = "65.0 MiB, above the 64.0 MiB limit for one photo file"
+    assert log.getvalue() == f"warning: skipping huge.jpg without reading it: {reason}\n"
+    job = ("huge.jpg", scan.refused["huge.jpg"], "gs://bucket/gray/huge.jpg", ("png", 120))
+    [fetched] = photo_source.fetch([job])
+    assert _load(fetched) == ("huge.jpg", None, f"TooLarge: {reason}")

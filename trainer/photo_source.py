@@ -16,6 +16,18 @@ from trainer import gcs, images
 from trainer.errors import ConfigError
 
 _DOWNLOAD_THREADS = 8  # per decode process: hides object-storage latency behind decoding
+# The largest photo file prepare reads. A decode process holds a whole chunk of gs:// photos (16)
+# in memory at once, so this keeps it under 1 GiB; a 100-megapixel camera JPEG fits under it. Larger
+# files are skipped and named from their listed size, before a byte is read.
+MAX_PHOTO_BYTES = 64 * 1024 * 1024
+
+
+class TooLarge(ValueError):
+    """A photo file above MAX_PHOTO_BYTES: skipped and named instead of read."""
+
+
+def size_text(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size} bytes"
 
 
 def is_image(name: str) -> bool:
@@ -126,16 +138,23 @@ def _read(path: str):
 
 def fetch(jobs):
     """The jobs (name, colour path, gray path or None, storage format) with gs:// paths replaced by
-    their bytes, downloaded by a few threads at once; a missing object's exception takes its place."""
+    their bytes, downloaded by a few threads at once; a missing object's exception takes its place.
+    A job whose colour is already an exception (a photo refused from its listing) is left as it is."""
 
     def one(job):
         name, color, gray, stored_as = job
+        if not _remote(job):
+            return job
         try:
             return name, _read(color), gray and _read(gray), stored_as
         except FileNotFoundError as exc:
             return name, exc, None, stored_as
 
-    if not any(gcs.is_gcs(job[1]) for job in jobs):
+    if not any(_remote(job) for job in jobs):
         return jobs
     with concurrent.futures.ThreadPoolExecutor(max_workers=_DOWNLOAD_THREADS) as pool:
         return list(pool.map(one, jobs))
+
+
+def _remote(job) -> bool:
+    return isinstance(job[1], str) and gcs.is_gcs(job[1])

@@ -159,10 +159,13 @@ class _Pass:
     started: float
     image_size: int
 
-    def run(self, names, writer_for, label: str):
+    def run(self, names, writer_for, label: str, refused: dict):
+        """Decodes and writes `names`; a name in `refused` (Scan.refused) is skipped with its error."""
+
         def job_of(name):
             gray = self.gray_dir and photo_source.join(self.gray_dir, name)
-            return name, photo_source.join(self.input_dir, name), gray, (self.encoding, self.image_size)
+            color = refused.pop(name, None) or photo_source.join(self.input_dir, name)
+            return name, color, gray, (self.encoding, self.image_size)
 
         def split_of(name):
             return assign_split(name, self.split, self.holdout_split, self.holdout_fraction)
@@ -226,7 +229,7 @@ def prepare(
         if plan.state == "finalize":  # this task's part was done before it was restarted
             return prepare_finalize.finalize(plan, encoding, sys.stderr, image_size)
     task = (task_index or 0, num_tasks or 1)
-    scan = Scan(photo_source.PhotoSource(input_dir, recursive), *task)
+    scan = Scan(photo_source.PhotoSource(input_dir, recursive), *task, log=sys.stderr)
     names = first_photos(scan, input_dir)
     check_output_dir(output_dir)
     how = _Pass(
@@ -245,7 +248,9 @@ def prepare(
     )
     if plan is None:
         return _prepare_alone(scan, names, how, output_dir, num_shards, seed, overwrite)
-    prepare_tasks.run(plan, scan, lambda writer_for: how.run(names, writer_for, plan.label), seed)
+    prepare_tasks.run(
+        plan, scan, lambda writer_for: how.run(names, writer_for, plan.label, scan.refused), seed
+    )
     return prepare_finalize.finalize(plan, encoding, sys.stderr, image_size)
 
 
@@ -269,7 +274,7 @@ def _prepare_alone(scan, names, how, output_dir, num_shards, seed, overwrite):
 
     manifests = {}
     try:
-        written = how.run(names, writer_for, "prepare")
+        written = how.run(names, writer_for, "prepare", scan.refused)
         for name, writer in sorted(writers.items()):
             manifests[name] = Manifest(
                 split=name,

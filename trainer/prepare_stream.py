@@ -14,19 +14,27 @@ import sys
 import threading
 import time
 
-from trainer.photo_source import PhotoSource, is_image, task_of
+from trainer import photo_source
+from trainer.photo_source import PhotoSource, TooLarge, is_image, size_text, task_of
 
 CHUNK = 16  # photos per decode job: amortises inter-process overhead, keeps the first result quick
 IGNORED_NAMED = 10  # non-image files named in the summary; the rest are counted
 
 
 class Scan:
-    """Iterates this task's photo names from a listing, counting what the listing holds as it goes."""
+    """Iterates this task's photo names from a listing, counting what the listing holds as it goes.
 
-    def __init__(self, source, task: int = 0, num_tasks: int = 1):
-        self.source, self.task, self.num_tasks = source, task, num_tasks
+    A photo whose listed size is above photo_source.MAX_PHOTO_BYTES is still named, but with a
+    TooLarge in `refused` (taken by its decode job, so it is skipped without being read) and a
+    warning line to `log`.
+    """
+
+    def __init__(self, source, task: int = 0, num_tasks: int = 1, log=None):
+        self.source, self.task, self.num_tasks, self.log = source, task, num_tasks, log
         self.images = self.mine = self.bytes = self.ignored = 0
         self.ignored_names: list = []
+        self.max_bytes = photo_source.MAX_PHOTO_BYTES
+        self.refused: dict = {}  # name -> TooLarge, until its decode job takes it
 
     def __iter__(self):
         for name, size in self.source:
@@ -40,8 +48,17 @@ class Scan:
                 continue
             self.images += 1
             self.mine += 1
-            self.bytes += size
+            if size > self.max_bytes:
+                self._refuse(name, size)
+            else:
+                self.bytes += size
             yield name
+
+    def _refuse(self, name: str, size: int) -> None:
+        error = TooLarge(f"{size_text(size)}, above the {size_text(self.max_bytes)} limit for one photo file")
+        self.refused[name] = error
+        if self.log:
+            print(f"warning: skipping {name} without reading it: {error}", file=self.log, flush=True)
 
 
 def count_share(input_dir: str, recursive: bool, task: int, num_tasks: int) -> int:
