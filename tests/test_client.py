@@ -8,6 +8,7 @@ import http.server
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -38,6 +39,7 @@ NOT_FOUND = 404, {"error": "Could not find any versions of model colorizer"}
 UNAVAILABLE = 503, {"error": "Server not ready"}
 QUEUE_FULL = 429, {"error": "The batch scheduling queue to which this task was submitted is full"}
 TIMEOUT = 504, {"error": "Deadline exceeded"}
+RESET = object()  # FakeServing closes the connection with a TCP reset, answering nothing
 BAD_IMAGE = (
     400,
     {
@@ -68,6 +70,10 @@ class FakeServing:
                 fake.requests.append((self.command, self.path, json.loads(body) if body else None))
                 answers = fake.script.get((self.command, self.path)) or [(404, {"error": "no such route"})]
                 answer = answers.pop(0) if len(answers) > 1 else answers[0]
+                if answer is RESET:  # as a server killed by the request: the connection dies unanswered
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.close_connection = True
+                    return
                 code, payload = answer(json.loads(body)) if callable(answer) else answer
                 data = json.dumps(payload).encode()
                 self.send_response(code)
@@ -97,9 +103,12 @@ def fake():
     server.server.server_close()
 
 
-def make_client(url, sleeps=None, version=None, retries=3):
+def make_client(url, sleeps=None, version=None, retries=3, jitter=lambda: 1.0):
+    """A client whose waits are recorded, at the top of each backoff window unless `jitter` says."""
     recorder = sleeps.append if sleeps is not None else (lambda s: None)
-    return client.Client(client.HttpTransport(url, 5), "colorizer", version, retries, 0.01, sleep=recorder)
+    return client.Client(
+        client.HttpTransport(url, 5), "colorizer", version, retries, 0.01, sleep=recorder, jitter=jitter
+    )
 
 
 def test_colorizes_in_batches_and_writes_one_png_per_input(fake, tmp_path):
@@ -199,14 +208,91 @@ def test_bad_image_400_is_one_line_naming_the_batch(fake, tmp_path):
     assert len(fake.requests) == 1
 
 
-def test_unreachable_server_is_retried_then_reported():
+def test_unreachable_server_is_retried_once_then_reported():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # closed again before the client connects: refused
     sleeps = []
-    with pytest.raises(client.ServingError, match="cannot reach the server.*gave up after 4 attempts"):
+    with pytest.raises(
+        client.ServingError,
+        match=r"^cannot reach the server: .*Connection refused.*retried 1 time\(s\) at most "
+        r"\(gave up after 2 attempts\)$",
+    ):
         make_client(f"http://127.0.0.1:{port}", sleeps).wait_available()
-    assert len(sleeps) == 3
+    assert sleeps == [0.01]
+
+
+def test_a_request_that_resets_the_connection_is_sent_twice_at_most(fake, tmp_path):
+    """A poisoned request that kills each server it reaches must not walk through every replica."""
+    fake.on("GET", PATH, AVAILABLE)
+    fake.on("POST", f"{PATH}:predict", RESET)
+    files = [str(tmp_path / n) for n in write_photos(tmp_path, 2)]
+    sleeps = []
+    with pytest.raises(client.ServingError) as caught:
+        client.colorize_files(
+            make_client(fake.url, sleeps, retries=4), files, str(tmp_path / "out"), batch_size=8
+        )
+    message = str(caught.value)
+    assert message.startswith("cannot reach the server: ") and "\n" not in message
+    assert message.endswith("(gave up after 2 attempts) [batch: photo000.png, photo001.png]")
+    assert [method for method, _, _ in fake.requests] == ["POST", "POST"] and sleeps == [0.01]
+
+
+def test_one_lost_connection_then_an_answer_succeeds(fake):
+    fake.on("POST", f"{PATH}:predict", RESET, UNAVAILABLE, echo_predict)
+    sleeps = []
+    assert make_client(fake.url, sleeps).predict([b"a"]) == [b"colorized:a"]
+    assert len(fake.requests) == 3 and sleeps == [0.01, 0.02]
+
+
+class _Answers:
+    """A transport that answers from a list (its last answer repeats) and counts the calls."""
+
+    def __init__(self, *answers):
+        self.answers, self.calls = list(answers), 0
+
+    def request(self, method, path, body=None):
+        self.calls += 1
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        code, payload = answer
+        return code, json.dumps(payload).encode()
+
+
+def test_retries_wait_a_random_part_of_a_doubling_capped_window():
+    """Full jitter: each wait is jitter() x the window; the window doubles and stops at 30 s."""
+    draws, sleeps = iter([0.5, 0.25, 0.0, 0.999, 0.1]), []
+    serving = client.Client(
+        _Answers(UNAVAILABLE), "colorizer", retries=5, backoff=10, sleep=sleeps.append, jitter=draws.__next__
+    )
+    with pytest.raises(
+        client.ServingError, match=r"HTTP 503: Server not ready \(gave up after 6 attempts\)$"
+    ):
+        serving.predict([b"a"])
+    assert sleeps == pytest.approx([5.0, 5.0, 0.0, 29.97, 3.0])
+
+
+def test_connection_errors_are_retried_once_whatever_else_came_before():
+    transport = _Answers(
+        QUEUE_FULL, QUEUE_FULL, ConnectionResetError("reset"), TIMEOUT, ConnectionError("cut")
+    )
+    sleeps = []
+    serving = client.Client(transport, "colorizer", retries=9, sleep=sleeps.append, jitter=lambda: 0.5)
+    with pytest.raises(
+        client.ServingError, match=r"cannot reach the server: cut; .*\(gave up after 5 attempts\)$"
+    ):
+        serving.predict([b"a"])
+    assert transport.calls == 5 and sleeps == [0.25, 0.5, 1.0, 2.0]
+
+
+def test_without_injected_jitter_the_waits_are_random_within_the_window():
+    sleeps = []
+    serving = client.Client(_Answers(UNAVAILABLE), "colorizer", retries=40, backoff=0.01, sleep=sleeps.append)
+    with pytest.raises(client.ServingError):
+        serving.predict([b"a"])
+    windows = [min(0.01 * 2**i, client.MAX_BACKOFF_SECONDS) for i in range(40)]
+    assert all(0 <= wait <= window for wait, window in zip(sleeps, windows)) and len(set(sleeps)) > 30
 
 
 def test_answer_that_is_not_predictions_is_an_error(fake):
@@ -244,7 +330,7 @@ def test_bad_inputs_are_refused_before_any_request(tmp_path, setup, message):
 
 
 def test_oversized_images_are_refused_before_any_request(tmp_path):
-    from tests.test_image_limits import png_bomb
+    from tests.hostile_requests import png_bomb
 
     files = [str(tmp_path / n) for n in write_photos(tmp_path, 1)] + [
         _write(tmp_path / "b.png", png_bomb(20000, 10000))

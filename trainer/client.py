@@ -5,7 +5,8 @@
 
 Writes `out/<name>.png` per input, at the input's resolution. It first checks that the model has a
 version in state AVAILABLE, then posts `{"instances": [{"image_bytes": {"b64": ...}}]}` in batches,
-retrying 429/503/504 and connection errors with exponential backoff. `--local_model` sends the same
+retrying 429/503/504 with exponential backoff and full jitter, and a lost connection once only (the
+request may be what brought the server down). `--local_model` sends the same
 JSON to a SavedModel on this machine (`trainer.rest.LocalModel`), no server or cluster needed.
 Standard library and Pillow (image headers) on the server path: TensorFlow is imported for
 `--local_model` alone. Files above the export's pixel limit are refused before anything is sent.
@@ -14,6 +15,7 @@ Standard library and Pillow (image headers) on the server path: TensorFlow is im
 import http.client
 import json
 import os
+import random
 import time
 import urllib.error
 import urllib.request
@@ -33,6 +35,9 @@ from trainer.errors import (
 
 RETRY_STATUSES = (429, 503, 504)
 MAX_BACKOFF_SECONDS = 30.0
+# Retries of a request whose connection failed (refused, reset, cut mid-answer, timed out). A request
+# that kills a server cuts its connection: retried without end it would take down every replica.
+CONNECTION_RETRIES = 1
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")  # what serving decodes
 
 
@@ -72,21 +77,33 @@ class Client:
         retries: int = 4,
         backoff: float = 0.5,
         sleep=time.sleep,
+        jitter=random.random,
     ):
+        """`sleep(seconds)` waits and `jitter()` returns a number in [0, 1): both given by tests."""
         self.transport, self.model_name, self.version = transport, model_name, version
-        self.retries, self.backoff, self.sleep = retries, backoff, sleep
+        self.retries, self.backoff, self.sleep, self.jitter = retries, backoff, sleep, jitter
         self.path = rest.model_path(model_name, version)
 
+    def _pause(self, retry: int) -> None:
+        """Full jitter: a random wait within the backoff window (doubled per retry, capped), so that
+        clients refused together don't all come back at the same moment."""
+        self.sleep(self.jitter() * min(self.backoff * 2 ** (retry - 1), MAX_BACKOFF_SECONDS))
+
     def _call(self, method: str, path: str, body: bytes | None = None, check=None) -> dict:
-        """One request, retried on 429/503/504, connection errors and `check` returning a reason."""
-        problem = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                self.sleep(min(self.backoff * 2 ** (attempt - 1), MAX_BACKOFF_SECONDS))
+        """One request, retried up to `retries` times on 429/503/504 and `check` returning a reason,
+        but at most CONNECTION_RETRIES times on a connection error."""
+        problem, lost, attempt = "", 0, 0
+        for attempt in range(1, self.retries + 2):
+            if attempt > 1:
+                self._pause(attempt - 1)
             try:
                 status, data = self.transport.request(method, path, body)
             except OSError as exc:
                 problem = f"cannot reach the server: {getattr(exc, 'reason', None) or exc}"
+                lost += 1
+                if lost > CONNECTION_RETRIES:
+                    problem += f"; a lost connection is retried {CONNECTION_RETRIES} time(s) at most"
+                    break
                 continue
             if status in RETRY_STATUSES:
                 problem = rest.error_message(data, status)
@@ -101,7 +118,7 @@ class Client:
             if not trouble:
                 return answer
             problem = trouble
-        raise ServingError(f"{problem} (gave up after {self.retries + 1} attempts)")
+        raise ServingError(f"{problem} (gave up after {attempt} attempts)")
 
     def _available(self, answer: dict):
         """None if a version is AVAILABLE; a reason to retry while one is loading; else raises."""
@@ -236,9 +253,16 @@ def define_flags():
     flags.DEFINE_integer("batch_size", 8, "Images per predict request.")
     flags.DEFINE_float("timeout", 120.0, "Seconds to wait for each HTTP answer.")
     flags.DEFINE_integer(
-        "retries", 4, "Retries of a request on 429/503/504, a loading model or a connection error."
+        "retries",
+        4,
+        "Retries of a request on 429/503/504 or a loading model. A lost connection is retried once "
+        "at most, whatever this says: the request may be what brought the server down.",
     )
-    flags.DEFINE_float("backoff_seconds", 0.5, "First retry delay; doubled at each retry (at most 30 s).")
+    flags.DEFINE_float(
+        "backoff_seconds",
+        0.5,
+        "Retry window: each retry waits a random time up to it; doubled at each retry (at most 30 s).",
+    )
     flags.DEFINE_bool("overwrite", False, "Replace existing output files.")
     flags.DEFINE_integer(
         "max_pixels",
