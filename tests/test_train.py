@@ -7,8 +7,16 @@ import pytest
 import tensorflow as tf
 
 from trainer import preemption, preprocess
+from trainer.checkpoints import listed
 from trainer.config import TrainConfig
-from trainer.errors import ConfigError, DataError, TransientError
+from trainer.errors import (
+    EXIT_DIVERGED,
+    PERMANENT_EXIT_CODES,
+    ConfigError,
+    DataError,
+    DivergedError,
+    TransientError,
+)
 from trainer.input_pipeline import find_shards
 from trainer.train import Trainer, _guard, learning_rate
 
@@ -183,3 +191,23 @@ def test_checkpoint_storage_errors_are_one_line_and_classified(shards_dir, tmp_p
     )
     with pytest.raises(ConfigError, match="checkpoints in .*model: no access"):
         trainer.checkpoints.save_best(1)
+
+
+def test_a_diverged_run_stops_with_its_own_exit_code_and_exports_nothing(shards_dir, tmp_path, mirrored):
+    from trainer import run
+
+    config = _config(shards_dir, tmp_path, learning_rate=1e30, checkpoint_every_steps=1)
+    with pytest.raises(
+        DivergedError, match=r"training diverged: (validation )?loss is (nan|inf).*lower --learning_rate"
+    ):
+        run.train_and_export(config, mirrored)
+    assert DivergedError.exit_code == EXIT_DIVERGED and EXIT_DIVERGED in PERMANENT_EXIT_CODES
+    assert not os.path.exists(tmp_path / "export") or not os.listdir(tmp_path / "export")
+    for path in listed(str(tmp_path / "model" / "checkpoints")):  # a restart never resumes from NaN
+        reader = tf.train.load_checkpoint(path)
+        for name in reader.get_variable_to_shape_map():
+            value = np.asarray(reader.get_tensor(name))
+            floating = (
+                np.issubdtype(value.dtype, np.floating) and "best_val_loss" not in name
+            )  # starts at inf
+            assert not floating or np.isfinite(value).all(), (path, name)

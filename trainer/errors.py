@@ -11,10 +11,11 @@ import sys
 EXIT_UNEXPECTED = 1  # an uncaught exception (Python's own code): counts against the Job's backoffLimit
 EXIT_CONFIG = 2  # bad flags or configuration: permanent, a restart would fail the same way
 EXIT_DATA = 3  # input data missing, incomplete or corrupt: permanent
+EXIT_DIVERGED = 4  # the loss became NaN or infinite: nothing exported; a restart would diverge again
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: stopped on a signal (this worker's or a peer's), checkpoint saved
 EXIT_PEER_LOST = 144  # a peer worker died or stopped answering; restarting all workers resumes
 EXIT_TRANSIENT = 145  # infrastructure trouble that outlasted the retries (storage 5xx, a peer not up yet)
-PERMANENT_EXIT_CODES = (EXIT_CONFIG, EXIT_DATA)
+PERMANENT_EXIT_CODES = (EXIT_CONFIG, EXIT_DATA, EXIT_DIVERGED)
 RETRIABLE_EXIT_CODES = (EXIT_PREEMPTED, EXIT_PEER_LOST, EXIT_TRANSIENT)
 
 
@@ -34,6 +35,12 @@ class DataError(ColorizerError):
     """Input data is missing, incomplete or corrupt."""
 
     exit_code = EXIT_DATA
+
+
+class DivergedError(ColorizerError):
+    """Training loss or validation loss became NaN or infinite: the weights are unusable."""
+
+    exit_code = EXIT_DIVERGED
 
 
 class TransientError(ColorizerError):

@@ -27,7 +27,7 @@ from trainer import (
     summaries,
 )
 from trainer.config import BIN_LOSSES, TrainConfig
-from trainer.errors import DataError, storage_errors
+from trainer.errors import DataError, DivergedError, storage_errors
 from trainer.models import build_model
 
 
@@ -211,6 +211,7 @@ class Trainer:
             if val_loss is None:  # a stop was agreed; a restart repeats this epoch's evaluation
                 preempted = True
                 break
+            self._check_finite("validation loss", val_loss)
             # Early stopping may end the run sooner: the ETA is for all --epochs.
             eta = (
                 (time.perf_counter() - run_start)
@@ -281,10 +282,22 @@ class Trainer:
             losses.append(
                 (float(_guard(functools.partial(run_train, train_iter, steps), self.train_shards)), steps)
             )
+            self._check_finite("loss", losses[-1][0])
             self.pacer.timed(steps, time.perf_counter() - start)
             if interval:
                 self.checkpoints.save_latest(self.step, force=False)
         return sum(loss * n for loss, n in losses) / max(1, sum(n for _, n in losses)), False
+
+    def _check_finite(self, name: str, value: float) -> None:
+        """Raises DivergedError before a NaN or infinite loss reaches a checkpoint or an export.
+
+        Every worker sees the same all-reduced value, so all of them stop here together.
+        """
+        if not math.isfinite(value):
+            raise DivergedError(
+                f"training diverged: {name} is {value} at step {self.step}; nothing was exported "
+                "(checkpoints from before it are kept): lower --learning_rate"
+            )
 
     def _evaluate(self, run_eval, eval_dist):
         """Mean validation loss, in calls no longer than training's; None when a stop was agreed.
