@@ -47,3 +47,17 @@ def test_quick_benchmark_writes_all_keys(tmp_path):
     assert (
         -1 < flat["train.device_preprocess_share"] < 1
     )  # quick models are tiny: the share is not meaningful
+
+
+def test_serving_memory_stays_within_the_capacity_constants(tmp_path):
+    """benchmarks/serving_memory.py measured in fresh processes on a 4-MP photo: the bytes per pixel the
+    capacity formula (trainer.export.serving_memory_bytes) assumes are not understated."""
+    from benchmarks.serving_memory import per_pixel
+    from trainer import export
+    from trainer.models import build_model
+
+    path = export.export_saved_model(build_model("unet", 2, base_filters=4), "lab", str(tmp_path))
+    measured = per_pixel(path, side=2000, batch=4)
+    assert 10 < measured["composition_bytes_per_pixel"] <= export.COMPOSITION_BYTES_PER_PIXEL, measured
+    assert 0 < measured["retained_bytes_per_pixel"] <= export.RETAINED_BYTES_PER_PIXEL, measured
+    assert 0 < measured["idle_bytes"] <= export.IDLE_BYTES, measured

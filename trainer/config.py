@@ -24,11 +24,8 @@ LR_SCHEDULES = ("constant", "cosine")
 # mixed_bfloat16 has float32's range and needs none (A100, H100, TPU-class hardware).
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device")
-# Serving's default pixel limit (trainer/image_limits.py). A 50-megapixel camera writes 8688 x 5792
-# = 50.3 M pixels. Serving costs about 47 bytes per pixel above idle (measured: 2.4 GB for that
-# photo, 0.57 GB for 12 MP); a request's images are served one at a time (4 x 12 MP: 0.8 GB, was
-# 1.4 GB), so a 4 Gi pod takes one request at the limit at a time: lower it (`--max_pixels` at
-# export) or serving's num_batch_threads for more concurrent large photos.
+# Serving's default pixel limit (trainer/image_limits.py): a 50-megapixel camera writes 8688 x 5792
+# = 50.3 M pixels. What that costs a serving container: trainer.export.serving_memory_bytes.
 DEFAULT_MAX_PIXELS = 51_000_000
 
 SAMPLE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sample")

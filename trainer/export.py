@@ -30,6 +30,15 @@ from trainer.warmup import write_warmup
 
 METADATA_FILE = "colorizer.json"
 MAX_BATCH = 64  # images per call of either signature; TF Serving's max_batch_size must not exceed it
+# What one `serving_default` call costs above idle, per pixel of its largest image (decode, full-size
+# L*a*b* composition, PNG encode), and per pixel of every other image of its batch (a gray copy that
+# waits for the batch, a PNG answer that waits for the rest); measured by benchmarks/serving_memory.py
+# on the default U-Net (53-61 and 7-9 bytes; docs/PERFORMANCE.md) and rounded up.
+COMPOSITION_BYTES_PER_PIXEL = 64
+RETAINED_BYTES_PER_PIXEL = 10
+# A loaded, warm default export (114 MB measured in-process) plus an allowance of 512 MiB for TF
+# Serving's own process, which can't run here.
+IDLE_BYTES = 640 * 2**20
 
 
 def decode_gray(image_bytes: tf.Tensor, max_pixels: int = DEFAULT_MAX_PIXELS) -> tf.Tensor:
@@ -49,6 +58,18 @@ def checked_batch(batch: tf.Tensor, shape: list) -> tf.Tensor:
     batch = tf.ensure_shape(batch, shape)
     with tf.control_dependencies([check_batch_size(batch, MAX_BATCH)]):
         return tf.identity(batch)
+
+
+def serving_memory_bytes(max_pixels: int, batch_threads: int, max_batch_size: int) -> int:
+    """Peak memory of a TF Serving container whose every batch thread runs a full batch at the limit.
+
+    Batch threads run at once, each on up to `max_batch_size` images (requests merged by TF Serving's
+    batching), each image up to `max_pixels`; a batch composes one image at a time.
+    """
+    per_batch = COMPOSITION_BYTES_PER_PIXEL * max_pixels + RETAINED_BYTES_PER_PIXEL * max_pixels * (
+        max_batch_size - 1
+    )
+    return batch_threads * per_batch + IDLE_BYTES
 
 
 class ColorizerModule(tf.Module):
@@ -117,8 +138,7 @@ class ColorizerModule(tf.Module):
             # zlib level 1: on cbsd68 photos 4x faster than the default level 6 and 0.05% larger.
             return tf.io.encode_png(tf.image.convert_image_dtype(rgb, tf.uint8, saturate=True), compression=1)
 
-        # One image at a time (map_fn runs 10 in parallel in a graph): a request's memory is that of
-        # its largest image, ~47 bytes a pixel, plus 1 byte a pixel of every photo's gray (trainer/images.py).
+        # One image at a time (map_fn runs 10 in parallel in a graph): see `serving_memory_bytes`.
         encoded = tf.map_fn(
             compose, (grays, predictions), fn_output_signature=tf.string, parallel_iterations=1
         )
