@@ -4,7 +4,9 @@ Error bodies and status payloads are TF Serving's own (tensorflow_serving/g3doc/
 model_servers/get_model_status_impl.cc, http_server.cc's status-code mapping).
 """
 
+import base64
 import http.server
+import io
 import json
 import os
 import socket
@@ -16,8 +18,10 @@ import threading
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
-from tests.conftest import REPO, write_photos
+from tests.conftest import REPO, make_photo, write_photos
+from tests.hostile_requests import gif_with_a_larger_frame
 from trainer import client, export, preprocess, rest
 from trainer.models import build_model
 
@@ -348,6 +352,83 @@ def test_oversized_images_are_refused_before_any_request(tmp_path):
 def _write(path, data):
     path.write_bytes(data)
     return str(path)
+
+
+def _gif(*frames, **options) -> bytes:
+    """A GIF of these Pillow images, one frame each, written by Pillow."""
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=len(frames) > 1, append_images=frames[1:], **options)
+    return buffer.getvalue()
+
+
+def _palette_frame():
+    """Black, red and blue stripes on a palette of three colours."""
+    frame = Image.fromarray(np.tile(np.array([0, 1, 2], np.uint8), (20, 10)), "P")
+    frame.putpalette([0, 0, 0, 255, 0, 0, 0, 0, 255])
+    return frame
+
+
+def _frame(path, index, mode="RGB"):
+    with Image.open(path) as gif:
+        gif.seek(index)
+        return np.asarray(gif.convert(mode))
+
+
+def test_a_gif_is_sent_as_a_png_of_its_first_frame(fake, tmp_path):
+    fake.on("GET", PATH, AVAILABLE)
+    fake.on("POST", f"{PATH}:predict", echo_predict)
+    gif = _write(tmp_path / "anim.gif", _gif(Image.fromarray(make_photo(1)), Image.fromarray(make_photo(2))))
+    [written] = client.colorize_files(make_client(fake.url), [gif], str(tmp_path / "out"), batch_size=8)
+    [body] = [body for method, _, body in fake.requests if method == "POST"]
+    sent = base64.b64decode(body["instances"][0]["image_bytes"]["b64"])
+    assert sent.startswith(b"\x89PNG\r\n\x1a\n")
+    with Image.open(io.BytesIO(sent)) as png:
+        assert png.mode == "RGB" and np.array_equal(np.asarray(png), _frame(gif, 0))
+    assert not np.array_equal(_frame(gif, 0), _frame(gif, 1))
+    with open(written, "rb") as output:
+        assert output.read() == b"colorized:" + sent
+
+
+@pytest.mark.parametrize(
+    "frame, options, mode",
+    [
+        (Image.new("L", (30, 20), 77), {}, "L"),
+        (_palette_frame(), {"transparency": 1}, "RGBA"),
+    ],
+    ids=["gray", "transparent"],
+)
+def test_a_gif_frame_keeps_its_gray_or_transparency(tmp_path, frame, options, mode):
+    gif = _write(tmp_path / "one.gif", _gif(frame, **options))
+    with Image.open(io.BytesIO(client.request_bytes(gif))) as png:
+        assert png.format == "PNG" and png.mode == mode
+        assert np.array_equal(np.asarray(png), _frame(gif, 0, mode))
+        assert mode != "RGBA" or np.asarray(png)[0, 1, 3] == 0  # the red stripe is transparent
+
+
+def test_only_the_first_frame_is_decoded(tmp_path):
+    """A second frame cut short does not matter: it is never read."""
+    frames = [Image.fromarray(make_photo(i)) for i in (4, 5)]
+    whole, first = _gif(*frames), _gif(frames[0])
+    cut = whole[: len(first) + (len(whole) - len(first)) // 2]
+    png = client.first_frame_png(cut, "cut.gif", max_pixels=10**6)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), _frame(io.BytesIO(whole), 0))
+
+
+def test_a_gif_is_limited_by_its_frame_not_its_screen(tmp_path, monkeypatch):
+    """The header says 1x1; the frame Pillow would decode is 2000x2000."""
+    gif = _write(tmp_path / "screen.gif", gif_with_a_larger_frame(2000))
+    with pytest.raises(
+        client.DataError, match=r"screen.gif: more than 3999999 pixels, which serving refuses"
+    ):
+        client.plan_outputs([gif], str(tmp_path / "out"), False, max_pixels=3_999_999)
+    assert len(client.plan_outputs([gif], str(tmp_path / "out"), False, max_pixels=4_000_000)) == 1
+    with pytest.raises(client.DataError) as caught:
+        client.request_bytes(gif, max_pixels=3_999_999)
+    assert str(caught.value) == f"{gif}: the GIF's first frame has 4000000 pixels, more than 3999999"
+    # With the check off (--max_pixels=0), Pillow's decompression-bomb limit still applies.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)
+    with pytest.raises(client.DataError, match=r"screen.gif: Image size \(4000000 pixels\) exceeds limit"):
+        client.request_bytes(gif)
 
 
 def _cli(*args, cwd=REPO):

@@ -213,3 +213,17 @@ def test_hostile_bodies_are_a_one_line_400(local, body, message):
     error = json.loads(answer)
     assert code == 400 and list(error) == ["error"], answer
     assert message in error["error"] and "\n" not in error["error"]
+
+
+def test_a_gif_reaches_serving_as_a_png_of_its_first_frame(local, tmp_path):
+    """serving_default refuses GIF; the client sends the first frame as PNG, which it colorizes."""
+    frames = [Image.fromarray(np.full((30, 40), value, np.uint8)) for value in (60, 200)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
+    (tmp_path / "anim.gif").write_bytes(buffer.getvalue())
+    body = json.dumps(rest.predict_request([buffer.getvalue()])).encode()
+    code, answer = local.request("POST", "/v1/models/colorizer:predict", body)
+    assert code == 400 and "GIF is not accepted" in json.loads(answer)["error"]
+    serving = client.Client(local, "colorizer", retries=0)
+    client.colorize_files(serving, [str(tmp_path / "anim.gif")], str(tmp_path / "out"), 8)
+    assert tf.io.decode_png((tmp_path / "out" / "anim.png").read_bytes()).shape == (30, 40, 3)

@@ -6,13 +6,16 @@
 Writes `out/<name>.png` per input, at the input's resolution. It first checks that the model has a
 version in state AVAILABLE, then posts `{"instances": [{"image_bytes": {"b64": ...}}]}` in batches,
 retrying 429/503/504 with exponential backoff and full jitter, and a lost connection once only (the
-request may be what brought the server down). `--local_model` sends the same
-JSON to a SavedModel on this machine (`trainer.rest.LocalModel`), no server or cluster needed.
-Standard library and Pillow (image headers) on the server path: TensorFlow is imported for
+request may be what brought the server down). `--local_model` sends the same JSON to a SavedModel
+on this machine (`trainer.rest.LocalModel`), no server or cluster needed. Standard library and
+Pillow (image headers, GIF conversion) on the server path: TensorFlow is imported for
 `--local_model` alone. Files above the export's pixel limit are refused before anything is sent.
+Serving decodes JPEG, PNG and BMP; a GIF is sent as a PNG of its first frame.
 """
 
+import contextlib
 import http.client
+import io
 import json
 import os
 import random
@@ -38,7 +41,9 @@ MAX_BACKOFF_SECONDS = 30.0
 # Retries of a request whose connection failed (refused, reset, cut mid-answer, timed out). A request
 # that kills a server cuts its connection: retried without end it would take down every replica.
 CONNECTION_RETRIES = 1
-_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")  # what serving decodes
+_SENT_AS_IS = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM")  # JPEG, PNG, BMP: what serving decodes
+_GIF = (b"GIF87a", b"GIF89a")  # sent as a PNG of the first frame (serving_default refuses GIF)
+_MAGIC = _SENT_AS_IS + _GIF
 
 
 class ServingError(ColorizerError):
@@ -152,13 +157,88 @@ class Client:
             raise ServingError(f"unexpected predict answer: {exc}") from None
 
 
-def _pixel_count(path: str) -> int:
+def _unreadable(path: str, exc: Exception) -> DataError:
+    return DataError(f"{path}: not a readable image ({type(exc).__name__}: {first_line(str(exc))})")
+
+
+def _pixel_count(path: str, gif: bool) -> int:
     try:
-        return images.pixel_count(path)
+        if not gif:
+            return images.pixel_count(path)
+        with open(path, "rb") as handle, _open_gif(handle.read(), path) as opened:
+            return _frame_pixels(opened)
     except (OSError, SyntaxError, ValueError) as exc:  # what Pillow raises for a damaged header
-        raise DataError(
-            f"{path}: not a readable image ({type(exc).__name__}: {first_line(str(exc))})"
-        ) from None
+        raise _unreadable(path, exc) from None
+
+
+@contextlib.contextmanager
+def _open_gif(data: bytes, path: str):
+    """The GIF opened (header and first frame's descriptor read, nothing decoded); Pillow's
+    decompression-bomb refusal, raised on opening, becomes a one-line DataError."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data), formats=["GIF"]) as gif:
+            yield gif
+    except Image.DecompressionBombError as exc:  # not an OSError
+        raise DataError(f"{path}: {first_line(str(exc))}") from None
+
+
+def _frame_pixels(gif) -> int:
+    """The pixels Pillow allocates for a GIF's first frame: its canvas (Pillow widens the header's
+    logical screen to the frame), or the frame's own extents where they reach further."""
+    width, height = gif.size
+    for tile in gif.tile:
+        width, height = max(width, tile[1][2]), max(height, tile[1][3])
+    return width * height
+
+
+def _pixel_limit(max_pixels: int) -> int:
+    """At most --max_pixels; with the check off, Pillow's decompression-bomb limit (~179 M pixels),
+    kept even where Image.MAX_IMAGE_PIXELS was unset: a GIF converted here is decoded here."""
+    from PIL import Image
+
+    return max_pixels or 2 * (Image.MAX_IMAGE_PIXELS or 89_478_485)
+
+
+def _png_mode(frame) -> str:
+    """RGBA where the frame has transparency, L for a gray palette, else RGB."""
+    if frame.mode in ("RGBA", "LA", "PA") or "transparency" in frame.info:
+        return "RGBA"
+    if frame.mode == "L":
+        return "L"
+    palette = frame.getpalette("RGB") if frame.mode == "P" else None
+    gray = palette is not None and palette[0::3] == palette[1::3] == palette[2::3]
+    return "L" if gray else "RGB"
+
+
+def first_frame_png(data: bytes, path: str, max_pixels: int = 0) -> bytes:
+    """A GIF's first frame as PNG bytes; a one-line DataError when the frame has more pixels than
+    `max_pixels` (0: Pillow's decompression-bomb limit) or can't be decoded.
+
+    Only the first frame is decoded, and only once its size, the frame's rather than the header's
+    logical screen, is known to be within the limit."""
+    limit = _pixel_limit(max_pixels)
+    try:
+        with _open_gif(data, path) as gif:
+            pixels = _frame_pixels(gif)
+            if pixels > limit:
+                raise DataError(f"{path}: the GIF's first frame has {pixels} pixels, more than {limit}")
+            gif.seek(0)
+            gif.load()
+            frame = gif.convert(_png_mode(gif))
+    except (OSError, SyntaxError, ValueError) as exc:  # a damaged GIF
+        raise _unreadable(path, exc) from None
+    buffer = io.BytesIO()
+    frame.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def request_bytes(path: str, max_pixels: int = 0) -> bytes:
+    """What is sent for a file: its bytes, or for a GIF a PNG of its first frame."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    return first_frame_png(data, path, max_pixels) if data.startswith(_GIF) else data
 
 
 def plan_outputs(files: list, output_dir: str, overwrite: bool, max_pixels: int = 0) -> list:
@@ -169,9 +249,10 @@ def plan_outputs(files: list, output_dir: str, overwrite: bool, max_pixels: int 
         if not os.path.isfile(path):
             raise DataError(f"no such file: {path}")
         with open(path, "rb") as handle:
-            if not handle.read(8).startswith(_MAGIC):
-                raise DataError(f"{path}: not a JPEG, PNG, GIF or BMP file")
-        if max_pixels and _pixel_count(path) > max_pixels:
+            head = handle.read(8)
+        if not head.startswith(_MAGIC):
+            raise DataError(f"{path}: not a JPEG, PNG, GIF or BMP file")
+        if max_pixels and _pixel_count(path, head.startswith(_GIF)) > max_pixels:
             raise DataError(f"{path}: more than {max_pixels} pixels, which serving refuses (--max_pixels)")
         target = os.path.join(output_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
         if target in taken:
@@ -198,10 +279,7 @@ def colorize_files(
     written = []
     for start in range(0, len(pairs), batch_size):
         batch = pairs[start : start + batch_size]
-        images = []
-        for source, _ in batch:
-            with open(source, "rb") as handle:
-                images.append(handle.read())
+        images = [request_bytes(source, max_pixels) for source, _ in batch]
         try:
             pngs = client.predict(images)
         except ServingError as exc:
