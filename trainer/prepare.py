@@ -303,7 +303,8 @@ def _summarise(manifests, scan, output_dir):
         )
         if manifest.skipped:
             print(
-                f"{split}: skipped {len(manifest.skipped)} unreadable file(s): {'; '.join(manifest.skipped)}"
+                f"{split}: skipped {len(manifest.skipped)} unreadable or oversized file(s): "
+                f"{'; '.join(manifest.skipped)}"
             )
     if scan.ignored:
         print(

@@ -255,7 +255,7 @@ def run(plan: Plan, scan, do_pass, seed: int, log=None) -> None:
     for split, part in body["splits"].items():
         if part["skipped"]:
             print(
-                f"{plan.label}: {split}: skipped {len(part['skipped'])} unreadable file(s): "
+                f"{plan.label}: {split}: skipped {len(part['skipped'])} unreadable or oversized file(s): "
                 f"{'; '.join(part['skipped'][:10])}",
                 file=log,
             )
