@@ -345,7 +345,8 @@ def define_flags():
     flags.DEFINE_integer(
         "max_pixels",
         DEFAULT_MAX_PIXELS,
-        "Refuse files with more pixels before sending (the export's limit; 0: don't check).",
+        "Refuse files with more pixels before sending (the export's limit; 0: don't check, though a "
+        "GIF, converted here, stays within Pillow's decompression-bomb limit).",
     )
 
 
