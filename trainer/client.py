@@ -328,7 +328,12 @@ def define_flags():
     )
     flags.DEFINE_integer("version", None, "Ask for this model version (default: the server's latest).")
     flags.DEFINE_string("output_dir", None, "Where <name>.png is written for each input.")
-    flags.DEFINE_integer("batch_size", 8, "Images per predict request.")
+    flags.DEFINE_integer(
+        "batch_size",
+        4,
+        "Images per predict request: at most the server's max_batch_size (4 in k8s/'s serving overlays; "
+        "TF Serving refuses larger requests).",
+    )
     flags.DEFINE_float("timeout", 120.0, "Seconds to wait for each HTTP answer.")
     flags.DEFINE_integer(
         "retries",
