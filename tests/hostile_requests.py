@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from trainer.export import MAX_BATCH
+from trainer.image_limits import MAX_JPEG_SCANS
 from trainer.schema import IMAGE_SIZE
 
 
@@ -42,6 +43,19 @@ def animated_gif(frames: int, side: int) -> bytes:
     buffer = io.BytesIO()
     images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:])
     return buffer.getvalue()
+
+
+def jpeg_scan_bomb(extra_scans: int) -> bytes:
+    """A progressive JPEG with one of its scans repeated: each repeat costs the decoder a pass over the
+    whole image (libjpeg only warns about the bogus progression)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (256, 256), np.uint8)).save(
+        buffer, format="JPEG", progressive=True
+    )
+    data = buffer.getvalue()
+    first = data.index(b"\xff\xda")
+    scans = [b"\xff\xda" + part for part in data[first:-2].split(b"\xff\xda")[1:]]
+    return data[:first] + b"".join(scans) + min(scans, key=len) * extra_scans + b"\xff\xd9"
 
 
 def encoded(fmt: str, width: int = 64, height: int = 48) -> bytes:
@@ -75,6 +89,7 @@ def hostile_cases(max_pixels: int) -> dict:
         "gif_frame_larger_than_screen": (gif_with_a_larger_frame(side), "GIF is not accepted"),
         "gif_animated": (animated_gif(40, 200), "GIF is not accepted"),
         "webp": (encoded("WEBP"), "unsupported image format"),
+        "jpeg_scan_bomb": (jpeg_scan_bomb(MAX_JPEG_SCANS), f"scans, above the limit of {MAX_JPEG_SCANS}"),
         "truncated_png": (small[: len(small) // 2], "Invalid PNG data"),
     }
     cases = {

@@ -9,8 +9,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tests.hostile_requests import gif_with_a_larger_frame
-from trainer.image_limits import check_image_size, header_dimensions
+from tests.hostile_requests import gif_with_a_larger_frame, jpeg_scan_bomb
+from trainer.image_limits import MAX_JPEG_SCANS, check_image_size, header_dimensions, jpeg_scans
 
 
 def _encode(fmt, width=37, height=23):
@@ -61,6 +61,14 @@ def test_limit_names_the_size_and_the_limit():
         tf.errors.InvalidArgumentError, match="GIF is not accepted: send its first frame as PNG"
     ):
         _check(_encode("GIF"), 10**9)
+
+
+def test_a_progressive_jpeg_within_the_scan_limit_decodes_and_one_above_it_is_refused():
+    own = int(jpeg_scans(tf.constant(jpeg_scan_bomb(0))))
+    assert own > 1
+    _check(jpeg_scan_bomb(MAX_JPEG_SCANS - own), 10**9)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=f"JPEG has {MAX_JPEG_SCANS + 1} scans"):
+        _check(jpeg_scan_bomb(MAX_JPEG_SCANS - own + 1), 10**9)
 
 
 def test_a_gif_is_refused_before_its_frame_is_decoded():

@@ -5,12 +5,15 @@ GB and take a TF Serving pod down with every request batched with it. The header
 JPEG, PNG or BMP is, and TensorFlow's decoders allocate exactly that. GIF is refused: its header
 gives the logical screen, not the frames TensorFlow decodes (one frame may be far larger, and every
 frame of an animation is decoded), so clients send its first frame as PNG (`trainer.client` does).
+A progressive JPEG's decoder passes over the whole image once per scan, and a scan can be a few
+bytes, so the number of scans is bounded too.
 """
 
 import tensorflow as tf
 
 _HEAD = 32  # every header field read here lies within the first 32 bytes
 GIF_REFUSED = "GIF is not accepted: send its first frame as PNG (trainer.client converts GIFs itself)"
+MAX_JPEG_SCANS = 64  # encoders write 1 (baseline) to about 20; an EXIF thumbnail adds its own
 _PNG = (0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A)
 
 
@@ -48,6 +51,11 @@ def header_dimensions(image_bytes: tf.Tensor) -> tf.Tensor:
     )
 
 
+def jpeg_scans(image_bytes: tf.Tensor) -> tf.Tensor:
+    """How many start-of-scan markers (FF DA) a file holds: entropy-coded data never contains them."""
+    return tf.size(tf.strings.split(image_bytes, sep=b"\xff\xda"), out_type=tf.int64) - 1
+
+
 def check_image_size(image_bytes: tf.Tensor, max_pixels: int) -> tf.Operation:
     """An op that fails with InvalidArgument naming the limit if the image is too large or not supported.
 
@@ -57,7 +65,12 @@ def check_image_size(image_bytes: tf.Tensor, max_pixels: int) -> tf.Operation:
     supported = tf.reduce_all(dims > 0)
     pixels = tf.reduce_prod(dims)
     gif = tf.strings.substr(image_bytes, 0, 4) == "GIF8"
+    scans = jpeg_scans(image_bytes)
     return tf.group(
+        tf.debugging.Assert(
+            scans <= MAX_JPEG_SCANS,
+            [tf.strings.format("JPEG has {} scans, above the limit of {}", (scans, MAX_JPEG_SCANS))],
+        ),
         tf.debugging.Assert(tf.logical_not(gif), [GIF_REFUSED]),
         tf.debugging.Assert(
             tf.logical_or(gif, supported), ["unsupported image format: send JPEG, PNG or BMP"]
