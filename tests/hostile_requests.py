@@ -58,6 +58,13 @@ def jpeg_scan_bomb(extra_scans: int) -> bytes:
     return data[:first] + b"".join(scans) + min(scans, key=len) * extra_scans + b"\xff\xd9"
 
 
+def bmp_with_a_lying_header(side: int) -> bytes:
+    """A 4x4 BMP whose header declares side x side pixels."""
+    data = bytearray(encoded("BMP", 4, 4))
+    data[18:26] = struct.pack("<ii", side, side)
+    return bytes(data)
+
+
 def encoded(fmt: str, width: int = 64, height: int = 48) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.full((height, width, 3), 128, np.uint8)).save(buffer, format=fmt)
@@ -90,6 +97,7 @@ def hostile_cases(max_pixels: int) -> dict:
         "gif_animated": (animated_gif(40, 200), "GIF is not accepted"),
         "webp": (encoded("WEBP"), "unsupported image format"),
         "jpeg_scan_bomb": (jpeg_scan_bomb(MAX_JPEG_SCANS), f"scans, above the limit of {MAX_JPEG_SCANS}"),
+        "bmp_lying_header": (bmp_with_a_lying_header(int(max_pixels**0.5)), "Input size should match"),
         "truncated_png": (small[: len(small) // 2], "Invalid PNG data"),
     }
     cases = {
