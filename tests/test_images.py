@@ -18,3 +18,18 @@ def test_decompression_bomb_is_a_value_error_before_decoding(tmp_path):
     (tmp_path / "bomb.png").write_bytes(png_bomb(15000, 12000))  # 180 M pixels in ~200 KB
     with pytest.raises(ValueError, match="decompression bomb"):
         images.load_pair(str(tmp_path / "bomb.png"), None, 120, "png")
+
+
+@pytest.mark.parametrize("fmt", ["TGA", "PPM", "ICO"])
+def test_only_photo_decoders_are_reached_whatever_the_name(tmp_path, fmt):
+    """A file Pillow could decode in another format, named like a photo, is unreadable (OSError)."""
+    Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(tmp_path / "photo.png", format=fmt)
+    with pytest.raises(OSError, match="cannot identify image file"):
+        images.load_pair(str(tmp_path / "photo.png"), None, 12, "raw")
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP"])
+def test_photo_formats_decode(tmp_path, fmt):
+    Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(tmp_path / "photo", format=fmt)
+    gray, _ = images.load_pair(str(tmp_path / "photo"), None, 12, "raw")
+    assert len(gray) == 12 * 12

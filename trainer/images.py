@@ -9,6 +9,9 @@ import numpy as np
 from PIL import Image, ImageFile
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+# The decoders a photo may reach, whatever its name says: Pillow would otherwise try every format it
+# knows (PSD, FITS, ...) on untrusted files. (JPEG's opener also reads the MPO files of cameras.)
+PHOTO_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP")
 
 # A truncated JPEG must be reported as unreadable, not silently padded with gray.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -24,7 +27,7 @@ def _open(path: str, mode: str, size: int) -> Image.Image:
     `tf.image.resize(..., antialias=True)`, which serving uses for the same step.
     """
     try:
-        opened = Image.open(path)
+        opened = Image.open(path, formats=PHOTO_FORMATS)
     except Image.DecompressionBombError as exc:  # not an OSError: prepare would stop on it
         raise ValueError(str(exc)) from None
     with opened as image:
@@ -40,7 +43,7 @@ def _open(path: str, mode: str, size: int) -> Image.Image:
 def pixel_count(path: str) -> int:
     """Width x height from the file's header (Pillow decodes nothing until asked)."""
     try:
-        with Image.open(path) as image:
+        with Image.open(path, formats=PHOTO_FORMATS) as image:
             return image.width * image.height
     except Image.DecompressionBombError:
         return 2 * (Image.MAX_IMAGE_PIXELS or 0) + 1
@@ -48,7 +51,7 @@ def pixel_count(path: str) -> int:
 
 def read_rgb(path: str) -> np.ndarray:
     """The photo at its own size as uint8 RGB (the truth that evaluation scripts score against)."""
-    with Image.open(path) as image:
+    with Image.open(path, formats=PHOTO_FORMATS) as image:
         return np.asarray(image.convert("RGB"))
 
 
