@@ -8,11 +8,15 @@ The front terminates TLS on 127.0.0.1:443 and forwards each request to fake-gcs-
 dropping `Transfer-Encoding: identity`: TF sends it on uploads and Go's HTTP server rejects it
 with 501. Each connection carries one request (`Connection: close`), so the front stays simple.
 
-The front also enforces IAM: `GcsEmulator.grant(*roles)` makes it answer every request that the
-granted roles don't permit with Google's 403, as Cloud Storage does for a least-privilege account.
-Each request is mapped to the permissions Google documents for its method (`required_permissions`);
-a request the map doesn't know is always denied and recorded in `GcsEmulator.unknown`, so a new kind
-of call can't slip through unmodelled. With no grant (the default) every known request is allowed.
+The front also enforces IAM: `GcsEmulator.grant(*roles)` (roles on the whole bucket) or
+`GcsEmulator.policy(bindings)` (roles limited to an object-name prefix, as an IAM Condition on
+`resource.name` limits them) makes it answer every request the bindings don't permit with Google's
+403, as Cloud Storage does for a least-privilege account. Each request is mapped to the permissions
+Google documents for its method (`REQUEST_PERMISSIONS`) and each permission to the resource it is
+checked on: the object for reads and writes, the bucket for bucket reads and for listing, which a
+condition on object names never grants. A request the map doesn't know is always denied and recorded
+in `GcsEmulator.unknown`, so a new kind of call can't slip through unmodelled. With no grant (the
+default) every known request is allowed.
 The front listens on a random 127.x.y.z address, so concurrent test runs on one machine don't collide.
 """
 
@@ -136,6 +140,28 @@ XML_REQUEST_PERMISSIONS = (
     ("HEAD", "/{b}/{path}", "XML HEAD object", {"storage.objects.get"}),
 )
 _REPLACING = {"objects.rewrite", "objects.copy", "objects.compose", "objects.insert"}
+# Checked on the bucket, never on an object: "Since the storage.objects.list permission is granted
+# at the bucket level, you cannot use the resource.name condition attribute to restrict object listing
+# access to a subset of objects in the bucket" (https://cloud.google.com/storage/docs/access-control/iam,
+# Conditions).
+_BUCKET_PERMISSIONS = {"storage.buckets.get", "storage.objects.list"}
+
+
+class Binding(typing.NamedTuple):
+    """One role binding on the bucket: `permissions` everywhere, or with `prefix` only on the objects
+    named `prefix` or `prefix/...` (the IAM Condition docs/KUBERNETES.md writes for a prefix)."""
+
+    role: str
+    permissions: frozenset
+    prefix: typing.Optional[str] = None
+
+    def grants(self, permission: str, name: typing.Optional[str]) -> bool:
+        """Whether this binding grants `permission` on object `name` (None: the bucket itself)."""
+        if permission not in self.permissions:
+            return False
+        if self.prefix is None:
+            return True
+        return name is not None and (name == self.prefix or name.startswith(self.prefix + "/"))
 
 
 _API_PREFIXES = ("/storage/", "/upload/", "/download/", "/batch/")
@@ -164,6 +190,33 @@ def classify(method: str, target: str, host: str):
         if match and rule_method == method:
             return name, permissions, match.groupdict()
     return None
+
+
+def needs(name: str, permissions: frozenset, target: str, fields: dict, body: bytes) -> tuple:
+    """(permission, object name) pairs a request is checked against; the name is None for the bucket,
+    and for an object the request doesn't name (then only a binding without a prefix can grant it)."""
+    source = urllib.parse.unquote(fields["o"]) if "o" in fields else None
+    if "path" in fields:  # XML API: /{bucket}/{object}
+        source = urllib.parse.unquote(fields["path"])
+    if name in _REPLACING:
+        where = destination(name, target, fields, body)
+        target_name = where[1] if where else None
+        writes = {"storage.objects.create"}
+        reads = [(p, source) for p in permissions - writes if name != "objects.compose"]
+        reads += [(p, n) for p in permissions - writes if name == "objects.compose" for n in _sources(body)]
+        return tuple(reads) + tuple((p, target_name) for p in permissions & writes)
+    if name == "objects.insert (resumable upload data)":
+        where = destination(name, target, fields, body)
+        return tuple((p, where[1] if where else None) for p in permissions)
+    return tuple((p, None if p in _BUCKET_PERMISSIONS else source) for p in permissions)
+
+
+def _sources(body: bytes) -> list:
+    """Object names a compose request reads (its sourceObjects); [None] if the body doesn't say."""
+    try:
+        return [s["name"] for s in json.loads(body or b"{}")["sourceObjects"]] or [None]
+    except (ValueError, KeyError, TypeError):
+        return [None]
 
 
 def destination(name: str, target: str, fields: dict, body: bytes):
@@ -332,13 +385,15 @@ def _read_request(tls):
 
 
 class Request(typing.NamedTuple):
-    """A request the front saw; `kind` (the API method) and `missing` are None if the map doesn't know it."""
+    """A request the front saw; `kind` (the API method) and `missing` are None if the map doesn't know it.
+    `needs`: the (permission, object name or None for the bucket) pairs it was checked against."""
 
     method: str
     target: str
     kind: typing.Optional[str]
     permissions: frozenset
     missing: typing.Optional[list]
+    needs: tuple = ()
 
     @property
     def denied(self) -> bool:
@@ -357,7 +412,7 @@ class TlsFront:
         self._server.settimeout(0.5)
         self._stopped = threading.Event()
         self._lock = threading.Lock()
-        self.granted = None  # None: every known request is allowed; else a set of permissions
+        self.granted = None  # None: every known request is allowed; else a tuple of Bindings
         self.log = []
         self.fault_rate, self.faults_injected, self._faults = 0.0, 0, random.Random(0)
         threading.Thread(target=self._accept, daemon=True).start()
@@ -404,12 +459,14 @@ class TlsFront:
             request = Request(method, target, None, frozenset(), None)
         else:
             kind, permissions, fields = known
+            required = needs(kind, permissions, target, fields, body)
             if granted is not None and kind in _REPLACING:
                 where = destination(kind, target, fields, body)
                 if where and self._exists(*where):
                     permissions = permissions | {"storage.objects.delete"}
-            missing = sorted(permissions - granted) if granted is not None else []
-            request = Request(method, target, kind, permissions, missing)
+                    required += (("storage.objects.delete", where[1]),)
+            missing = _missing(required, granted) if granted is not None else []
+            request = Request(method, target, kind, permissions, missing, required)
         with self._lock:
             self.log.append(request)
         return request
@@ -434,6 +491,11 @@ class TlsFront:
     def close(self):
         self._stopped.set()
         self._server.close()
+
+
+def _missing(required: tuple, bindings: tuple) -> list:
+    """The permissions of `required` that no binding grants on the resource they are checked on."""
+    return sorted({p for p, name in required if not any(b.grants(p, name) for b in bindings)})
 
 
 def _bind_front() -> socket.socket:
@@ -525,8 +587,10 @@ class GcsEmulator:
         )
 
     def grant(self, *roles: str, permissions=()) -> None:
-        """From now on the front allows only what `roles` (keys of ROLES) and `permissions` grant."""
-        self._front.granted = frozenset().union(*(ROLES[role] for role in roles), permissions)
+        """From now on the front allows only what `roles` (keys of ROLES) and `permissions` grant,
+        on the whole bucket."""
+        bindings = [Binding(role, ROLES[role]) for role in roles]
+        self._front.granted = (*bindings, Binding("(permissions)", frozenset(permissions)))
 
     def allow_all(self) -> None:
         """Back to the default: every request the map knows is allowed (unknown ones never are)."""
@@ -535,8 +599,15 @@ class GcsEmulator:
     @contextlib.contextmanager
     def roles(self, *roles: str, permissions=()):
         """`grant` for a `with` block; yields the list the block's requests are logged to."""
+        bindings = [Binding(role, ROLES[role]) for role in roles]
+        with self.policy([*bindings, Binding("(permissions)", frozenset(permissions))]) as seen:
+            yield seen
+
+    @contextlib.contextmanager
+    def policy(self, bindings):
+        """Only `bindings` (Binding tuples) hold inside the block; yields the list its requests go to."""
         previous, start = self._front.granted, len(self._front.log)
-        self.grant(*roles, permissions=permissions)
+        self._front.granted = tuple(bindings)
         seen = []
         try:
             yield seen

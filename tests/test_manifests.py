@@ -6,6 +6,8 @@ the TFJob CRD and skaffold schemas from tests/schemas/ (copies, see its README),
 (in its own virtualenv: scripts/lint_k8s.sh), checkov.
 """
 
+import copy
+import functools
 import json
 import os
 import re
@@ -50,12 +52,16 @@ def tool(name):
 
 
 def kustomize(path):
-    """Renders a kustomization the way `kubectl apply -k` would."""
-    out = subprocess.run(
-        [tool("kubectl"), "kustomize", str(path)], capture_output=True, text=True, check=False
-    )
+    """Renders a kustomization the way `kubectl apply -k` would (fresh objects each call)."""
+    return [d for d in yaml.safe_load_all(_rendered(str(path))) if d]
+
+
+@functools.lru_cache(maxsize=None)
+def _rendered(path: str) -> str:
+    """`kubectl kustomize` output, once per path and session: many tests read the same overlays."""
+    out = subprocess.run([tool("kubectl"), "kustomize", path], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
-    return [d for d in yaml.safe_load_all(out.stdout) if d]
+    return out.stdout
 
 
 def load(name):
@@ -68,16 +74,24 @@ def load(name):
 SOURCES = RAW_FILES + [f"overlay:{o}" for o in OVERLAYS]
 
 
-def pod_specs(doc):
-    """(container-owner name, pod spec) pairs of a workload object, including TFJob replicas."""
+def pod_templates(doc):
+    """(container-owner name, pod template) pairs of a workload object: Job, Deployment, TFJob
+    replicas, JobSet replicated Jobs."""
+    name = doc["metadata"]["name"]
     if doc["kind"] in ("Job", "Deployment"):
-        return [(doc["metadata"]["name"], doc["spec"]["template"]["spec"])]
+        return [(name, doc["spec"]["template"])]
     if doc["kind"] == "TFJob":
+        return [(f"{name}/{r}", s["template"]) for r, s in doc["spec"]["tfReplicaSpecs"].items()]
+    if doc["kind"] == "JobSet":
         return [
-            (f"{doc['metadata']['name']}/{r}", s["template"]["spec"])
-            for r, s in doc["spec"]["tfReplicaSpecs"].items()
+            (f"{name}/{j['name']}", j["template"]["spec"]["template"]) for j in doc["spec"]["replicatedJobs"]
         ]
     return []
+
+
+def pod_specs(doc):
+    """(container-owner name, pod spec) pairs of a workload object (see pod_templates)."""
+    return [(owner, template["spec"]) for owner, template in pod_templates(doc)]
 
 
 def walk(node, key):
@@ -235,6 +249,41 @@ def test_pods_are_hardened(docs):
                     assert paths["/dev/shm"]["emptyDir"]["medium"] == "Memory", where
 
 
+def settings_env():
+    """k8s/settings/settings.env as shipped: {key: value}."""
+    lines = (K8S / "settings" / "settings.env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+# The Google account (settings.env key) each kind of pod acts as; every pod of the dev overlays acts
+# as DEV_GSA (docs/KUBERNETES.md, IAM).
+IDENTITY_GSA = {"prepare": "PREPARE_GSA", "trainer": "TRAINER_GSA", "serving": "SERVING_GSA"}
+DEV_NAMESPACE = "colorizer-dev"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_each_kind_of_pod_acts_as_its_own_google_account(overlay):
+    objects, settings = load(f"overlay:{overlay}"), settings_env()
+    annotation = "iam.gke.io/gcp-service-account"
+    accounts = {
+        sa["metadata"]["name"]: sa["metadata"]["annotations"][annotation]
+        for sa in _by_kind(objects, "ServiceAccount")
+    }
+    checked = 0
+    for doc in objects:
+        for owner, template in pod_templates(doc):
+            component = template["metadata"]["labels"]["app.kubernetes.io/component"]
+            key = "DEV_GSA" if doc["metadata"]["namespace"] == DEV_NAMESPACE else IDENTITY_GSA[component]
+            assert accounts[template["spec"]["serviceAccountName"]] == settings[key], f"{overlay} {owner}"
+            checked += 1
+    assert checked
+
+
+def test_identities_are_distinct_google_accounts():
+    accounts = [v for k, v in settings_env().items() if k.endswith("_GSA")]
+    assert len(accounts) == len(set(accounts)) == 4, accounts
+
+
 def test_service_accounts_use_workload_identity(docs):
     name, objects = docs
     accounts = [d for d in objects if d["kind"] == "ServiceAccount"]
@@ -292,12 +341,15 @@ def check_indexed_job(objects):
 
 
 def check_failure_policy(job):
-    """trainer/errors.py's contract: 2 and 3 fail the Job, 143-145 and disruptions are ignored (by exit
-    code too: a stop vote makes every worker exit 143, only one carries DisruptionTarget), and a deadline."""
+    """trainer/errors.py's contract: its permanent codes fail the Job, 143-145 and disruptions are ignored
+    (by exit code too: a stop vote makes every worker exit 143, only one carries DisruptionTarget), and a
+    deadline."""
+    from trainer.errors import PERMANENT_EXIT_CODES, RETRIABLE_EXIT_CODES
+
     rules = job["spec"]["podFailurePolicy"]["rules"]
     exit_rule = {"containerName": "trainer", "operator": "In"}
-    assert {"action": "FailJob", "onExitCodes": {**exit_rule, "values": [2, 3]}} in rules
-    assert {"action": "Ignore", "onExitCodes": {**exit_rule, "values": [143, 144, 145]}} in rules
+    assert {"action": "FailJob", "onExitCodes": {**exit_rule, "values": list(PERMANENT_EXIT_CODES)}} in rules
+    assert {"action": "Ignore", "onExitCodes": {**exit_rule, "values": list(RETRIABLE_EXIT_CODES)}} in rules
     assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]} in rules
     assert job["spec"]["activeDeadlineSeconds"] > 0 and job["spec"]["podReplacementPolicy"] == "Failed"
 
@@ -422,7 +474,8 @@ def test_serving_contract():
     assert env["MODEL_NAME"]["value"] == "colorizer" and env["GRPC_PORT"]["value"] == "8500"
     assert env["REST_PORT"]["value"] == "8501"
     assert env["EXPORT_DIR"]["valueFrom"]["configMapKeyRef"]["key"] == "EXPORT_DIR"
-    assert {p["containerPort"] for p in c["ports"]} == {8500, 8501}
+    assert {p["containerPort"] for p in c["ports"]} == {8501}, "gRPC stays inside the pod"
+    assert "--port=$(GRPC_PORT)" in c["args"], "TF Serving still needs its gRPC port"
     args = dict(a.split("=", 1) for a in c["args"])
     assert args["--enable_batching"] == "true" and args["--model_base_path"] == "$(EXPORT_DIR)"
     [config] = [
@@ -473,10 +526,47 @@ def test_serving_companions_select_the_pods():
         for p in _by_kind(objects, "NetworkPolicy")
         if p["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
     ]
-    assert policies and {p["port"] for r in policies[0]["spec"]["ingress"] for p in r["ports"]} == {
-        8500,
-        8501,
-    }
+    assert policies and {p["port"] for r in policies[0]["spec"]["ingress"] for p in r["ports"]} == {8501}
+
+
+def serving_ports(objects):
+    """(container ports, Service ports, NetworkPolicy ports) of a rendered serving overlay."""
+    [deploy] = _by_kind(objects, "Deployment")
+    [c] = deploy["spec"]["template"]["spec"]["containers"]
+    labels = deploy["spec"]["template"]["metadata"]["labels"]
+    [service] = [s for s in _by_kind(objects, "Service") if s["spec"]["selector"].items() <= labels.items()]
+    [policy] = [
+        p
+        for p in _by_kind(objects, "NetworkPolicy")
+        if p["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    ]
+    admitted = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+    return {p["containerPort"] for p in c["ports"]}, {p["port"] for p in service["spec"]["ports"]}, admitted
+
+
+@pytest.mark.parametrize("overlay", SERVING_OVERLAYS)
+def test_only_rest_leaves_the_serving_pod(overlay):
+    """The client speaks REST only: gRPC 8500 is neither published nor admitted (issue 21)."""
+    assert serving_ports(load(f"overlay:{overlay}")) == ({8501}, {8501}, {8501})
+
+
+def test_an_overlay_opts_into_grpc_with_the_serving_grpc_component(tmp_path):
+    """k8s/components/serving-grpc names the port, publishes it and admits it, nothing else."""
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "resources": [os.path.relpath(K8S / "overlays" / "serve", tmp_path)],
+                "components": [os.path.relpath(K8S / "components" / "serving-grpc", tmp_path)],
+            }
+        )
+    )
+    objects = kustomize(tmp_path)
+    assert serving_ports(objects) == ({8500, 8501}, {8500, 8501}, {8500, 8501})
+    [service] = [s for s in _by_kind(objects, "Service") if s["metadata"]["name"] == "colorizer-serving"]
+    [c] = _by_kind(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"]
+    grpc = next(p for p in service["spec"]["ports"] if p["port"] == 8500)
+    assert {"name": grpc["targetPort"], "containerPort": 8500, "protocol": "TCP"} in c["ports"]
+    assert _env(c)["GRPC_PORT"]["value"] == "8500"
 
 
 @pytest.mark.parametrize("state, ok", [("AVAILABLE", True), ("LOADING", False), (None, False)])
@@ -605,3 +695,224 @@ def test_checkov_finds_nothing_unexplained(tmp_path):
             failed = result["results"]["failed_checks"]
             assert not failed, [(f["check_id"], f["resource"]) for f in failed]
             assert result["summary"]["passed"] > 0, f"checkov scanned no {framework} file"
+
+
+# The `restricted` Pod Security Standard as Kubernetes' pod-security-admission checks it at the version
+# the namespaces pin (https://kubernetes.io/docs/concepts/security/pod-security-standards/; the checks
+# are staging/src/k8s.io/pod-security-admission/policy/check_*.go). Each check returns the reasons a
+# pod template fails it; restricted includes every baseline check.
+PSS_VERSION = f"v{K8S_VERSION}"
+PSS_LABELS = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": PSS_VERSION,
+    "pod-security.kubernetes.io/audit": "restricted",
+    "pod-security.kubernetes.io/warn": "restricted",
+}
+RESTRICTED_VOLUMES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}  # check_restrictedVolumes.go
+SAFE_SYSCTLS = {
+    "kernel.shm_rmid_forced",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.ip_unprivileged_port_start",
+}  # check_sysctls.go
+SELINUX_TYPES = {"", "container_t", "container_init_t", "container_kvm_t"}  # check_seLinuxOptions.go
+SECCOMP_TYPES = {"RuntimeDefault", "Localhost"}  # check_seccompProfile_restricted.go
+APPARMOR_ANNOTATION = "container.apparmor.security.beta.kubernetes.io/"
+
+
+def _all_containers(spec):
+    """containers, initContainers and ephemeralContainers (visitContainers in the checks)."""
+    return [c for key in ("containers", "initContainers", "ephemeralContainers") for c in spec.get(key, [])]
+
+
+def _context(obj):
+    return obj.get("securityContext") or {}
+
+
+def _pss_host(template):
+    """Host namespaces, ports and privilege: check_hostNamespaces, check_hostPorts, check_privileged,
+    check_windowsHostProcess."""
+    spec, found = template["spec"], []
+    found += [f"spec.{k}" for k in ("hostNetwork", "hostPID", "hostIPC") if spec.get(k)]
+    for c in _all_containers(spec):
+        found += [f"{c['name']}: hostPort" for p in c.get("ports", []) if p.get("hostPort")]
+        found += [f"{c['name']}: privileged"] if _context(c).get("privileged") else []
+    for owner in [spec, *_all_containers(spec)]:
+        found += ["hostProcess"] if (_context(owner).get("windowsOptions") or {}).get("hostProcess") else []
+    return found
+
+
+def _pss_volumes(template):
+    """Only core volume types (check_restrictedVolumes): no hostPath, no inline network disks."""
+    return [
+        f"volume {v['name']}: {kind}"
+        for v in template["spec"].get("volumes", [])
+        for kind in set(v) - {"name"}
+        if kind not in RESTRICTED_VOLUMES
+    ]
+
+
+def _pss_capabilities(template):
+    """Drop ALL, add at most NET_BIND_SERVICE (check_capabilities_restricted)."""
+    found = []
+    for c in _all_containers(template["spec"]):
+        caps = _context(c).get("capabilities") or {}
+        found += [f"{c['name']}: capabilities.drop lacks ALL"] if "ALL" not in caps.get("drop", []) else []
+        found += [f"{c['name']}: adds {a}" for a in caps.get("add", []) if a != "NET_BIND_SERVICE"]
+    return found
+
+
+def _pss_escalation_and_user(template):
+    """allowPrivilegeEscalation false everywhere, runAsNonRoot true (pod, or every container) and never
+    false, runAsUser never 0 (check_allowPrivilegeEscalation, check_runAsNonRoot, check_runAsUser)."""
+    spec, found = template["spec"], []
+    pod_non_root = _context(spec).get("runAsNonRoot")
+    found += ["pod: runAsNonRoot false"] if pod_non_root is False else []
+    found += ["pod: runAsUser 0"] if _context(spec).get("runAsUser") == 0 else []
+    for c in _all_containers(spec):
+        sc = _context(c)
+        found += (
+            [f"{c['name']}: allowPrivilegeEscalation not false"]
+            if sc.get("allowPrivilegeEscalation") is not False
+            else []
+        )
+        non_root = sc.get("runAsNonRoot", pod_non_root)
+        found += [f"{c['name']}: runAsNonRoot not true"] if non_root is not True else []
+        found += [f"{c['name']}: runAsUser 0"] if sc.get("runAsUser") == 0 else []
+    return found
+
+
+def _pss_seccomp(template):
+    """RuntimeDefault or Localhost on the pod or on every container, never anything else
+    (check_seccompProfile_restricted)."""
+    spec, found = template["spec"], []
+    pod = (_context(spec).get("seccompProfile") or {}).get("type")
+    found += [f"pod: seccompProfile {pod}"] if pod is not None and pod not in SECCOMP_TYPES else []
+    for c in _all_containers(spec):
+        own = (_context(c).get("seccompProfile") or {}).get("type")
+        effective = own if own is not None else pod
+        found += [f"{c['name']}: seccompProfile {effective}"] if effective not in SECCOMP_TYPES else []
+    return found
+
+
+def _pss_linux_options(template):
+    """SELinux type/user/role, AppArmor, procMount and sysctls (check_seLinuxOptions,
+    check_appArmorProfile, check_procMount, check_sysctls)."""
+    spec, found = template["spec"], []
+    for owner in [spec, *_all_containers(spec)]:
+        sc, who = _context(owner), owner.get("name", "pod")
+        selinux = sc.get("seLinuxOptions") or {}
+        found += [f"{who}: seLinuxOptions"] if selinux.get("type", "") not in SELINUX_TYPES else []
+        found += [f"{who}: seLinuxOptions user/role"] if selinux.get("user") or selinux.get("role") else []
+        apparmor = (sc.get("appArmorProfile") or {}).get("type")
+        found += (
+            [f"{who}: appArmorProfile {apparmor}"]
+            if apparmor not in (None, "RuntimeDefault", "Localhost")
+            else []
+        )
+        found += (
+            [f"{who}: procMount {sc['procMount']}"] if sc.get("procMount", "Default") != "Default" else []
+        )
+    found += [
+        f"sysctl {s['name']}" for s in _context(spec).get("sysctls", []) if s["name"] not in SAFE_SYSCTLS
+    ]
+    for key, value in (template.get("metadata") or {}).get("annotations", {}).items():
+        allowed = value in ("", "runtime/default") or value.startswith("localhost/")
+        found += [f"annotation {key}={value}"] if key.startswith(APPARMOR_ANNOTATION) and not allowed else []
+    return found
+
+
+PSS_CHECKS = (
+    _pss_host,
+    _pss_volumes,
+    _pss_capabilities,
+    _pss_escalation_and_user,
+    _pss_seccomp,
+    _pss_linux_options,
+)
+
+
+def restricted_violations(template) -> list:
+    """Why a pod template fails the restricted Pod Security Standard (empty: it passes)."""
+    return [reason for check in PSS_CHECKS for reason in check(template)]
+
+
+def test_every_pod_template_passes_the_restricted_pod_security_standard(docs):
+    name, objects = docs
+    for doc in objects:
+        for owner, template in pod_templates(doc):
+            assert not restricted_violations(template), f"{name} {owner}: {restricted_violations(template)}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_namespaces_enforce_the_restricted_pod_security_standard(overlay):
+    """Every namespace an overlay puts pods in is one it labels to enforce `restricted` at the pinned
+    version (and to audit and warn at the cluster's latest)."""
+    objects = load(f"overlay:{overlay}")
+    labelled = {
+        ns["metadata"]["name"]
+        for ns in _by_kind(objects, "Namespace")
+        if PSS_LABELS.items() <= ns["metadata"]["labels"].items()
+    }
+    used = {d["metadata"]["namespace"] for d in objects if pod_templates(d)}
+    assert used and used <= labelled, (used, labelled)
+
+
+def _serving_template():
+    [deploy] = _by_kind(serving_objects(), "Deployment")
+    return deploy["spec"]["template"]
+
+
+def _set(*changes):
+    """A mutation of a pod template: sets each (path, value), the path a tuple of keys and indices."""
+
+    def apply(template):
+        for path, value in changes:
+            node = template
+            for key in path[:-1]:
+                node = node[key] if isinstance(key, int) else node.setdefault(key, {})
+            node[path[-1]] = value
+
+    return apply
+
+
+_POD, _C0 = ("spec", "securityContext"), ("spec", "containers", 0, "securityContext")
+
+
+@pytest.mark.parametrize(
+    "mutation",
+    [
+        _set((("spec", "hostNetwork"), True)),
+        _set(((*_C0, "privileged"), True)),
+        _set(((*_C0, "capabilities"), {"drop": ["ALL"], "add": ["SYS_ADMIN"]})),
+        _set(((*_C0, "capabilities"), {"drop": ["NET_RAW"]})),
+        _set(((*_C0, "allowPrivilegeEscalation"), True)),
+        _set(((*_C0, "runAsNonRoot"), False)),
+        _set(((*_POD, "runAsNonRoot"), None), ((*_C0, "runAsNonRoot"), None)),
+        _set(((*_POD, "runAsUser"), 0)),
+        _set(((*_C0, "seccompProfile"), {"type": "Unconfined"})),
+        _set(((*_POD, "seccompProfile"), None)),
+        _set((("spec", "volumes", 1), {"name": "tmp", "hostPath": {"path": "/tmp"}})),
+        _set((("spec", "containers", 0, "ports", 0, "hostPort"), 8501)),
+        _set(((*_C0, "procMount"), "Unmasked")),
+        _set(((*_POD, "sysctls"), [{"name": "kernel.msgmax", "value": "1"}])),
+        _set(((*_POD, "seLinuxOptions"), {"user": "system_u"})),
+        _set((("metadata", "annotations", APPARMOR_ANNOTATION + "serving"), "unconfined")),
+    ],
+)
+def test_the_pod_security_model_refuses_a_non_compliant_pod(mutation):
+    """The model is not vacuous: one step outside `restricted` on the compliant serving pod fails it."""
+    template = copy.deepcopy(_serving_template())
+    assert not restricted_violations(template)
+    mutation(template)
+    assert restricted_violations(template)
