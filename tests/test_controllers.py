@@ -21,7 +21,14 @@ from tests.controllers import (
     tf_serving_ports_open_at,
     tfjob_restarts,
 )
-from trainer.errors import EXIT_CONFIG, EXIT_DATA, EXIT_UNEXPECTED, PERMANENT_EXIT_CODES, RETRIABLE_EXIT_CODES
+from trainer.errors import (
+    EXIT_CONFIG,
+    EXIT_DATA,
+    EXIT_DIVERGED,
+    EXIT_UNEXPECTED,
+    PERMANENT_EXIT_CODES,
+    RETRIABLE_EXIT_CODES,
+)
 
 TRAINING_OVERLAYS = ("dev", "gke", "gke-multinode")
 DAY = 24 * 3600
@@ -293,5 +300,7 @@ def test_tfjob_retries_exactly_the_retriable_codes():
 
 
 def test_exit_code_contract_is_what_the_policies_assume():
-    assert (EXIT_CONFIG, EXIT_DATA) == PERMANENT_EXIT_CODES and all(c < 128 for c in PERMANENT_EXIT_CODES)
+    assert (EXIT_CONFIG, EXIT_DATA, EXIT_DIVERGED) == PERMANENT_EXIT_CODES and all(
+        c < 128 for c in PERMANENT_EXIT_CODES
+    )
     assert RETRIABLE_EXIT_CODES == (143, 144, 145)

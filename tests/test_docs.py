@@ -92,7 +92,14 @@ def test_shipped_settings_are_placeholders_skaffold_can_fill():
         for line in (K8S / "settings" / "settings.env").read_text().splitlines()
         if line and not line.startswith("#")
     )
-    assert set(settings) == {"BUCKET", "TRAINER_GSA", "SERVING_GSA", "TRAINER_IMAGE"}
+    assert set(settings) == {
+        "BUCKET",
+        "PREPARE_GSA",
+        "TRAINER_GSA",
+        "SERVING_GSA",
+        "DEV_GSA",
+        "TRAINER_IMAGE",
+    }
     assert settings["TRAINER_IMAGE"].split(":")[0] == TRAINER_IMAGE
 
 

@@ -84,7 +84,7 @@ def test_prepare_overlay_is_an_indexed_job_of_independent_tasks():
     assert config["data"]["TRAIN_DATA"].startswith(config["data"]["DATA_DIR"] + "/train-"), (
         "trains on what it writes"
     )
-    assert job["spec"]["template"]["spec"]["serviceAccountName"] == "colorizer-trainer"
+    assert job["spec"]["template"]["spec"]["serviceAccountName"] == "colorizer-prepare"
 
 
 def dry_run(capsys, *argv):

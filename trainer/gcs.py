@@ -79,7 +79,7 @@ def _explain(exc, path: str):
         return DataError(f"{path}: not found (does the bucket gs://{split_path(path)[0]} exist?)")
     if isinstance(exc, exceptions.Forbidden):
         return ConfigError(
-            f"{path}: permission denied; uploading takes roles/storage.objectUser on the bucket "
+            f"{path}: permission denied; this identity's role on the path's prefix doesn't allow it "
             "(docs/KUBERNETES.md, IAM)"
         )
     if isinstance(exc, exceptions.PreconditionFailed):

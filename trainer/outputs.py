@@ -17,8 +17,8 @@ from trainer.errors import ConfigError, TransientError, first_line, transient_st
 # Why two roles: TF creates folders up to the bucket, and that asks for the bucket's metadata
 # (tests/test_iam.py; docs/KUBERNETES.md, IAM).
 GCS_ROLES_HINT = (
-    "writing to a bucket takes roles/storage.objectUser and roles/storage.legacyBucketReader "
-    "on it (docs/KUBERNETES.md, IAM)"
+    "writing takes roles/storage.objectUser on the path's prefix and roles/storage.legacyBucketReader "
+    "on the bucket (docs/KUBERNETES.md, IAM)"
 )
 
 
