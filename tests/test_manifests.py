@@ -916,3 +916,58 @@ def test_the_pod_security_model_refuses_a_non_compliant_pod(mutation):
     assert not restricted_violations(template)
     mutation(template)
     assert restricted_violations(template)
+
+
+def _config_map(objects, name: str) -> dict:
+    return next(o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith(name))[
+        "data"
+    ]
+
+
+def _flag(args: list, name: str):
+    return next((a.split("=", 1)[1] for a in args if a.startswith(f"--{name}=")), None)
+
+
+def _export_limits() -> dict:
+    """{EXPORT_DIR: the largest --max_pixels any training overlay exports there with}."""
+    from trainer.config import DEFAULT_MAX_PIXELS
+
+    limits = {}
+    for overlay in TRAINING_OVERLAYS:
+        objects = load(f"overlay:{overlay}")
+        export_dir = _config_map(objects, "colorizer-config")["EXPORT_DIR"]
+        for doc in objects:
+            for _, spec in pod_specs(doc):
+                for container in (c for c in spec["containers"] if c["name"] in TRAINER_CONTAINERS):
+                    max_pixels = int(_flag(container.get("args", []), "max_pixels") or DEFAULT_MAX_PIXELS)
+                    limits[export_dir] = max(limits.get(export_dir, 0), max_pixels)
+    return limits
+
+
+@pytest.mark.parametrize("overlay", SERVING_OVERLAYS)
+def test_serving_memory_holds_every_batch_thread_at_the_export_limit(overlay):
+    """docs/SERVING.md "Limits": batch threads x (a composition at max_pixels + the batch's other
+    images) + idle <= the container's memory limit, for the max_pixels of the exports it serves."""
+    from trainer import client, export
+
+    objects = load(f"overlay:{overlay}")
+    batching = dict(
+        re.findall(
+            r"(\w+) \{ value: (\d+) \}", _config_map(objects, "colorizer-serving-config")["batching.config"]
+        )
+    )
+    threads, max_batch = int(batching["num_batch_threads"]), int(batching["max_batch_size"])
+    export_dir = _config_map(objects, "colorizer-config")["EXPORT_DIR"]
+    max_pixels = _export_limits()[export_dir]  # a KeyError: no training overlay exports what this serves
+    [deployment] = _by_kind(objects, "Deployment")
+    [container] = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "serving"]
+    limit = parse_quantity(container["resources"]["limits"]["memory"])
+    needed = export.serving_memory_bytes(max_pixels, threads, max_batch)
+    assert needed <= limit, (
+        f"{overlay}: {needed / 1e9:.1f} GB needed at {max_pixels} pixels, limit {limit / 1e9:.1f} GB"
+    )
+    assert parse_quantity(container["resources"]["requests"]["memory"]) == limit, (
+        "a pod may use its limit at any time"
+    )
+    assert max_batch <= export.MAX_BATCH
+    assert client.DEFAULT_BATCH_SIZE <= max_batch, "the client's default --batch_size would be refused"

@@ -46,6 +46,9 @@ _GIF = (b"GIF87a", b"GIF89a")  # sent as a PNG of the first frame (serving_defau
 _MAGIC = _SENT_AS_IS + _GIF
 
 
+DEFAULT_BATCH_SIZE = 4  # TF Serving's max_batch_size in k8s/'s serving overlays
+
+
 class ServingError(ColorizerError):
     """The server refused a request, answered something unexpected, or could not be reached."""
 
@@ -330,7 +333,7 @@ def define_flags():
     flags.DEFINE_string("output_dir", None, "Where <name>.png is written for each input.")
     flags.DEFINE_integer(
         "batch_size",
-        4,
+        DEFAULT_BATCH_SIZE,
         "Images per predict request: at most the server's max_batch_size (4 in k8s/'s serving overlays; "
         "TF Serving refuses larger requests).",
     )
