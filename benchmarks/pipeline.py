@@ -1,6 +1,6 @@
 """Input pipeline: raw shard reads, decode only, the trainer's host pipeline; scaling knobs; per-stage costs.
 
-The host pipeline is `trainer.input_pipeline.build_dataset` itself: read, parse, decode, shuffle
+The host pipeline is `trainer.data.input_pipeline.build_dataset` itself: read, parse, decode, shuffle
 and batch uint8 (float conversion, flips and Lab targets run in the train step, timed in
 benchmarks/training.py). Its parallelism is fixed (AUTOTUNE, interleave cycle min(shards, 16)), so
 the scaling variants are rebuilt here from the same pieces (`parse_record`) with explicit knobs.
@@ -12,9 +12,9 @@ import tempfile
 import tensorflow as tf
 
 from benchmarks import common
-from trainer import input_pipeline
-from trainer.config import TrainConfig
-from trainer.prepare import prepare
+from trainer.data import input_pipeline
+from trainer.data.prepare import prepare
+from trainer.train.config import TrainConfig
 
 AUTOTUNE = tf.data.AUTOTUNE
 SHUFFLE_BUFFER = TrainConfig.shuffle_buffer  # what build_dataset shuffles with in training

@@ -18,7 +18,7 @@ import tensorflow as tf
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
 from benchmarks import common, pipeline, serving
-from trainer.models import build_model
+from trainer.train.models import build_model
 
 # Events that enclose others (function calls, iterator steps): counting them would double-count.
 _CONTAINERS = {"Process", "Run", "IteratorGetNext", "PartitionedCall", "StatefulPartitionedCall", "While"}

@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from benchmarks import common, pipeline, serving, training
-from trainer.models import build_model
+from trainer.train.models import build_model
 
 FULL = dict(
     photos=512,

@@ -14,8 +14,8 @@ import tensorflow as tf
 from PIL import Image
 
 from benchmarks import common
-from trainer import preprocess
-from trainer.export import export_saved_model
+from trainer.serve import preprocess
+from trainer.serve.export import export_saved_model
 
 
 def encoded_photos(photos, size: int = 120):
@@ -79,7 +79,7 @@ def latency(signature, files, calls: int) -> dict:
 
 
 def run(model, color_space: str, photos, batches, calls: int, repeats: int, latency_calls: int) -> dict:
-    """Exports `model` with `trainer.export`, loads it back and measures it against the bare model."""
+    """Exports `model` with `trainer.serve.export`, loads it back and measures it against the bare model."""
     files = encoded_photos(photos)
     model_fn = tf.function(lambda x: model(x, training=False))
     result = {"load_average": common.load_average(), "image_size": 120}

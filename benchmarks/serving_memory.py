@@ -6,7 +6,7 @@ Each measurement runs in a fresh process (an allocator that already holds memory
   * retained: the extra peak per pixel of each further image in the same batch (its gray copy waits
     while the batch runs, its PNG answer until the batch ends).
 Images are gray noise (the largest PNG answers). Without EXPORT, the default U-Net is exported.
-`trainer.export.serving_memory_bytes` uses these numbers; docs/PERFORMANCE.md records them.
+`trainer.serve.limits.serving_memory_bytes` uses these numbers; docs/PERFORMANCE.md records them.
 """
 
 import json
@@ -67,8 +67,8 @@ def per_pixel(saved_model: str, side: int = 4000, batch: int = 8) -> dict:
 
 
 def _default_export(folder: str) -> str:
-    from trainer import export, preprocess
-    from trainer.models import build_model
+    from trainer.serve import export, preprocess
+    from trainer.train.models import build_model
 
     model = build_model("unet", preprocess.output_channels("lab", "two_heads"))
     return export.export_saved_model(model, "lab", folder)

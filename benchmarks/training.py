@@ -1,4 +1,4 @@
-"""Training: the real `trainer.train.Trainer` loop vs a bare tf.function step, FLOPs and MFU.
+"""Training: the real `trainer.train.loop.Trainer` loop vs a bare tf.function step, FLOPs and MFU.
 
 Five variants run interleaved on the same model, optimizer and batch size:
   * loop: `Trainer._step_functions()` pulling from `Trainer._datasets()` (what `fit` runs: uint8
@@ -18,10 +18,11 @@ import tensorflow as tf
 from tensorflow.python.profiler import model_analyzer, option_builder
 
 from benchmarks import common
-from trainer import augment, preprocess
-from trainer import steps as trainer_steps
-from trainer.config import TrainConfig
-from trainer.train import Trainer
+from trainer.serve import preprocess
+from trainer.train import augment
+from trainer.train import steps as trainer_steps
+from trainer.train.config import TrainConfig
+from trainer.train.loop import Trainer
 
 
 def matmul_peak_flops(size: int, repeats: int) -> float:
@@ -170,7 +171,8 @@ def measure_model(shards, model: str, batch: int, base_filters: int, steps: int,
             fn()
         seconds = common.interleave(variants, repeats)
         flops = model_flops(
-            trainer.model, preprocess.output_channels(trainer.config.color_space, trainer.config.loss)
+            trainer.model,
+            preprocess.output_channels(trainer.config.color_space, trainer.config.loss),
         )
     images = steps * batch
     result = {f"{name}_images_per_s": common.median_rate(images, s) for name, s in seconds.items()}

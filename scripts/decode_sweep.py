@@ -27,11 +27,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from trainer import decode_fit, metrics, preprocess  # noqa: E402
-from trainer.images import read_rgb  # noqa: E402
-from trainer.input_pipeline import find_shards  # noqa: E402
-from trainer.models import build_model  # noqa: E402
-from trainer.prepare import assign_split  # noqa: E402
+from trainer.data.images import read_rgb  # noqa: E402
+from trainer.data.input_pipeline import find_shards  # noqa: E402
+from trainer.data.prepare import assign_split  # noqa: E402
+from trainer.serve import (
+    metrics,
+    preprocess,  # noqa: E402
+)
+from trainer.train import decode_fit
+from trainer.train.models import build_model  # noqa: E402
 
 
 def compose(prediction, gray, scale: float, blend: float) -> np.ndarray:
@@ -78,7 +82,7 @@ def main():
         "--blends", default="0,0.25", help="two_heads runs: shares of the classification head"
     )
     parser.add_argument(
-        "--tuning_data", help="shards of the tuning slice: also print trainer.decode_fit's choice"
+        "--tuning_data", help="shards of the tuning slice: also print trainer.train.decode_fit's choice"
     )
     parser.add_argument(
         "--sides", default="0", help="0: squash to 120x120 (serving); S: aspect ratio, shorter side S"

@@ -22,10 +22,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from trainer import evaluate, preprocess  # noqa: E402
-from trainer.export import decode_gray  # noqa: E402
-from trainer.images import read_rgb  # noqa: E402
-from trainer.prepare import assign_split  # noqa: E402
+from trainer.data.images import read_rgb  # noqa: E402
+from trainer.data.prepare import assign_split  # noqa: E402
+from trainer.serve import (
+    evaluate,
+    preprocess,  # noqa: E402
+)
+from trainer.serve.export import decode_gray  # noqa: E402
 
 
 def mean_ab(paths) -> np.ndarray:

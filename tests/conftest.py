@@ -50,8 +50,8 @@ def mirrored():
 
 @pytest.fixture(scope="session")
 def shards_dir(tmp_path_factory):
-    """train (12 examples, 3 shards) and validation (4 examples, 1 shard) made by trainer.prepare."""
-    from trainer.prepare import prepare
+    """train (12 examples, 3 shards) and validation (4 examples, 1 shard) made by trainer.data.prepare."""
+    from trainer.data.prepare import prepare
 
     root = tmp_path_factory.mktemp("data")
     write_photos(root / "train_photos", 12)

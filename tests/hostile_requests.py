@@ -11,9 +11,8 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from trainer.export import MAX_BATCH
-from trainer.image_limits import MAX_JPEG_SCANS
-from trainer.schema import IMAGE_SIZE
+from trainer.data.schema import IMAGE_SIZE
+from trainer.serve.limits import MAX_BATCH, MAX_JPEG_SCANS
 
 
 def png_bomb(width: int, height: int) -> bytes:

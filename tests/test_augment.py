@@ -1,7 +1,7 @@
 import numpy as np
 import tensorflow as tf
 
-from trainer import augment
+from trainer.train import augment
 
 
 def _batch(n=64):

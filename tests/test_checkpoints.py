@@ -1,4 +1,4 @@
-"""trainer.checkpoints: verified saves, fallback restores, and the run identity kept in model_dir."""
+"""trainer.train.checkpoints: verified saves, fallback restores, and the run identity kept in model_dir."""
 
 import glob
 import os
@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import pytest
 import tensorflow as tf
 
-from trainer import checkpoints
 from trainer.errors import ConfigError, DataError, TransientError
+from trainer.train import checkpoints
 
 
 def _state(value=0.0):

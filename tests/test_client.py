@@ -22,8 +22,8 @@ from PIL import Image
 
 from tests.conftest import REPO, make_photo, write_photos
 from tests.hostile_requests import gif_with_a_larger_frame
-from trainer import client, export, preprocess, rest
-from trainer.models import build_model
+from trainer.serve import client, export, preprocess, rest
+from trainer.train.models import build_model
 
 ENV = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
 PATH = "/v1/models/colorizer"

@@ -6,8 +6,8 @@ import pytest
 from absl import flags
 
 from tests.conftest import REPO
-from trainer import config
 from trainer.errors import ConfigError
+from trainer.train import config
 
 
 def _parse(*args):
@@ -62,7 +62,7 @@ def test_bad_enum_values_are_refused_by_the_flags_and_the_config():
 
 def test_config_module_imports_no_tensorflow():
     code = (
-        "import sys, trainer.config, trainer.task; "
+        "import sys, trainer.train.config, trainer.task; "
         "assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
     )
     run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import decode_fit, export, preprocess
-from trainer.input_pipeline import find_shards
-from trainer.models import build_model
-from trainer.preprocess import DecodeSettings
+from trainer.data.input_pipeline import find_shards
+from trainer.serve import export, preprocess
+from trainer.serve.preprocess import DecodeSettings
+from trainer.train import decode_fit
+from trainer.train.models import build_model
 
 
 def _scores(*rows):

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import distribute, input_pipeline
-from trainer.config import TrainConfig
+from trainer.data import input_pipeline
+from trainer.data.input_pipeline import find_shards
 from trainer.errors import ConfigError, StoppedError, TransientError
-from trainer.input_pipeline import find_shards
-from trainer.train import Trainer
+from trainer.train import distribute
+from trainer.train.config import TrainConfig
+from trainer.train.loop import Trainer
 
 
 def test_tf_config_with_several_tasks_is_a_cluster():

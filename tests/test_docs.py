@@ -115,7 +115,7 @@ def doc_launcher_commands():
 @pytest.mark.parametrize("command", sorted(set(doc_launcher_commands())))
 def test_doc_launcher_commands_dry_run(command, capsys):
     """Every `trainer.launch submit` in the docs parses and builds valid objects (with --dry_run)."""
-    from trainer import launch
+    from trainer.cluster import launch
 
     argv = command.replace("$IMAGE_DIGEST", PINNED).replace("$IMAGE", PINNED).split()[3:]
     assert launch.main(argv + ([] if "--dry_run" in argv else ["--dry_run"])) == 0, capsys.readouterr().err
@@ -159,7 +159,7 @@ def test_every_serving_production_command_is_tested_or_cluster_only():
         assert match, f"no <!-- cluster-only --> or <!-- tested: ... --> before:\n{block}"
         assert not match.group(2) or f"def {match.group(2)}(" in tests, match.group(2)
     assert "python -m trainer.launch promote" in section and "python -m trainer.launch rollback" in section
-    from trainer import launch
+    from trainer.cluster import launch
 
     for command in (
         "promote 1712340000 --force --wait",

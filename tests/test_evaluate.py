@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from tests.conftest import REPO, write_photos
-from trainer import evaluate, export, metrics, preprocess
 from trainer.errors import DataError
-from trainer.models import build_model
+from trainer.serve import evaluate, export, metrics, preprocess
+from trainer.train.models import build_model
 
 ENV = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
 SECTION_KEYS = {"images", "truth_colourfulness", "model", "gray"}

@@ -11,8 +11,9 @@ import tensorflow as tf
 from PIL import Image
 
 from tests.conftest import REPO
-from trainer import export, preprocess
-from trainer.models import build_model
+from trainer.serve import export, preprocess
+from trainer.serve.limits import DEFAULT_MAX_PIXELS
+from trainer.train.models import build_model
 
 
 def _encode(array, fmt):
@@ -36,7 +37,7 @@ def test_layout_is_an_integer_version_with_metadata(exported):
     assert os.path.basename(path).isdigit()
     assert sorted(os.listdir(os.path.dirname(path))) == [os.path.basename(path)]
     metadata = json.load(open(os.path.join(path, export.METADATA_FILE)))
-    assert metadata["color_space"] == color_space and metadata["max_pixels"] == export.DEFAULT_MAX_PIXELS
+    assert metadata["color_space"] == color_space and metadata["max_pixels"] == DEFAULT_MAX_PIXELS
 
 
 def test_next_version_is_above_existing(tmp_path):
@@ -110,7 +111,7 @@ _HOSTILE_OVER_REST = """
 import base64, json, resource, sys, time
 import numpy as np
 from tests.hostile_requests import hostile_cases, warm_case
-from trainer import rest
+from trainer.serve import rest
 
 def as_json(value):
     if isinstance(value, np.ndarray) and value.dtype == object:
@@ -142,7 +143,7 @@ def test_hostile_requests_get_a_quick_one_line_400_and_cost_little(tmp_path):
     image's TensorFlow: tests/test_serving_runtime.py."""
     path = export.export_saved_model(build_model("unet", 2, base_filters=4), "lab", str(tmp_path))
     run = subprocess.run(
-        [sys.executable, "-c", _HOSTILE_OVER_REST, path, str(export.DEFAULT_MAX_PIXELS)],
+        [sys.executable, "-c", _HOSTILE_OVER_REST, path, str(DEFAULT_MAX_PIXELS)],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import REPO, write_photos
 from tests.gcs_emulator import module_fixture
-from trainer import gcs
+from trainer.data import gcs
 from trainer.errors import DataError
 
 BUCKET = "colorizer-test"
@@ -121,8 +121,8 @@ def test_shard_deleted_after_listing_is_a_clear_error(emulator, photos):
         from google.cloud import storage
         import tensorflow as tf
         from trainer.errors import DataError
-        from trainer.input_pipeline import build_dataset, find_shards
-        from trainer.train import _guard
+        from trainer.data.input_pipeline import build_dataset, find_shards
+        from trainer.train.loop import _guard
         shards = find_shards("{data}/train-*")
         storage.Client().bucket("{BUCKET}").blob("gone/data/train-00001-of-00002.tfrecord").delete()
         dataset = build_dataset(shards, 4, training=False)

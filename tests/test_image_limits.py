@@ -10,7 +10,8 @@ import tensorflow as tf
 from PIL import Image
 
 from tests.hostile_requests import gif_with_a_larger_frame, jpeg_scan_bomb
-from trainer.image_limits import MAX_JPEG_SCANS, check_image_size, header_dimensions, jpeg_scans
+from trainer.serve.image_limits import check_image_size, header_dimensions, jpeg_scans
+from trainer.serve.limits import MAX_JPEG_SCANS
 
 
 def _encode(fmt, width=37, height=23):

@@ -1,11 +1,11 @@
-"""trainer.images: Pillow-only decoding of one photo pair."""
+"""trainer.data.images: Pillow-only decoding of one photo pair."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from tests.hostile_requests import png_bomb
-from trainer import images
+from trainer.data import images
 
 
 def test_pairs_are_squashed_and_encoded(tmp_path):

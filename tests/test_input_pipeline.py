@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import input_pipeline
+from trainer.data import input_pipeline
 from trainer.errors import DataError, TransientError
 
 
@@ -107,7 +107,7 @@ def test_listing_errors_transient_or_permanent(monkeypatch, error, expected):
 def large_shards(tmp_path_factory):
     """The same kind of photos as `shards_dir`, stored at 240x240 (`prepare --image_size=240`)."""
     from tests.conftest import write_photos
-    from trainer.prepare import prepare
+    from trainer.data.prepare import prepare
 
     root = tmp_path_factory.mktemp("large")
     write_photos(root / "photos", 6)

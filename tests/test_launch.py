@@ -19,7 +19,8 @@ import yaml
 
 from tests import fake_kubernetes
 from tests.test_manifests import ROOT, SCHEMAS, check_indexed_job
-from trainer import launch, launch_image
+from trainer.cluster import image as launch_image
+from trainer.cluster import launch
 
 DIGEST = "sha256:" + "0123456789abcdef" * 4
 IMAGE = f"europe-docker.pkg.dev/p/colorizer/trainer@{DIGEST}"
@@ -111,7 +112,7 @@ def test_bad_input_is_one_line_and_exit_2(argv, capsys):
     ],
 )
 def test_a_bad_trainer_arg_is_refused_in_one_line_naming_it(arg, capsys):
-    """Names and values are checked against trainer/config.py's definitions of trainer.task's flags."""
+    """Names and values are checked against trainer/train/config.py's definitions of trainer.task's flags."""
     assert launch.main(["submit", f"--image={IMAGE}", "--dry_run", arg]) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"error: --arg={arg.split('=', 1)[1]!r}: ")
@@ -147,7 +148,7 @@ SUBMIT = [
 
 
 def test_submit_dry_run_loads_no_tensorflow_and_takes_well_under_a_second():
-    """The --arg check reads the trainer's flags from trainer/config.py; TensorFlow would take seconds."""
+    """The --arg check reads the trainer's flags from trainer/train/config.py (TensorFlow takes seconds)."""
     run = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "trainer.launch", *SUBMIT],
         cwd=ROOT,
@@ -158,7 +159,7 @@ def test_submit_dry_run_loads_no_tensorflow_and_takes_well_under_a_second():
     imported = {
         line.rsplit("|", 1)[1].strip() for line in run.stderr.splitlines() if line.startswith("import time:")
     }
-    assert "trainer.config" in imported and "yaml" in imported, "importtime lists every module"
+    assert "trainer.train.config" in imported and "yaml" in imported, "importtime lists every module"
     assert not {m for m in imported if m.split(".")[0] == "tensorflow"}
     timings = []
     for _ in range(3):  # the best of three: a busy CI machine's stalls are not the launcher's cost

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import losses, preprocess
+from trainer.serve import preprocess
+from trainer.train import losses
 
 
 def _targets(seed=0, shape=(2, 6, 6)):

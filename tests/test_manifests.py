@@ -180,7 +180,7 @@ def test_trainer_flags_exist(docs):
     """Every --flag a manifest passes to the trainer is one trainer.task defines, so they can't drift."""
     from absl import flags
 
-    from trainer import config
+    from trainer.train import config
 
     name, objects = docs
     known, checked = flags.FlagValues(), 0
@@ -307,7 +307,7 @@ def _env(container):
 
 
 def check_indexed_job(objects):
-    """The contract with trainer/distribute.py: peers are {job}-{i}.{service}:{port}, all resolvable."""
+    """The contract with trainer/train/distribute.py: peers are {job}-{i}.{service}:{port}, all resolvable."""
     jobs = [j for j in _by_kind(objects, "Job") if j["spec"].get("completionMode") == "Indexed"]
     assert len(jobs) == 1
     job = jobs[0]["spec"]
@@ -930,7 +930,7 @@ def _flag(args: list, name: str):
 
 def _export_limits() -> dict:
     """{EXPORT_DIR: the largest --max_pixels any training overlay exports there with}."""
-    from trainer.config import DEFAULT_MAX_PIXELS
+    from trainer.train.config import DEFAULT_MAX_PIXELS
 
     limits = {}
     for overlay in TRAINING_OVERLAYS:
@@ -948,7 +948,7 @@ def _export_limits() -> dict:
 def test_serving_memory_holds_every_batch_thread_at_the_export_limit(overlay):
     """docs/SERVING.md "Limits": batch threads x (a composition at max_pixels + the batch's other
     images) + idle <= the container's memory limit, for the max_pixels of the exports it serves."""
-    from trainer import client, export
+    from trainer.serve import client, limits
 
     objects = load(f"overlay:{overlay}")
     batching = dict(
@@ -962,12 +962,12 @@ def test_serving_memory_holds_every_batch_thread_at_the_export_limit(overlay):
     [deployment] = _by_kind(objects, "Deployment")
     [container] = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "serving"]
     limit = parse_quantity(container["resources"]["limits"]["memory"])
-    needed = export.serving_memory_bytes(max_pixels, threads, max_batch)
+    needed = limits.serving_memory_bytes(max_pixels, threads, max_batch)
     assert needed <= limit, (
         f"{overlay}: {needed / 1e9:.1f} GB needed at {max_pixels} pixels, limit {limit / 1e9:.1f} GB"
     )
     assert parse_quantity(container["resources"]["requests"]["memory"]) == limit, (
         "a pod may use its limit at any time"
     )
-    assert max_batch <= export.MAX_BATCH
+    assert max_batch <= limits.MAX_BATCH
     assert client.DEFAULT_BATCH_SIZE <= max_batch, "the client's default --batch_size would be refused"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from skimage.color import deltaE_ciede2000, rgb2lab
 
-from trainer import metrics
+from trainer.serve import metrics
 
 RNG = np.random.default_rng(0)
 IMAGES = RNG.integers(0, 256, (3, 24, 20, 3), dtype=np.uint8)

@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from trainer.models import build_autoencoder, build_model, build_unet
+from trainer.train.models import build_autoencoder, build_model, build_unet
 
 
 def _layer_summary(model):

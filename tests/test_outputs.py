@@ -1,10 +1,10 @@
-"""trainer.outputs: output locations are proven writable before any work."""
+"""trainer.data.outputs: output locations are proven writable before any work."""
 
 import os
 
 import pytest
 
-from trainer import outputs
+from trainer.data import outputs
 from trainer.errors import ConfigError
 
 

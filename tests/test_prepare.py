@@ -10,9 +10,9 @@ import tensorflow as tf
 from PIL import Image
 
 from tests.conftest import REPO, make_photo, write_photos
-from trainer import gcs, schema
+from trainer.data import gcs, schema
+from trainer.data.prepare import assign_split, prepare
 from trainer.errors import ConfigError, DataError, TransientError
-from trainer.prepare import assign_split, prepare
 
 
 def _records(path):
@@ -162,7 +162,7 @@ def test_cli_unwritable_output_is_one_line_before_any_photo_is_decoded(tmp_path,
         .splitlines()[-1]
         .startswith(f"error: --output_dir={tmp_path}/file/out: not writable (")
     )
-    from trainer import prepare as module
+    from trainer.data import prepare as module
 
     monkeypatch.setattr(module, "_load", lambda job: pytest.fail("a photo was decoded"))
     with pytest.raises(ConfigError):
@@ -223,7 +223,7 @@ def _link(path, target):
 
 
 def _listing(folder, recursive=True):
-    from trainer.photo_source import PhotoSource
+    from trainer.data.photo_source import PhotoSource
 
     source = PhotoSource(str(folder), recursive)
     return [name for name, _ in source], source.subfolders
@@ -276,7 +276,7 @@ def test_recursive_listing_names_each_real_file_once(tmp_path):
 
 
 def test_a_photo_file_above_the_size_limit_is_skipped_and_named_unread(tmp_path, monkeypatch, capsys):
-    from trainer import photo_source
+    from trainer.data import photo_source
 
     monkeypatch.setattr(photo_source, "MAX_PHOTO_BYTES", 20_000)
     write_photos(tmp_path / "in", 2)
@@ -312,9 +312,9 @@ def test_a_gcs_object_above_the_size_limit_is_refused_from_its_listing(monkeypat
     """The object's size comes from the listing: its decode job fails with TooLarge, nothing downloaded."""
     import io
 
-    from trainer import photo_source
-    from trainer.prepare import _load
-    from trainer.prepare_stream import Scan
+    from trainer.data import photo_source
+    from trainer.data.prepare import _load
+    from trainer.data.prepare_stream import Scan
 
     client = _ListingClient([("a.jpg", 10), ("huge.jpg", 65 * 2**20), ("z.jpg", 64 * 2**20)])
     monkeypatch.setattr(gcs, "_client", lambda: client)

@@ -19,7 +19,7 @@ import tensorflow as tf
 from tests.conftest import REPO
 from tests.gcs_emulator import module_fixture
 from tests.test_prepare_tasks import ids
-from trainer import photo_source, schema
+from trainer.data import photo_source, schema
 
 BUCKET = "prepare-tasks"
 ENV = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "3"}

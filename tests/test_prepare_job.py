@@ -2,7 +2,7 @@
 
 The generic checks (strict schemas, hardening, Workload Identity, checkov) run over it in
 tests/test_manifests.py; these are the prepare-specific contracts: the Indexed Job environment that
-trainer/prepare.py reads, independent per-index retries, and the exit-code policy of trainer/errors.py.
+trainer/data/prepare.py reads, independent per-index retries, and the exit-code policy of trainer/errors.py.
 """
 
 import kubernetes_validate
@@ -13,9 +13,9 @@ from tests import fake_kubernetes
 from tests.test_docs import DOCS, PINNED, doc_blocks
 from tests.test_launch import pod
 from tests.test_manifests import FLAG, K8S_VERSION, ROOT, load
-from trainer import launch
-from trainer.launch_prepare import prepare_flags
-from trainer.prepare import ENV_NUM_TASKS, ENV_RUN_NAME
+from trainer.cluster import launch
+from trainer.cluster.prepare_job import prepare_flags
+from trainer.data.prepare import ENV_NUM_TASKS, ENV_RUN_NAME
 
 cluster = fake_kubernetes.cluster  # the fixture
 JOB_NAME_LABEL = "metadata.labels['batch.kubernetes.io/job-name']"

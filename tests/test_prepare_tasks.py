@@ -1,4 +1,4 @@
-"""Many prepare tasks writing one split (trainer/prepare_tasks.py, prepare_finalize.py), in a local folder.
+"""Many prepare tasks writing one split (trainer/data/prepare_tasks.py, prepare_finalize.py), locally.
 
 The same tasks against Cloud Storage, as separate processes with an Indexed Job's environment and a
 SIGKILLed task, are in tests/test_prepare_gcs.py.
@@ -14,10 +14,10 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import REPO, write_photos
-from trainer import prepare_finalize, prepare_tasks, schema
+from trainer.data import prepare_finalize, prepare_tasks, schema
+from trainer.data.input_pipeline import find_shards, parse_record
+from trainer.data.prepare import prepare
 from trainer.errors import ConfigError
-from trainer.input_pipeline import find_shards, parse_record
-from trainer.prepare import prepare
 
 
 def ids(paths):

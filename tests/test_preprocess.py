@@ -2,7 +2,7 @@ import numpy as np
 import tensorflow as tf
 from skimage.color import rgb2lab
 
-from trainer import preprocess
+from trainer.serve import preprocess
 
 # Same D65 / 2 degree constants as scikit-image; differences are float32 rounding.
 LAB_TOLERANCE = 0.05

@@ -4,7 +4,7 @@ FakeServing applies each model config the way ServerCore::ReloadConfig does for 
 on (model_servers/server_core.cc): the specific versions listed are loaded, the others unloaded; a
 config that moves an existing label to a version that is not AVAILABLE is refused as a whole
 (UpdateModelVersionLabelMap), and a pod that starts fresh accepts any labels
-(--allow_version_labels_for_unavailable_models). Exports are real, and scored by trainer.evaluate.
+(--allow_version_labels_for_unavailable_models). Exports are real, and scored by trainer.serve.evaluate.
 
 The last tests drive the real `launch_serving.Cluster` (kubernetes client, HTTP) against the fake API
 server of tests/fake_kubernetes.py, with the same FakeServing pods behind its pod proxy.
@@ -21,8 +21,10 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from tests import fake_kubernetes
 from tests.conftest import write_photos
-from trainer import export, launch, launch_serving, promote
-from trainer.models import build_model
+from trainer.cluster import launch
+from trainer.cluster import serving as launch_serving
+from trainer.serve import export, promote
+from trainer.train.models import build_model
 
 cluster = fake_kubernetes.cluster  # the fixture
 

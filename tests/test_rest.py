@@ -15,8 +15,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from trainer import client, export, preprocess, rest
-from trainer.models import build_model
+from trainer.serve import client, export, preprocess, rest
+from trainer.train.models import build_model
 
 
 def _encode(array, fmt):
@@ -143,7 +143,7 @@ def test_bad_image_is_http_400_with_one_line_error(local):
     serving = client.Client(local, "colorizer", retries=0)
     with pytest.raises(client.ServingError) as caught:
         serving.predict([b"not an image"])
-    # The header check (trainer/image_limits.py) refuses a non-image before TensorFlow tries to decode it.
+    # The header check (trainer/serve/image_limits.py) refuses a non-image before TensorFlow decodes it.
     assert str(caught.value).startswith(
         "HTTP 400: assertion failed: [unsupported image format"
     ) and "\n" not in str(caught.value)

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import make_photo
-from trainer import images, schema
+from trainer.data import images, schema
 from trainer.errors import DataError
 
 

@@ -19,8 +19,9 @@ import tensorflow as tf
 
 from tests.conftest import REPO, make_photo
 from tests.hostile_requests import hostile_cases, warm_case
-from trainer import export, preprocess
-from trainer.models import build_model
+from trainer.serve import export, preprocess
+from trainer.serve.limits import DEFAULT_MAX_PIXELS
+from trainer.train.models import build_model
 
 RUNNER = os.path.join(REPO, "tests", "serving_runtime_runner.py")
 SERVING_YAML = os.path.join(REPO, "k8s", "components", "serving", "serving.yaml")
@@ -148,7 +149,7 @@ def test_hostile_requests_are_refused_through_the_c_api_without_a_crash(exported
     InvalidArgument (HTTP 400) naming the problem within a second, the process must survive them all
     (a oneDNN check failure aborts it), and its peak RSS grows by under 1 GB over all of them."""
     path, _ = exported
-    cases = {**warm_case(), **hostile_cases(export.DEFAULT_MAX_PIXELS)}
+    cases = {**warm_case(), **hostile_cases(DEFAULT_MAX_PIXELS)}
     results = run_in_serving_runtime(
         path,
         {case: (signature, inputs) for case, (signature, inputs, _) in cases.items()},

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import augment, losses, preprocess, steps
-from trainer.config import PRECISIONS, TrainConfig
-from trainer.models import build_model
-from trainer.train import build_optimizer
+from trainer.serve import preprocess
+from trainer.train import augment, losses, steps
+from trainer.train.config import PRECISIONS, TrainConfig
+from trainer.train.loop import build_optimizer
+from trainer.train.models import build_model
 
 
 def _config(**overrides):

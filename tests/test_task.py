@@ -108,7 +108,7 @@ def test_bad_flag_value_exits_2(tmp_path):
 
 def test_alone_a_failing_file_system_is_transient_and_a_cancellation_is_not(monkeypatch, mirrored):
     """Without peers, Unavailable/Aborted/DeadlineExceeded can only come from storage (145)."""
-    from trainer import run
+    from trainer.train import run
 
     def failing(error):
         def raise_it(*args):
@@ -196,7 +196,7 @@ def test_model_dir_guards_its_run_survives_bad_checkpoints_and_a_finished_run_is
 
 
 def test_an_export_cut_off_before_saved_model_pb_does_not_count_as_done(tmp_path):
-    from trainer import run
+    from trainer.train import run
 
     version = tmp_path / "export" / "1700000000"
     version.mkdir(parents=True)

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import REPO
-from trainer import preprocess
+from trainer.serve import preprocess
 
 _spec = importlib.util.spec_from_file_location(
     "tint_baseline", os.path.join(REPO, "scripts", "tint_baseline.py")

@@ -6,9 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import preemption, preprocess
-from trainer.checkpoints import listed
-from trainer.config import TrainConfig
+from trainer.data.input_pipeline import find_shards
 from trainer.errors import (
     EXIT_DIVERGED,
     PERMANENT_EXIT_CODES,
@@ -17,8 +15,11 @@ from trainer.errors import (
     DivergedError,
     TransientError,
 )
-from trainer.input_pipeline import find_shards
-from trainer.train import Trainer, _guard, learning_rate
+from trainer.serve import preprocess
+from trainer.train import preemption
+from trainer.train.checkpoints import listed
+from trainer.train.config import TrainConfig
+from trainer.train.loop import Trainer, _guard, learning_rate
 
 
 def _config(shards_dir, tmp_path, **overrides):
@@ -187,14 +188,16 @@ def test_checkpoint_storage_errors_are_one_line_and_classified(shards_dir, tmp_p
     with pytest.raises(TransientError, match="checkpoints in .*model: storage unavailable"):
         trainer.checkpoints.save_latest(1)
     monkeypatch.setattr(
-        trainer.checkpoints.best, "save", failing(tf.errors.PermissionDeniedError(None, None, "no access"))
+        trainer.checkpoints.best,
+        "save",
+        failing(tf.errors.PermissionDeniedError(None, None, "no access")),
     )
     with pytest.raises(ConfigError, match="checkpoints in .*model: no access"):
         trainer.checkpoints.save_best(1)
 
 
 def test_a_diverged_run_stops_with_its_own_exit_code_and_exports_nothing(shards_dir, tmp_path, mirrored):
-    from trainer import run
+    from trainer.train import run
 
     config = _config(shards_dir, tmp_path, learning_rate=1e30, checkpoint_every_steps=1)
     with pytest.raises(

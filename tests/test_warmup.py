@@ -12,9 +12,10 @@ from tensorflow_serving.apis import prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from tests.test_serving_runtime import assert_same_pngs, run_in_serving_runtime
-from trainer import export, serving_protos, warmup
-from trainer.image_limits import header_dimensions
-from trainer.models import build_model
+from trainer.serve import export, serving_protos, warmup
+from trainer.serve.image_limits import header_dimensions
+from trainer.serve.limits import DEFAULT_MAX_PIXELS
+from trainer.train.models import build_model
 
 OFFICIAL = {
     "PredictionLog": prediction_log_pb2.PredictionLog,
@@ -78,7 +79,7 @@ def test_every_export_carries_realistic_warmup_requests(exported):
     signatures = [r.model_spec.signature_name for r in requests]
     assert signatures == ["serving_default", "serving_default", "colorize_tensor"]
     sizes = [int(np.prod(header_dimensions(as_arrays(r)["image_bytes"][0]).numpy())) for r in requests[:2]]
-    assert sizes[0] < 100_000 < sizes[1] <= export.DEFAULT_MAX_PIXELS, "a small and a large photo"
+    assert sizes[0] < 100_000 < sizes[1] <= DEFAULT_MAX_PIXELS, "a small and a large photo"
     assert as_arrays(requests[2])["gray"].shape == (warmup.TENSOR_BATCH, 120, 120, 1)
 
 

@@ -2,7 +2,7 @@
 
 With no flags it trains on the sample bundled with the package and writes under ./runs/colorizer/.
 Only this module reads flags and the environment; everything else takes a TrainConfig. Flags come
-from the config's fields (`trainer.config.define_flags`). TensorFlow is imported only in `main`,
+from the config's fields (`trainer.train.config.define_flags`). TensorFlow is imported only in `main`,
 after the flags say how quiet its start-up should be.
 """
 
@@ -10,9 +10,9 @@ import os
 
 from absl import app, flags
 
-from trainer import config as config_lib
 from trainer import console
 from trainer.errors import EXIT_PREEMPTED, exit_on_user_error, parse_flags_or_exit
+from trainer.train import config as config_lib
 
 FLAGS = flags.FLAGS
 config_lib.define_flags(FLAGS)
@@ -23,7 +23,11 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}", exitcode=2)
     if console.wants_quiet(FLAGS["verbosity"].present, os.environ):
         console.quiet_tensorflow(os.environ)
-    from trainer import distribute, preemption, run  # TensorFlow from here on
+    from trainer.train import (
+        distribute,
+        preemption,
+        run,  # TensorFlow from here on
+    )
 
     sigterm = preemption.SigtermWatch()
     sigterm.install()  # TF replaces it while building a multi-worker strategy: re-installed below

@@ -6,8 +6,8 @@ import posixpath
 import tensorflow as tf
 from absl import logging
 
+from trainer.data.schema import FEATURES, IMAGE_SIZE, decode_pair, parse_shard_name, read_manifest
 from trainer.errors import DataError, first_line, storage_errors
-from trainer.schema import FEATURES, IMAGE_SIZE, decode_pair, parse_shard_name, read_manifest
 
 _READ_BUFFER_BYTES = 8 << 20  # large reads amortise object-storage latency
 # Random crops of larger stored pairs span this share of the stored side up to all of it: with pairs
@@ -113,7 +113,7 @@ def build_dataset(
     """Endless full batches of uint8 (gray [N,H,W,1], colour [N,H,W,3]); `training` shuffles files, examples.
 
     The host only reads, parses and decodes: conversion to float, flips and colour-space targets
-    run on the training device inside the step (`preprocess.model_pair`, `trainer.augment`), where
+    run on the training device inside the step (`preprocess.model_pair`, `trainer.train.augment`), where
     they cost a few percent of the step instead of most of the host's cores (docs/SCALING.md).
     uint8 also crosses to the device in a quarter of float32's bytes.
 

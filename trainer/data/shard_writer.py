@@ -3,7 +3,7 @@
 Local folders: shards are written as `*.tmp` and renamed when all are complete, so a crashed
 prepare leaves only `*.tmp` files, never a plausible-looking partial dataset.
 Cloud Storage: shards are staged in a local temporary folder and uploaded when complete (an
-object appears only once its upload finishes) with generation preconditions (see trainer.gcs).
+object appears only once its upload finishes) with generation preconditions (see trainer.data.gcs).
 """
 
 import os
@@ -14,8 +14,8 @@ import tempfile
 
 import tensorflow as tf
 
-from trainer import gcs
-from trainer.schema import manifest_path, parse_shard_name, shard_name
+from trainer.data import gcs
+from trainer.data.schema import manifest_path, parse_shard_name, shard_name
 
 
 def existing_split_files(output_dir: str, split: str) -> dict:

@@ -1,6 +1,6 @@
 """Where `trainer.prepare` finds photos: a local folder or a gs:// prefix, listed as a stream.
 
-Free of TensorFlow, like trainer/images.py: decode worker processes import only this, Pillow and
+Free of TensorFlow, like trainer/data/images.py: decode worker processes import only this, Pillow and
 (for gs://) google-cloud-storage. A listing yields names as the storage returns them (a page of
 1000 at a time on Cloud Storage), so the first photo is decoded seconds after start whatever the
 size of the bucket, and no list of every name is ever built.
@@ -12,7 +12,7 @@ import io
 import os
 import posixpath
 
-from trainer import gcs, images
+from trainer.data import gcs, images
 from trainer.errors import ConfigError
 
 _DOWNLOAD_THREADS = 8  # per decode process: hides object-storage latency behind decoding

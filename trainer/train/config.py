@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping, Optional
 from absl import flags
 
 from trainer.errors import ConfigError
+from trainer.serve.limits import DEFAULT_MAX_PIXELS
 
 MODELS = ("autoencoder", "unet", "unet_global")
 COLOR_SPACES = ("rgb", "lab")
@@ -24,11 +25,8 @@ LR_SCHEDULES = ("constant", "cosine")
 # mixed_bfloat16 has float32's range and needs none (A100, H100, TPU-class hardware).
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device")
-# Serving's default pixel limit (trainer/image_limits.py): a 50-megapixel camera writes 8688 x 5792
-# = 50.3 M pixels. What that costs a serving container: trainer.export.serving_memory_bytes.
-DEFAULT_MAX_PIXELS = 51_000_000
 
-SAMPLE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sample")
+SAMPLE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "sample")
 DEFAULT_RUN_DIR = os.path.join("runs", "colorizer")
 # Unset output flags fall back to Vertex AI's variables, then to ./runs/colorizer/.
 ENVIRONMENT_FALLBACKS = {
@@ -122,7 +120,7 @@ class TrainConfig:
     fit_decode: bool = _setting(
         True,
         "After training, fit the a*b* scale (and two heads' blend) on --eval_data and "
-        "export it with the model (trainer/decode_fit.py).",
+        "export it with the model (trainer/train/decode_fit.py).",
     )
     colour_target: float = _setting(
         0.6,

@@ -7,7 +7,7 @@
 Builds the Indexed Job of k8s/components/prepare/prepare.yaml (the manifest `kubectl apply -k
 k8s/overlays/prepare` uses) with N tasks, creates it, streams task 0's log (again after each restart)
 and exits 0 when every task succeeded, 1 otherwise. Resubmitting a name with the same flags resumes
-that run; the last task to finish writes the manifests (trainer/prepare_tasks.py).
+that run; the last task to finish writes the manifests (trainer/data/prepare_tasks.py).
 """
 
 import dataclasses
@@ -17,7 +17,7 @@ from typing import Optional
 
 from absl import flags
 
-from trainer.launch_manifests import (
+from trainer.cluster.manifests import (
     MANIFESTS_HELP,
     RunRequest,
     UsageError,
@@ -81,7 +81,7 @@ def add_parser(sub) -> None:
 def prepare_flags() -> flags.FlagValues:
     """trainer.prepare's flags, defined apart from the process-wide ones (its --seed is the trainer's too)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # trainer.prepare imports TensorFlow: keep it quiet
-    from trainer.prepare import define_flags
+    from trainer.data.prepare import define_flags
 
     values = flags.FlagValues()
     define_flags(values)

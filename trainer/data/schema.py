@@ -81,7 +81,7 @@ class Manifest:
     image_size: int = IMAGE_SIZE
     schema_version: int = SCHEMA_VERSION
     skipped: tuple = ()  # source files that could not be read
-    run: str = ""  # prepare tasks only: the identity of the run that wrote it (trainer/prepare_tasks.py)
+    run: str = ""  # prepare tasks only: the identity of the run that wrote it (trainer/data/prepare_tasks.py)
 
     @property
     def num_examples(self) -> int:

@@ -19,6 +19,7 @@ import time
 import tensorflow as tf
 from absl import logging
 
+from trainer.data.outputs import read_json, write_text_verified
 from trainer.errors import (
     ConfigError,
     DataError,
@@ -27,7 +28,6 @@ from trainer.errors import (
     storage_errors,
     transient_storage_errors,
 )
-from trainer.outputs import read_json, write_text_verified
 
 # The flags that decide a checkpoint's variables (and their meaning); epochs, patience or cadence
 # may change between restarts. mixed_precision wraps the optimizer (loss-scale variables).

@@ -11,9 +11,10 @@ bytes, so the number of scans is bounded too.
 
 import tensorflow as tf
 
+from trainer.serve.limits import MAX_JPEG_SCANS
+
 _HEAD = 32  # every header field read here lies within the first 32 bytes
 GIF_REFUSED = "GIF is not accepted: send its first frame as PNG (trainer.client converts GIFs itself)"
-MAX_JPEG_SCANS = 64  # encoders write 1 (baseline) to about 20; an EXIF thumbnail adds its own
 _PNG = (0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A)
 
 

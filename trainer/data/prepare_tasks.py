@@ -27,10 +27,10 @@ import sys
 import time
 import uuid
 
-from trainer import gcs
+from trainer.data import gcs
+from trainer.data.schema import Manifest, manifest_path, parse_shard_name, shard_name
+from trainer.data.shard_writer import ShardWriter
 from trainer.errors import ConfigError, DataError
-from trainer.schema import Manifest, manifest_path, parse_shard_name, shard_name
-from trainer.shard_writer import ShardWriter
 
 
 def part_path(output_dir: str, split: str, task: int, num_tasks: int) -> str:

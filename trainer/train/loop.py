@@ -15,20 +15,12 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from trainer import (
-    checkpoints,
-    decode_fit,
-    distribute,
-    input_pipeline,
-    losses,
-    preemption,
-    preprocess,
-    steps,
-    summaries,
-)
-from trainer.config import BIN_LOSSES, TrainConfig
+from trainer.data import input_pipeline
 from trainer.errors import DataError, DivergedError, storage_errors
-from trainer.models import build_model
+from trainer.serve import preprocess
+from trainer.train import checkpoints, decode_fit, distribute, losses, preemption, steps, summaries
+from trainer.train.config import BIN_LOSSES, TrainConfig
+from trainer.train.models import build_model
 
 
 class _State:

@@ -1,6 +1,6 @@
 """Export a trained model as a SavedModel that stock TF Serving loads: `{export_dir}/{version}/`.
 
-Signatures (both run `trainer.preprocess`, the same code training used):
+Signatures (both run `trainer.serve.preprocess`, the same code training used):
   * `serving_default`: `image_bytes` (JPEG/PNG/BMP up to `max_pixels`, 1, 3 or 4 channels) ->
     `colorized_bytes` (PNG at the input's own resolution). The `_bytes` suffix makes TF Serving's
     REST API exchange these as `{"b64": ...}`.
@@ -21,24 +21,14 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from trainer import preprocess
-from trainer.config import DEFAULT_MAX_PIXELS
+from trainer.data.schema import IMAGE_SIZE
 from trainer.errors import TransientError
-from trainer.image_limits import check_batch_size, check_image_size
-from trainer.schema import IMAGE_SIZE
-from trainer.warmup import write_warmup
+from trainer.serve import preprocess
+from trainer.serve.image_limits import check_batch_size, check_image_size
+from trainer.serve.limits import DEFAULT_MAX_PIXELS, MAX_BATCH
+from trainer.serve.warmup import write_warmup
 
 METADATA_FILE = "colorizer.json"
-MAX_BATCH = 64  # images per call of either signature; TF Serving's max_batch_size must not exceed it
-# What one `serving_default` call costs above idle, per pixel of its largest image (decode, full-size
-# L*a*b* composition, PNG encode), and per pixel of every other image of its batch (a gray copy that
-# waits for the batch, a PNG answer that waits for the rest); measured by benchmarks/serving_memory.py
-# on the default U-Net (53-61 and 7-9 bytes; docs/PERFORMANCE.md) and rounded up.
-COMPOSITION_BYTES_PER_PIXEL = 64
-RETAINED_BYTES_PER_PIXEL = 10
-# A loaded, warm default export (114 MB measured in-process) plus an allowance of 512 MiB for TF
-# Serving's own process, which can't run here.
-IDLE_BYTES = 640 * 2**20
 
 
 def decode_gray(image_bytes: tf.Tensor, max_pixels: int = DEFAULT_MAX_PIXELS) -> tf.Tensor:
@@ -58,18 +48,6 @@ def checked_batch(batch: tf.Tensor, shape: list) -> tf.Tensor:
     batch = tf.ensure_shape(batch, shape)
     with tf.control_dependencies([check_batch_size(batch, MAX_BATCH)]):
         return tf.identity(batch)
-
-
-def serving_memory_bytes(max_pixels: int, batch_threads: int, max_batch_size: int) -> int:
-    """Peak memory of a TF Serving container whose every batch thread runs a full batch at the limit.
-
-    Batch threads run at once, each on up to `max_batch_size` images (requests merged by TF Serving's
-    batching), each image up to `max_pixels`; a batch composes one image at a time.
-    """
-    per_batch = COMPOSITION_BYTES_PER_PIXEL * max_pixels + RETAINED_BYTES_PER_PIXEL * max_pixels * (
-        max_batch_size - 1
-    )
-    return batch_threads * per_batch + IDLE_BYTES
 
 
 class ColorizerModule(tf.Module):
@@ -138,7 +116,7 @@ class ColorizerModule(tf.Module):
             # zlib level 1: on cbsd68 photos 4x faster than the default level 6 and 0.05% larger.
             return tf.io.encode_png(tf.image.convert_image_dtype(rgb, tf.uint8, saturate=True), compression=1)
 
-        # One image at a time (map_fn runs 10 in parallel in a graph): see `serving_memory_bytes`.
+        # One image at a time (map_fn runs 10 in parallel in a graph): see trainer/serve/limits.py.
         encoded = tf.map_fn(
             compose, (grays, predictions), fn_output_signature=tf.string, parallel_iterations=1
         )
@@ -165,8 +143,8 @@ def export_saved_model(
 ) -> str:
     """Writes `{export_dir}/{version}/` via a temporary folder that TF Serving ignores; returns its path.
 
-    `decode` (fitted by `trainer.decode_fit`) is part of both signatures and of `colorizer.json`.
-    The export carries TF Serving's warmup requests (`trainer.warmup`), so each version is warm
+    `decode` (fitted by `trainer.train.decode_fit`) is part of both signatures and of `colorizer.json`.
+    The export carries TF Serving's warmup requests (`trainer.serve.warmup`), so each version is warm
     before it is marked AVAILABLE. For an object store the export is written to local disk first
     and each file uploaded and read back (see `_publish`).
     """

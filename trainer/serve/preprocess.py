@@ -19,7 +19,7 @@ AB_BIN_SIZE = 10.0  # a*b* quantisation step of the classification head (Zhang e
 ANNEAL_TEMPERATURE = 0.38  # annealed-mean decode: between the mean (1, desaturated) and the mode (0, noisy)
 # Two heads (Zhang et al. 2017): the decoded a*b* is `blend` x the classification head's annealed
 # mean plus the rest x the regression head's a*b*. Unfitted, the regression head alone: it scored the
-# best PSNR (docs/QUALITY.md); `trainer.decode_fit` fits the blend and exports it with the model.
+# best PSNR (docs/QUALITY.md); `trainer.train.decode_fit` fits the blend and exports it with the model.
 TWO_HEAD_BLEND = 0.0
 
 
@@ -172,7 +172,7 @@ def model_pair(gray: tf.Tensor, color: tf.Tensor, color_space: str):
 class DecodeSettings:
     """How a lab prediction becomes a*b*: `blend` (two heads, see `decode_heads`), then x `chroma_scale`.
 
-    Fitted per run by `trainer.decode_fit` and exported with the model.
+    Fitted per run by `trainer.train.decode_fit` and exported with the model.
     """
 
     chroma_scale: float = 1.0

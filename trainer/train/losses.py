@@ -13,8 +13,8 @@ distributed loop's contract (sum over the global batch / global batch size) hold
 import numpy as np
 import tensorflow as tf
 
-from trainer import preprocess
-from trainer.config import LOSSES
+from trainer.serve import preprocess
+from trainer.train.config import LOSSES
 
 SOFT_ENCODING_SIGMA = 5.0  # a*b* units: targets spread over the nearest bins, as in Zhang et al.
 REBALANCE_LAMBDA = 0.5  # mix of the empirical bin prior and the uniform one (Zhang et al.'s lambda)

@@ -2,8 +2,8 @@
 
 Built from the same YAML that `kubectl apply` uses, so a launched run and an applied one can't drift.
 A run is described once by a frozen request (`SubmitRequest` here, `PrepareRequest` in
-trainer/launch_prepare.py), built and checked from the command line before anything is created.
-TensorFlow-free: --arg flags are checked against trainer/config.py's definitions of the trainer's.
+trainer/cluster/prepare_job.py), built and checked from the command line before anything is created.
+TensorFlow-free: --arg flags are checked against trainer/train/config.py's definitions of the trainer's.
 """
 
 import argparse
@@ -17,14 +17,14 @@ from typing import Optional, TypeVar
 import yaml
 from absl import flags
 
-from trainer import config
-from trainer.launch_image import UnresolvedImage, pinned_image
+from trainer.cluster.image import UnresolvedImage, pinned_image
+from trainer.train import config
 
 # Where the manifests are looked for: k8s/ next to the package (a checkout or an editable install),
 # the copy `pip install .` puts inside the package (setup.py), then k8s/ under the working directory.
 MANIFEST_DIRS = (
-    Path(__file__).resolve().parents[1] / "k8s",
-    Path(__file__).resolve().parent / "k8s",
+    Path(__file__).resolve().parents[2] / "k8s",  # a checkout
+    Path(__file__).resolve().parents[1] / "k8s",  # installed: setup.py ships k8s/ as trainer/k8s
     Path.cwd() / "k8s",
 )
 TRAINER_CONTAINERS = ("trainer", "tensorflow")
@@ -102,7 +102,7 @@ def flag_problem(arg: str, known: flags.FlagValues, program: str) -> Optional[st
 
 
 def trainer_flags() -> flags.FlagValues:
-    """Every flag of `python -m trainer.task`, defined by trainer/config.py without importing TensorFlow."""
+    """Every flag of `python -m trainer.task`, from trainer/train/config.py without importing TensorFlow."""
     known = flags.FlagValues()
     config.define_flags(known)
     return known
@@ -302,7 +302,7 @@ def single_job(job: dict, request: SubmitRequest) -> dict:
 
 
 def indexed_job(job: dict, service: dict, request: SubmitRequest) -> list:
-    """Indexed Job + headless Service, wired the way trainer/distribute.py reads them."""
+    """Indexed Job + headless Service, wired the way trainer/train/distribute.py reads them."""
     job, service = request.named(job, request.name), request.named(service, f"{request.name}-workers")
     template = job["spec"]["template"]
     request.label(job, template)

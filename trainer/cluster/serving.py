@@ -1,8 +1,8 @@
 """`python -m trainer.launch promote|rollback`: gate, switch and watch the versions TF Serving serves.
 
-The state lives in the ConfigMap `colorizer-serving-models` (trainer/promote.py): its model config,
+The state lives in the ConfigMap `colorizer-serving-models` (trainer/serve/promote.py): its model config,
 which the serving pods read as a mounted file, and the history of live versions. `Cluster` is the
-only part that talks to Kubernetes, so tests drive the same steps against a fake. trainer.promote
+only part that talks to Kubernetes, so tests drive the same steps against a fake. trainer.serve.promote
 renders TF Serving's protos with TensorFlow's, so it is imported only by these commands: the other
 launcher commands stay TensorFlow-free.
 """
@@ -18,7 +18,7 @@ from typing import Optional
 import urllib3
 from kubernetes import client
 
-from trainer.launch_manifests import LaunchError, UsageError
+from trainer.cluster.manifests import LaunchError, UsageError
 
 SERVING_SELECTOR = "app.kubernetes.io/name=colorizer,app.kubernetes.io/component=serving"
 REST_PORT = 8501
@@ -54,8 +54,8 @@ class PromoteRequest(SwitchRequest):
 
     @classmethod
     def from_args(cls, args: argparse.Namespace):
-        """The request; the gate's margins default to trainer.promote's (imported here: loads TensorFlow)."""
-        from trainer import promote
+        """The request; the gate's margins default to promote's (imported here: it loads TensorFlow)."""
+        from trainer.serve import promote
 
         defaults = {
             "psnr_margin": promote.PSNR_MARGIN_DB,
@@ -73,7 +73,7 @@ class Cluster:
 
     def read(self) -> tuple:
         """(model config text, annotations, EXPORT_DIR)."""
-        from trainer import promote
+        from trainer.serve import promote
 
         models = self.call(
             f"reading ConfigMap {promote.CONFIGMAP}",
@@ -95,7 +95,7 @@ class Cluster:
 
     def write(self, text: str, live_history: list) -> None:
         """Replaces the model config and the live history, then makes every serving pod re-read it."""
-        from trainer import promote
+        from trainer.serve import promote
 
         body = {
             "data": {promote.CONFIG_KEY: text},
@@ -171,7 +171,7 @@ def wait_available(cluster, model_name: str, version: int, timeout: float, poll:
 
 def switch(cluster, request: SwitchRequest, live: Optional[int], target: int, live_history: list) -> None:
     """Writes the configs that make `target` live, waiting for it to load between them."""
-    from trainer import promote
+    from trainer.serve import promote
 
     _, _, export_dir = cluster.read()
     steps = promote.phases(live, target)
@@ -190,7 +190,7 @@ def switch(cluster, request: SwitchRequest, live: Optional[int], target: int, li
 def score(export_dir: str, version: int, image_dir: str) -> dict:
     """trainer.evaluate's report for one exported version on the user's held-out photos."""
     from trainer.errors import ColorizerError
-    from trainer.evaluate import evaluate
+    from trainer.serve.evaluate import evaluate
 
     # The gate reads only the metrics; the report's files go with the temporary directory.
     try:
@@ -202,7 +202,7 @@ def score(export_dir: str, version: int, image_dir: str) -> dict:
 
 def run_promote(cluster, request: PromoteRequest) -> int:
     """Makes `request.version` live if it passes the gate against the live version (or is forced)."""
-    from trainer import promote
+    from trainer.serve import promote
 
     text, annotations, export_dir = cluster.read()
     live, live_history = promote.live_version(text), promote.history(annotations)
@@ -231,7 +231,7 @@ def run_promote(cluster, request: PromoteRequest) -> int:
 
 def run_rollback(cluster, request: SwitchRequest) -> int:
     """Makes the version live before the current one live again (the history is in the ConfigMap)."""
-    from trainer import promote
+    from trainer.serve import promote
 
     text, annotations, _ = cluster.read()
     live, live_history = promote.live_version(text), promote.history(annotations)
@@ -261,7 +261,7 @@ def add_parsers(sub) -> None:
             )
             p.add_argument(
                 "--psnr_margin",
-                type=float,  # None: trainer.promote's (PromoteRequest.from_args)
+                type=float,  # None: trainer.serve.promote's (PromoteRequest.from_args)
                 help="refuse when PSNR is lower than the live version's by more than this (dB)",
             )
             p.add_argument(

@@ -14,7 +14,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from trainer.serving_protos import PredictionLog
+from trainer.serve.serving_protos import PredictionLog
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 SMALL_SIDE = (160, 120)  # a thumbnail

@@ -7,8 +7,9 @@ the conversion serving also runs), then the model, loss and update.
 
 import tensorflow as tf
 
-from trainer import augment, losses, preprocess
-from trainer.config import TrainConfig
+from trainer.serve import preprocess
+from trainer.train import augment, losses
+from trainer.train.config import TrainConfig
 
 
 def replica_seed(seed: int, optimizer) -> tf.Tensor:

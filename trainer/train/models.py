@@ -5,8 +5,8 @@ from typing import Optional
 import keras
 from keras import layers
 
-from trainer.config import MODELS
-from trainer.schema import IMAGE_SIZE
+from trainer.data.schema import IMAGE_SIZE
+from trainer.train.config import MODELS
 
 INPUT_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 3)
 # The U-Net's moving batch statistics (used at evaluation and serving) follow training faster than

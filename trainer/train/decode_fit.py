@@ -15,9 +15,9 @@ from typing import Dict, Iterable, List
 import numpy as np
 import tensorflow as tf
 
-from trainer import metrics, preprocess
-from trainer.input_pipeline import ShardSet, parse_for_model
-from trainer.preprocess import DecodeSettings
+from trainer.data.input_pipeline import ShardSet, parse_for_model
+from trainer.serve import metrics, preprocess
+from trainer.serve.preprocess import DecodeSettings
 
 CHROMA_SCALES = (1.0, 1.1, 1.2, 1.3, 1.4)
 BLENDS = (0.0, 0.25)  # more classification head bought SSIM but neither PSNR nor colour (QUALITY.md)

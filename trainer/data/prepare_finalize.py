@@ -8,9 +8,9 @@ tasks finish together one writes it and the other finds it written by this run.
 import json
 import posixpath
 
+from trainer.data.prepare_tasks import _delete, _list, _read, _write, part_path, shard_range, summary
+from trainer.data.schema import IMAGE_SIZE, Manifest, manifest_path, parse_shard_name, shard_name
 from trainer.errors import DataError
-from trainer.prepare_tasks import _delete, _list, _read, _write, part_path, shard_range, summary
-from trainer.schema import IMAGE_SIZE, Manifest, manifest_path, parse_shard_name, shard_name
 
 
 def _parts(plan) -> list:

@@ -13,12 +13,14 @@ from typing import Optional
 import tensorflow as tf
 from absl import logging
 
-from trainer import checkpoints, decode_fit, outputs, preprocess
-from trainer.config import TrainConfig
+from trainer.data import outputs
+from trainer.data.input_pipeline import find_shards
 from trainer.errors import EXIT_PEER_LOST, ConfigError, TransientError, first_line, storage_errors
-from trainer.export import METADATA_FILE, export_saved_model
-from trainer.input_pipeline import find_shards
-from trainer.train import FitResult, Trainer
+from trainer.serve import preprocess
+from trainer.serve.export import METADATA_FILE, export_saved_model
+from trainer.train import checkpoints, decode_fit
+from trainer.train.config import TrainConfig
+from trainer.train.loop import FitResult, Trainer
 
 
 @dataclasses.dataclass(frozen=True)

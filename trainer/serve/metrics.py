@@ -8,7 +8,7 @@ Every image is compared as the uint8 picture a person would see (predictions are
     the DDColor and CT2 evaluation code: rg = |R - G|, yb = |(R + G) / 2 - B|,
     sqrt(std_rg^2 + std_yb^2) + 0.3 * sqrt(mean_rg^2 + mean_yb^2); 0 for any gray image;
   * `delta_e_2000`: mean CIEDE2000 colour difference (Sharma, Wu & Dalal 2005) between the CIE L*a*b*
-    (D65) values of the two images, with the Lab conversion `trainer.preprocess` uses;
+    (D65) values of the two images, with the Lab conversion `trainer.serve.preprocess` uses;
   * `hue_agreement`: the share of the truth's coloured pixels that the prediction colours with
     about the right hue. Colourfulness alone rewards a uniform warm cast (yellow-blue spread counts
     as colour); this counts a sky only if it comes out blue.
@@ -17,7 +17,7 @@ Every image is compared as the uint8 picture a person would see (predictions are
 import numpy as np
 import tensorflow as tf
 
-from trainer import preprocess
+from trainer.serve import preprocess
 
 PSNR_CAP_DB = 100.0
 METRICS = ("psnr", "ssim", "colourfulness", "delta_e_2000", "hue_agreement")

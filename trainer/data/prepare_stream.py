@@ -14,8 +14,8 @@ import sys
 import threading
 import time
 
-from trainer import photo_source
-from trainer.photo_source import PhotoSource, TooLarge, is_image, size_text, task_of
+from trainer.data import photo_source
+from trainer.data.photo_source import PhotoSource, TooLarge, is_image, size_text, task_of
 
 CHUNK = 16  # photos per decode job: amortises inter-process overhead, keeps the first result quick
 IGNORED_NAMED = 10  # non-image files named in the summary; the rest are counted

@@ -19,7 +19,7 @@ import json
 
 from google.protobuf import text_format
 
-from trainer.serving_protos import ModelServerConfig
+from trainer.serve.serving_protos import ModelServerConfig
 
 CONFIGMAP = "colorizer-serving-models"
 CONFIG_KEY = "models.config"

@@ -16,8 +16,8 @@ import time
 import tensorflow as tf
 from absl import logging
 
-from trainer.config import STRATEGIES
 from trainer.errors import ConfigError, StoppedError, TransientError
+from trainer.train.config import STRATEGIES
 
 DEFAULT_PORT = 2222
 

@@ -1,0 +1,7 @@
+"""Train wing: one run from flags to an export.
+
+`config` is the frozen run configuration; `run` checks what can be checked, trains (`loop`, with
+`steps`, `models`, `losses`, `augment`), fits the serving decode (`decode_fit`) and exports once;
+`distribute`, `preemption`, `checkpoints` and `summaries` make it survive clusters. Depends on the
+data and serve wings.
+"""
