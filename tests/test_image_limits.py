@@ -3,6 +3,7 @@
 import io
 import struct
 import time
+import zlib
 
 import numpy as np
 import pytest
@@ -70,6 +71,15 @@ def test_a_progressive_jpeg_within_the_scan_limit_decodes_and_one_above_it_is_re
     _check(jpeg_scan_bomb(MAX_JPEG_SCANS - own), 10**9)
     with pytest.raises(tf.errors.InvalidArgumentError, match=f"JPEG has {MAX_JPEG_SCANS + 1} scans"):
         _check(jpeg_scan_bomb(MAX_JPEG_SCANS - own + 1), 10**9)
+
+
+def test_only_jpeg_scans_count():
+    """FF DA is a JPEG marker, but any byte pair in other formats: a PNG full of them is served."""
+    png = _encode("PNG")
+    text = struct.pack(">I", 200) + b"tEXt" + b"x\0" + b"\xff\xda" * 99
+    with_text = png[:33] + text + struct.pack(">I", zlib.crc32(text[4:])) + png[33:]
+    assert tf.io.decode_png(with_text).shape == (23, 37, 3)
+    _check(with_text, 10**9)
 
 
 def test_a_gif_is_refused_before_its_frame_is_decoded():

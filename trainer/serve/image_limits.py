@@ -66,7 +66,8 @@ def check_image_size(image_bytes: tf.Tensor, max_pixels: int) -> tf.Operation:
     supported = tf.reduce_all(dims > 0)
     pixels = tf.reduce_prod(dims)
     gif = tf.strings.substr(image_bytes, 0, 4) == "GIF8"
-    scans = jpeg_scans(image_bytes)
+    jpeg = tf.strings.substr(image_bytes, 0, 3) == b"\xff\xd8\xff"
+    scans = tf.cond(jpeg, lambda: jpeg_scans(image_bytes), lambda: tf.constant(0, tf.int64))
     return tf.group(
         tf.debugging.Assert(
             scans <= MAX_JPEG_SCANS,
