@@ -31,6 +31,7 @@ TYPED_MODULES = [
     "trainer/cluster/manifests.py",
     "trainer/cluster/prepare_job.py",
     "trainer/cluster/serving.py",
+    "trainer/cluster/k8s.py",
     "trainer/serve/limits.py",
     "trainer/prepare.py",
     "trainer/client.py",

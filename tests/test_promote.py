@@ -388,7 +388,7 @@ def test_cluster_rollback_restores_the_previous_version(versions, kube, capsys):
 
 def test_cluster_model_status_through_the_pod_proxy(versions, kube):
     _, (v1, _, _), _ = versions
-    serving = launch_serving.Cluster(kube.cluster.api(), "colorizer", launch.call)
+    serving = launch_serving.Cluster(kube.cluster.api(), "colorizer")
     assert serving.model_status("serving-a", "colorizer") == {}, (
         "TF Serving's 404 before any version is configured"
     )
@@ -421,6 +421,6 @@ def test_cluster_a_pod_that_never_answers_is_not_ready_yet(versions, kube, monke
     """The API server lets a proxied request hang; each status poll gives up after its own timeout."""
     monkeypatch.setattr(launch_serving, "PROXY_TIMEOUT_SECONDS", 0.5)
     kube.cluster.proxy = lambda pod, port, path: (time.sleep(3), (200, {}))[1]
-    serving = launch_serving.Cluster(kube.cluster.api(), "colorizer", launch.call)
+    serving = launch_serving.Cluster(kube.cluster.api(), "colorizer")
     start = time.monotonic()
     assert serving.model_status("serving-a", "colorizer") == {} and time.monotonic() - start < 2.5

@@ -31,7 +31,7 @@ TRAINER_CONTAINERS = ("trainer", "tensorflow")
 NAME = re.compile(r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$")
 FLAG_ARG = re.compile(r"--([a-z_0-9]+)(?:=(.*))?", re.S)
 PATH_FLAGS = ("train_data", "eval_data", "model_dir", "export_dir")
-TFJOB = ("kubeflow.org", "v1", "tfjobs")
+TFJOB_GROUP, TFJOB_VERSION, TFJOB_PLURAL = "kubeflow.org", "v1", "tfjobs"  # the TFJob custom resource
 CHIEF_SELECTOR = {
     "Job": "batch.kubernetes.io/job-name={name}",
     "TFJob": "training.kubeflow.org/job-name={name},training.kubeflow.org/replica-type=worker,"

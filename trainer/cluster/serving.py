@@ -18,6 +18,7 @@ from typing import Optional
 import urllib3
 from kubernetes import client
 
+from trainer.cluster.k8s import call
 from trainer.cluster.manifests import LaunchError, UsageError
 
 SERVING_SELECTOR = "app.kubernetes.io/name=colorizer,app.kubernetes.io/component=serving"
@@ -68,20 +69,20 @@ class PromoteRequest(SwitchRequest):
 class Cluster:
     """The serving state on a real cluster, through the API server (pods reached by its pod proxy)."""
 
-    def __init__(self, api, namespace: str, call):
-        self.core, self.namespace, self.call = client.CoreV1Api(api), namespace, call
+    def __init__(self, api, namespace: str):
+        self.core, self.namespace = client.CoreV1Api(api), namespace
 
     def read(self) -> tuple:
         """(model config text, annotations, EXPORT_DIR)."""
         from trainer.serve import promote
 
-        models = self.call(
+        models = call(
             f"reading ConfigMap {promote.CONFIGMAP}",
             self.core.read_namespaced_config_map,
             promote.CONFIGMAP,
             self.namespace,
         )
-        settings = self.call(
+        settings = call(
             "reading ConfigMap colorizer-config",
             self.core.read_namespaced_config_map,
             "colorizer-config",
@@ -101,7 +102,7 @@ class Cluster:
             "data": {promote.CONFIG_KEY: text},
             "metadata": {"annotations": {promote.HISTORY_ANNOTATION: json.dumps(live_history)}},
         }
-        self.call(
+        call(
             f"updating ConfigMap {promote.CONFIGMAP}",
             self.core.patch_namespaced_config_map,
             promote.CONFIGMAP,
@@ -112,10 +113,10 @@ class Cluster:
         # (pkg/volume/configmap RequiresRemount), instead of at its next periodic sync (up to a minute).
         stamp = {"metadata": {"annotations": {"colorizer.dev/models-config": str(hash(text))}}}
         for pod in self.pods():
-            self.call(f"annotating pod {pod}", self.core.patch_namespaced_pod, pod, self.namespace, stamp)
+            call(f"annotating pod {pod}", self.core.patch_namespaced_pod, pod, self.namespace, stamp)
 
     def pods(self) -> list:
-        items = self.call(
+        items = call(
             "listing serving pods",
             self.core.list_namespaced_pod,
             self.namespace,
@@ -129,7 +130,7 @@ class Cluster:
         The API server's own refusals (401, 403: no RBAC `get pods/proxy`) are errors, not a wait.
         """
         try:
-            response = self.call(
+            response = call(
                 f"reading /v1/models/{model_name} of pod {pod} through the API server",
                 self.core.connect_get_namespaced_pod_proxy_with_path,
                 f"{pod}:{REST_PORT}",
