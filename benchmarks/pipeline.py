@@ -14,6 +14,7 @@ import tensorflow as tf
 from benchmarks import common
 from trainer.data import input_pipeline
 from trainer.data.prepare import prepare
+from trainer.data.prepare_config import PrepareConfig
 from trainer.train.config import TrainConfig
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -24,13 +25,15 @@ def make_shards(photo_dir: str, root: str, encoding: str, num_shards: int) -> in
     """Runs `trainer.prepare` with `encoding` into `root/encoding`; returns the verified shards."""
     out = os.path.join(root, encoding)
     prepare(
-        photo_dir,
-        out,
-        split="train",
-        num_shards=num_shards,
-        encoding=encoding,
-        workers=os.cpu_count() or 1,
-        progress=False,
+        PrepareConfig(
+            photo_dir,
+            out,
+            split="train",
+            num_shards=num_shards,
+            encoding=encoding,
+            workers=os.cpu_count() or 1,
+            progress=False,
+        )
     )
     return input_pipeline.find_shards(os.path.join(out, "train-*"))
 

@@ -52,13 +52,14 @@ def mirrored():
 def shards_dir(tmp_path_factory):
     """train (12 examples, 3 shards) and validation (4 examples, 1 shard) made by trainer.data.prepare."""
     from trainer.data.prepare import prepare
+    from trainer.data.prepare_config import PrepareConfig
 
     root = tmp_path_factory.mktemp("data")
     write_photos(root / "train_photos", 12)
     write_photos(root / "val_photos", 4, start=100)
     out = str(root / "shards")
-    prepare(str(root / "train_photos"), out, split="train", num_shards=3, progress=False)
-    prepare(str(root / "val_photos"), out, split="validation", num_shards=1, progress=False)
+    prepare(PrepareConfig(str(root / "train_photos"), out, split="train", num_shards=3, progress=False))
+    prepare(PrepareConfig(str(root / "val_photos"), out, split="validation", num_shards=1, progress=False))
     return out
 
 

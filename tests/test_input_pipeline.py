@@ -108,12 +108,13 @@ def large_shards(tmp_path_factory):
     """The same kind of photos as `shards_dir`, stored at 240x240 (`prepare --image_size=240`)."""
     from tests.conftest import write_photos
     from trainer.data.prepare import prepare
+    from trainer.data.prepare_config import PrepareConfig
 
     root = tmp_path_factory.mktemp("large")
     write_photos(root / "photos", 6)
-    prepare(str(root / "photos"), str(root / "small"), num_shards=1, progress=False)
+    prepare(PrepareConfig(str(root / "photos"), str(root / "small"), num_shards=1, progress=False))
     manifests = prepare(
-        str(root / "photos"), str(root / "large"), num_shards=2, progress=False, image_size=240
+        PrepareConfig(str(root / "photos"), str(root / "large"), num_shards=2, progress=False, image_size=240)
     )
     assert manifests["train"].image_size == 240
     return str(root / "small"), str(root / "large")

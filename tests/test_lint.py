@@ -26,6 +26,7 @@ TYPED_MODULES = [
     "trainer/data/prepare_stream.py",
     "trainer/data/prepare_tasks.py",
     "trainer/data/prepare_finalize.py",
+    "trainer/data/prepare_config.py",
     "trainer/cluster/launch.py",
     "trainer/cluster/image.py",
     "trainer/cluster/manifests.py",

@@ -12,6 +12,7 @@ from PIL import Image
 from tests.conftest import REPO, make_photo, write_photos
 from trainer.data import gcs, schema
 from trainer.data.prepare import assign_split, prepare
+from trainer.data.prepare_config import PrepareConfig
 from trainer.errors import ConfigError, DataError, TransientError
 
 
@@ -24,7 +25,7 @@ def test_writes_shards_and_manifest_and_names_skipped_files(tmp_path):
     (tmp_path / "in" / "broken.jpg").write_bytes(b"not a jpeg")
     (tmp_path / "in" / "notes.txt").write_text("hi")
     out = str(tmp_path / "out")
-    manifests = prepare(str(tmp_path / "in"), out, split="train", num_shards=3, progress=False)
+    manifests = prepare(PrepareConfig(str(tmp_path / "in"), out, split="train", num_shards=3, progress=False))
     manifest = manifests["train"]
     assert manifest.num_examples == 7 and len(manifest.shards) == 3
     assert [s.split(" ")[0] for s in manifest.skipped] == ["broken.jpg"]
@@ -45,7 +46,11 @@ def test_gray_taken_from_parallel_folder(tmp_path):
     for name in os.listdir(tmp_path / "color"):
         Image.new("L", (64, 48), 77).save(tmp_path / "gray" / name)
     out = str(tmp_path / "out")
-    prepare(str(tmp_path / "color"), out, num_shards=1, gray_dir=str(tmp_path / "gray"), progress=False)
+    prepare(
+        PrepareConfig(
+            str(tmp_path / "color"), out, num_shards=1, gray_dir=str(tmp_path / "gray"), progress=False
+        )
+    )
     record = _records(os.path.join(out, "train-00000-of-00001.tfrecord"))[0]
     gray, _ = schema.decode_pair(record["gray"], record["color"], "png")
     assert np.all(gray.numpy() == 77)
@@ -54,12 +59,12 @@ def test_gray_taken_from_parallel_folder(tmp_path):
 def test_refuses_to_overwrite_and_overwrite_removes_stale_shards(tmp_path):
     write_photos(tmp_path / "in", 4)
     out = str(tmp_path / "out")
-    prepare(str(tmp_path / "in"), out, num_shards=4, progress=False)
+    prepare(PrepareConfig(str(tmp_path / "in"), out, num_shards=4, progress=False))
     before = (tmp_path / "out" / "train-00000-of-00004.tfrecord").read_bytes()
     with pytest.raises(ConfigError, match="--overwrite"):
-        prepare(str(tmp_path / "in"), out, num_shards=2, progress=False)
+        prepare(PrepareConfig(str(tmp_path / "in"), out, num_shards=2, progress=False))
     assert (tmp_path / "out" / "train-00000-of-00004.tfrecord").read_bytes() == before
-    prepare(str(tmp_path / "in"), out, num_shards=2, overwrite=True, progress=False)
+    prepare(PrepareConfig(str(tmp_path / "in"), out, num_shards=2, overwrite=True, progress=False))
     assert sorted(os.listdir(out)) == [
         "train-00000-of-00002.tfrecord",
         "train-00001-of-00002.tfrecord",
@@ -70,7 +75,9 @@ def test_refuses_to_overwrite_and_overwrite_removes_stale_shards(tmp_path):
 def test_split_named_like_the_default_holdout_gets_its_shards(tmp_path):
     write_photos(tmp_path / "in", 6)
     manifests = prepare(
-        str(tmp_path / "in"), str(tmp_path / "out"), split="validation", num_shards=3, progress=False
+        PrepareConfig(
+            str(tmp_path / "in"), str(tmp_path / "out"), split="validation", num_shards=3, progress=False
+        )
     )
     assert len(manifests["validation"].shards) == 3
 
@@ -78,7 +85,9 @@ def test_split_named_like_the_default_holdout_gets_its_shards(tmp_path):
 def test_holdout_split_is_stable_by_name(tmp_path):
     write_photos(tmp_path / "in", 20)
     manifests = prepare(
-        str(tmp_path / "in"), str(tmp_path / "out"), num_shards=2, holdout_fraction=0.3, progress=False
+        PrepareConfig(
+            str(tmp_path / "in"), str(tmp_path / "out"), num_shards=2, holdout_fraction=0.3, progress=False
+        )
     )
     expected = sum(
         assign_split(f"photo{i:03d}.png", "train", "validation", 0.3) == "validation" for i in range(20)
@@ -89,15 +98,15 @@ def test_holdout_split_is_stable_by_name(tmp_path):
 
 def test_bad_inputs(tmp_path):
     with pytest.raises(ConfigError, match="no such folder"):
-        prepare(str(tmp_path / "missing"), str(tmp_path / "out"), progress=False)
+        prepare(PrepareConfig(str(tmp_path / "missing"), str(tmp_path / "out"), progress=False))
     (tmp_path / "only_text").mkdir()
     (tmp_path / "only_text" / "a.txt").write_text("x")
     with pytest.raises(DataError, match="no image files"):
-        prepare(str(tmp_path / "only_text"), str(tmp_path / "out"), progress=False)
+        prepare(PrepareConfig(str(tmp_path / "only_text"), str(tmp_path / "out"), progress=False))
     (tmp_path / "all_bad").mkdir()
     (tmp_path / "all_bad" / "a.jpg").write_bytes(b"\xff\xd8\xff garbage")
     with pytest.raises(DataError, match="none of 1"):
-        prepare(str(tmp_path / "all_bad"), str(tmp_path / "out"), progress=False)
+        prepare(PrepareConfig(str(tmp_path / "all_bad"), str(tmp_path / "out"), progress=False))
 
 
 def test_cli_missing_folder_is_one_line_and_exit_2(tmp_path):
@@ -166,7 +175,7 @@ def test_cli_unwritable_output_is_one_line_before_any_photo_is_decoded(tmp_path,
 
     monkeypatch.setattr(module, "_load", lambda job: pytest.fail("a photo was decoded"))
     with pytest.raises(ConfigError):
-        prepare(str(tmp_path / "in"), str(tmp_path / "file" / "out"), progress=False)
+        prepare(PrepareConfig(str(tmp_path / "in"), str(tmp_path / "file" / "out"), progress=False))
 
 
 def test_decompression_bomb_is_skipped_and_named(tmp_path):
@@ -174,7 +183,9 @@ def test_decompression_bomb_is_skipped_and_named(tmp_path):
 
     write_photos(tmp_path / "in", 3)
     (tmp_path / "in" / "bomb.png").write_bytes(png_bomb(15000, 12000))
-    manifests = prepare(str(tmp_path / "in"), str(tmp_path / "out"), num_shards=1, progress=False)
+    manifests = prepare(
+        PrepareConfig(str(tmp_path / "in"), str(tmp_path / "out"), num_shards=1, progress=False)
+    )
     assert manifests["train"].num_examples == 3
     [skipped] = manifests["train"].skipped
     assert skipped.startswith("bomb.png (ValueError: ") and "decompression bomb" in skipped
@@ -213,7 +224,7 @@ def test_cloud_storage_errors_are_transient_or_permanent(tmp_path, monkeypatch, 
     monkeypatch.setattr(gcs, "_client", lambda: _FailingClient(make_error(exceptions)))
     write_photos(tmp_path / "in", 2)
     with pytest.raises(expected, match="^gs://bucket/data: ") as raised:
-        prepare(str(tmp_path / "in"), "gs://bucket/data", num_shards=1, progress=False)
+        prepare(PrepareConfig(str(tmp_path / "in"), "gs://bucket/data", num_shards=1, progress=False))
     assert "\n" not in str(raised.value)
 
 
@@ -266,7 +277,9 @@ def test_recursive_listing_names_each_real_file_once(tmp_path):
     assert _listing(tmp_path / "in") == _listing(tmp_path / "in") == (expected, 0)
     assert _listing(tmp_path / "in", recursive=False) == (["photo000.png", "photo001.png", "z1.png"], 6)
     manifests = prepare(
-        str(tmp_path / "in"), str(tmp_path / "out"), num_shards=1, recursive=True, progress=False
+        PrepareConfig(
+            str(tmp_path / "in"), str(tmp_path / "out"), num_shards=1, recursive=True, progress=False
+        )
     )
     assert manifests["train"].num_examples == len(expected) and not manifests["train"].skipped
     [shard] = manifests["train"].shards
@@ -282,7 +295,9 @@ def test_a_photo_file_above_the_size_limit_is_skipped_and_named_unread(tmp_path,
     write_photos(tmp_path / "in", 2)
     # Not an image at all: read, it would be skipped as unreadable; refused by size, it never is.
     (tmp_path / "in" / "big.png").write_bytes(b"\0" * 30_000)
-    manifests = prepare(str(tmp_path / "in"), str(tmp_path / "out"), num_shards=1, progress=False)
+    manifests = prepare(
+        PrepareConfig(str(tmp_path / "in"), str(tmp_path / "out"), num_shards=1, progress=False)
+    )
     reason = "30000 bytes, above the 20000 bytes limit for one photo file"
     assert manifests["train"].num_examples == 2
     assert manifests["train"].skipped == (f"big.png (TooLarge: {reason})",)

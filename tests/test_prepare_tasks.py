@@ -17,6 +17,7 @@ from tests.conftest import REPO, write_photos
 from trainer.data import prepare_finalize, prepare_tasks, schema
 from trainer.data.input_pipeline import find_shards, parse_record
 from trainer.data.prepare import prepare
+from trainer.data.prepare_config import PrepareConfig
 from trainer.errors import ConfigError
 
 
@@ -32,7 +33,7 @@ def run_tasks(photos, out, num_tasks=3, order=None, **flags):
     """Runs every task in turn (in `order`); returns what each returned."""
     flags = {"num_shards": 6, "holdout_fraction": 0.25, "run_name": "r1", "progress": False, **flags}
     return [
-        prepare(str(photos), str(out), num_tasks=num_tasks, task_index=i, **flags)
+        prepare(PrepareConfig(str(photos), str(out), num_tasks=num_tasks, task_index=i, **flags))
         for i in (order or range(num_tasks))
     ]
 
@@ -72,12 +73,14 @@ def test_three_tasks_write_one_split_each_photo_exactly_once(photos, tmp_path):
 def test_the_split_matches_a_single_prepare(photos, tmp_path):
     run_tasks(photos, tmp_path / "tasks", num_tasks=2, encoding="raw")
     prepare(
-        str(photos),
-        str(tmp_path / "one"),
-        num_shards=3,
-        holdout_fraction=0.25,
-        encoding="raw",
-        progress=False,
+        PrepareConfig(
+            str(photos),
+            str(tmp_path / "one"),
+            num_shards=3,
+            holdout_fraction=0.25,
+            encoding="raw",
+            progress=False,
+        )
     )
     for split in ("train", "validation"):
         tasks, one = (sorted(ids(find_shards(f"{tmp_path / d}/{split}-*").files)) for d in ("tasks", "one"))
@@ -131,17 +134,19 @@ def test_another_run_is_refused_unless_overwrite_which_replaces_the_split(photos
     before = (out / "train.manifest.json").read_text()
     with pytest.raises(ConfigError, match="pass --overwrite to replace split 'train'"):
         prepare(
-            str(photos),
-            str(out),
-            num_shards=6,
-            holdout_fraction=0.25,
-            num_tasks=3,
-            task_index=0,
-            run_name="r2",
-            progress=False,
+            PrepareConfig(
+                str(photos),
+                str(out),
+                num_shards=6,
+                holdout_fraction=0.25,
+                num_tasks=3,
+                task_index=0,
+                run_name="r2",
+                progress=False,
+            )
         )
     with pytest.raises(ConfigError, match="--overwrite"):
-        prepare(str(photos), str(out), num_shards=6, holdout_fraction=0.25, progress=False)
+        prepare(PrepareConfig(str(photos), str(out), num_shards=6, holdout_fraction=0.25, progress=False))
     assert (out / "train.manifest.json").read_text() == before
     run_tasks(photos, out, num_tasks=2, num_shards=4, run_name="r2", overwrite=True)
     assert sorted(n for n in os.listdir(out) if n.startswith("train")) == [
@@ -201,7 +206,7 @@ def test_two_tasks_finishing_together_write_one_manifest(photos, tmp_path, capsy
 def test_bad_task_flags(photos, tmp_path, kwargs, message):
     kwargs = {"output_dir": str(tmp_path / "out"), "progress": False, **kwargs}
     with pytest.raises(ConfigError, match=message):
-        prepare(str(photos), **kwargs)
+        prepare(PrepareConfig(str(photos), **kwargs))
 
 
 def test_cli_takes_the_task_from_an_indexed_job_environment_and_logs_progress(photos, tmp_path):
@@ -251,10 +256,12 @@ def test_cli_takes_the_task_from_an_indexed_job_environment_and_logs_progress(ph
 def test_recursive_reads_subfolders_named_by_their_path(tmp_path):
     write_photos(tmp_path / "in", 2)
     write_photos(tmp_path / "in" / "cats" / "young", 2, start=10)
-    flat = prepare(str(tmp_path / "in"), str(tmp_path / "flat"), num_shards=1, progress=False)
+    flat = prepare(PrepareConfig(str(tmp_path / "in"), str(tmp_path / "flat"), num_shards=1, progress=False))
     assert flat["train"].num_examples == 2
     nested = prepare(
-        str(tmp_path / "in"), str(tmp_path / "all"), num_shards=1, recursive=True, progress=False
+        PrepareConfig(
+            str(tmp_path / "in"), str(tmp_path / "all"), num_shards=1, recursive=True, progress=False
+        )
     )
     assert sorted(ids(find_shards(f"{tmp_path}/all/train-*").files)) == [
         "cats/young/photo010.png",

@@ -81,7 +81,7 @@ def add_parser(sub) -> None:
 def prepare_flags() -> flags.FlagValues:
     """trainer.prepare's flags, defined apart from the process-wide ones (its --seed is the trainer's too)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # trainer.prepare imports TensorFlow: keep it quiet
-    from trainer.data.prepare import define_flags
+    from trainer.data.prepare_config import define_flags
 
     values = flags.FlagValues()
     define_flags(values)
