@@ -122,12 +122,12 @@ def test_shard_deleted_after_listing_is_a_clear_error(emulator, photos):
         import tensorflow as tf
         from trainer.errors import DataError
         from trainer.data.input_pipeline import build_dataset, find_shards
-        from trainer.train.loop import _guard
+        from trainer.data.input_pipeline import guard_reads
         shards = find_shards("{data}/train-*")
         storage.Client().bucket("{BUCKET}").blob("gone/data/train-00001-of-00002.tfrecord").delete()
         dataset = build_dataset(shards, 4, training=False)
         try:
-            _guard(lambda: [b for b in dataset.take(20)], shards)
+            guard_reads(lambda: [b for b in dataset.take(20)], shards)
         except DataError as exc:
             print("DataError:", exc)
     """)

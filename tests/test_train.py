@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer.data.input_pipeline import find_shards
+from trainer.data.input_pipeline import find_shards, guard_reads
 from trainer.errors import (
     EXIT_DIVERGED,
     PERMANENT_EXIT_CODES,
@@ -19,7 +19,7 @@ from trainer.serve import preprocess
 from trainer.train import preemption
 from trainer.train.checkpoints import listed
 from trainer.train.config import TrainConfig
-from trainer.train.loop import Trainer, _guard, learning_rate
+from trainer.train.loop import Trainer, learning_rate
 
 
 def _config(shards_dir, tmp_path, **overrides):
@@ -167,10 +167,10 @@ def test_storage_trouble_is_transient_and_a_lost_peer_passes_through(shards_dir,
         None, None, f"All 10 retry attempts failed. The last failure: HTTP 503 when reading {shards.files[1]}"
     )
     with pytest.raises(TransientError, match=r"reading .*train-\*: storage unavailable after retries"):
-        _guard(fails(unavailable), shards)
+        guard_reads(fails(unavailable), shards)
     peer = tf.errors.UnavailableError(None, None, "Collective ops is aborted by: failed to connect")
     with pytest.raises(tf.errors.UnavailableError):
-        _guard(fails(peer), shards)
+        guard_reads(fails(peer), shards)
 
 
 def test_checkpoint_storage_errors_are_one_line_and_classified(shards_dir, tmp_path, mirrored, monkeypatch):

@@ -190,3 +190,23 @@ def find_corrupt_record(shards: ShardSet):
         except CORRUPT_RECORD_ERRORS as exc:
             return f"{path} (record {index}): {first_line(exc.message)}"
     return None
+
+
+def guard_reads(run, shards: ShardSet):
+    """Runs one loop call; a bad record or a vanished shard becomes a DataError naming the shard.
+
+    A shard read that outlasted the storage's retries becomes a TransientError; other errors (a
+    lost peer, out of memory) pass through: only the shard's name in the message tells them apart.
+    """
+    try:
+        return run()
+    except CORRUPT_RECORD_ERRORS as exc:
+        where = find_corrupt_record(shards)
+        if where is None:
+            raise
+        raise DataError(f"unreadable record in {where}") from exc
+    except tf.errors.OpError as exc:
+        if not any(path in exc.message for path in shards.files):
+            raise
+        with storage_errors(f"reading {shards.pattern}"):
+            raise

@@ -12,10 +12,11 @@ most colourful one if none does. Fit on `--eval_data` only: photos the reported 
 import itertools
 from typing import Dict, Iterable, List
 
+import keras
 import numpy as np
 import tensorflow as tf
 
-from trainer.data.input_pipeline import ShardSet, parse_for_model
+from trainer.data.input_pipeline import ShardSet, guard_reads, parse_for_model
 from trainer.serve import metrics, preprocess
 from trainer.serve.preprocess import DecodeSettings
 
@@ -25,6 +26,7 @@ PSNR_BUDGET_DB = 0.5
 COLOUR_TARGET = 0.6  # of the truth's Hasler-Suesstrunk colourfulness
 MAX_EXAMPLES = 2048  # enough for a mean to 0.05 dB; a user's validation split may be far larger
 _BATCH = 64
+EPOCH_QUALITY_EXAMPLES = 512  # validation pairs scored for PSNR and colourfulness after each epoch
 
 
 def candidates(color_space: str, loss: str) -> List[DecodeSettings]:
@@ -98,3 +100,13 @@ def fit_decode(
     scores = score(model, validation_batches(shards), color_space, settings)
     chosen = choose(scores, colour_target)
     return chosen, scores[chosen]
+
+
+def epoch_quality(shards: ShardSet, color_space: str, model: keras.Model) -> dict:
+    """PSNR and colourfulness share (of the truth's) of the model's pictures, unfitted decode, on the
+    first validation pairs: what a user would see, which the validation loss alone doesn't say."""
+    batches = validation_batches(shards, EPOCH_QUALITY_EXAMPLES)
+    scores = guard_reads(lambda: score(model, batches, color_space, [DecodeSettings()]), shards)
+    (result,) = scores.values()
+    share = result["colourfulness"] / max(result["truth_colourfulness"], 1e-6)
+    return {"psnr": result["psnr"], "colourfulness_share": share}

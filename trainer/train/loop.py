@@ -10,15 +10,16 @@ import functools
 import math
 import random
 import time
+from typing import Callable, Optional
 
 import keras
 import tensorflow as tf
 from absl import logging
 
 from trainer.data import input_pipeline
-from trainer.errors import DataError, DivergedError, storage_errors
+from trainer.errors import DivergedError
 from trainer.serve import preprocess
-from trainer.train import checkpoints, decode_fit, distribute, losses, preemption, steps, summaries
+from trainer.train import actions, checkpoints, distribute, losses, preemption, steps
 from trainer.train.config import BIN_LOSSES, TrainConfig
 from trainer.train.models import build_model
 
@@ -33,7 +34,6 @@ class _State:
 
 
 _PRIOR_BATCHES = 64  # batches of training targets counted for the classification loss's bin prior
-_QUALITY_EXAMPLES = 512  # validation pairs scored for PSNR and colourfulness after each epoch
 
 
 def learning_rate(config: TrainConfig, steps_per_epoch: int):
@@ -78,7 +78,9 @@ class Trainer:
         train_shards,
         eval_shards,
         stop_requested=lambda: False,
+        epoch_quality: Optional[Callable[[keras.Model], dict]] = None,
     ):
+        """`epoch_quality(model)`: what the epoch's pictures look like, logged and summarised (optional)."""
         self.config, self.strategy = config, strategy
         self.num_workers = distribute.count_workers(strategy)
         self.pacer = preemption.Pacer(strategy, self.num_workers, stop_requested)
@@ -105,7 +107,11 @@ class Trainer:
         self.checkpoints = checkpoints.RunCheckpoints(
             config, checkpoint, self.model, strategy.extended.should_checkpoint
         )
-        self.writers = summaries.Writers(config.log_dir, strategy.extended.should_save_summary)
+        self.writers = actions.Writers(config.log_dir, strategy.extended.should_save_summary)
+        self.early_stopping = actions.EarlyStopping(
+            self.state.best_val_loss, self.state.bad_epochs, config.patience, self.checkpoints.save_best
+        )
+        self.epoch_quality = epoch_quality
 
     @property
     def step(self) -> int:
@@ -147,7 +153,7 @@ class Trainer:
         targets = dataset.map(lambda gray, color: preprocess.model_pair(gray, color, self.config.color_space))
         batches = min(_PRIOR_BATCHES, max(1, self.train_shards.num_examples // self.global_batch))
         return losses.rebalancing_weights(
-            _guard(lambda: losses.count_bins(targets, batches), self.train_shards)
+            input_pipeline.guard_reads(lambda: losses.count_bins(targets, batches), self.train_shards)
         )
 
     def _step_functions(self):
@@ -161,16 +167,6 @@ class Trainer:
             self._bin_weights(),
         )
 
-    def _early_stop(self, val_loss: float) -> bool:
-        """Records the epoch's validation loss; True when patience is exhausted."""
-        if val_loss < float(self.state.best_val_loss.numpy()):
-            self.state.best_val_loss.assign(val_loss)
-            self.state.bad_epochs.assign(0)
-            self.checkpoints.save_best(self.step)
-            return False
-        self.state.bad_epochs.assign_add(1)
-        return self.config.patience > 0 and int(self.state.bad_epochs.numpy()) >= self.config.patience
-
     def fit(self) -> FitResult:
         """Trains until `epochs`, early stopping or a stop request; returns a summary of the run.
 
@@ -178,7 +174,7 @@ class Trainer:
         `preempted`, so the caller can exit with a retriable code and a restart resumes here.
         """
         self.restore()
-        stopped = self.config.patience > 0 and int(self.state.bad_epochs.numpy()) >= self.config.patience
+        stopped = self.early_stopping.exhausted()
         if stopped or int(self.state.epoch.numpy()) >= self.config.epochs:  # the same on every worker
             logging.info(
                 "this run already finished (epoch %d of %d%s); not training again: raise --epochs to "
@@ -218,26 +214,22 @@ class Trainer:
     def _end_epoch(
         self, loss: float, val_loss: float, images_per_s: float, preview, eta_seconds: float
     ) -> bool:
-        """Counts the epoch, checkpoints it, reports it; True when early stopping ends the run."""
+        """Counts the epoch, checkpoints it, runs the actions around it; True when early stopping ends it."""
         self.state.epoch.assign_add(1)
-        stopped = self._early_stop(val_loss)
-        self.checkpoints.save_latest(self.step)
-        quality = self._quality()
-        self.writers.epoch(self.step, loss, val_loss, images_per_s, self._grid(preview), quality)
-        ending = " early stop" if stopped else f"; ETA {_duration(eta_seconds)}" if eta_seconds > 0 else ""
-        logging.info(
-            "epoch %d/%d step %d loss %.4f val_loss %.4f val_psnr %.2f dB colourfulness %.0f%% of the "
-            "truth's (%.0f images/s)%s",
+        end = actions.EpochEnd(
             int(self.state.epoch.numpy()),
             self.config.epochs,
             self.step,
             loss,
             val_loss,
-            quality["psnr"],
-            quality["colourfulness_share"] * 100,
             images_per_s,
-            ending,
+            eta_seconds,
         )
+        stopped = self.early_stopping(end)
+        self.checkpoints.save_latest(self.step)
+        quality = self.epoch_quality(self.model) if self.epoch_quality else {}
+        self.writers.epoch(self.step, loss, val_loss, images_per_s, self._grid(preview), quality)
+        actions.log_epoch(end, quality, stopped)
         return stopped
 
     def _finished(self, preempted: bool, already_finished: bool = False) -> FitResult:
@@ -272,7 +264,14 @@ class Trainer:
                 steps = min(steps, interval - self.step % interval)
             start = time.perf_counter()
             losses.append(
-                (float(_guard(functools.partial(run_train, train_iter, steps), self.train_shards)), steps)
+                (
+                    float(
+                        input_pipeline.guard_reads(
+                            functools.partial(run_train, train_iter, steps), self.train_shards
+                        )
+                    ),
+                    steps,
+                )
             )
             self._check_finite("loss", losses[-1][0])
             self.pacer.timed(steps, time.perf_counter() - start)
@@ -302,25 +301,14 @@ class Trainer:
                 preemption.keep_until_exit(iterator)
                 return None
             steps = min(self.pacer.steps_per_call, self.eval_steps - done)
-            total += float(_guard(functools.partial(run_eval, iterator, steps), self.eval_shards)) * steps
+            total += (
+                float(
+                    input_pipeline.guard_reads(functools.partial(run_eval, iterator, steps), self.eval_shards)
+                )
+                * steps
+            )
             done += steps
         return total / done
-
-    def _quality(self) -> dict:
-        """PSNR and colourfulness of this epoch's pictures (unfitted decode) on the first validation pairs.
-
-        The validation loss alone chose a sepia tint once (docs/QUALITY.md): these say what a user sees.
-        """
-        batches = decode_fit.validation_batches(self.eval_shards, _QUALITY_EXAMPLES)
-        scores = _guard(
-            lambda: decode_fit.score(
-                self.model, batches, self.config.color_space, [preprocess.DecodeSettings()]
-            ),
-            self.eval_shards,
-        )
-        (result,) = scores.values()
-        share = result["colourfulness"] / max(result["truth_colourfulness"], 1e-6)
-        return {"psnr": result["psnr"], "colourfulness_share": share}
 
     def _grid(self, batch):
         inputs, targets = preprocess.model_pair(batch[0][:4], batch[1][:4], self.config.color_space)
@@ -329,31 +317,4 @@ class Trainer:
             self.model(inputs, training=False), gray, self.config.color_space
         )
         truth = preprocess.predictions_to_rgb(targets, gray, self.config.color_space)
-        return summaries.image_grid(inputs, predicted, truth)
-
-
-def _duration(seconds: float) -> str:
-    """'45 s', '12 min' or '3.5 h'."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
-
-
-def _guard(run, shards):
-    """Runs one loop call; a bad record or a vanished shard becomes a DataError naming the shard.
-
-    A shard read that outlasted the storage's retries becomes a TransientError; other errors (a
-    lost peer, out of memory) pass through: only the shard's name in the message tells them apart.
-    """
-    try:
-        return run()
-    except input_pipeline.CORRUPT_RECORD_ERRORS as exc:
-        where = input_pipeline.find_corrupt_record(shards)
-        if where is None:
-            raise
-        raise DataError(f"unreadable record in {where}") from exc
-    except tf.errors.OpError as exc:
-        if not any(path in exc.message for path in shards.files):
-            raise
-        with storage_errors(f"reading {shards.pattern}"):
-            raise
+        return actions.image_grid(inputs, predicted, truth)

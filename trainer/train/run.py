@@ -5,6 +5,7 @@
 """
 
 import dataclasses
+import functools
 import os
 import shutil
 import sys
@@ -54,7 +55,8 @@ def check_before_training(config: TrainConfig) -> tuple:
 def train_and_export(config: TrainConfig, strategy, stop_requested=lambda: False, shards=None) -> RunResult:
     """Trains on `shards` (train, eval; verified here if not given) and exports the best weights once."""
     train_shards, eval_shards = shards or verify_data(config)
-    trainer = Trainer(config, strategy, train_shards, eval_shards, stop_requested)
+    quality = functools.partial(decode_fit.epoch_quality, eval_shards, config.color_space)
+    trainer = Trainer(config, strategy, train_shards, eval_shards, stop_requested, quality)
     logging.info(
         "%d training / %d validation examples; global batch %d (%d per replica x %d); %d steps/epoch",
         train_shards.num_examples,

@@ -1,0 +1,112 @@
+"""What runs after each epoch, around the loop (as Orbit's actions do): early stopping with the best
+checkpoint, TensorBoard summaries (scalars and a gray | predicted | truth grid) and the log line. The
+Trainer owns the steps; these decide what an epoch's numbers mean and where they go.
+"""
+
+import dataclasses
+import os
+from typing import Callable
+
+import tensorflow as tf
+from absl import logging
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochEnd:
+    """What one epoch produced."""
+
+    epoch: int  # epochs done, this one included
+    epochs: int
+    step: int
+    loss: float
+    val_loss: float
+    images_per_s: float
+    eta_seconds: float  # for all --epochs; early stopping may end the run sooner
+
+
+class EarlyStopping:
+    """Keeps the best validation loss (and saves its checkpoint); stop once `patience` epochs miss it.
+
+    Its two variables live in the run's checkpoint, so a restart continues the count.
+    """
+
+    def __init__(
+        self, best_val_loss: tf.Variable, bad_epochs: tf.Variable, patience: int, save_best: Callable
+    ):
+        self.best_val_loss, self.bad_epochs, self.patience = best_val_loss, bad_epochs, patience
+        self.save_best = save_best
+
+    def exhausted(self) -> bool:
+        return self.patience > 0 and int(self.bad_epochs.numpy()) >= self.patience
+
+    def __call__(self, end: EpochEnd) -> bool:
+        """Records the epoch's validation loss; True when patience is exhausted."""
+        if end.val_loss < float(self.best_val_loss.numpy()):
+            self.best_val_loss.assign(end.val_loss)
+            self.bad_epochs.assign(0)
+            self.save_best(end.step)
+            return False
+        self.bad_epochs.assign_add(1)
+        return self.exhausted()
+
+
+def log_epoch(end: EpochEnd, quality: dict, stopped: bool) -> None:
+    """One line per epoch: losses, the pictures' PSNR and colourfulness when scored, speed, ETA."""
+    ending = " early stop" if stopped else f"; ETA {duration(end.eta_seconds)}" if end.eta_seconds > 0 else ""
+    scored = (
+        f" val_psnr {quality['psnr']:.2f} dB colourfulness {quality['colourfulness_share'] * 100:.0f}% "
+        "of the truth's"
+        if quality
+        else ""
+    )
+    logging.info(
+        "epoch %d/%d step %d loss %.4f val_loss %.4f%s (%.0f images/s)%s",
+        end.epoch,
+        end.epochs,
+        end.step,
+        end.loss,
+        end.val_loss,
+        scored,
+        end.images_per_s,
+        ending,
+    )
+
+
+def duration(seconds: float) -> str:
+    """'45 s', '12 min' or '3.5 h'."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def image_grid(inputs: tf.Tensor, predicted: tf.Tensor, truth: tf.Tensor) -> tf.Tensor:
+    """One image [1, rows*H, 3*W, 3]: each row is gray | predicted | truth of one example."""
+    gray = tf.concat([inputs[..., :1]] * 3, axis=-1)
+    rows = tf.concat([gray, tf.cast(predicted, tf.float32), tf.cast(truth, tf.float32)], axis=2)
+    return tf.reshape(rows, [1, -1, rows.shape[2], 3])
+
+
+class Writers:
+    """Train and eval summary writers; no-ops on workers that must not write (non-chief)."""
+
+    def __init__(self, log_dir: str, enabled: bool):
+        if enabled:
+            self.train = tf.summary.create_file_writer(os.path.join(log_dir, "train"))
+            self.eval = tf.summary.create_file_writer(os.path.join(log_dir, "eval"))
+        else:
+            self.train = self.eval = tf.summary.create_noop_writer()
+
+    def epoch(
+        self, step: int, loss: float, val_loss: float, images_per_s: float, grid: tf.Tensor, quality: dict
+    ) -> None:
+        """One epoch's scalars; `quality`: validation `psnr` and `colourfulness_share` (of the truth's)."""
+        with self.train.as_default(step=step):
+            tf.summary.scalar("loss", loss)
+            tf.summary.scalar("images_per_second", images_per_s)
+        with self.eval.as_default(step=step):
+            tf.summary.scalar("loss", val_loss)
+            for name, value in quality.items():
+                tf.summary.scalar(name, value)
+            tf.summary.image("gray_predicted_truth", grid)
+        self.train.flush()
+        self.eval.flush()
