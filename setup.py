@@ -39,6 +39,7 @@ setup(
     extras_require={
         "test": [
             "pytest>=8.0",
+            "pytest-xdist>=3.5",  # pytest.ini runs the suite on every core (at most 4 workers)
             "scikit-image>=0.24",
             "tensorflow-io>=0.37.1,<0.38",  # the reference our Lab conversion is tested against
             # Offline checks of docker/, k8s/ and skaffold.yaml (tests/test_manifests.py). checkov is

@@ -9,7 +9,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
+
+pytestmark = pytest.mark.system  # real processes, servers or a second TensorFlow (README: test tiers)
 
 KEYS = (
     "pipeline.raw_mb_s",

@@ -443,6 +443,7 @@ def _cli(*args, cwd=REPO):
     )
 
 
+@pytest.mark.system
 def test_cli_server_error_is_one_line_and_exit_3(fake, tmp_path):
     fake.on("GET", PATH, AVAILABLE)
     fake.on("POST", f"{PATH}:predict", BAD_IMAGE)
@@ -464,11 +465,13 @@ def test_cli_server_error_is_one_line_and_exit_3(fake, tmp_path):
         ),
     ],
 )
+@pytest.mark.system
 def test_cli_bad_flags_exit_2(args, message):
     run = _cli(*args)
     assert run.returncode == 2 and f"error: {message}" in run.stderr
 
 
+@pytest.mark.system
 def test_cli_local_model_writes_png_at_input_size(tmp_path):
     model = build_model("unet", preprocess.output_channels("lab"), base_filters=4)
     export_dir = tmp_path / "export"

@@ -26,6 +26,8 @@ from tests.workers import (
     train_flags,
 )
 
+pytestmark = pytest.mark.system  # real processes, servers or a second TensorFlow (README: test tiers)
+
 PREEMPTIONS = 20  # in a row, as a bad day on Spot VMs can bring
 
 

@@ -104,6 +104,7 @@ def _trainer(shards_dir, tmp_path, strategy, batch_size):
     return Trainer(config, strategy, find_shards(config.train_data), find_shards(config.eval_data))
 
 
+@pytest.mark.system
 def test_two_replicas_step_equals_one_device_with_same_global_batch(shards_dir, tmp_path, mirrored):
     """Gradient aggregation is right: 2 replicas x 2 examples == 1 device x 4 examples.
 

@@ -100,6 +100,7 @@ def _cli(*args):
     )
 
 
+@pytest.mark.system
 def test_cli_writes_report_and_prints_summary(saved_model, photos, tmp_path):
     run = _cli(
         f"--image_dir={photos}", f"--saved_model={saved_model}", f"--report_dir={tmp_path}/r", "--limit=2"
@@ -110,6 +111,7 @@ def test_cli_writes_report_and_prints_summary(saved_model, photos, tmp_path):
     assert report["120"]["images"] == report["full"]["images"] == 2
 
 
+@pytest.mark.system
 def test_cli_flag_error_is_one_line_exit_2(tmp_path):
     both = _cli("--data=x", "--image_dir=y", "--saved_model=m", f"--report_dir={tmp_path}")
     assert (

@@ -136,6 +136,7 @@ print(json.dumps((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline)
 """
 
 
+@pytest.mark.system
 def test_hostile_requests_get_a_quick_one_line_400_and_cost_little(tmp_path):
     """Every case of tests/hostile_requests.py over REST (LocalModel) in a fresh process: HTTP 400 whose
     first line names the problem, within a second (plus parsing time for a large JSON body); the

@@ -17,6 +17,8 @@ from tests.gcs_emulator import module_fixture
 from trainer.data import gcs
 from trainer.errors import DataError
 
+pytestmark = pytest.mark.system  # real processes, servers or a second TensorFlow (README: test tiers)
+
 BUCKET = "colorizer-test"
 ENV = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
 

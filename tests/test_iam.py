@@ -51,6 +51,8 @@ import pytest
 from tests.conftest import REPO, write_photos
 from tests.gcs_emulator import ROLES, Binding, classify, module_fixture
 
+pytestmark = pytest.mark.system  # real processes, servers or a second TensorFlow (README: test tiers)
+
 BUCKET = "colorizer-iam"
 PROJECT = "test-project"
 ENV = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}

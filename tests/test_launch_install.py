@@ -14,10 +14,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from packaging.requirements import Requirement
 
 from tests.test_launch import IMAGE, container
+
+pytestmark = pytest.mark.system  # real processes, servers or a second TensorFlow (README: test tiers)
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK = "colorizer.dev/manifests"

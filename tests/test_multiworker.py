@@ -27,6 +27,8 @@ from tests.workers import (
     wait_for_checkpoint,
 )
 
+pytestmark = pytest.mark.system  # real processes, servers or a second TensorFlow (README: test tiers)
+
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):

@@ -109,6 +109,7 @@ def test_bad_inputs(tmp_path):
         prepare(PrepareConfig(str(tmp_path / "all_bad"), str(tmp_path / "out"), progress=False))
 
 
+@pytest.mark.system
 def test_cli_missing_folder_is_one_line_and_exit_2(tmp_path):
     proc = subprocess.run(
         [
@@ -127,6 +128,7 @@ def test_cli_missing_folder_is_one_line_and_exit_2(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.system
 def test_cli_writes_shards_with_parallel_workers(tmp_path):
     write_photos(tmp_path / "in", 6, fmt="jpg")
     Image.fromarray(make_photo(9)).save(tmp_path / "in" / "big.bmp")
@@ -150,6 +152,7 @@ def test_cli_writes_shards_with_parallel_workers(tmp_path):
     assert not [n for n in os.listdir(tmp_path / "out") if n.endswith(".tmp")]
 
 
+@pytest.mark.system
 def test_cli_unwritable_output_is_one_line_before_any_photo_is_decoded(tmp_path, monkeypatch):
     write_photos(tmp_path / "in", 2)
     (tmp_path / "file").write_text("not a folder")

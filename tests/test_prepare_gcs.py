@@ -21,6 +21,8 @@ from tests.gcs_emulator import module_fixture
 from tests.test_prepare_tasks import ids
 from trainer.data import photo_source, schema
 
+pytestmark = pytest.mark.system  # real processes, servers or a second TensorFlow (README: test tiers)
+
 BUCKET = "prepare-tasks"
 ENV = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "3"}
 FLAGS = ["--num_shards=6", "--holdout_fraction=0.2", "--workers=1"]

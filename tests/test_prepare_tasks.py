@@ -209,6 +209,7 @@ def test_bad_task_flags(photos, tmp_path, kwargs, message):
         prepare(PrepareConfig(str(photos), **kwargs))
 
 
+@pytest.mark.system
 def test_cli_takes_the_task_from_an_indexed_job_environment_and_logs_progress(photos, tmp_path):
     env = {
         **os.environ,

@@ -121,6 +121,7 @@ def test_gate_margins(new, old, refused):
     assert [r.split()[0] for r in reasons] == refused
 
 
+@pytest.mark.system
 def test_first_promotion_then_an_equal_candidate_then_rollback(
     versions, serving, capsys, tmp_path, monkeypatch
 ):

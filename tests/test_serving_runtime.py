@@ -23,6 +23,8 @@ from trainer.serve import export, preprocess
 from trainer.serve.limits import DEFAULT_MAX_PIXELS
 from trainer.train.models import build_model
 
+pytestmark = pytest.mark.system  # real processes, servers or a second TensorFlow (README: test tiers)
+
 RUNNER = os.path.join(REPO, "tests", "serving_runtime_runner.py")
 SERVING_YAML = os.path.join(REPO, "k8s", "components", "serving", "serving.yaml")
 SETUP_HINT = (

@@ -78,6 +78,7 @@ def test_train_step_flips_on_the_device_as_the_seed_says():
     assert abs(unflipped - expected) > 1e-6  # the seed flips at least one of the four examples
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_every_precision_trains_with_xla(precision):
     config = _config(precision=precision, jit_compile=True)

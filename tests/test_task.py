@@ -14,6 +14,8 @@ from tests.conftest import REPO, write_photos
 from tests.workers import ENV, checkpoint_step
 from trainer.errors import TransientError
 
+pytestmark = pytest.mark.system  # real processes, servers or a second TensorFlow (README: test tiers)
+
 
 def _cli(module, *args, cwd=REPO, env=ENV, **kwargs):
     return subprocess.run(

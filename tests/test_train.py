@@ -41,6 +41,7 @@ def _trainer(config, strategy):
     return Trainer(config, strategy, find_shards(config.train_data), find_shards(config.eval_data))
 
 
+@pytest.mark.system
 def test_trains_on_two_replicas_and_writes_checkpoints_and_logs(shards_dir, tmp_path, mirrored):
     trainer = _trainer(_config(shards_dir, tmp_path), mirrored)
     assert trainer.global_batch == 4 and trainer.steps_per_epoch == 3
@@ -55,6 +56,7 @@ def test_trains_on_two_replicas_and_writes_checkpoints_and_logs(shards_dir, tmp_
     )
 
 
+@pytest.mark.system
 def test_resume_continues_from_checkpoint_with_optimizer_state(shards_dir, tmp_path, mirrored):
     first = _trainer(_config(shards_dir, tmp_path, epochs=1, checkpoint_every_steps=2), mirrored)
     first.fit()
@@ -68,6 +70,7 @@ def test_resume_continues_from_checkpoint_with_optimizer_state(shards_dir, tmp_p
     assert result.epoch == 3 and result.step == 9
 
 
+@pytest.mark.system
 def test_early_stopping_state_survives_restart(shards_dir, tmp_path, mirrored):
     # Validation losses are scripted (improve, then worsen) so the stop epoch doesn't depend on
     # training noise.
@@ -101,6 +104,7 @@ def test_invalid_config_is_rejected(shards_dir, tmp_path):
         _config(shards_dir, tmp_path, color_space="hsv")
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("loss,extra", [("classification", 0), ("two_heads", 2)])
 def test_bin_losses_and_cosine_schedule_train(shards_dir, tmp_path, mirrored, loss, extra):
     config = _config(shards_dir, tmp_path, loss=loss, lr_schedule="cosine", epochs=1)
@@ -196,6 +200,7 @@ def test_checkpoint_storage_errors_are_one_line_and_classified(shards_dir, tmp_p
         trainer.checkpoints.save_best(1)
 
 
+@pytest.mark.system
 def test_a_diverged_run_stops_with_its_own_exit_code_and_exports_nothing(shards_dir, tmp_path, mirrored):
     from trainer.train import run
 

@@ -83,6 +83,7 @@ def test_every_export_carries_realistic_warmup_requests(exported):
     assert as_arrays(requests[2])["gray"].shape == (warmup.TENSOR_BATCH, 120, 120, 1)
 
 
+@pytest.mark.system
 def test_each_warmup_request_runs_in_the_trainer_s_and_the_serving_image_s_tensorflow(exported, tmp_path):
     path, loaded = exported
     cases = {f"r{i}": (r.model_spec.signature_name, as_arrays(r)) for i, r in enumerate(records(path))}
