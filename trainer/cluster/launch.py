@@ -127,7 +127,3 @@ def main(argv, api=None) -> int:
 def run():
     """Console-script entry point (colorizer-launch)."""
     sys.exit(main(sys.argv[1:]))
-
-
-if __name__ == "__main__":
-    run()

@@ -209,7 +209,3 @@ def run():
     """Console-script entry point."""
     define_flags()
     app.run(main, flags_parser=parse_flags_or_exit)
-
-
-if __name__ == "__main__":
-    run()

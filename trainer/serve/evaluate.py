@@ -258,7 +258,3 @@ def run():
     """Console-script entry point (`colorizer-evaluate`)."""
     define_flags()
     app.run(main, flags_parser=parse_flags_or_exit)
-
-
-if __name__ == "__main__":
-    run()
