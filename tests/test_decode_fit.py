@@ -60,6 +60,9 @@ def test_fitted_decode_is_exported_in_both_signatures_and_the_metadata(shards_di
         "psnr",
         "colourfulness",
         "truth_colourfulness",
+        "warm_recall",
+        "green_recall",
+        "blue_recall",
     }
     vivid = DecodeSettings(1.4, 0.25)
     path = export.export_saved_model(model, "lab", str(tmp_path), decode=vivid)

@@ -83,13 +83,13 @@ def _solid(rgb, size=8):
 
 def test_hue_agreement_counts_right_hues_not_casts():
     sky = _solid((90, 140, 220))
-    assert metrics.hue_agreement_lab(metrics._lab(sky), metrics._lab(sky)) == pytest.approx([1.0])
+    assert metrics.hue_agreement_lab(metrics.lab(sky), metrics.lab(sky)) == pytest.approx([1.0])
     # A warm cast on a blue sky is colourful but wrong; gray is not coloured at all.
     yellow_cast = _solid((200, 180, 120))
     gray = np.repeat(np.mean(sky, axis=-1, keepdims=True).astype(np.uint8), 3, axis=-1)
     assert metrics.colourfulness(yellow_cast)[0] > 10
-    assert metrics.hue_agreement_lab(metrics._lab(yellow_cast), metrics._lab(sky)) == pytest.approx([0.0])
-    assert metrics.hue_agreement_lab(metrics._lab(gray), metrics._lab(sky)) == pytest.approx([0.0])
+    assert metrics.hue_agreement_lab(metrics.lab(yellow_cast), metrics.lab(sky)) == pytest.approx([0.0])
+    assert metrics.hue_agreement_lab(metrics.lab(gray), metrics.lab(sky)) == pytest.approx([0.0])
 
 
 def test_hue_agreement_is_the_share_of_coloured_truth_pixels():
@@ -98,6 +98,41 @@ def test_hue_agreement_is_the_share_of_coloured_truth_pixels():
     predicted = _solid((180, 60, 50))  # a duller red: the same hue sector
     predicted[0, :, 6:] = (40, 160, 60)  # the last quarter green
     # 48 coloured truth pixels, 16 of them predicted green: 32 / 48 agree.
-    assert metrics.hue_agreement_lab(metrics._lab(predicted), metrics._lab(truth)) == pytest.approx([2 / 3])
+    assert metrics.hue_agreement_lab(metrics.lab(predicted), metrics.lab(truth)) == pytest.approx([2 / 3])
     all_gray = np.full((1, 8, 8, 3), 128, np.uint8)
-    assert metrics.hue_agreement_lab(metrics._lab(all_gray), metrics._lab(all_gray)) == pytest.approx([1.0])
+    assert metrics.hue_agreement_lab(metrics.lab(all_gray), metrics.lab(all_gray)) == pytest.approx([1.0])
+
+
+def _sky_over_grass(size=16):
+    truth = np.zeros((1, size, size, 3), np.uint8)
+    truth[0, : size // 2] = (40, 90, 200)  # blue
+    truth[0, size // 2 :] = (40, 160, 40)  # green
+    return truth
+
+
+def test_a_uniform_warm_tint_recalls_no_green_and_no_blue():
+    truth = _sky_over_grass()
+    gray = np.repeat(truth.mean(-1, keepdims=True), 3, axis=-1)
+    tint = np.clip(gray + np.array([25, 10, -15]), 0, 255).astype(np.uint8)
+    for prediction, expected in ((truth, 1.0), (tint, 0.0), (gray.astype(np.uint8), 0.0)):
+        accumulator = metrics.Accumulator()
+        accumulator.add(metrics.image_metrics(prediction, truth))
+        means = accumulator.means()
+        assert means["green_recall"] == means["blue_recall"] == expected
+        assert means["warm_recall"] is None, "no warm pixel in the truth: no recall, not 0 or 1"
+    assert set(metrics.FAMILY_RECALLS) <= set(metrics.METRICS)
+
+
+def test_family_recall_pools_pixels_over_images_and_needs_enough_chroma():
+    lab_truth = np.zeros((2, 1, 10, 3))
+    lab_truth[..., 0] = 50
+    lab_truth[0, 0, :1, 1:] = (-20, 10)  # one green pixel in the first image (hue 153 deg, C* 22)
+    lab_truth[1, 0, :, 1:] = (-20, 10)  # ten in the second
+    lab_predicted = lab_truth.copy()
+    lab_predicted[1, 0, :5, 1:] = (-4, 2)  # half of the second image too pale (C* 4.5 < 7.5)
+    lab_predicted[0, 0, :1, 1:] = (20, 10)  # the first image's pixel turned warm
+    counts = metrics.hue_family_counts(lab_predicted, lab_truth)
+    assert counts["green_pixels"].tolist() == [1, 10] and counts["green_hits"].tolist() == [0, 5]
+    accumulator = metrics.Accumulator()
+    accumulator.add(counts)
+    assert accumulator.means()["green_recall"] == pytest.approx(5 / 11)  # pooled, not the mean of 0 and 0.5

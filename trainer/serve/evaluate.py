@@ -218,7 +218,7 @@ def define_flags():
 
 
 def _summary(report: dict) -> str:
-    lines = [f"{'':12}{'psnr':>8}{'ssim':>8}{'colourf.':>10}{'dE2000':>8}{'hue':>6}"]
+    lines = [f"{'':12}{'psnr':>8}{'ssim':>8}{'colourf.':>10}{'dE2000':>8}{'hue':>6}{'green':>7}{'blue':>7}"]
     for size in ("120", "full"):
         for who in ("model", "gray"):
             if report[size]:
@@ -226,8 +226,13 @@ def _summary(report: dict) -> str:
                 lines.append(
                     f"{size + ' ' + who:12}{m['psnr']:8.2f}{m['ssim']:8.4f}{m['colourfulness']:10.2f}"
                     f"{m['delta_e_2000']:8.2f}{100 * m['hue_agreement']:5.0f}%"
+                    f"{_percent(m.get('green_recall')):>7}{_percent(m.get('blue_recall')):>7}"
                 )
     return "\n".join(lines)
+
+
+def _percent(share) -> str:
+    return "n/a" if share is None else f"{100 * share:.0f}%"
 
 
 def main(argv):

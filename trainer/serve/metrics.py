@@ -12,6 +12,10 @@ Every image is compared as the uint8 picture a person would see (predictions are
   * `hue_agreement`: the share of the truth's coloured pixels that the prediction colours with
     about the right hue. Colourfulness alone rewards a uniform warm cast (yellow-blue spread counts
     as colour); this counts a sky only if it comes out blue.
+  * `warm_recall`, `green_recall`, `blue_recall`: per hue family (CIELAB hue angle: warm 10-105 deg,
+    green 105-190, blue 190-310), the share of the truth's pixels with C*ab >= 15 in the family whose
+    prediction has C*ab >= 7.5 and lies in the same family, pooled over all images' pixels. A
+    uniform warm tint scores 0 on green and blue.
 """
 
 import numpy as np
@@ -20,9 +24,21 @@ import tensorflow as tf
 from trainer.serve import preprocess
 
 PSNR_CAP_DB = 100.0
-METRICS = ("psnr", "ssim", "colourfulness", "delta_e_2000", "hue_agreement")
+METRICS = (
+    "psnr",
+    "ssim",
+    "colourfulness",
+    "delta_e_2000",
+    "hue_agreement",
+    "warm_recall",
+    "green_recall",
+    "blue_recall",
+)
 HUE_CHROMA_MIN = 10.0  # C*ab below which a pixel reads as gray (a*b* units)
 HUE_TOLERANCE_DEG = 45.0  # one of eight hue sectors either side: red vs orange passes, red vs green not
+HUE_FAMILIES = {"warm": (10.0, 105.0), "green": (105.0, 190.0), "blue": (190.0, 310.0)}  # hue angle, deg
+FAMILY_CHROMA_TRUTH, FAMILY_CHROMA_PREDICTED = 15.0, 7.5
+FAMILY_RECALLS = tuple(f"{family}_recall" for family in HUE_FAMILIES)
 
 
 def _unit(images) -> tf.Tensor:
@@ -88,7 +104,8 @@ def ciede2000(lab1, lab2) -> np.ndarray:
     return np.sqrt(dl**2 + dc**2 + dhh**2 + r_t * dc * dhh)
 
 
-def _lab(images) -> np.ndarray:
+def lab(images) -> np.ndarray:
+    """uint8 RGB -> CIE L*a*b* with the conversion training and serving use."""
     return preprocess.rgb_to_lab(_unit(images)).numpy()
 
 
@@ -104,10 +121,32 @@ def hue_agreement_lab(lab_predicted, lab_truth) -> np.ndarray:
     return np.where(total > 0, hits / np.maximum(total, 1), 1.0)
 
 
+def hue_family_counts(lab_predicted, lab_truth) -> dict:
+    """Per image and hue family: `{family}_pixels`, the truth's pixels of C*ab >= 15 in the family, and
+    `{family}_hits`, those whose prediction has C*ab >= 7.5 in the same family."""
+
+    def family_of(lab, chroma_min):
+        a, b = lab[..., 1], lab[..., 2]
+        hue, coloured = np.degrees(np.arctan2(b, a)) % 360.0, np.hypot(a, b) >= chroma_min
+        return {name: coloured & (hue >= low) & (hue < high) for name, (low, high) in HUE_FAMILIES.items()}
+
+    truth, predicted = (
+        family_of(lab_truth, FAMILY_CHROMA_TRUTH),
+        family_of(lab_predicted, FAMILY_CHROMA_PREDICTED),
+    )
+    counts = {}
+    for name in HUE_FAMILIES:
+        counts[f"{name}_pixels"] = truth[name].sum(axis=(-2, -1))
+        counts[f"{name}_hits"] = (truth[name] & predicted[name]).sum(axis=(-2, -1))
+    return counts
+
+
 def image_metrics(predicted, truth) -> dict:
-    """{metric: per-image values} for a batch of uint8 predictions against uint8 truth."""
-    lab_predicted, lab_truth = _lab(predicted), _lab(truth)
+    """{metric: per-image values} for a batch of uint8 predictions against uint8 truth; the hue families
+    as per-image pixel counts, which `Accumulator.means` pools into recalls."""
+    lab_predicted, lab_truth = lab(predicted), lab(truth)
     return {
+        **hue_family_counts(lab_predicted, lab_truth),
         "psnr": psnr(predicted, truth),
         "ssim": ssim(predicted, truth),
         "colourfulness": colourfulness(predicted),
@@ -130,4 +169,13 @@ class Accumulator:
         return max((len(v) for v in self.values.values()), default=0)
 
     def means(self) -> dict:
-        return {name: float(np.mean(values)) for name, values in self.values.items()}
+        """Each metric's mean over images; for each hue family, hits over pixels of all images (None
+        when no image has a pixel of the family)."""
+        counts = {n for n in self.values if n.endswith(("_pixels", "_hits"))}
+        means = {name: float(np.mean(values)) for name, values in self.values.items() if name not in counts}
+        for family in HUE_FAMILIES:
+            if f"{family}_pixels" in self.values:
+                pixels = float(np.sum(self.values[f"{family}_pixels"]))
+                hits = float(np.sum(self.values[f"{family}_hits"]))
+                means[f"{family}_recall"] = hits / pixels if pixels else None
+        return means

@@ -55,7 +55,8 @@ def log_epoch(end: EpochEnd, quality: dict, stopped: bool) -> None:
     ending = " early stop" if stopped else f"; ETA {duration(end.eta_seconds)}" if end.eta_seconds > 0 else ""
     scored = (
         f" val_psnr {quality['psnr']:.2f} dB colourfulness {quality['colourfulness_share'] * 100:.0f}% "
-        "of the truth's"
+        f"of the truth's, green {_percent(quality.get('green_recall'))} blue "
+        f"{_percent(quality.get('blue_recall'))}"
         if quality
         else ""
     )
@@ -70,6 +71,10 @@ def log_epoch(end: EpochEnd, quality: dict, stopped: bool) -> None:
         end.images_per_s,
         ending,
     )
+
+
+def _percent(share) -> str:
+    return "n/a" if share is None else f"{share * 100:.0f}%"
 
 
 def duration(seconds: float) -> str:
@@ -106,7 +111,8 @@ class Writers:
         with self.eval.as_default(step=step):
             tf.summary.scalar("loss", val_loss)
             for name, value in quality.items():
-                tf.summary.scalar(name, value)
+                if value is not None:  # a hue family the validation pictures don't have
+                    tf.summary.scalar(name, value)
             tf.summary.image("gray_predicted_truth", grid)
         self.train.flush()
         self.eval.flush()

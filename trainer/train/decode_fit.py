@@ -13,7 +13,6 @@ import itertools
 from typing import Dict, Iterable, List
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from trainer.data.input_pipeline import ShardSet, guard_reads, parse_for_model
@@ -47,28 +46,27 @@ def validation_batches(shards: ShardSet, max_examples: int = MAX_EXAMPLES) -> tf
 def score(
     model, batches: Iterable, color_space: str, settings: List[DecodeSettings]
 ) -> Dict[DecodeSettings, Dict[str, float]]:
-    """Mean PSNR and colourfulness (and the truth's) of each setting's pictures, computed as in metrics.py."""
-    psnr = {s: [] for s in settings}
-    colour = {s: [] for s in settings}
-    truth_colour = []
+    """Mean PSNR and colourfulness (and the truth's) and the hue-family recalls of each setting's
+    pictures, computed as in metrics.py."""
+    results = {s: metrics.Accumulator() for s in settings}
+    truth = metrics.Accumulator()
     for gray, color in batches:
         inputs = preprocess.model_inputs(preprocess.to_float(gray))
         prediction = model(inputs, training=False)
+        lab_truth = metrics.lab(color)
         for setting in settings:
             rgb = preprocess.predictions_to_rgb(prediction, inputs[..., :1], color_space, setting)
             picture = tf.image.convert_image_dtype(rgb, tf.uint8, saturate=True).numpy()
-            psnr[setting].append(metrics.psnr(picture, color))
-            colour[setting].append(metrics.colourfulness(picture))
-        truth_colour.append(metrics.colourfulness(color.numpy()))
-    truth = float(np.mean(np.concatenate(truth_colour))) if truth_colour else 0.0
-    return {
-        s: {
-            "psnr": float(np.mean(np.concatenate(psnr[s]))),
-            "colourfulness": float(np.mean(np.concatenate(colour[s]))),
-            "truth_colourfulness": truth,
-        }
-        for s in settings
-    }
+            results[setting].add(
+                {
+                    "psnr": metrics.psnr(picture, color),
+                    "colourfulness": metrics.colourfulness(picture),
+                    **metrics.hue_family_counts(metrics.lab(picture), lab_truth),
+                }
+            )
+        truth.add({"colourfulness": metrics.colourfulness(color.numpy())})
+    truth_colour = truth.means().get("colourfulness", 0.0)
+    return {s: {**a.means(), "truth_colourfulness": truth_colour} for s, a in results.items()}
 
 
 def choose(
@@ -103,10 +101,12 @@ def fit_decode(
 
 
 def epoch_quality(shards: ShardSet, color_space: str, model: keras.Model) -> dict:
-    """PSNR and colourfulness share (of the truth's) of the model's pictures, unfitted decode, on the
-    first validation pairs: what a user would see, which the validation loss alone doesn't say."""
+    """PSNR, colourfulness share (of the truth's) and green and blue recall of the model's pictures,
+    unfitted decode, on the first validation pairs: what a user would see, which the validation loss
+    alone doesn't say."""
     batches = validation_batches(shards, EPOCH_QUALITY_EXAMPLES)
     scores = guard_reads(lambda: score(model, batches, color_space, [DecodeSettings()]), shards)
     (result,) = scores.values()
     share = result["colourfulness"] / max(result["truth_colourfulness"], 1e-6)
-    return {"psnr": result["psnr"], "colourfulness_share": share}
+    recalls = {name: result[name] for name in ("green_recall", "blue_recall")}
+    return {"psnr": result["psnr"], "colourfulness_share": share, **recalls}
