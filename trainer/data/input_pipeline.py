@@ -89,7 +89,7 @@ def parse_for_model(record: tf.Tensor, shards: ShardSet):
 
 def random_crop_pair(gray: tf.Tensor, color: tf.Tensor, smallest: float = MIN_CROP):
     """A random square crop of both images, its side a share in [smallest, 1] of theirs, at the
-    model's size: each epoch shows every photo at another place and scale (issue 17, lever 3).
+    model's size: each epoch shows every photo at another place and scale (docs/QUALITY.md).
 
     Stateful random ops: file-sharded multi-worker input can't zip in a seed dataset, and training
     input is read in a non-deterministic order anyway.

@@ -62,9 +62,8 @@ class SigtermWatch:
 def keep_until_exit(*objects) -> None:
     """Keeps `objects` (tf.data iterators) alive until exit_now, once a stop is agreed.
 
-    Destroying an iterator waits for its threads to wind down: 10-45 s measured with two workers
-    on two shared cores (gdb: the main thread in ~IteratorResource and ~MultiDeviceIterator), which
-    a preempted pod doesn't have. Freed when a function returns, they would delay save and exit.
+    Destroying an iterator waits for its threads to wind down (10-45 s with two workers on two
+    shared cores), which a preempted pod doesn't have. Freed when a function returns, they would delay save and exit.
     """
     _KEPT.extend(objects)
 
