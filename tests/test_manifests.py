@@ -971,3 +971,14 @@ def test_serving_memory_holds_every_batch_thread_at_the_export_limit(overlay):
     )
     assert max_batch <= limits.MAX_BATCH
     assert client.DEFAULT_BATCH_SIZE <= max_batch, "the client's default --batch_size would be refused"
+
+
+@pytest.mark.parametrize("overlay", SERVING_OVERLAYS)
+def test_a_serving_rollout_may_wait_as_long_as_its_startup_probe(overlay):
+    """The Deployment controller marks a rollout failed after progressDeadlineSeconds (default 600);
+    before the first export the startup probe keeps pods unready for up to a day."""
+    [deployment] = _by_kind(load(f"overlay:{overlay}"), "Deployment")
+    [container] = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "serving"]
+    probe = container["startupProbe"]
+    waits = probe.get("initialDelaySeconds", 0) + probe["failureThreshold"] * probe["periodSeconds"]
+    assert deployment["spec"].get("progressDeadlineSeconds", 600) >= waits
