@@ -982,3 +982,35 @@ def test_a_serving_rollout_may_wait_as_long_as_its_startup_probe(overlay):
     probe = container["startupProbe"]
     waits = probe.get("initialDelaySeconds", 0) + probe["failureThreshold"] * probe["periodSeconds"]
     assert deployment["spec"].get("progressDeadlineSeconds", 600) >= waits
+
+
+# The kinds skaffold rewrites `image:` in by default (skaffold.dev/docs/tutorials/skaffold-resource-selector,
+# from pkg/skaffold/kubernetes/manifest/visitor.go); anything else needs resourceSelector.allow.
+SKAFFOLD_KNOWN_KINDS = {
+    "Pod",
+    "DaemonSet.apps",
+    "Deployment.apps",
+    "ReplicaSet.apps",
+    "StatefulSet.apps",
+    "CronJob.batch",
+    "Job.batch",
+}
+
+
+def test_skaffold_rewrites_the_trainer_image_in_every_kind_a_profile_deploys():
+    config = yaml.safe_load((ROOT / "skaffold.yaml").read_text())
+    allowed = {
+        f["groupKind"]
+        for f in config.get("resourceSelector", {}).get("allow", [])
+        if ".*" in f.get("image", [])
+    }
+    for path in [config["manifests"]["kustomize"]["paths"][0]] + [
+        prof["manifests"]["kustomize"]["paths"][0] for prof in config["profiles"]
+    ]:
+        for doc in kustomize(ROOT / path):
+            group = doc["apiVersion"].split("/")[0] if "/" in doc["apiVersion"] else ""
+            kind = f"{doc['kind']}.{group}" if group else doc["kind"]
+            if any(str(image).startswith(TRAINER_IMAGE) for image in walk(doc, "image")):
+                assert kind in SKAFFOLD_KNOWN_KINDS | allowed, (
+                    f"{path}: skaffold leaves {kind}'s image unbuilt"
+                )
