@@ -167,3 +167,28 @@ def test_every_serving_production_command_is_tested_or_cluster_only():
         "promote 1 --image_dir=x --psnr_margin=0.2",
     ):
         launch.parser().parse_args(command.split())  # the documented flags exist
+
+
+def _commands(text: str) -> list:
+    """The shell commands of a markdown text, continuation lines joined and comments dropped."""
+    blocks = [b.split("```", 1)[0] for b in text.split("```bash")[1:]]
+    lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
+    return [" ".join(line.split("#")[0].split()) for line in lines if line.split("#")[0].strip()]
+
+
+def test_the_walkthrough_creates_an_empty_gpu_pool_and_lets_nodes_pull_the_image():
+    """gcloud's node-pools create starts 3 nodes per zone unless told (9 Spot GPU VMs over the quota the
+    guide asks for); nodes pull as the default compute account, which new projects give no Editor
+    role; and an image built on an arm64 laptop would not run on the GPU nodes."""
+    commands = _commands(DOCS.read_text())
+    [pool] = [c for c in commands if c.startswith("gcloud container node-pools create")]
+    assert "--num-nodes=0" in pool.split()
+    assert any(
+        "add-iam-policy-binding" in c
+        and "-compute@developer.gserviceaccount.com" in c
+        and "--role=roles/artifactregistry.reader" in c
+        for c in commands
+    )
+    readme = _commands((ROOT / "README.md").read_text())
+    builds = [c for c in commands + readme if c.startswith("docker build")]
+    assert builds and all("--platform=linux/amd64" in c.split() for c in builds), builds
