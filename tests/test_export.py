@@ -159,3 +159,15 @@ def test_hostile_requests_get_a_quick_one_line_400_and_cost_little(tmp_path):
         assert status == 400 and re.search(expected, error), (case, status, error)
         assert seconds < 1.0 + body_bytes / 1e6, (case, seconds, body_bytes)
     assert growth < 1e9, f"peak RSS grew by {growth / 1e9:.2f} GB"
+
+
+def test_version_folders_are_understood_as_tf_serving_does(tmp_path):
+    """All-digit names only, by number, their own names kept; a version is complete once saved_model.pb
+    (written last) exists. export, run (one export per run) and the client's --local_model use these."""
+    for name in ("7", "0012", "tmp-13", ".tmp-14-1"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "7" / "saved_model.pb").write_bytes(b"")
+    assert export.version_folders(str(tmp_path)) == [(12, str(tmp_path / "0012")), (7, str(tmp_path / "7"))]
+    assert export.complete_versions(str(tmp_path)) == [str(tmp_path / "7")]
+    assert export.next_version(str(tmp_path)) >= 13
+    assert export.version_folders(str(tmp_path / "missing")) == []

@@ -308,12 +308,12 @@ def resolve_local_model(path: str) -> str:
     """
     from tensorflow.io import gfile
 
+    from trainer.serve.export import complete_versions  # TensorFlow: only for --local_model
+
     if gfile.exists(os.path.join(path, "saved_model.pb")):
         return path
-    names = [n.rstrip("/") for n in gfile.listdir(path)] if gfile.isdir(path) else []
-    for version in sorted((int(n) for n in names if n.isdigit()), reverse=True):
-        if gfile.exists(os.path.join(path, str(version), "saved_model.pb")):
-            return os.path.join(path, str(version))
+    for version in complete_versions(path):
+        return version
     raise DataError(f"no SavedModel at {path} (expected saved_model.pb or numbered version folders)")
 
 

@@ -123,14 +123,24 @@ class ColorizerModule(tf.Module):
         return {"colorized_bytes": encoded}
 
 
+def version_folders(export_dir: str) -> list:
+    """[(version, path)] of `export_dir`'s all-digit folders, the ones TF Serving considers, highest first."""
+    names = [n.rstrip("/") for n in tf.io.gfile.listdir(export_dir)] if tf.io.gfile.isdir(export_dir) else []
+    return sorted(((int(n), os.path.join(export_dir, n)) for n in names if n.isdigit()), reverse=True)
+
+
+def complete_versions(export_dir: str) -> list:
+    """Paths of the versions whose saved_model.pb (written last) exists, highest first."""
+    return [
+        path
+        for _, path in version_folders(export_dir)
+        if tf.io.gfile.exists(os.path.join(path, "saved_model.pb"))
+    ]
+
+
 def next_version(export_dir: str) -> int:
     """A Unix-time version, strictly above any existing one so TF Serving switches to it."""
-    existing = (
-        [int(n.rstrip("/")) for n in tf.io.gfile.listdir(export_dir) if n.rstrip("/").isdigit()]
-        if tf.io.gfile.isdir(export_dir)
-        else []
-    )
-    return max([int(time.time())] + [v + 1 for v in existing])
+    return max([int(time.time())] + [version + 1 for version, _ in version_folders(export_dir)])
 
 
 def export_saved_model(

@@ -63,7 +63,8 @@ def keep_until_exit(*objects) -> None:
     """Keeps `objects` (tf.data iterators) alive until exit_now, once a stop is agreed.
 
     Destroying an iterator waits for its threads to wind down (10-45 s with two workers on two
-    shared cores), which a preempted pod doesn't have. Freed when a function returns, they would delay save and exit.
+    shared cores), which a preempted pod doesn't have. Freed when a function returns, they would
+    delay save and exit.
     """
     _KEPT.extend(objects)
 

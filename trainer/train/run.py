@@ -18,7 +18,7 @@ from trainer.data import outputs
 from trainer.data.input_pipeline import find_shards
 from trainer.errors import EXIT_PEER_LOST, ConfigError, TransientError, first_line, storage_errors
 from trainer.serve import preprocess
-from trainer.serve.export import METADATA_FILE, export_saved_model
+from trainer.serve.export import METADATA_FILE, complete_versions, export_saved_model
 from trainer.train import checkpoints, decode_fit
 from trainer.train.config import TrainConfig
 from trainer.train.loop import FitResult, Trainer
@@ -121,14 +121,10 @@ def fit_decode(config: TrainConfig, trainer: Trainer) -> preprocess.DecodeSettin
 
 def previous_export(export_dir: str, model_dir: str, step: int):
     """The version folder an earlier attempt of this run exported at `step`, or None."""
-    versions = (
-        [n.rstrip("/") for n in tf.io.gfile.listdir(export_dir)] if tf.io.gfile.isdir(export_dir) else []
-    )
-    for version in sorted((v for v in versions if v.isdigit()), key=int, reverse=True):
-        metadata = outputs.read_json(os.path.join(export_dir, version, METADATA_FILE)) or {}
-        complete = tf.io.gfile.exists(os.path.join(export_dir, version, "saved_model.pb"))  # uploaded last
-        if complete and metadata.get("model_dir") == model_dir and metadata.get("step") == step:
-            return os.path.join(export_dir, version)
+    for path in complete_versions(export_dir):
+        metadata = outputs.read_json(os.path.join(path, METADATA_FILE)) or {}
+        if metadata.get("model_dir") == model_dir and metadata.get("step") == step:
+            return path
     return None
 
 
