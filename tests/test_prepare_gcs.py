@@ -58,11 +58,13 @@ def photos(emulator):
     return sorted(names)
 
 
-def task(emu, index, output, run="prep-a", **popen):
-    """One task of the Indexed Job, as a process group of its own (a pod's container)."""
+def task(emu, index, output, scratch, run="prep-a", **popen):
+    """One task of the Indexed Job, as a process group of its own (a pod's container); its temporary
+    files go in `scratch` (a killed task's staged shards would otherwise stay in /tmp)."""
     env = {
         **ENV,
         **emu.env,
+        "TMPDIR": str(scratch),
         "JOB_COMPLETION_INDEX": str(index),
         "COLORIZER_NUM_TASKS": "3",
         "COLORIZER_RUN_NAME": run,
@@ -111,7 +113,7 @@ def records(emu, prefix, tmp_path):
 
 def test_three_tasks_prepare_a_bucket_and_the_trainer_trains_on_it(emulator, photos, tmp_path):
     started = time.monotonic()
-    procs = [task(emulator, i, "data") for i in range(3)]
+    procs = [task(emulator, i, "data", tmp_path) for i in range(3)]
     first = procs[0].stderr.readline()
     while "first photo decoded" not in first:
         first = procs[0].stderr.readline()
@@ -167,7 +169,7 @@ def test_three_tasks_prepare_a_bucket_and_the_trainer_trains_on_it(emulator, pho
 
 
 def test_a_killed_task_is_restarted_and_the_split_ends_complete_once(emulator, photos, tmp_path):
-    killed = task(emulator, 1, "killed")
+    killed = task(emulator, 1, "killed", tmp_path)
     line = killed.stderr.readline()
     while "first photo decoded" not in line:
         assert line, "task 1 ended before it decoded a photo"
@@ -182,15 +184,15 @@ def test_a_killed_task_is_restarted_and_the_split_ends_complete_once(emulator, p
     emulator.client().bucket(BUCKET).blob("killed/train-00002-of-00006.tfrecord").upload_from_string(
         b"partial"
     )
-    others = [finish(task(emulator, i, "killed")) for i in (0, 2)]
+    others = [finish(task(emulator, i, "killed", tmp_path)) for i in (0, 2)]
     assert all("waiting for task(s) 1" in log for log in others), others
     assert not [o for o in objects(emulator, "killed/") if o.endswith(".manifest.json")], (
         "no manifest before the end"
     )
-    restarted = finish(task(emulator, 1, "killed"))
+    restarted = finish(task(emulator, 1, "killed", tmp_path))
     assert "task 1/3 wrote the manifests" in restarted
     train, manifest = records(emulator, "killed/train", tmp_path)
     validation, _ = records(emulator, "killed/validation", tmp_path)
     assert sorted(train + validation) == photos and manifest["num_examples"] == len(train)
-    again = finish(task(emulator, 1, "killed"))
+    again = finish(task(emulator, 1, "killed", tmp_path))
     assert "already complete" in again
