@@ -471,3 +471,10 @@ def test_status_and_delete_find_a_tfjob(cluster, capsys):
 def test_unknown_run_is_an_error(cluster, capsys):
     assert launch.main(["delete", "ghost"], api=cluster.api()) == 1
     assert capsys.readouterr().err.strip() == "error: no Job or TFJob named ghost in namespace colorizer"
+
+
+def test_a_worker_takes_every_gpu_of_its_node_by_default(capsys):
+    from trainer.cluster.manifests import GPUS_PER_NODE
+
+    job, _ = dry_run(capsys, "--name=big", "--workers=2")
+    assert container(job)["resources"]["limits"]["nvidia.com/gpu"] == str(GPUS_PER_NODE) == "2"

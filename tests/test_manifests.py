@@ -1014,3 +1014,30 @@ def test_skaffold_rewrites_the_trainer_image_in_every_kind_a_profile_deploys():
                 assert kind in SKAFFOLD_KNOWN_KINDS | allowed, (
                     f"{path}: skaffold leaves {kind}'s image unbuilt"
                 )
+
+
+def _documented_gpus_per_node() -> int:
+    """The accelerator count of the walkthrough's GPU node pool."""
+    text = (ROOT / "docs" / "KUBERNETES.md").read_text().replace("\\\n", " ")
+    [pool] = [line for line in text.splitlines() if line.startswith("gcloud container node-pools create")]
+    return int(re.search(r"--accelerator=type=[\w-]+,count=(\d+)", pool).group(1))
+
+
+@pytest.mark.parametrize("overlay", ["gke", "gke-multinode", "tfjob"])
+def test_each_gpu_worker_takes_every_gpu_of_its_node(overlay):
+    """One worker per node: a worker asking for fewer GPUs than the documented node has leaves the
+    rest paid for and idle."""
+    from trainer.cluster.manifests import GPUS_PER_NODE
+
+    assert GPUS_PER_NODE == _documented_gpus_per_node()
+    workers = [
+        c
+        for doc in load(f"overlay:{overlay}")
+        for _, spec in pod_specs(doc)
+        for c in spec["containers"]
+        if c["name"] in TRAINER_CONTAINERS
+    ]
+    assert workers
+    for c in workers:
+        for kind in ("requests", "limits"):
+            assert c["resources"][kind]["nvidia.com/gpu"] == str(GPUS_PER_NODE), (overlay, kind)

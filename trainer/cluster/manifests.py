@@ -31,6 +31,7 @@ TRAINER_CONTAINERS = ("trainer", "tensorflow")
 NAME = re.compile(r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$")
 FLAG_ARG = re.compile(r"--([a-z_0-9]+)(?:=(.*))?", re.S)
 PATH_FLAGS = ("train_data", "eval_data", "model_dir", "export_dir")
+GPUS_PER_NODE = 2  # the documented GPU pool: g2-standard-24, 2 x L4 (docs/KUBERNETES.md)
 TFJOB_GROUP, TFJOB_VERSION, TFJOB_PLURAL = "kubeflow.org", "v1", "tfjobs"  # the TFJob custom resource
 CHIEF_SELECTOR = {
     "Job": "batch.kubernetes.io/job-name={name}",
@@ -236,7 +237,9 @@ def add_parser(sub) -> None:
     s.add_argument(
         "--workers", type=int, default=1, help="nodes; 1: single-node Job, >1: Indexed Job or TFJob"
     )
-    s.add_argument("--gpus", type=int, default=1, help="GPUs per worker (0: CPU only)")
+    s.add_argument(
+        "--gpus", type=int, default=GPUS_PER_NODE, help="GPUs per worker, one worker per node (0: CPU only)"
+    )
     s.add_argument("--kind", choices=("job", "tfjob"), default="job", help="multi-node flavour")
     s.add_argument("--cpu", help="CPU request and limit per worker, e.g. 8")
     s.add_argument("--memory", help="memory request and limit per worker, e.g. 32Gi")
