@@ -22,7 +22,8 @@ setup(
     packages=find_packages(include=["trainer", "trainer.*"]) + (["trainer.k8s"] if HAS_K8S else []),
     package_dir={"trainer.k8s": "k8s"} if HAS_K8S else {},
     package_data={
-        "trainer": ["sample/*.tfrecord", "sample/*.json"],
+        # The starter model (trainer/serve/export.py STARTER_DIR): a SavedModel, ~9 MB.
+        "trainer": ["sample/*.tfrecord", "sample/*.json", "starter/*", "starter/*/*"],
         "trainer.k8s": ["**/*.yaml", "**/*.env"],
     },
     install_requires=[

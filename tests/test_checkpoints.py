@@ -4,11 +4,15 @@ import glob
 import os
 from types import SimpleNamespace
 
+import keras
+import numpy as np
 import pytest
 import tensorflow as tf
 
 from trainer.errors import ConfigError, DataError, TransientError
+from trainer.serve import export, preprocess
 from trainer.train import checkpoints
+from trainer.train.models import build_model
 
 
 def _state(value=0.0):
@@ -103,7 +107,13 @@ def test_storage_trouble_on_restore_is_transient_not_a_fallback(tmp_path, monkey
 
 def _config(**overrides):
     fields = dict(
-        model="unet", color_space="lab", loss="mse", base_filters=32, mixed_precision=False, epochs=10
+        model="unet",
+        color_space="lab",
+        loss="mse",
+        base_filters=32,
+        mixed_precision=False,
+        init_from="",
+        epochs=10,
     )
     return SimpleNamespace(**{**fields, **overrides})
 
@@ -122,3 +132,43 @@ def test_identity_is_recorded_then_enforced(tmp_path):
 def test_a_worker_that_must_not_write_leaves_a_new_model_dir_alone(tmp_path):
     checkpoints.check_identity(str(tmp_path / "run"), _config(), write=False)
     assert not os.path.exists(tmp_path / "run")
+
+
+def _unet(base_filters=4, seed=0):
+    keras.utils.set_random_seed(seed)
+    return build_model("unet", preprocess.output_channels("lab", "mse"), base_filters=base_filters)
+
+
+def _same_weights(a, b) -> bool:
+    return all(np.array_equal(x.numpy(), y.numpy()) for x, y in zip(a.variables, b.variables))
+
+
+def test_init_from_reads_an_export_or_a_model_dir_into_a_new_model(tmp_path):
+    trained = _unet(seed=1)
+    config = _config(base_filters=4)
+    export_dir = str(tmp_path / "export")
+    export.export_saved_model(trained, "lab", export_dir, {"model": "unet", "loss": "mse", "base_filters": 4})
+    for source in (export_dir, export.complete_versions(export_dir)[0]):
+        fresh = _unet(seed=2)
+        assert not _same_weights(fresh, trained)
+        assert checkpoints.load_initial_weights(fresh, source, config).endswith("variables/variables")
+        assert _same_weights(fresh, trained)
+    model_dir = tmp_path / "run"
+    best = checkpoints.VerifiedCheckpoints(tf.train.Checkpoint(model=trained), f"{model_dir}/best", keep=1)
+    best.save(7)
+    fresh = _unet(seed=2)
+    assert checkpoints.load_initial_weights(fresh, str(model_dir), config).endswith("best/ckpt-7")
+    assert _same_weights(fresh, trained)
+
+
+def test_init_from_another_architecture_or_nothing_is_one_line(tmp_path):
+    export_dir = str(tmp_path / "export")
+    export.export_saved_model(_unet(), "lab", export_dir, {"model": "unet", "base_filters": 4})
+    with pytest.raises(ConfigError, match="a --base_filters=4 model, not --base_filters=8: pass its flags"):
+        checkpoints.load_initial_weights(_unet(8), export_dir, _config(base_filters=8))
+    os.remove(os.path.join(export.complete_versions(export_dir)[0], export.METADATA_FILE))
+    with pytest.raises(ConfigError, match="its weights don't fit this model") as error:
+        checkpoints.load_initial_weights(_unet(8), export_dir, _config(base_filters=8))
+    assert "\n" not in str(error.value)
+    with pytest.raises(ConfigError, match="no export, model_dir or checkpoint there"):
+        checkpoints.load_initial_weights(_unet(), str(tmp_path / "none"), _config())

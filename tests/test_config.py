@@ -47,6 +47,17 @@ def test_loss_follows_the_colour_space_unless_given():
         config.config_from_flags(_parse("--color_space=rgb", "--loss=two_heads"), {})
 
 
+def test_only_the_zero_flag_run_fine_tunes_the_starter():
+    def init_from(*args):
+        return config.config_from_flags(_parse(*args), {})[0].init_from
+
+    assert init_from() == init_from("--epochs=3", "--model_dir=m") == config.STARTER
+    assert init_from("--train_data=data/train-*") == ""  # a user's own data: from scratch
+    assert init_from("--model=autoencoder") == init_from("--base_filters=64") == ""  # another architecture
+    assert init_from("--train_data=d/*", "--init_from=starter") == "starter"
+    assert init_from("--init_from=") == ""
+
+
 def test_mixed_precision_is_an_alias():
     assert config.config_from_flags(_parse("--mixed_precision"), {})[0].precision == "mixed_float16"
     with pytest.raises(ConfigError, match="--mixed_precision means --precision=mixed_float16"):

@@ -6,17 +6,22 @@ import pytest
 import tensorflow as tf
 
 from trainer.data.input_pipeline import find_shards
-from trainer.serve import export, preprocess
+from trainer.serve import export, metrics, preprocess
 from trainer.serve.preprocess import DecodeSettings
 from trainer.train import decode_fit
 from trainer.train.models import build_model
 
 
 def _scores(*rows):
-    """(scale, blend, psnr, colourfulness) rows with a truth colourfulness of 100."""
+    """(scale, blend, psnr, colourfulness[, hue recall]) rows with a truth colourfulness of 100."""
     return {
-        DecodeSettings(s, b): {"psnr": p, "colourfulness": c, "truth_colourfulness": 100.0}
-        for s, b, p, c in rows
+        DecodeSettings(s, b): {
+            "psnr": p,
+            "colourfulness": c,
+            "truth_colourfulness": 100.0,
+            **{name: rest[0] if rest else 0.5 for name in metrics.FAMILY_RECALLS},
+        }
+        for s, b, p, c, *rest in rows
     }
 
 
@@ -24,6 +29,15 @@ def test_choose_takes_the_most_accurate_setting_that_reaches_the_colour_target()
     scores = _scores((1.0, 0.0, 23.2, 45), (1.3, 0.0, 23.0, 61), (1.4, 0.25, 23.03, 60), (1.4, 0.0, 22.8, 65))
     assert decode_fit.choose(scores, colour_target=0.6) == DecodeSettings(1.4, 0.25)
     assert decode_fit.choose(scores, colour_target=0.0) == DecodeSettings(1.0, 0.0)  # accuracy only
+
+
+def test_choose_pays_psnr_for_colour_in_the_right_hue_family_only():
+    rows = [(1.0, 0.0, 23.2, 45, 0.30), (1.3, 0.0, 23.0, 61, 0.40), (1.4, 0.25, 22.9, 66, 0.41)]
+    assert decode_fit.choose(_scores(*rows), colour_target=0.6) == DecodeSettings(1.3, 0.0)
+    rows[2] = (1.4, 0.25, 22.9, 66, 0.45)  # 5 points more recall: worth 0.1 dB
+    assert decode_fit.choose(_scores(*rows), colour_target=0.6) == DecodeSettings(1.4, 0.25)
+    assert decode_fit.choose(_scores(*rows), colour_target=0.0) == DecodeSettings(1.0, 0.0)
+    assert decode_fit.hue_recall({"warm_recall": 0.6, "green_recall": 0.2, "blue_recall": None}) == 0.4
 
 
 def test_choose_falls_back_to_the_most_colourful_within_the_psnr_budget():

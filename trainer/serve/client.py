@@ -301,22 +301,6 @@ def colorize_files(
     return written
 
 
-def resolve_local_model(path: str) -> str:
-    """A SavedModel folder, or an export folder whose highest all-digit version is used (as TF Serving does).
-
-    Local paths and gs:// alike (TensorFlow's file system).
-    """
-    from tensorflow.io import gfile
-
-    from trainer.serve.export import complete_versions  # TensorFlow: only for --local_model
-
-    if gfile.exists(os.path.join(path, "saved_model.pb")):
-        return path
-    for version in complete_versions(path):
-        return version
-    raise DataError(f"no SavedModel at {path} (expected saved_model.pb or numbered version folders)")
-
-
 FLAGS = flags.FLAGS
 
 
@@ -325,7 +309,10 @@ def define_flags():
     importing this module as a library (next to other CLIs) must not claim flag names."""
     flags.DEFINE_string("server", None, "TF Serving REST address, e.g. http://localhost:8501.")
     flags.DEFINE_string(
-        "local_model", None, "Colorize with this SavedModel (or export folder) instead of a server."
+        "local_model",
+        None,
+        "Colorize with this SavedModel (or export folder) instead of a server; starter: the model "
+        "shipped in the package (a path of that name wins).",
     )
     flags.DEFINE_string(
         "model_name", "colorizer", "The model's name on the server (TF Serving's MODEL_NAME)."
@@ -370,7 +357,9 @@ def _client_from_flags() -> Client:
         raise ConfigError("--retries and --backoff_seconds must be at least 0, --timeout above 0")
     transport: HttpTransport | rest.LocalModel
     if FLAGS.local_model:
-        transport = rest.LocalModel(resolve_local_model(FLAGS.local_model), FLAGS.model_name)
+        from trainer.serve.export import resolve_saved_model  # TensorFlow: only for --local_model
+
+        transport = rest.LocalModel(resolve_saved_model(FLAGS.local_model), FLAGS.model_name)
     elif not FLAGS.server.startswith(("http://", "https://")):
         raise ConfigError(f"--server={FLAGS.server}: expected http://HOST:PORT (the REST port, 8501)")
     else:

@@ -29,7 +29,7 @@ from trainer.data.input_pipeline import find_shards, parse_for_model
 from trainer.data.schema import IMAGE_SIZE
 from trainer.errors import ConfigError, DataError, exit_on_user_error, parse_flags_or_exit
 from trainer.serve import metrics
-from trainer.serve.export import METADATA_FILE, decode_gray
+from trainer.serve.export import METADATA_FILE, decode_gray, resolve_saved_model
 
 REPORT_FILE = "metrics.json"
 SHEET_FILE = "contact_sheet.png"
@@ -166,8 +166,7 @@ def evaluate(
     sheet_rows: int = 100,
 ) -> dict:
     """Scores `saved_model` on shards (`data`) or photos (`image_dir`); writes and returns the report."""
-    if not tf.io.gfile.exists(os.path.join(saved_model, "saved_model.pb")):
-        raise DataError(f"no SavedModel at {saved_model} (pass a version folder, e.g. export/1712345678)")
+    saved_model = resolve_saved_model(saved_model)
     used, skipped = [], []
     if image_dir:
         batches = photo_batches(list_photos(image_dir), batch_size, limit, used, skipped)
@@ -209,7 +208,10 @@ def define_flags():
     flags.DEFINE_string("data", None, "Glob of shards written by trainer.prepare (e.g. 'data/validation-*').")
     flags.DEFINE_string("image_dir", None, "A folder of colour photos (also evaluated at full resolution).")
     flags.DEFINE_string(
-        "saved_model", None, "A SavedModel version folder, e.g. runs/colorizer/export/1712345678."
+        "saved_model",
+        None,
+        "A SavedModel version folder (e.g. runs/colorizer/export/1712345678), an export folder (its "
+        "newest version) or starter, the model shipped in the package (a path of that name wins).",
     )
     flags.DEFINE_string("report_dir", None, "Where metrics.json and contact_sheet.png are written.")
     flags.DEFINE_integer("limit", 0, "Evaluate at most this many images (0: all).")

@@ -22,13 +22,16 @@ import tensorflow as tf
 from absl import logging
 
 from trainer.data.schema import IMAGE_SIZE
-from trainer.errors import TransientError
+from trainer.errors import DataError, TransientError
 from trainer.serve import preprocess
 from trainer.serve.image_limits import check_batch_size, check_image_size
 from trainer.serve.limits import DEFAULT_MAX_PIXELS, MAX_BATCH
 from trainer.serve.warmup import write_warmup
 
 METADATA_FILE = "colorizer.json"
+# The model shipped in the package (scripts/train_starter.sh): one version folder's contents.
+STARTER = "starter"
+STARTER_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), STARTER)
 
 
 def decode_gray(image_bytes: tf.Tensor, max_pixels: int = DEFAULT_MAX_PIXELS) -> tf.Tensor:
@@ -136,6 +139,18 @@ def complete_versions(export_dir: str) -> list:
         for _, path in version_folders(export_dir)
         if tf.io.gfile.exists(os.path.join(path, "saved_model.pb"))
     ]
+
+
+def resolve_saved_model(path: str) -> str:
+    """The SavedModel folder `path` names: itself, an export folder's highest complete version (as TF
+    Serving picks), or for `starter` the packaged model (an existing path of that name wins)."""
+    if path == STARTER and not tf.io.gfile.exists(path):
+        path = STARTER_DIR
+    if tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
+        return path
+    for version in complete_versions(path):
+        return version
+    raise DataError(f"no SavedModel at {path} (expected saved_model.pb or numbered version folders)")
 
 
 def next_version(export_dir: str) -> int:

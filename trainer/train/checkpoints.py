@@ -8,6 +8,8 @@
 * Restoring falls back from an unreadable newest checkpoint to the newest one that restores.
 * model_dir records the run's identity (the flags that decide what its variables are), so a
   restart with other flags is refused in one line instead of a restore traceback.
+* A new run may start from another run's weights (`--init_from`: the packaged starter, an export
+  or a model_dir), with a fresh optimizer.
 """
 
 import json
@@ -28,10 +30,13 @@ from trainer.errors import (
     storage_errors,
     transient_storage_errors,
 )
+from trainer.serve.export import METADATA_FILE, resolve_saved_model
 
 # The flags that decide a checkpoint's variables (and their meaning); epochs, patience or cadence
 # may change between restarts. mixed_precision wraps the optimizer (loss-scale variables).
-IDENTITY_FLAGS = ("model", "color_space", "loss", "base_filters", "mixed_precision")
+IDENTITY_FLAGS = ("model", "color_space", "loss", "base_filters", "mixed_precision", "init_from")
+# What an exported or checkpointed model must share with a run that starts from its weights.
+ARCHITECTURE_FLAGS = ("model", "color_space", "loss", "base_filters")
 IDENTITY_FILE = "run.json"
 # IndexError: a data file shorter than its index says; ValueError/NotImplementedError: Keras refusing a
 # checkpoint whose variables don't match the model (a model_dir from before run.json existed).
@@ -249,3 +254,69 @@ class RunCheckpoints:
         """Loads the best epoch's weights into the model (for export)."""
         with self.storage():
             restore_newest(self.best.checkpoint, self.best.directory, partial=True)
+
+
+def _initial_weights(source: str) -> tuple:
+    """(prefix, layout, metadata) of the weights `--init_from` names; layout "export" or "model"."""
+    if tf.io.gfile.exists(source + ".index"):
+        return source, "model", read_json(os.path.join(os.path.dirname(source), "..", IDENTITY_FILE))
+    for series in ("best", "checkpoints"):
+        found = listed(os.path.join(source, series))
+        if found:
+            return found[-1], "model", read_json(os.path.join(source, IDENTITY_FILE))
+    try:
+        saved_model = resolve_saved_model(source)
+    except DataError:
+        raise ConfigError(
+            f"--init_from={source}: no export, model_dir or checkpoint there (or pass starter)"
+        ) from None
+    metadata = read_json(os.path.join(saved_model, METADATA_FILE))
+    return os.path.join(saved_model, "variables", "variables"), "export", metadata
+
+
+def _check_architecture(source: str, metadata, config) -> None:
+    differ = [n for n in ARCHITECTURE_FLAGS if n in (metadata or {}) and metadata[n] != getattr(config, n)]
+    if differ:
+        was = " ".join(f"--{n}={metadata[n]}" for n in differ)
+        now = " ".join(f"--{n}={getattr(config, n)}" for n in differ)
+        raise ConfigError(
+            f"--init_from={source} holds a {was} model, not {now}: pass its flags, or leave out "
+            "--init_from to train from scratch"
+        )
+
+
+def _check_shapes(source: str, prefix: str, model) -> None:
+    """An export's variables (`tf_variables/N`) have the model's count and shapes, before reading any."""
+    stored = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
+    shapes = [stored.get(f"tf_variables/{n}/.ATTRIBUTES/VARIABLE_VALUE") for n in range(len(stored))]
+    shapes = [shape for shape in shapes if shape is not None]
+    wanted = [list(v.shape) for v in model.variables]
+    if shapes != wanted:
+        raise ConfigError(
+            f"--init_from={source}: its weights don't fit this model ({len(shapes)} variables, "
+            f"not {len(wanted)} of these shapes); pass the flags it was trained with"
+        )
+
+
+def load_initial_weights(model, source: str, config) -> str:
+    """Reads `source`'s weights into `model` (the optimizer stays fresh); returns the checkpoint read.
+
+    A different architecture is a one-line ConfigError, found from the source's recorded flags or,
+    for older sources, from the variables' shapes.
+    """
+    with storage_errors(f"--init_from={source}", ConfigError):
+        prefix, layout, metadata = _initial_weights(source)
+        _check_architecture(source, metadata, config)
+        if layout == "export":  # the exported module tracks the backend variables in model order
+            _check_shapes(source, prefix, model)
+            checkpoint = tf.train.Checkpoint(tf_variables=[v.value for v in model.variables])
+        else:
+            checkpoint = tf.train.Checkpoint(model=model)
+        try:
+            checkpoint.read(prefix).expect_partial().assert_existing_objects_matched()
+        except (AssertionError, ValueError) as exc:
+            raise ConfigError(
+                f"--init_from={source}: its weights don't fit this model ({_first_line(exc)}); pass "
+                "the flags it was trained with"
+            ) from None
+    return prefix

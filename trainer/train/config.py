@@ -28,6 +28,7 @@ STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device")
 
 SAMPLE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "sample")
 DEFAULT_RUN_DIR = os.path.join("runs", "colorizer")
+STARTER = "starter"  # trainer.serve.export.resolve_saved_model's name for the packaged model
 # Unset output flags fall back to Vertex AI's variables, then to ./runs/colorizer/.
 ENVIRONMENT_FALLBACKS = {
     "model_dir": ("AIP_CHECKPOINT_DIR", os.path.join(DEFAULT_RUN_DIR, "model")),
@@ -129,6 +130,14 @@ class TrainConfig:
     )
     seed: Optional[int] = _setting(
         None, "Random seed of shuffles and flips (unset: a different run each time)."
+    )
+    init_from: str = _setting(
+        "",
+        "Start a new run from these weights with a fresh optimizer: starter (the model shipped in "
+        "the package; a path of that name wins), an export, a model_dir or a checkpoint of the same "
+        "architecture. A run that resumes ignores it [starter when neither --train_data nor an "
+        "architecture flag is given, else none].",
+        flag_default=None,
     )
     max_pixels: int = _setting(
         DEFAULT_MAX_PIXELS,
@@ -249,11 +258,19 @@ def _precision(flag_values: flags.FlagValues) -> str:
     return "mixed_float16"
 
 
+def _fine_tunes_starter(flag_values: flags.FlagValues) -> bool:
+    """The zero-flag run (bundled sample, default architecture) starts from the packaged starter."""
+    chosen = ("train_data", "model", "color_space", "loss", "regression_space", "base_filters")
+    return not any(flag_values[name].present for name in chosen)
+
+
 def config_from_flags(flag_values: flags.FlagValues, environ: Mapping[str, str]) -> tuple:
     """(TrainConfig, ClusterConfig) from parsed flags; unset outputs from ENVIRONMENT_FALLBACKS."""
     values: dict[str, Any] = {f.name: flag_values[f.name].value for f in dataclasses.fields(TrainConfig)}
     for name, (variable, default) in ENVIRONMENT_FALLBACKS.items():
         values[name] = values[name] or environ.get(variable) or default
     values["precision"] = _precision(flag_values)
+    if values["init_from"] is None:
+        values["init_from"] = STARTER if _fine_tunes_starter(flag_values) else ""
     cluster: dict[str, Any] = {f.name: flag_values[f.name].value for f in dataclasses.fields(ClusterConfig)}
     return TrainConfig(**values), ClusterConfig(**cluster)

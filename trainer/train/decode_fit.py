@@ -4,9 +4,11 @@ A model trained for accuracy predicts muted chroma (a regression head averages p
 colours). Two settings turn its prediction into a picture without retraining: a global a*b*
 scale and, for `--loss=two_heads`, the share of the classification head's annealed mean in the
 decoded a*b* (`preprocess.decode_heads`). The rule: accuracy first, within a budget of
-PSNR_BUDGET_DB below the best candidate's PSNR; among those, the most accurate setting that
-reaches `colour_target` x the truth's colourfulness (the product goal of docs/QUALITY.md), or the
-most colourful one if none does. Fit on `--eval_data` only: photos the reported scores never use.
+PSNR_BUDGET_DB below the best candidate's PSNR; among those that reach `colour_target` x the
+truth's colourfulness (the product goal of docs/QUALITY.md), the ones nearly best at giving each
+hue family its hue (`metrics.FAMILY_RECALLS`: colour in the right places, not only more of it),
+and of those the most accurate; the most colourful one if none reaches the target. Fit on
+`--eval_data` only: photos the reported scores never use.
 """
 
 import itertools
@@ -22,6 +24,7 @@ from trainer.serve.preprocess import DecodeSettings
 CHROMA_SCALES = (1.0, 1.1, 1.2, 1.3, 1.4)
 BLENDS = (0.0, 0.25)  # more classification head bought SSIM but neither PSNR nor colour (QUALITY.md)
 PSNR_BUDGET_DB = 0.5
+RECALL_SLACK = 0.02  # hue-family recall worth less PSNR than this is not worth it
 COLOUR_TARGET = 0.6  # of the truth's Hasler-Suesstrunk colourfulness
 MAX_EXAMPLES = 2048  # enough for a mean to 0.05 dB; a user's validation split may be far larger
 _BATCH = 64
@@ -69,23 +72,32 @@ def score(
     return {s: {**a.means(), "truth_colourfulness": truth_colour} for s, a in results.items()}
 
 
+def hue_recall(result: Dict[str, float]) -> float:
+    """The mean of the hue-family recalls a result has (0 when none has coloured truth pixels)."""
+    recalls = [result[n] for n in metrics.FAMILY_RECALLS if result.get(n) is not None]
+    return sum(recalls) / len(recalls) if recalls else 0.0
+
+
 def choose(
     scores: Dict[DecodeSettings, Dict[str, float]],
     colour_target: float = COLOUR_TARGET,
     psnr_budget_db: float = PSNR_BUDGET_DB,
 ) -> DecodeSettings:
-    """Within `psnr_budget_db` of the best PSNR: the most accurate setting reaching `colour_target`.
-
-    If none reaches it, the most colourful one within the budget.
+    """Within `psnr_budget_db` of the best PSNR, among the settings reaching `colour_target`: the most
+    accurate whose hue-family recall is within RECALL_SLACK of the best of them (colour_target 0:
+    the most accurate). If none reaches the target, the most colourful one within the budget.
     """
     best = max(s["psnr"] for s in scores.values())
     affordable = {k: s for k, s in scores.items() if s["psnr"] >= best - psnr_budget_db}
     vivid = [
         k for k, s in affordable.items() if s["colourfulness"] >= colour_target * s["truth_colourfulness"]
     ]
-    if vivid:
-        return max(vivid, key=lambda k: affordable[k]["psnr"])
-    return max(affordable, key=lambda k: (affordable[k]["colourfulness"], affordable[k]["psnr"]))
+    if not vivid:
+        return max(affordable, key=lambda k: (affordable[k]["colourfulness"], affordable[k]["psnr"]))
+    if colour_target > 0:
+        top = max(hue_recall(affordable[k]) for k in vivid)
+        vivid = [k for k in vivid if hue_recall(affordable[k]) >= top - RECALL_SLACK]
+    return max(vivid, key=lambda k: affordable[k]["psnr"])
 
 
 def fit_decode(

@@ -118,12 +118,15 @@ class Trainer:
         return int(self.optimizer.iterations.numpy())
 
     def restore(self) -> int:
-        """Restores the run's latest checkpoint if any; returns the step training continues from."""
+        """Restores the latest checkpoint, else --init_from's weights; returns the step to go on from."""
         latest = self.checkpoints.restore()
         if latest:
             logging.info(
                 "resuming from step %d (epoch %d) of %s", self.step, int(self.state.epoch.numpy()), latest
             )
+        elif self.config.init_from:
+            source = checkpoints.load_initial_weights(self.model, self.config.init_from, self.config)
+            logging.info("starting from the weights of %s (a fresh optimizer)", source)
         return self.step
 
     def _datasets(self):

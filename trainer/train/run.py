@@ -86,10 +86,13 @@ def train_and_export(config: TrainConfig, strategy, stop_requested=lambda: False
     export_dir = checkpoints.worker_dir(config.export_dir, chief, prefix="colorizer-worker-export-")
     decode = fit_decode(config, trainer)
     metadata = {
-        "model": config.model,
+        **{name: getattr(config, name) for name in checkpoints.ARCHITECTURE_FLAGS},
         "model_dir": config.model_dir,
         "step": fit.step,
         "best_val_loss": fit.best_val_loss,
+        "init_from": config.init_from or None,
+        "train_data": config.train_data,
+        "eval_data": config.eval_data,
     }
     with storage_errors(f"export to {config.export_dir}", ConfigError):
         path = export_saved_model(
@@ -110,11 +113,12 @@ def fit_decode(config: TrainConfig, trainer: Trainer) -> preprocess.DecodeSettin
     if scores:
         logging.info(
             "decode fitted on the validation split: a*b* x%.1f, classification-head blend %.2f "
-            "(PSNR %.2f dB, colourfulness %.0f%% of the truth's)",
+            "(PSNR %.2f dB, colourfulness %.0f%% of the truth's, hue-family recall %.0f%%)",
             decode.chroma_scale,
             decode.blend,
             scores["psnr"],
             100 * scores["colourfulness"] / max(scores["truth_colourfulness"], 1e-6),
+            100 * decode_fit.hue_recall(scores),
         )
     return decode
 
