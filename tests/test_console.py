@@ -1,3 +1,5 @@
+import os
+import re
 import subprocess
 import sys
 
@@ -27,6 +29,32 @@ def test_filtered_fd2_drops_only_the_start_up_notices():
         "python's own stderr passes too",
         "after the block",
     ]
+
+
+_NATIVE_WARNING_AFTER_START_UP = """
+import os
+from trainer import console
+tf = console.quiet_tensorflow(os.environ)
+try:
+    tf.io.decode_png(b"not a png")  # TF's kernels log a failed op as a native WARNING
+except tf.errors.InvalidArgumentError:
+    pass
+"""
+
+
+def test_quiet_tensorflow_hides_the_start_up_notices_but_not_a_later_native_warning():
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    run = subprocess.run(
+        [sys.executable, "-c", _NATIVE_WARNING_AFTER_START_UP],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    assert re.search(r"^W\d{4} .*Unknown image file format", run.stderr, re.M), run.stderr
+    assert not console.NATIVE_NOISE.search(run.stderr), run.stderr
 
 
 def test_quiet_only_when_the_user_asked_for_nothing():

@@ -177,7 +177,8 @@ def test_quantities_parse(docs):
 
 
 def test_trainer_flags_exist(docs):
-    """Every --flag a manifest passes to the trainer is one trainer.task defines, so they can't drift."""
+    """Every --flag a manifest passes to the trainer is one trainer.task defines, so they can't drift;
+    every trainer logs JSON lines, so Cloud Logging shows severities and the epoch's numbers."""
     from absl import flags
 
     from trainer.train import config
@@ -196,6 +197,7 @@ def test_trainer_flags_exist(docs):
                     continue
                 checked += 1
                 assert "command" not in c, f"{owner}: keep the image's ENTRYPOINT (python -m trainer.task)"
+                assert "--log_format=json" in c.get("args", []), f"{name} {owner}: logs for Cloud Logging"
                 for arg in c.get("args", []):
                     match = FLAG.match(arg)
                     assert match and match.group(1) in known, f"{name} {owner}: unknown trainer flag {arg!r}"

@@ -1,5 +1,6 @@
 """End to end: the real CLIs in subprocesses, as a user runs them."""
 
+import json
 import os
 import re
 import signal
@@ -178,10 +179,15 @@ def test_model_dir_guards_its_run_survives_bad_checkpoints_and_a_finished_run_is
     (checkpoints / data).write_bytes(
         (checkpoints / data).read_bytes()[:100]
     )  # a half-copied newest checkpoint
-    resumed = _train(small_data, tmp_path, 2, "--checkpoint_every_steps=2")  # compatible change: more epochs
-    assert resumed.returncode == 0, resumed.stderr
+    resumed = _train(small_data, tmp_path, 2, "--checkpoint_every_steps=2", "--log_format=json")
+    assert resumed.returncode == 0, resumed.stderr  # compatible changes: more epochs, JSON logs
     assert "ckpt-8 is unreadable" in resumed.stderr and "resuming from step 6" in resumed.stderr
     assert checkpoint_step(checkpoints) == 16 and len(os.listdir(tmp_path / "export")) == 2
+    records = [json.loads(line) for line in resumed.stderr.splitlines() if line.startswith("{")]
+    assert {"WARNING", "INFO"} <= {r["severity"] for r in records}
+    [epoch] = [r for r in records if r["message"].startswith("epoch 2/2 step 16 loss")]
+    assert epoch["step"] == 16 and epoch["val_loss"] > 0 and epoch["val_psnr"] > 0
+    assert epoch["images_per_s"] > 0 and epoch["early_stopped"] is False
 
     again = _train(small_data, tmp_path, 2, "--checkpoint_every_steps=2")
     assert again.returncode == 0, again.stderr
@@ -190,6 +196,15 @@ def test_model_dir_guards_its_run_survives_bad_checkpoints_and_a_finished_run_is
         and "already exported at step 16" in again.stderr
     )
     assert len(os.listdir(tmp_path / "export")) == 2
+
+    tuned = _train(small_data, tmp_path / "tuned", 1, f"--init_from={tmp_path}/export")
+    assert tuned.returncode == 0, tuned.stderr
+    assert re.search(rf"starting from the weights of {tmp_path}/export/\d+/variables/variables", tuned.stderr)
+    [version] = os.listdir(tmp_path / "tuned" / "export")
+    metadata = json.loads((tmp_path / "tuned" / "export" / version / "colorizer.json").read_text())
+    assert metadata["init_from"] == f"{tmp_path}/export" and metadata["base_filters"] == 4
+    wider = _train(small_data, tmp_path / "wider", 1, f"--init_from={tmp_path}/export", "--base_filters=8")
+    _one_line(wider, 2, f"error: --init_from={tmp_path}/export holds a --base_filters=4 model, not --base_")
 
     for index in checkpoints.glob("*.index"):
         index.write_bytes(b"truncated")

@@ -9,6 +9,8 @@ only when the user hasn't asked for TF's logs (--verbosity, or TF_CPP_MIN_LOG_LE
 """
 
 import contextlib
+import datetime
+import json
 import logging
 import os
 import re
@@ -23,6 +25,39 @@ NATIVE_NOISE = re.compile(
     r"cuda_platform\.cc:\d+\] failed call to cuInit|"
     r"Unable to register cu(DNN|FFT|BLAS) factory|computation_placer\.cc|TF-TRT Warning"
 )
+
+
+# Python's level names that are also Cloud Logging severities (google/logging/type/log_severity.proto).
+SEVERITIES = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, as Cloud Logging reads a container's lines: severity, message,
+    time, source location, and the record's `fields` (extra={"fields": {...}}) as keys of their own."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.exc_info:
+            message += "\n" + self.formatException(record.exc_info)
+        entry = {
+            "severity": record.levelname if record.levelname in SEVERITIES else "DEFAULT",
+            "message": message,
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc).isoformat(),
+            "logging.googleapis.com/sourceLocation": {
+                "file": record.pathname,
+                "line": record.lineno,
+                "function": record.funcName,
+            },
+        }
+        entry.update(getattr(record, "fields", {}))
+        return json.dumps(entry, default=str)
+
+
+def use_json_logs() -> None:
+    """absl's log records (this package's and TensorFlow's Python warnings) as JSON lines on stderr."""
+    from absl import logging as absl_logging
+
+    absl_logging.get_absl_handler().setFormatter(JsonFormatter())
 
 
 def wants_quiet(verbosity_flag_present: bool, environ) -> bool:
@@ -71,7 +106,7 @@ def quiet_tensorflow(environ=os.environ):
 
     Call before anything imports TensorFlow. Returns the tensorflow module.
     """
-    environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # native INFO and WARNING after start-up
+    environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # native INFO after start-up; warnings pass
     with filtered_fd2():
         import tensorflow as tf
 

@@ -33,6 +33,8 @@ def main(argv):
     sigterm.install()  # TF replaces it while building a multi-worker strategy: re-installed below
     with exit_on_user_error():
         config, cluster = config_lib.config_from_flags(FLAGS, os.environ)
+        if cluster.log_format == "json":
+            console.use_json_logs()
         shards = run.check_before_training(config)
         strategy = distribute.build_strategy(
             cluster.strategy,

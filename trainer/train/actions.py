@@ -60,6 +60,8 @@ def log_epoch(end: EpochEnd, quality: dict, stopped: bool) -> None:
         if quality
         else ""
     )
+    fields = {**dataclasses.asdict(end), "early_stopped": stopped}
+    fields.update({f"val_{k}" if k == "psnr" else k: v for k, v in (quality or {}).items()})
     logging.info(
         "epoch %d/%d step %d loss %.4f val_loss %.4f%s (%.0f images/s)%s",
         end.epoch,
@@ -70,6 +72,7 @@ def log_epoch(end: EpochEnd, quality: dict, stopped: bool) -> None:
         scored,
         end.images_per_s,
         ending,
+        extra={"fields": fields},  # the JSON log's own keys (console.JsonFormatter)
     )
 
 

@@ -192,9 +192,12 @@ class TrainConfig:
                 raise ConfigError(f"--{name} is empty")
 
 
+LOG_FORMATS = ("text", "json")
+
+
 @dataclasses.dataclass(frozen=True)
 class ClusterConfig:
-    """How this process finds and waits for its peers: nothing a checkpoint depends on."""
+    """How this process finds and waits for its peers and reports: nothing a checkpoint depends on."""
 
     strategy: str = _setting(
         "auto",
@@ -209,9 +212,17 @@ class ClusterConfig:
         "is detected without it.",
     )
 
+    log_format: str = _setting(
+        "text",
+        "text, or json: one JSON object a line with severity, message and the epoch's numbers (Cloud "
+        "Logging; the k8s manifests set it).",
+        LOG_FORMATS,
+    )
+
     def __post_init__(self):
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"--strategy={self.strategy!r}: choose one of {', '.join(STRATEGIES)}")
+        for name, choices in (("strategy", STRATEGIES), ("log_format", LOG_FORMATS)):
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"--{name}={getattr(self, name)!r}: choose one of {', '.join(choices)}")
 
 
 _DEFINE: dict[Any, Callable[..., Any]] = {
