@@ -22,7 +22,7 @@ from PIL import Image
 
 from tests.conftest import REPO, make_photo, write_photos
 from tests.hostile_requests import gif_with_a_larger_frame
-from trainer.serve import client, export, preprocess, rest
+from trainer.serve import archive, client, export, preprocess, rest
 from trainer.train.models import build_model
 
 ENV = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -115,18 +115,27 @@ def make_client(url, sleeps=None, version=None, retries=3, jitter=lambda: 1.0):
     )
 
 
+def _photos(files, **kwargs):
+    return archive.list_photos(files, **kwargs)[0]
+
+
+def _colorize(serving, files, out, batch_size=8, **kwargs):
+    return archive.colorize_archive(
+        serving.predict, _photos(files), str(out), batch_size, bad_request=client.bad_request, **kwargs
+    )
+
+
 def test_colorizes_in_batches_and_writes_one_png_per_input(fake, tmp_path):
     fake.on("GET", f"{PATH}/versions/7", AVAILABLE)
     fake.on("POST", f"{PATH}/versions/7:predict", echo_predict)
     files = [str(tmp_path / "in" / n) for n in write_photos(tmp_path / "in", 5)]
-    written = client.colorize_files(
-        make_client(fake.url, version=7), files, str(tmp_path / "out"), batch_size=2
-    )
-    assert [os.path.basename(p) for p in written] == [f"photo{i:03d}.png" for i in range(5)]
-    with open(written[3], "rb") as output, open(files[3], "rb") as source:
+    summary = _colorize(make_client(fake.url, version=7), files, tmp_path / "out", batch_size=2)
+    assert summary.colorized == 5 and not summary.skipped
+    assert sorted(os.listdir(tmp_path / "out")) == [f"photo{i:03d}.png" for i in range(5)]
+    with open(tmp_path / "out" / "photo003.png", "rb") as output, open(files[3], "rb") as source:
         assert output.read() == b"colorized:" + source.read()
     batches = [body["instances"] for method, _, body in fake.requests if method == "POST"]
-    assert [len(b) for b in batches] == [2, 2, 1]
+    assert sorted(len(b) for b in batches) == [1, 2, 2]
     assert set(batches[0][0]) == {"image_bytes"} and set(batches[0][0]["image_bytes"]) == {"b64"}
 
 
@@ -199,17 +208,30 @@ def test_persistent_503_gives_up_with_the_servers_message(fake):
         make_client(fake.url, retries=2).predict([b"a"])
 
 
-def test_bad_image_400_is_one_line_naming_the_batch(fake, tmp_path):
+def refuse_the_bad_one(body):
+    """TF Serving's answer to a batch: 400 for the whole request if any image is not a photo."""
+    images = rest.decode_instances(body, {"image_bytes": object})["image_bytes"]
+    return BAD_IMAGE if any(i.startswith(b"NOT") for i in images) else echo_predict(body)
+
+
+def test_a_refused_batch_is_split_until_the_bad_photo_fails_alone(fake, tmp_path, monkeypatch):
     fake.on("GET", PATH, AVAILABLE)
-    fake.on("POST", f"{PATH}:predict", BAD_IMAGE)
-    files = [str(tmp_path / n) for n in write_photos(tmp_path, 2)]
-    with pytest.raises(client.ServingError) as caught:
-        client.colorize_files(make_client(fake.url), files, str(tmp_path / "out"), batch_size=8)
-    assert str(caught.value) == (
-        "HTTP 400: Unknown image file format. One of JPEG, PNG, GIF, BMP required. "
-        "[batch: photo000.png, photo001.png]"
+    fake.on("POST", f"{PATH}:predict", refuse_the_bad_one)
+    files = [str(tmp_path / n) for n in write_photos(tmp_path, 4)]
+    monkeypatch.setattr(archive, "request_bytes", lambda data, name, limit: b"NOT" if "002" in name else data)
+    summary = _colorize(make_client(fake.url), files, tmp_path / "out", batch_size=4)
+    assert summary.colorized == 3 and sorted(os.listdir(tmp_path / "out")) == [
+        "photo000.png",
+        "photo001.png",
+        "photo003.png",
+    ]
+    [(source, reason)] = summary.skipped
+    assert source == files[2] and reason == (
+        f"{files[2]}: refused by serving (HTTP 400: Unknown image file format. One of JPEG, PNG, GIF, BMP "
+        "required.)"
     )
-    assert len(fake.requests) == 1
+    sizes = [len(body["instances"]) for method, _, body in fake.requests if method == "POST"]
+    assert sizes == [4, 2, 2, 1, 1]  # the batch, its halves, the bad half's halves
 
 
 def test_unreachable_server_is_retried_once_then_reported():
@@ -227,18 +249,17 @@ def test_unreachable_server_is_retried_once_then_reported():
 
 
 def test_a_request_that_resets_the_connection_is_sent_twice_at_most(fake, tmp_path):
-    """A poisoned request that kills each server it reaches must not walk through every replica."""
+    """A poisoned request that kills each server it reaches must not walk through every replica,
+    nor be split into smaller requests that would each kill one again."""
     fake.on("GET", PATH, AVAILABLE)
     fake.on("POST", f"{PATH}:predict", RESET)
     files = [str(tmp_path / n) for n in write_photos(tmp_path, 2)]
     sleeps = []
     with pytest.raises(client.ServingError) as caught:
-        client.colorize_files(
-            make_client(fake.url, sleeps, retries=4), files, str(tmp_path / "out"), batch_size=8
-        )
+        _colorize(make_client(fake.url, sleeps, retries=4), files, tmp_path / "out")
     message = str(caught.value)
     assert message.startswith("cannot reach the server: ") and "\n" not in message
-    assert message.endswith("(gave up after 2 attempts) [batch: photo000.png, photo001.png]")
+    assert message.endswith("(gave up after 2 attempts)")
     assert [method for method, _, _ in fake.requests] == ["POST", "POST"] and sleeps == [0.01]
 
 
@@ -305,48 +326,39 @@ def test_answer_that_is_not_predictions_is_an_error(fake):
         make_client(fake.url).predict([b"a"])
 
 
-def test_outputs_are_never_silently_overwritten(tmp_path):
+def test_existing_outputs_are_skipped_so_a_rerun_resumes_and_overwrite_replaces(tmp_path):
     files = [str(tmp_path / n) for n in write_photos(tmp_path, 2)]
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "photo001.png").write_bytes(b"keep me")
-    with pytest.raises(client.DataError, match="photo001.png exists .pass --overwrite"):
-        client.plan_outputs(files, str(tmp_path / "out"), overwrite=False)
-    assert len(client.plan_outputs(files, str(tmp_path / "out"), overwrite=True)) == 2
+    todo = archive.pending(_photos(files), str(tmp_path / "out"))
+    assert [p.output for p in todo] == ["photo000.png"]
+    assert len(archive.pending(_photos(files), str(tmp_path / "out"), overwrite=True)) == 2
 
 
-@pytest.mark.parametrize(
-    "setup, message",
-    [
-        (lambda d: [str(d / "missing.jpg")], "no such file"),
-        (lambda d: [_write(d / "notes.txt", b"hello")], "not a JPEG, PNG, GIF or BMP file"),
-        (
-            lambda d: (
-                [str(d / n) for n in write_photos(d, 1)]
-                + [str(d / n) for n in write_photos(d, 1, fmt="jpeg")]
-            ),
-            "would both be written to",
-        ),
-    ],
-)
-def test_bad_inputs_are_refused_before_any_request(tmp_path, setup, message):
-    with pytest.raises(client.DataError, match=message):
-        client.plan_outputs(setup(tmp_path), str(tmp_path / "out"), overwrite=False)
+def test_bad_inputs_fail_alone_and_a_missing_input_is_refused_before_any_request(tmp_path):
+    [name] = write_photos(tmp_path, 1)
+    with pytest.raises(client.ConfigError, match="missing.jpg: no such file or folder"):
+        _photos([str(tmp_path / name), str(tmp_path / "missing.jpg")])
+    notes = _write(tmp_path / "notes.txt", b"hello")
+    with pytest.raises(archive.DataError, match=r"notes.txt: not a readable image \(UnidentifiedImageError"):
+        archive.read_photo(archive.Photo(notes, "notes.png", 5))
 
 
-def test_oversized_images_are_refused_before_any_request(tmp_path):
+def test_oversized_images_are_refused_from_their_header(tmp_path):
     from tests.hostile_requests import png_bomb
 
-    files = [str(tmp_path / n) for n in write_photos(tmp_path, 1)] + [
-        _write(tmp_path / "b.png", png_bomb(20000, 10000))
-    ]
-    assert len(client.plan_outputs(files[:1], str(tmp_path / "out"), False, max_pixels=64 * 48)) == 1
-    with pytest.raises(client.DataError, match=r"photo000.png: more than 3071 pixels, which serving refuses"):
-        client.plan_outputs(files[:1], str(tmp_path / "out"), False, max_pixels=64 * 48 - 1)
-    (tmp_path / "cut.png").write_bytes(open(files[0], "rb").read()[:12])  # a header cut short
-    with pytest.raises(client.DataError, match=r"cut.png: not a readable image \("):
-        client.plan_outputs([str(tmp_path / "cut.png")], str(tmp_path / "out"), False, max_pixels=100)
-    with pytest.raises(client.DataError, match=r"b.png: more than 51000000 pixels"):
-        client.plan_outputs(files, str(tmp_path / "out"), False, max_pixels=client.DEFAULT_MAX_PIXELS)
+    [name] = write_photos(tmp_path, 1)
+    data = (tmp_path / name).read_bytes()
+    assert archive.request_bytes(data, name, max_pixels=64 * 48) == data  # a PNG goes as it is
+    with pytest.raises(archive.DataError, match=r"^photo000.png: 3072 pixels, more than 3071 \(--max_"):
+        archive.request_bytes(data, name, max_pixels=64 * 48 - 1)
+    with pytest.raises(archive.DataError, match=r"^cut.png: not a readable image \("):
+        archive.request_bytes(data[:12], "cut.png", max_pixels=100)  # a header cut short
+    with pytest.raises(archive.DataError, match=r"^b.png: Image size \(200000000 pixels\) exceeds limit"):
+        archive.request_bytes(png_bomb(20000, 10000), "b.png", max_pixels=client.DEFAULT_MAX_PIXELS)
+    big = archive.Photo(str(tmp_path / name), name, 65 * 2**20)
+    with pytest.raises(archive.DataError, match="65.0 MiB, over the 64 MiB a photo file may have"):
+        archive.read_photo(big)
 
 
 def _write(path, data):
@@ -378,7 +390,8 @@ def test_a_gif_is_sent_as_a_png_of_its_first_frame(fake, tmp_path):
     fake.on("GET", PATH, AVAILABLE)
     fake.on("POST", f"{PATH}:predict", echo_predict)
     gif = _write(tmp_path / "anim.gif", _gif(Image.fromarray(make_photo(1)), Image.fromarray(make_photo(2))))
-    [written] = client.colorize_files(make_client(fake.url), [gif], str(tmp_path / "out"), batch_size=8)
+    _colorize(make_client(fake.url), [gif], tmp_path / "out")
+    written = tmp_path / "out" / "anim.png"
     [body] = [body for method, _, body in fake.requests if method == "POST"]
     sent = base64.b64decode(body["instances"][0]["image_bytes"]["b64"])
     assert sent.startswith(b"\x89PNG\r\n\x1a\n")
@@ -399,7 +412,7 @@ def test_a_gif_is_sent_as_a_png_of_its_first_frame(fake, tmp_path):
 )
 def test_a_gif_frame_keeps_its_gray_or_transparency(tmp_path, frame, options, mode):
     gif = _write(tmp_path / "one.gif", _gif(frame, **options))
-    with Image.open(io.BytesIO(client.request_bytes(gif))) as png:
+    with Image.open(io.BytesIO(archive.request_bytes(open(gif, "rb").read(), gif))) as png:
         assert png.format == "PNG" and png.mode == mode
         assert np.array_equal(np.asarray(png), _frame(gif, 0, mode))
         assert mode != "RGBA" or np.asarray(png)[0, 1, 3] == 0  # the red stripe is transparent
@@ -410,25 +423,21 @@ def test_only_the_first_frame_is_decoded(tmp_path):
     frames = [Image.fromarray(make_photo(i)) for i in (4, 5)]
     whole, first = _gif(*frames), _gif(frames[0])
     cut = whole[: len(first) + (len(whole) - len(first)) // 2]
-    png = client.first_frame_png(cut, "cut.gif", max_pixels=10**6)
+    png = archive.request_bytes(cut, "cut.gif", max_pixels=10**6)
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), _frame(io.BytesIO(whole), 0))
 
 
 def test_a_gif_is_limited_by_its_frame_not_its_screen(tmp_path, monkeypatch):
     """The header says 1x1; the frame Pillow would decode is 2000x2000."""
-    gif = _write(tmp_path / "screen.gif", gif_with_a_larger_frame(2000))
-    with pytest.raises(
-        client.DataError, match=r"screen.gif: more than 3999999 pixels, which serving refuses"
-    ):
-        client.plan_outputs([gif], str(tmp_path / "out"), False, max_pixels=3_999_999)
-    assert len(client.plan_outputs([gif], str(tmp_path / "out"), False, max_pixels=4_000_000)) == 1
-    with pytest.raises(client.DataError) as caught:
-        client.request_bytes(gif, max_pixels=3_999_999)
-    assert str(caught.value) == f"{gif}: the GIF's first frame has 4000000 pixels, more than 3999999"
+    data = gif_with_a_larger_frame(2000)
+    with pytest.raises(archive.DataError) as caught:
+        archive.request_bytes(data, "screen.gif", max_pixels=3_999_999)
+    assert str(caught.value) == "screen.gif: 4000000 pixels, more than 3999999 (--max_pixels)"
+    assert archive.request_bytes(data, "screen.gif", max_pixels=4_000_000).startswith(b"\x89PNG")
     # With the check off (--max_pixels=0), Pillow's decompression-bomb limit still applies.
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)
-    with pytest.raises(client.DataError, match=r"screen.gif: Image size \(4000000 pixels\) exceeds limit"):
-        client.request_bytes(gif)
+    with pytest.raises(archive.DataError, match=r"screen.gif: Image size \(4000000 pixels\) exceeds limit"):
+        archive.request_bytes(data, "screen.gif")
 
 
 def _cli(*args, cwd=REPO):
@@ -444,20 +453,21 @@ def _cli(*args, cwd=REPO):
 
 
 @pytest.mark.system
-def test_cli_server_error_is_one_line_and_exit_3(fake, tmp_path):
+def test_cli_names_a_refused_photo_writes_the_rest_and_exits_5(fake, tmp_path):
     fake.on("GET", PATH, AVAILABLE)
     fake.on("POST", f"{PATH}:predict", BAD_IMAGE)
     files = [str(tmp_path / n) for n in write_photos(tmp_path, 1)]
     run = _cli(f"--server={fake.url}", f"--output_dir={tmp_path}/out", *files)
-    assert run.returncode == 3, run.stderr
-    assert run.stderr.strip().splitlines()[-1].startswith("error: HTTP 400: Unknown image file format")
+    assert run.returncode == 5, run.stderr
+    assert f"{files[0]}: refused by serving (HTTP 400: Unknown image file format" in run.stderr
+    assert "colorized 0 photo(s)" in run.stdout and "1 skipped" in run.stdout
     assert "Traceback" not in run.stderr
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
-        ([], "no input files"),
+        ([], "no inputs"),
         (["--output_dir=o", "x.jpg"], "pass exactly one of --server"),
         (
             ["--server=localhost:8501", "--output_dir=o", "x.jpg"],
@@ -471,16 +481,58 @@ def test_cli_bad_flags_exit_2(args, message):
     assert run.returncode == 2 and f"error: {message}" in run.stderr
 
 
+def _archive(folder):
+    """Photos as people have them, a few of them bad: {name: displayed (height, width) or None}."""
+    folder.mkdir()
+    photo = Image.fromarray(make_photo(3))  # 64 x 48
+    photo.save(folder / "a.jpg")
+    photo.save(folder / "a.png")  # the same name up to the extension: both keep it
+    (folder / "scans").mkdir()
+    photo.save(folder / "scans" / "page.tif")
+    photo.convert("CMYK").save(folder / "scans" / "cmyk.jpg")
+    deep = make_photo(4)[..., 0].astype(np.uint16) * 257  # 16-bit gray
+    Image.fromarray(deep).save(folder / "scans" / "deep.png")  # mode I;16
+    photo.save(folder / "web.webp")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: displayed turned 90 degrees
+    photo.save(folder / "phone.jpg", exif=exif)
+    whole = (folder / "a.jpg").read_bytes()  # cut inside its pixel data: only decoding finds out
+    (folder / "bad.jpeg").write_bytes(whole[: len(whole) * 2 // 3])
+    (folder / "cut.jpg").write_bytes((folder / "a.jpg").read_bytes()[:100])
+    (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    return {
+        "a.jpg.png": (48, 64),
+        "a.png.png": (48, 64),
+        "scans/page.png": (48, 64),
+        "scans/cmyk.png": (48, 64),
+        "scans/deep.png": (48, 64),
+        "web.png": (48, 64),
+        "phone.png": (64, 48),
+    }
+
+
 @pytest.mark.system
-def test_cli_local_model_writes_png_at_input_size(tmp_path):
+def test_cli_colorizes_a_folder_as_people_have_it_and_a_rerun_resumes(tmp_path):
     model = build_model("unet", preprocess.output_channels("lab"), base_filters=4)
     export_dir = tmp_path / "export"
     export.export_saved_model(model, "lab", str(export_dir))
-    write_photos(tmp_path, 1, fmt="jpeg")
-    os.rename(tmp_path / "photo000.jpeg", tmp_path / "photo.jpg")
-    run = _cli(f"--local_model={export_dir}", "photo.jpg", "--output_dir=out", cwd=tmp_path)
-    assert run.returncode == 0, run.stderr
-    assert "wrote out/photo.png" in run.stdout
-    assert tf.io.decode_png((tmp_path / "out" / "photo.png").read_bytes()).shape == (48, 64, 3)
-    again = _cli(f"--local_model={export_dir}", "photo.jpg", "--output_dir=out", cwd=tmp_path)
-    assert again.returncode == 3 and "error: out/photo.png exists (pass --overwrite" in again.stderr
+    expected = _archive(tmp_path / "photos")
+    args = (f"--local_model={export_dir}", "--output_dir=out", "--parallel=3", "--batch_size=2", "photos")
+    run = _cli(*args, cwd=tmp_path)
+    assert run.returncode == 5, run.stderr
+    assert "photos/bad.jpeg: refused by serving (HTTP 400: " in run.stderr and "Traceback" not in run.stderr
+    assert "photos/cut.jpg: not a readable image (" in run.stderr
+    assert "colorized 7 photo(s)" in run.stdout and "2 skipped" in run.stdout
+    assert "1 file(s) in folders left out as not photos by name" in run.stdout
+    written = {
+        os.path.relpath(os.path.join(root, n), tmp_path / "out")
+        for root, _, names in os.walk(tmp_path / "out")
+        for n in names
+    }
+    assert written == set(expected)  # no temporary files left either
+    for name, shape in expected.items():
+        assert tf.io.decode_png((tmp_path / "out" / name).read_bytes()).shape == (*shape, 3), name
+    os.remove(tmp_path / "out" / "web.png")  # as if the first run had been interrupted
+    again = _cli(*args, cwd=tmp_path)
+    assert again.returncode == 5 and "colorized 1 photo(s)" in again.stdout, again.stderr
+    assert "; 6 already done; 2 skipped" in again.stdout

@@ -33,3 +33,14 @@ def test_photo_formats_decode(tmp_path, fmt):
     Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(tmp_path / "photo", format=fmt)
     gray, _ = images.load_pair(str(tmp_path / "photo"), None, 12, "raw")
     assert len(gray) == 12 * 12
+
+
+def test_a_photo_is_read_as_displayed_whatever_its_exif_orientation(tmp_path):
+    """A phone stores a portrait photo sideways with an EXIF orientation; prepare turns it upright."""
+    top_dark = np.concatenate([np.full((20, 60, 3), 20, np.uint8), np.full((40, 60, 3), 230, np.uint8)])
+    exif = Image.Exif()
+    exif[0x0112] = 3  # stored upside down
+    Image.fromarray(top_dark[::-1]).save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    _, color = images.load_pair(str(tmp_path / "phone.jpg"), None, 12, "raw")
+    pixels = np.frombuffer(color, np.uint8).reshape(12, 12, 3)
+    assert pixels[0].mean() < 60 and pixels[-1].mean() > 200

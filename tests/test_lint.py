@@ -18,6 +18,7 @@ TYPED_MODULES = [
     "trainer/data/images.py",
     "trainer/data/photo_source.py",
     "trainer/serve/client.py",
+    "trainer/serve/archive.py",
     "trainer/serve/rest.py",
     "trainer/data/gcs.py",
     "trainer/task.py",

@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from trainer.serve import client, export, preprocess, rest
+from trainer.serve import archive, client, export, preprocess, rest
 from trainer.train.models import build_model
 
 
@@ -225,5 +225,6 @@ def test_a_gif_reaches_serving_as_a_png_of_its_first_frame(local, tmp_path):
     code, answer = local.request("POST", "/v1/models/colorizer:predict", body)
     assert code == 400 and "GIF is not accepted" in json.loads(answer)["error"]
     serving = client.Client(local, "colorizer", retries=0)
-    client.colorize_files(serving, [str(tmp_path / "anim.gif")], str(tmp_path / "out"), 8)
+    photos, _ = archive.list_photos([str(tmp_path / "anim.gif")])
+    archive.colorize_archive(serving.predict, photos, str(tmp_path / "out"), 8)
     assert tf.io.decode_png((tmp_path / "out" / "anim.png").read_bytes()).shape == (30, 40, 3)

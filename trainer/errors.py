@@ -12,6 +12,7 @@ EXIT_UNEXPECTED = 1  # an uncaught exception (Python's own code): counts against
 EXIT_CONFIG = 2  # bad flags or configuration: permanent, a restart would fail the same way
 EXIT_DATA = 3  # input data missing, incomplete or corrupt: permanent
 EXIT_DIVERGED = 4  # the loss became NaN or infinite: nothing exported; a restart would diverge again
+EXIT_SKIPPED = 5  # trainer.client finished, but some photos could not be colorized (each named)
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: stopped on a signal (this worker's or a peer's), checkpoint saved
 EXIT_PEER_LOST = 144  # a peer worker died or stopped answering; restarting all workers resumes
 EXIT_TRANSIENT = 145  # infrastructure trouble that outlasted the retries (storage 5xx, a peer not up yet)

@@ -134,6 +134,14 @@ class Listing:
 _PROCESS_CLIENT: dict = {}
 
 
+def _process_client():
+    """One client per process (created on first use; a forked worker makes its own)."""
+    if os.getpid() not in _PROCESS_CLIENT:
+        _PROCESS_CLIENT.clear()
+        _PROCESS_CLIENT[os.getpid()] = _client()
+    return _PROCESS_CLIENT[os.getpid()]
+
+
 def read_bytes(path: str) -> bytes:
     """An object's bytes through this process's own client (decode workers are separate processes).
 
@@ -143,11 +151,8 @@ def read_bytes(path: str) -> bytes:
     from google.api_core import exceptions
 
     bucket, name = split_path(path)
-    if os.getpid() not in _PROCESS_CLIENT:
-        _PROCESS_CLIENT.clear()
-        _PROCESS_CLIENT[os.getpid()] = _client()
     try:
-        return _PROCESS_CLIENT[os.getpid()].bucket(bucket).blob(name).download_as_bytes()
+        return _process_client().bucket(bucket).blob(name).download_as_bytes()
     except exceptions.NotFound:
         raise FileNotFoundError(f"{path}: no such object") from None
     except _api_errors() as exc:
@@ -188,6 +193,15 @@ def write_text(path: str, text: str, generation: int) -> int:
         return int(blob.generation or 1)
     except exceptions.PreconditionFailed:
         return 0
+    except _api_errors() as exc:
+        raise _explain(exc, path) from None
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Writes an object in one upload: it appears whole or not at all."""
+    bucket, name = split_path(path)
+    try:
+        _process_client().bucket(bucket).blob(name).upload_from_string(data, checksum="crc32c")
     except _api_errors() as exc:
         raise _explain(exc, path) from None
 

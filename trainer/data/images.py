@@ -6,7 +6,7 @@ Kept free of TensorFlow so `trainer.prepare`'s worker processes start in millise
 import io
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 # The decoders a photo may reach, whatever its name says: Pillow would otherwise try every format it
@@ -32,6 +32,7 @@ def _open(path: str, mode: str, size: int) -> Image.Image:
         raise ValueError(str(exc)) from None
     with opened as image:
         image.load()
+        image = ImageOps.exif_transpose(image)  # as displayed: phone photos store rotation in EXIF
         if image.mode in ("RGBA", "LA", "P", "PA") and mode == "RGB":
             image = image.convert("RGBA")
             background = Image.new("RGBA", image.size, (255, 255, 255, 255))
@@ -50,9 +51,9 @@ def pixel_count(path: str) -> int:
 
 
 def read_rgb(path: str) -> np.ndarray:
-    """The photo at its own size as uint8 RGB (the truth that evaluation scripts score against)."""
+    """The photo as displayed at its own size, uint8 RGB (the truth evaluation scripts score against)."""
     with Image.open(path, formats=PHOTO_FORMATS) as image:
-        return np.asarray(image.convert("RGB"))
+        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
 
 
 def _encode(image: Image.Image, encoding: str) -> bytes:

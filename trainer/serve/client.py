@@ -1,40 +1,37 @@
-"""`python -m trainer.client`: colorize photo files through TF Serving's REST API.
+"""`python -m trainer.client`: colorize photos (files, folders, gs:// prefixes) through TF Serving's REST API.
 
-    python -m trainer.client --server=http://HOST:8501 photo.jpg scan.png --output_dir=out
-    python -m trainer.client --local_model=runs/colorizer/export photo.jpg --output_dir=out
+    python -m trainer.client --server=http://HOST:8501 --output_dir=out photos/ scan.tif
+    python -m trainer.client --local_model=starter --output_dir=gs://BUCKET/colorized gs://BUCKET/photos/
 
-Writes `out/<name>.png` per input, at the input's resolution. It first checks that the model has a
-version in state AVAILABLE, then posts `{"instances": [{"image_bytes": {"b64": ...}}]}` in batches,
-retrying 429/503/504 with exponential backoff and full jitter, and a lost connection once only (the
-request may be what brought the server down). `--local_model` sends the same JSON to a SavedModel
-on this machine (`trainer.serve.rest.LocalModel`), no server or cluster needed. Standard library and
-Pillow (image headers, GIF conversion) on the server path: TensorFlow is imported for
-`--local_model` alone. Files above the export's pixel limit are refused before anything is sent.
-Serving decodes JPEG, PNG and BMP; a GIF is sent as a PNG of its first frame.
+Writes one PNG per photo at its displayed resolution, named by the rule in `trainer.serve.archive`
+(which also says what is sent, how a bad file is skipped alone and how a rerun resumes). It first
+checks that the model has a version in state AVAILABLE, then posts
+`{"instances": [{"image_bytes": {"b64": ...}}]}` in batches, `--parallel` at a time, retrying
+429/503/504 with exponential backoff and full jitter, and a lost connection once only (the request
+may be what brought the server down). `--local_model` sends the same JSON to a SavedModel on this
+machine (`trainer.serve.rest.LocalModel`), no server or cluster needed; TensorFlow is imported for
+it alone. Exit 0 when every photo is colorized (or was already), EXIT_SKIPPED when some were
+skipped (each named), 2 or 3 for bad flags or inputs, 1 when serving fails for good.
 """
 
-import contextlib
 import http.client
-import io
 import json
-import os
 import random
+import sys
 import time
 import urllib.error
 import urllib.request
 
 from absl import app, flags
 
-from trainer.data import images
 from trainer.errors import (
+    EXIT_SKIPPED,
     ColorizerError,
     ConfigError,
-    DataError,
     exit_on_user_error,
-    first_line,
     parse_flags_or_exit,
 )
-from trainer.serve import rest
+from trainer.serve import archive, rest
 from trainer.serve.limits import DEFAULT_MAX_PIXELS
 
 RETRY_STATUSES = (429, 503, 504)
@@ -42,16 +39,21 @@ MAX_BACKOFF_SECONDS = 30.0
 # Retries of a request whose connection failed (refused, reset, cut mid-answer, timed out). A request
 # that kills a server cuts its connection: retried without end it would take down every replica.
 CONNECTION_RETRIES = 1
-_SENT_AS_IS = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM")  # JPEG, PNG, BMP: what serving decodes
-_GIF = (b"GIF87a", b"GIF89a")  # sent as a PNG of the first frame (serving_default refuses GIF)
-_MAGIC = _SENT_AS_IS + _GIF
+PROGRESS_SECONDS = 10.0  # a progress line this often when stderr is not a terminal
 
 
 DEFAULT_BATCH_SIZE = 4  # TF Serving's max_batch_size in k8s/'s serving overlays
+# Requests in flight: 2 x 4 images fit the serving overlays' 16 queued batches with room for other
+# clients (docs/SERVING.md, Limits).
+DEFAULT_PARALLEL = 2
 
 
 class ServingError(ColorizerError):
     """The server refused a request, answered something unexpected, or could not be reached."""
+
+    def __init__(self, message: str, status: int = 0):
+        super().__init__(message)
+        self.status = status  # the HTTP status of a refusal; 0 when there was no answer to blame
 
 
 class HttpTransport:
@@ -118,7 +120,7 @@ class Client:
                 problem = rest.error_message(data, status)
                 continue
             if status != 200:
-                raise ServingError(rest.error_message(data, status))
+                raise ServingError(rest.error_message(data, status), status)
             try:
                 answer = json.loads(data)
             except ValueError:
@@ -161,144 +163,53 @@ class Client:
             raise ServingError(f"unexpected predict answer: {exc}") from None
 
 
-def _unreadable(path: str, exc: Exception) -> DataError:
-    return DataError(f"{path}: not a readable image ({type(exc).__name__}: {first_line(str(exc))})")
+def bad_request(exc: Exception) -> bool:
+    """Whether serving refused a request for its content (HTTP 400: a file it can't decode)."""
+    return isinstance(exc, ServingError) and exc.status == 400
 
 
-def _pixel_count(path: str, gif: bool) -> int:
-    try:
-        if not gif:
-            return images.pixel_count(path)
-        with open(path, "rb") as handle, _open_gif(handle.read(), path) as opened:
-            return _frame_pixels(opened)
-    except (OSError, SyntaxError, ValueError) as exc:  # what Pillow raises for a damaged header
-        raise _unreadable(path, exc) from None
+class Progress:
+    """A tqdm bar with rate and ETA on a terminal, else a line every PROGRESS_SECONDS; each
+    skipped photo is named as it happens."""
 
+    def __init__(self, total: int, stream=None):
+        self.stream = stream or sys.stderr
+        self.total, self.done, self.skipped = total, 0, 0
+        self.start = self.last = time.monotonic()
+        self.bar = None
+        if self.stream.isatty():
+            from tqdm import tqdm
 
-@contextlib.contextmanager
-def _open_gif(data: bytes, path: str):
-    """The GIF opened (header and first frame's descriptor read, nothing decoded); Pillow's
-    decompression-bomb refusal, raised on opening, becomes a one-line DataError."""
-    from PIL import Image
+            self.bar = tqdm(total=total, unit="photo", file=self.stream, dynamic_ncols=True)
 
-    try:
-        with Image.open(io.BytesIO(data), formats=["GIF"]) as gif:
-            yield gif
-    except Image.DecompressionBombError as exc:  # not an OSError
-        raise DataError(f"{path}: {first_line(str(exc))}") from None
+    def __call__(self, photo, reason) -> None:
+        self.done += 1
+        if reason:
+            self.skipped += 1
+            self._write(f"skipped {reason}")
+        if self.bar is not None:
+            self.bar.update(1)
+        elif time.monotonic() - self.last >= PROGRESS_SECONDS:
+            self.last = time.monotonic()
+            self._write(self.line())
 
+    def line(self) -> str:
+        rate = self.done / max(time.monotonic() - self.start, 1e-9)
+        eta = (self.total - self.done) / rate if rate else 0.0
+        return (
+            f"{self.done}/{self.total} photos ({self.skipped} skipped), {rate:.1f} photos/s, "
+            f"ETA {eta / 60:.0f} min"
+        )
 
-def _frame_pixels(gif) -> int:
-    """The pixels Pillow allocates for a GIF's first frame: its canvas (Pillow widens the header's
-    logical screen to the frame), or the frame's own extents where they reach further."""
-    width, height = gif.size
-    for tile in gif.tile:
-        width, height = max(width, tile[1][2]), max(height, tile[1][3])
-    return width * height
+    def _write(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=self.stream)
+        else:
+            print(text, file=self.stream, flush=True)
 
-
-def _pixel_limit(max_pixels: int) -> int:
-    """At most --max_pixels; with the check off, Pillow's decompression-bomb limit (~179 M pixels),
-    kept even where Image.MAX_IMAGE_PIXELS was unset: a GIF converted here is decoded here."""
-    from PIL import Image
-
-    return max_pixels or 2 * (Image.MAX_IMAGE_PIXELS or 89_478_485)
-
-
-def _png_mode(frame) -> str:
-    """RGBA where the frame has transparency, L for a gray palette, else RGB."""
-    if frame.mode in ("RGBA", "LA", "PA") or "transparency" in frame.info:
-        return "RGBA"
-    if frame.mode == "L":
-        return "L"
-    palette = frame.getpalette("RGB") if frame.mode == "P" else None
-    gray = palette is not None and palette[0::3] == palette[1::3] == palette[2::3]
-    return "L" if gray else "RGB"
-
-
-def first_frame_png(data: bytes, path: str, max_pixels: int = 0) -> bytes:
-    """A GIF's first frame as PNG bytes; a one-line DataError when the frame has more pixels than
-    `max_pixels` (0: Pillow's decompression-bomb limit) or can't be decoded.
-
-    Only the first frame is decoded, and only once its size, the frame's rather than the header's
-    logical screen, is known to be within the limit."""
-    limit = _pixel_limit(max_pixels)
-    try:
-        with _open_gif(data, path) as gif:
-            pixels = _frame_pixels(gif)
-            if pixels > limit:
-                raise DataError(f"{path}: the GIF's first frame has {pixels} pixels, more than {limit}")
-            gif.seek(0)
-            gif.load()
-            frame = gif.convert(_png_mode(gif))
-    except (OSError, SyntaxError, ValueError) as exc:  # a damaged GIF
-        raise _unreadable(path, exc) from None
-    buffer = io.BytesIO()
-    frame.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def request_bytes(path: str, max_pixels: int = 0) -> bytes:
-    """What is sent for a file: its bytes, or for a GIF a PNG of its first frame."""
-    with open(path, "rb") as handle:
-        data = handle.read()
-    return first_frame_png(data, path, max_pixels) if data.startswith(_GIF) else data
-
-
-def plan_outputs(files: list, output_dir: str, overwrite: bool, max_pixels: int = 0) -> list:
-    """(input, output) pairs; refuses missing, non-image and oversized inputs, clashes, existing outputs."""
-    pairs: list = []
-    taken: dict = {}
-    for path in files:
-        if not os.path.isfile(path):
-            raise DataError(f"no such file: {path}")
-        with open(path, "rb") as handle:
-            head = handle.read(8)
-        if not head.startswith(_MAGIC):
-            raise DataError(f"{path}: not a JPEG, PNG, GIF or BMP file")
-        if max_pixels and _pixel_count(path, head.startswith(_GIF)) > max_pixels:
-            raise DataError(f"{path}: more than {max_pixels} pixels, which serving refuses (--max_pixels)")
-        target = os.path.join(output_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
-        if target in taken:
-            raise DataError(f"{taken[target]} and {path} would both be written to {target}")
-        if os.path.exists(target) and not overwrite:
-            raise DataError(f"{target} exists (pass --overwrite to replace it)")
-        taken[target] = path
-        pairs.append((path, target))
-    return pairs
-
-
-def colorize_files(
-    client: Client,
-    files: list,
-    output_dir: str,
-    batch_size: int,
-    overwrite: bool = False,
-    report=None,
-    max_pixels: int = 0,
-) -> list:
-    """Colorizes `files` in batches of `batch_size`; returns the written paths."""
-    pairs = plan_outputs(files, output_dir, overwrite, max_pixels)
-    os.makedirs(output_dir, exist_ok=True)
-    written = []
-    for start in range(0, len(pairs), batch_size):
-        batch = pairs[start : start + batch_size]
-        images = [request_bytes(source, max_pixels) for source, _ in batch]
-        try:
-            pngs = client.predict(images)
-        except ServingError as exc:
-            names = ", ".join(os.path.basename(s) for s, _ in batch[:3]) + (", ..." if len(batch) > 3 else "")
-            raise ServingError(f"{exc} [batch: {names}]") from None
-        for (_, target), png in zip(batch, pngs):
-            try:
-                with open(target, "wb" if overwrite else "xb") as handle:
-                    handle.write(png)
-            except FileExistsError:
-                raise DataError(f"{target} exists (pass --overwrite to replace it)") from None
-            written.append(target)
-            if report:
-                report(target)
-    return written
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 FLAGS = flags.FLAGS
@@ -318,7 +229,9 @@ def define_flags():
         "model_name", "colorizer", "The model's name on the server (TF Serving's MODEL_NAME)."
     )
     flags.DEFINE_integer("version", None, "Ask for this model version (default: the server's latest).")
-    flags.DEFINE_string("output_dir", None, "Where <name>.png is written for each input.")
+    flags.DEFINE_string(
+        "output_dir", None, "Folder or gs:// prefix of the outputs (naming: trainer/serve/archive.py)."
+    )
     flags.DEFINE_integer(
         "batch_size",
         DEFAULT_BATCH_SIZE,
@@ -337,7 +250,17 @@ def define_flags():
         0.5,
         "Retry window: each retry waits a random time up to it; doubled at each retry (at most 30 s).",
     )
-    flags.DEFINE_bool("overwrite", False, "Replace existing output files.")
+    flags.DEFINE_integer(
+        "parallel",
+        DEFAULT_PARALLEL,
+        "Requests in flight at once (each thread reads, sends and writes its own batch). Keep "
+        "parallel x batch_size within the server's queue: docs/SERVING.md, Limits.",
+    )
+    flags.DEFINE_bool(
+        "overwrite", False, "Replace existing outputs (by default they are skipped: a rerun resumes)."
+    )
+    flags.DEFINE_integer("num_tasks", 1, "Split the photos among this many tasks (by a hash of each name).")
+    flags.DEFINE_integer("task_index", 0, "This task's share: 0 to --num_tasks - 1.")
     flags.DEFINE_integer(
         "max_pixels",
         DEFAULT_MAX_PIXELS,
@@ -351,8 +274,15 @@ def _client_from_flags() -> Client:
         raise ConfigError("pass exactly one of --server=http://HOST:8501 or --local_model=PATH")
     if not FLAGS.output_dir:
         raise ConfigError("--output_dir is required")
-    if FLAGS.batch_size < 1:
-        raise ConfigError(f"--batch_size={FLAGS.batch_size}: must be at least 1")
+    for name, value in (
+        ("batch_size", FLAGS.batch_size),
+        ("parallel", FLAGS.parallel),
+        ("num_tasks", FLAGS.num_tasks),
+    ):
+        if value < 1:
+            raise ConfigError(f"--{name}={value}: must be at least 1")
+    if not 0 <= FLAGS.task_index < FLAGS.num_tasks:
+        raise ConfigError(f"--task_index={FLAGS.task_index}: must be 0 to {FLAGS.num_tasks - 1}")
     if FLAGS.retries < 0 or FLAGS.backoff_seconds < 0 or FLAGS.timeout <= 0:
         raise ConfigError("--retries and --backoff_seconds must be at least 0, --timeout above 0")
     transport: HttpTransport | rest.LocalModel
@@ -368,22 +298,42 @@ def _client_from_flags() -> Client:
 
 
 def main(argv):
-    files = argv[1:]
+    inputs = argv[1:]
     with exit_on_user_error():
-        if not files:
-            raise ConfigError("no input files (usage: python -m trainer.client [flags] FILE...)")
+        if not inputs:
+            raise ConfigError(
+                "no inputs (usage: python -m trainer.client [flags] FILE|FOLDER|gs://PREFIX...)"
+            )
         client = _client_from_flags()
-        version = client.wait_available()
-        written = colorize_files(
-            client,
-            files,
-            FLAGS.output_dir,
-            FLAGS.batch_size,
-            FLAGS.overwrite,
-            report=lambda path: print(f"wrote {path}"),
-            max_pixels=FLAGS.max_pixels,
-        )
-    print(f"colorized {len(written)} photo(s) with {FLAGS.model_name} version {version}")
+        photos, ignored = archive.list_photos(inputs, FLAGS.num_tasks, FLAGS.task_index)
+        todo = archive.pending(photos, FLAGS.output_dir, FLAGS.overwrite)
+        version = client.wait_available() if todo else None
+        progress = Progress(len(todo))
+        try:
+            summary = archive.colorize_archive(
+                client.predict,
+                todo,
+                FLAGS.output_dir,
+                FLAGS.batch_size,
+                FLAGS.parallel,
+                FLAGS.max_pixels,
+                bad_request,
+                report=progress,
+            )
+        finally:
+            progress.close()
+    done = len(photos) - len(todo)
+    print(
+        f"colorized {summary.colorized} photo(s) into {FLAGS.output_dir}"
+        + (f" with {FLAGS.model_name} version {version}" if version else "")
+        + f"; {done} already done; {len(summary.skipped)} skipped"
+        + (f"; {ignored} file(s) in folders left out as not photos by name" if ignored else "")
+    )
+    if summary.skipped:
+        print(f"skipped (exit {EXIT_SKIPPED}):", file=sys.stderr)
+        for _, reason in summary.skipped:
+            print(f"  {reason}", file=sys.stderr)
+        sys.exit(EXIT_SKIPPED)
 
 
 def run():

@@ -1,0 +1,73 @@
+"""trainer.serve.archive: inputs as people have them, the naming rule, task shares, whole writes.
+
+The client's requests, batch splitting and the CLI over a real model: tests/test_client.py.
+"""
+
+import io
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import make_photo, write_photos
+from trainer.errors import ConfigError
+from trainer.serve import archive
+
+
+def test_outputs_mirror_the_folders_and_keep_the_extension_only_where_names_meet():
+    relatives = ["a.jpg", "a.png", "scans/a.tif", "scans/b.tiff", "c.JPG"]
+    expected = ["a.jpg.png", "a.png.png", "scans/a.png", "scans/b.png", "c.png"]
+    assert archive.output_names(relatives) == expected
+
+
+def test_folders_are_listed_recursively_in_a_stable_order_without_non_photos(tmp_path):
+    write_photos(tmp_path / "in" / "2019", 2)
+    write_photos(tmp_path / "in", 1, fmt="jpeg")
+    (tmp_path / "in" / ".DS_Store").write_bytes(b"\0")
+    (tmp_path / "in" / "notes.txt").write_text("x")
+    (tmp_path / "single.png").write_bytes((tmp_path / "in" / "2019" / "photo000.png").read_bytes())
+    photos, ignored = archive.list_photos([str(tmp_path / "in"), str(tmp_path / "single.png")])
+    names = ["photo000.png", "2019/photo000.png", "2019/photo001.png", "single.png"]
+    assert [p.output for p in photos] == names
+    assert ignored == 2 and photos[0].size == os.path.getsize(tmp_path / "in" / "photo000.jpeg")
+    with pytest.raises(ConfigError, match="would both be written to single.png"):
+        archive.list_photos([str(tmp_path / "single.png"), str(tmp_path / "single.png")])
+
+
+def test_tasks_take_disjoint_stable_shares_that_cover_every_photo(tmp_path):
+    write_photos(tmp_path, 30)
+    everything = [p.output for p in archive.list_photos([str(tmp_path)])[0]]
+    shares = [[p.output for p in archive.list_photos([str(tmp_path)], 3, i)[0]] for i in range(3)]
+    assert sorted(sum(shares, [])) == sorted(everything) and all(shares)
+    assert shares[1] == [p.output for p in archive.list_photos([str(tmp_path)], 3, 1)[0]]
+
+
+def test_exif_rotated_and_cmyk_photos_are_sent_as_displayed_upright_pngs(tmp_path):
+    photo = Image.fromarray(make_photo(7))  # 64 wide, 48 high
+    exif = Image.Exif()
+    exif[0x0112] = 8  # displayed turned 90 degrees
+    photo.save(tmp_path / "phone.jpg", exif=exif)
+    sent = archive.request_bytes((tmp_path / "phone.jpg").read_bytes(), "phone.jpg")
+    with Image.open(tmp_path / "phone.jpg") as stored, Image.open(io.BytesIO(sent)) as png:
+        assert png.format == "PNG" and png.size == (48, 64)
+        displayed = np.asarray(stored.convert("RGB").transpose(Image.Transpose.ROTATE_90))
+        assert np.array_equal(np.asarray(png), displayed)
+    photo.convert("CMYK").save(tmp_path / "cmyk.jpg")
+    assert archive.request_bytes((tmp_path / "cmyk.jpg").read_bytes(), "cmyk.jpg").startswith(b"\x89PNG")
+    photo.save(tmp_path / "plain.jpg")
+    plain = (tmp_path / "plain.jpg").read_bytes()
+    assert archive.request_bytes(plain, "plain.jpg") == plain  # upright 8-bit JPEG: sent as it is
+
+
+def test_an_output_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    assert archive.write_output(str(tmp_path), "a/b.png", b"png") == str(tmp_path / "a" / "b.png")
+    assert (tmp_path / "a" / "b.png").read_bytes() == b"png"
+
+    def fail(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        archive.write_output(str(tmp_path), "a/c.png", b"png")
+    assert sorted(os.listdir(tmp_path / "a")) == ["b.png"]  # no half-written output, no temporary file

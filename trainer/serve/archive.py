@@ -1,0 +1,283 @@
+"""Colorize an archive: files, folders and gs:// prefixes of photos as people have them.
+
+* **Naming.** Each photo is written to OUT/<its path under the folder or prefix that listed it>,
+  the extension replaced by `.png` (`scans/a.tif` -> `OUT/scans/a.png`); a file named by itself is
+  written to OUT/<its name>.png. Where two photos would share an output (`x.jpg` and `x.png` in one
+  folder), both keep their extension (`x.jpg.png`, `x.png.png`), so no output depends on the order.
+* **What is sent.** JPEG, PNG and BMP files of 8-bit gray, colour or palette pixels, stored
+  upright, go as they are. Any other picture Pillow reads (TIFF, WebP, a GIF's first frame,
+  16-bit, CMYK, an EXIF orientation) is sent as a PNG of the picture as displayed, so the output
+  has the displayed size. Pixel counts are checked from the header before anything is decoded.
+* **Nothing lost, nothing done twice.** A file that can't be read or that serving refuses is
+  skipped and named; TF Serving's 400 doesn't say which image of a batch failed, so the batch is
+  split until the bad one fails alone. Outputs are written whole (a temporary name, then a
+  rename; one upload on gs://); existing outputs are skipped, so the same command resumes.
+* **Fast.** `parallel` requests at once, each thread reading and writing its own batch, so reading,
+  predicting and writing overlap.
+"""
+
+import collections
+import concurrent.futures
+import dataclasses
+import io
+import os
+import posixpath
+import threading
+from typing import Callable, Iterator, List, Optional, Tuple
+
+from trainer.data import gcs, photo_source
+from trainer.data.images import PHOTO_FORMATS
+from trainer.errors import ConfigError, DataError, first_line
+
+SENT_AS_IS = ("JPEG", "PNG", "BMP")  # what serving_default decodes
+PLAIN_MODES = ("L", "LA", "RGB", "RGBA", "P", "PA")  # 8-bit pixels TF's decoders read as shown
+_ORIENTATION = 0x0112  # EXIF tag: 1 is upright
+
+
+@dataclasses.dataclass(frozen=True)
+class Photo:
+    source: str  # a local path or gs:// object
+    output: str  # '/'-separated, relative to the output folder
+    size: int  # bytes, as listed
+
+
+def _listed(path: str) -> Iterator[Tuple[str, str, int, bool]]:
+    """(source, relative name, size, whether it was named by itself) of each file an INPUT stands for."""
+    if gcs.is_gcs(path) or os.path.isdir(path):
+        for name, size in photo_source.PhotoSource(path, recursive=True):
+            yield photo_source.join(path, name), name, size, False
+    elif os.path.isfile(path):
+        yield path, os.path.basename(path), os.path.getsize(path), True
+    else:
+        raise ConfigError(f"{path}: no such file or folder")
+
+
+def output_names(relatives: List[str]) -> List[str]:
+    """The naming rule: the extension replaced by .png, kept where two names would meet."""
+    stems = [posixpath.splitext(r)[0] for r in relatives]
+    counts = collections.Counter(stems)
+    return [(stem if counts[stem] == 1 else r) + ".png" for stem, r in zip(stems, relatives)]
+
+
+def list_photos(inputs: List[str], num_tasks: int = 1, task_index: int = 0) -> Tuple[List[Photo], int]:
+    """This task's share of the photos under `inputs`, in a stable order, and the number of files
+    left out of folders as not photos by name (`.DS_Store`, `notes.txt`)."""
+    found, ignored = [], 0
+    for path in inputs:
+        for source, relative, size, named in _listed(path):
+            if named or photo_source.is_image(relative):
+                found.append((source, relative, size))
+            else:
+                ignored += 1
+    owners: dict = {}
+    photos = []
+    for (source, _, size), name in zip(found, output_names([r for _, r, _ in found])):
+        if name in owners:
+            raise ConfigError(f"{owners[name]} and {source} would both be written to {name}")
+        owners[name] = source
+        if photo_source.task_of(name, num_tasks) == task_index:
+            photos.append(Photo(source, name, size))
+    return photos, ignored
+
+
+def _unreadable(name: str, exc: Exception) -> DataError:
+    return DataError(f"{name}: not a readable image ({type(exc).__name__}: {first_line(str(exc))})")
+
+
+def frame_pixels(image) -> int:
+    """The pixels Pillow allocates for an image's first frame: for a GIF its canvas (Pillow widens
+    the header's logical screen to the frame), or the frame's own extents where they reach further."""
+    width, height = image.size
+    if image.format == "GIF":
+        for tile in image.tile:
+            width, height = max(width, tile[1][2]), max(height, tile[1][3])
+    return width * height
+
+
+def pixel_limit(max_pixels: int) -> int:
+    """At most `max_pixels`; with the check off (0), Pillow's decompression-bomb limit (~179 M
+    pixels), kept even where Image.MAX_IMAGE_PIXELS was unset: a picture converted here is decoded here."""
+    from PIL import Image
+
+    return max_pixels or 2 * (Image.MAX_IMAGE_PIXELS or 89_478_485)
+
+
+def png_mode(picture) -> str:
+    """RGBA where the picture has transparency, L for gray (or a gray palette), else RGB."""
+    if picture.mode in ("RGBA", "LA", "PA") or "transparency" in picture.info:
+        return "RGBA"
+    if picture.mode in ("L", "I", "I;16", "1"):
+        return "L"
+    palette = picture.getpalette("RGB") if picture.mode == "P" else None
+    gray = palette is not None and palette[0::3] == palette[1::3] == palette[2::3]
+    return "L" if gray else "RGB"
+
+
+def request_bytes(data: bytes, name: str, max_pixels: int = 0) -> bytes:
+    """What is sent for a photo file's bytes: the file itself, or a PNG of the picture as displayed.
+
+    A one-line DataError for a file Pillow can't read or with more pixels than `max_pixels`.
+    """
+    from PIL import Image, ImageOps
+
+    limit = pixel_limit(max_pixels)
+    try:
+        with Image.open(io.BytesIO(data), formats=PHOTO_FORMATS) as image:
+            pixels = frame_pixels(image)
+            if pixels > limit:
+                raise DataError(f"{name}: {pixels} pixels, more than {limit} (--max_pixels)")
+            upright = image.getexif().get(_ORIENTATION, 1) == 1
+            if image.format in SENT_AS_IS and image.mode in PLAIN_MODES and upright:
+                return data
+            image.seek(0)
+            image.load()
+            picture = ImageOps.exif_transpose(image)
+            picture = picture.convert(png_mode(picture))
+    except Image.DecompressionBombError as exc:  # not an OSError
+        raise DataError(f"{name}: {first_line(str(exc))}") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # what Pillow raises for a damaged file
+        raise _unreadable(name, exc) from None
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def read_photo(photo: Photo, max_pixels: int = 0) -> bytes:
+    """The request bytes of a listed photo; files over photo_source.MAX_PHOTO_BYTES are not read."""
+    if photo.size > photo_source.MAX_PHOTO_BYTES:
+        size = photo_source.size_text(photo.size)
+        raise DataError(f"{photo.source}: {size}, over the 64 MiB a photo file may have")
+    try:
+        if gcs.is_gcs(photo.source):
+            data = gcs.read_bytes(photo.source)
+        else:
+            with open(photo.source, "rb") as handle:
+                data = handle.read()
+    except OSError as exc:
+        raise DataError(f"{photo.source}: {first_line(str(exc))}") from None
+    return request_bytes(data, photo.source, max_pixels)
+
+
+def existing_outputs(output_dir: str) -> Callable[[str], bool]:
+    """`exists(relative output)`: one listing of a gs:// folder, a file check locally."""
+    if gcs.is_gcs(output_dir):
+        names = {name for name, _ in gcs.Listing(output_dir, recursive=True)}
+        return names.__contains__
+    return lambda relative: os.path.exists(os.path.join(output_dir, relative))
+
+
+def write_output(output_dir: str, relative: str, data: bytes) -> str:
+    """Writes an output whole: a temporary name then a rename locally, one upload on gs://."""
+    if gcs.is_gcs(output_dir):
+        target = posixpath.join(output_dir, relative)
+        gcs.write_bytes(target, data)
+        return target
+    target = os.path.join(output_dir, *relative.split("/"))
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    temporary = f"{target}.tmp-{os.getpid()}-{threading.get_ident()}"
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+        os.replace(temporary, target)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    return target
+
+
+@dataclasses.dataclass
+class Summary:
+    """What a run did; `skipped` holds (source, one-line reason)."""
+
+    total: int = 0
+    colorized: int = 0
+    skipped: list = dataclasses.field(default_factory=list)
+
+
+def predict_splitting(predict, items: list, bad_request) -> list:
+    """[(item, png or None, reason or None)]: a refused batch is halved until each bad item fails
+    alone. `bad_request(exc)` says whether an exception means the request's content was refused."""
+    if not items:
+        return []
+    try:
+        pngs = predict([data for _, data in items])
+        return [(item, png, None) for (item, _), png in zip(items, pngs)]
+    except Exception as exc:
+        if not bad_request(exc):
+            raise
+        if len(items) == 1:
+            return [(items[0][0], None, str(exc))]
+        middle = len(items) // 2
+        return predict_splitting(predict, items[:middle], bad_request) + predict_splitting(
+            predict, items[middle:], bad_request
+        )
+
+
+def colorize_batch(predict, batch: List[Photo], output_dir: str, max_pixels: int, bad_request) -> list:
+    """[(photo, None or the reason it was skipped)] for one batch: read, predict, write."""
+    ready, outcomes = [], []
+    for photo in batch:
+        try:
+            ready.append((photo, read_photo(photo, max_pixels)))
+        except DataError as exc:
+            outcomes.append((photo, str(exc)))
+    for photo, png, reason in predict_splitting(predict, ready, bad_request):
+        if png is not None:
+            write_output(output_dir, photo.output, png)
+        outcomes.append((photo, reason and f"{photo.source}: refused by serving ({reason})"))
+    return outcomes
+
+
+def run_batches(work: Callable, batches: list, parallel: int) -> Iterator:
+    """work(batch) for every batch, `parallel` at a time, results in completion order; at most
+    2 x parallel batches are read ahead, so memory stays bounded whatever the archive's size. An
+    error cancels the batches not yet started."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
+        pending: set = set()
+        try:
+            for batch in batches:
+                pending.add(pool.submit(work, batch))
+                if len(pending) >= 2 * parallel:
+                    done, pending = concurrent.futures.wait(pending, return_when="FIRST_COMPLETED")
+                    yield from (future.result() for future in done)
+            for future in concurrent.futures.as_completed(pending):
+                yield future.result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def pending(photos: List[Photo], output_dir: str, overwrite: bool = False) -> List[Photo]:
+    """The photos whose output is not written yet (all of them with `overwrite`)."""
+    if overwrite:
+        return list(photos)
+    exists = existing_outputs(output_dir)
+    return [photo for photo in photos if not exists(photo.output)]
+
+
+def colorize_archive(
+    predict,
+    photos: List[Photo],
+    output_dir: str,
+    batch_size: int,
+    parallel: int = 1,
+    max_pixels: int = 0,
+    bad_request=lambda exc: False,
+    report: Optional[Callable] = None,
+) -> Summary:
+    """Colorizes `photos` (see `pending`) in batches; `report(photo, reason or None)` after each."""
+    summary = Summary(total=len(photos))
+    batches = [photos[start : start + batch_size] for start in range(0, len(photos), batch_size)]
+
+    def work(batch):
+        return colorize_batch(predict, batch, output_dir, max_pixels, bad_request)
+
+    for outcomes in run_batches(work, batches, parallel):
+        for photo, reason in outcomes:
+            if reason:
+                summary.skipped.append((photo.source, reason))
+            else:
+                summary.colorized += 1
+            if report:
+                report(photo, reason)
+    return summary
