@@ -5,12 +5,16 @@ The client's requests, batch splitting and the CLI over a real model: tests/test
 
 import io
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import make_photo, write_photos
+from tests.conftest import REPO, make_photo, write_photos
 from trainer.errors import ConfigError
 from trainer.serve import archive
 
@@ -71,3 +75,54 @@ def test_an_output_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         archive.write_output(str(tmp_path), "a/c.png", b"png")
     assert sorted(os.listdir(tmp_path / "a")) == ["b.png"]  # no half-written output, no temporary file
+
+
+def _outputs(folder) -> dict:
+    """{relative path: (inode, mtime)} of every file under `folder`."""
+    found = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            stat = os.stat(os.path.join(root, name))
+            found[os.path.relpath(os.path.join(root, name), folder)] = (stat.st_ino, stat.st_mtime_ns)
+    return found
+
+
+@pytest.mark.system
+def test_tasks_split_an_archive_and_a_killed_task_restarted_writes_each_output_once(tmp_path):
+    """As an Indexed Job runs it: 3 tasks from their environment, task 1 SIGKILLed and restarted."""
+    from trainer.serve import export, preprocess
+    from trainer.train.models import build_model
+
+    model = build_model("unet", preprocess.output_channels("lab"), base_filters=4)
+    export.export_saved_model(model, "lab", str(tmp_path / "export"))
+    os.makedirs(tmp_path / "photos")
+    for i in range(90):  # 512 x 384 each: a task takes seconds, so the kill lands mid-share
+        Image.fromarray(np.tile(make_photo(i), (8, 8, 1))).save(tmp_path / "photos" / f"{i:03d}.png")
+    command = [sys.executable, "-m", "trainer.client", f"--local_model={tmp_path}/export"]
+    command += [f"--output_dir={tmp_path}/out", "--parallel=1", "--batch_size=1", f"{tmp_path}/photos"]
+
+    def task(index):
+        env = {**os.environ, "PYTHONPATH": REPO, "COLORIZER_NUM_TASKS": "3"}
+        env["JOB_COMPLETION_INDEX"] = str(index)
+        return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    everything = {p.output for p in archive.list_photos([str(tmp_path / "photos")])[0]}
+    share = {p.output for p in archive.list_photos([str(tmp_path / "photos")], 3, 1)[0]}
+    tasks = [task(i) for i in range(3)]
+    deadline = time.monotonic() + 120
+    while not share & set(_outputs(tmp_path / "out")) and time.monotonic() < deadline:
+        assert tasks[1].poll() is None, tasks[1].communicate()[1]
+        time.sleep(0.02)
+    tasks[1].send_signal(signal.SIGKILL)
+    tasks[1].wait()
+    before = {k: v for k, v in _outputs(tmp_path / "out").items() if k in share}
+    assert before and len(before) < len(share), "task 1 was not killed mid-share"
+    for index in (0, 2):
+        assert tasks[index].wait(timeout=300) == 0, tasks[index].communicate()[1]
+    restarted = task(1)
+    out, err = restarted.communicate(timeout=300)
+    assert restarted.returncode == 0, err
+    assert f"; {len(before)} already done; 0 skipped" in out
+    after = _outputs(tmp_path / "out")
+    assert set(after) == everything  # every output, no .partial leftover
+    assert {k: after[k] for k in before} == before  # what the killed task wrote was not written again

@@ -536,3 +536,10 @@ def test_cli_colorizes_a_folder_as_people_have_it_and_a_rerun_resumes(tmp_path):
     again = _cli(*args, cwd=tmp_path)
     assert again.returncode == 5 and "colorized 1 photo(s)" in again.stdout, again.stderr
     assert "; 6 already done; 2 skipped" in again.stdout
+
+
+def test_the_http_client_imports_no_tensorflow():
+    """Only --local_model needs TensorFlow: the server path starts in well under a second."""
+    code = "import sys, trainer.client, trainer.serve.archive; assert 'tensorflow' not in sys.modules"
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr

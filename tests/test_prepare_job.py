@@ -15,7 +15,7 @@ from tests.test_launch import pod
 from tests.test_manifests import FLAG, K8S_VERSION, ROOT, load
 from trainer.cluster import launch
 from trainer.cluster.prepare_job import prepare_flags
-from trainer.data.prepare_config import ENV_NUM_TASKS, ENV_RUN_NAME
+from trainer.data.photo_source import ENV_NUM_TASKS, ENV_RUN_NAME
 
 cluster = fake_kubernetes.cluster  # the fixture
 JOB_NAME_LABEL = "metadata.labels['batch.kubernetes.io/job-name']"

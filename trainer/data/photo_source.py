@@ -20,6 +20,10 @@ _DOWNLOAD_THREADS = 8  # per decode process: hides object-storage latency behind
 # in memory at once, so this keeps it under 1 GiB; a 100-megapixel camera JPEG fits under it. Larger
 # files are skipped and named from their listed size, before a byte is read.
 MAX_PHOTO_BYTES = 64 * 1024 * 1024
+# How a task of an Indexed Job (prepare's, the client's) knows its share.
+ENV_TASK_INDEX = "JOB_COMPLETION_INDEX"  # set by Kubernetes in every pod of an Indexed Job
+ENV_NUM_TASKS = "COLORIZER_NUM_TASKS"  # set by the k8s components (= the Job's completions)
+ENV_RUN_NAME = "COLORIZER_RUN_NAME"  # set by the k8s components (= the Job's name)
 
 
 class TooLarge(ValueError):
@@ -39,6 +43,22 @@ def task_of(name: str, num_tasks: int) -> int:
     if num_tasks == 1:
         return 0
     return int.from_bytes(hashlib.blake2b(name.encode("utf-8"), digest_size=8).digest(), "big") % num_tasks
+
+
+def task_defaults(num_tasks, task_index, run_name, env=os.environ):
+    """--num_tasks, --task_index and --run_name, else what an Indexed Job's pod has in its environment."""
+    try:
+        if num_tasks is None and env.get(ENV_NUM_TASKS):
+            num_tasks = int(env[ENV_NUM_TASKS])
+        if task_index is None and env.get(ENV_TASK_INDEX):
+            task_index = int(env[ENV_TASK_INDEX])
+    except ValueError as exc:
+        raise ConfigError(f"${ENV_NUM_TASKS} / ${ENV_TASK_INDEX}: not a number ({exc})") from None
+    if task_index is not None and num_tasks is None:
+        raise ConfigError(f"--task_index={task_index} needs --num_tasks (or ${ENV_NUM_TASKS})")
+    if num_tasks is not None and task_index is None:
+        raise ConfigError(f"--num_tasks={num_tasks} needs --task_index (or ${ENV_TASK_INDEX})")
+    return num_tasks, task_index, run_name if run_name is not None else env.get(ENV_RUN_NAME, "")
 
 
 def join(directory: str, name: str) -> str:

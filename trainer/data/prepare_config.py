@@ -7,12 +7,9 @@ from typing import Optional
 from absl import flags
 
 from trainer.data import gcs
+from trainer.data.photo_source import ENV_NUM_TASKS, ENV_RUN_NAME, ENV_TASK_INDEX, task_defaults
 from trainer.data.schema import ENCODINGS, IMAGE_SIZE
 from trainer.errors import ConfigError
-
-ENV_TASK_INDEX = "JOB_COMPLETION_INDEX"  # set by Kubernetes in every pod of an Indexed Job
-ENV_NUM_TASKS = "COLORIZER_NUM_TASKS"  # set by k8s/components/prepare (= the Job's completions)
-ENV_RUN_NAME = "COLORIZER_RUN_NAME"  # set by k8s/components/prepare (= the Job's name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,22 +64,6 @@ class PrepareConfig:
         if self.image_size != IMAGE_SIZE:  # only then: a run started before --image_size keeps its id
             identity["image_size"] = self.image_size
         return identity
-
-
-def task_defaults(num_tasks, task_index, run_name, env=os.environ):
-    """--num_tasks, --task_index and --run_name, else what an Indexed Job's pod has in its environment."""
-    try:
-        if num_tasks is None and env.get(ENV_NUM_TASKS):
-            num_tasks = int(env[ENV_NUM_TASKS])
-        if task_index is None and env.get(ENV_TASK_INDEX):
-            task_index = int(env[ENV_TASK_INDEX])
-    except ValueError as exc:
-        raise ConfigError(f"${ENV_NUM_TASKS} / ${ENV_TASK_INDEX}: not a number ({exc})") from None
-    if task_index is not None and num_tasks is None:
-        raise ConfigError(f"--task_index={task_index} needs --num_tasks (or ${ENV_NUM_TASKS})")
-    if num_tasks is not None and task_index is None:
-        raise ConfigError(f"--num_tasks={num_tasks} needs --task_index (or ${ENV_TASK_INDEX})")
-    return num_tasks, task_index, run_name if run_name is not None else env.get(ENV_RUN_NAME, "")
 
 
 def from_flags(values: flags.FlagValues) -> PrepareConfig:

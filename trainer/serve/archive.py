@@ -10,8 +10,9 @@
   has the displayed size. Pixel counts are checked from the header before anything is decoded.
 * **Nothing lost, nothing done twice.** A file that can't be read or that serving refuses is
   skipped and named; TF Serving's 400 doesn't say which image of a batch failed, so the batch is
-  split until the bad one fails alone. Outputs are written whole (a temporary name, then a
-  rename; one upload on gs://); existing outputs are skipped, so the same command resumes.
+  split until the bad one fails alone. Outputs are written whole (`<output>.partial`, then a
+  rename; one upload on gs://); existing outputs are skipped, so the same command resumes, and
+  with tasks (`list_photos`' shares) a killed and restarted task writes each output once.
 * **Fast.** `parallel` requests at once, each thread reading and writing its own batch, so reading,
   predicting and writing overlap.
 """
@@ -22,7 +23,6 @@ import dataclasses
 import io
 import os
 import posixpath
-import threading
 from typing import Callable, Iterator, List, Optional, Tuple
 
 from trainer.data import gcs, photo_source
@@ -32,6 +32,7 @@ from trainer.errors import ConfigError, DataError, first_line
 SENT_AS_IS = ("JPEG", "PNG", "BMP")  # what serving_default decodes
 PLAIN_MODES = ("L", "LA", "RGB", "RGBA", "P", "PA")  # 8-bit pixels TF's decoders read as shown
 _ORIENTATION = 0x0112  # EXIF tag: 1 is upright
+PARTIAL = ".partial"  # an output being written
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,7 +175,9 @@ def write_output(output_dir: str, relative: str, data: bytes) -> str:
         return target
     target = os.path.join(output_dir, *relative.split("/"))
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    temporary = f"{target}.tmp-{os.getpid()}-{threading.get_ident()}"
+    # One writer per output (tasks' shares are disjoint), so a fixed name: a killed run's leftover
+    # is replaced when the photo is done again.
+    temporary = target + PARTIAL
     try:
         with open(temporary, "wb") as handle:
             handle.write(data)

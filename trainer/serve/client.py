@@ -16,6 +16,7 @@ skipped (each named), 2 or 3 for bad flags or inputs, 1 when serving fails for g
 
 import http.client
 import json
+import os
 import random
 import sys
 import time
@@ -24,6 +25,8 @@ import urllib.request
 
 from absl import app, flags
 
+from trainer import console
+from trainer.data.photo_source import task_defaults
 from trainer.errors import (
     EXIT_SKIPPED,
     ColorizerError,
@@ -259,8 +262,14 @@ def define_flags():
     flags.DEFINE_bool(
         "overwrite", False, "Replace existing outputs (by default they are skipped: a rerun resumes)."
     )
-    flags.DEFINE_integer("num_tasks", 1, "Split the photos among this many tasks (by a hash of each name).")
-    flags.DEFINE_integer("task_index", 0, "This task's share: 0 to --num_tasks - 1.")
+    flags.DEFINE_integer(
+        "num_tasks",
+        None,
+        "Split the photos among this many tasks by a hash of each output name [$COLORIZER_NUM_TASKS or 1].",
+    )
+    flags.DEFINE_integer(
+        "task_index", None, "This task's share, 0 to --num_tasks - 1 [$JOB_COMPLETION_INDEX, else 0]."
+    )
     flags.DEFINE_integer(
         "max_pixels",
         DEFAULT_MAX_PIXELS,
@@ -274,19 +283,15 @@ def _client_from_flags() -> Client:
         raise ConfigError("pass exactly one of --server=http://HOST:8501 or --local_model=PATH")
     if not FLAGS.output_dir:
         raise ConfigError("--output_dir is required")
-    for name, value in (
-        ("batch_size", FLAGS.batch_size),
-        ("parallel", FLAGS.parallel),
-        ("num_tasks", FLAGS.num_tasks),
-    ):
+    for name, value in (("batch_size", FLAGS.batch_size), ("parallel", FLAGS.parallel)):
         if value < 1:
             raise ConfigError(f"--{name}={value}: must be at least 1")
-    if not 0 <= FLAGS.task_index < FLAGS.num_tasks:
-        raise ConfigError(f"--task_index={FLAGS.task_index}: must be 0 to {FLAGS.num_tasks - 1}")
     if FLAGS.retries < 0 or FLAGS.backoff_seconds < 0 or FLAGS.timeout <= 0:
         raise ConfigError("--retries and --backoff_seconds must be at least 0, --timeout above 0")
     transport: HttpTransport | rest.LocalModel
     if FLAGS.local_model:
+        if console.wants_quiet(bool(FLAGS["verbosity"].present), os.environ):
+            console.quiet_tensorflow(os.environ)
         from trainer.serve.export import resolve_saved_model  # TensorFlow: only for --local_model
 
         transport = rest.LocalModel(resolve_saved_model(FLAGS.local_model), FLAGS.model_name)
@@ -297,6 +302,15 @@ def _client_from_flags() -> Client:
     return Client(transport, FLAGS.model_name, FLAGS.version, FLAGS.retries, FLAGS.backoff_seconds)
 
 
+def _task(environ) -> tuple:
+    """(num_tasks, task_index): the flags, else an Indexed Job pod's environment, else (1, 0)."""
+    num_tasks, task_index, _ = task_defaults(FLAGS.num_tasks, FLAGS.task_index, "", environ)
+    num_tasks, task_index = num_tasks or 1, task_index or 0
+    if num_tasks < 1 or not 0 <= task_index < num_tasks:
+        raise ConfigError(f"--task_index={task_index} of --num_tasks={num_tasks}: must be 0 to num_tasks - 1")
+    return num_tasks, task_index
+
+
 def main(argv):
     inputs = argv[1:]
     with exit_on_user_error():
@@ -305,7 +319,8 @@ def main(argv):
                 "no inputs (usage: python -m trainer.client [flags] FILE|FOLDER|gs://PREFIX...)"
             )
         client = _client_from_flags()
-        photos, ignored = archive.list_photos(inputs, FLAGS.num_tasks, FLAGS.task_index)
+        num_tasks, task_index = _task(os.environ)
+        photos, ignored = archive.list_photos(inputs, num_tasks, task_index)
         todo = archive.pending(photos, FLAGS.output_dir, FLAGS.overwrite)
         version = client.wait_available() if todo else None
         progress = Progress(len(todo))
