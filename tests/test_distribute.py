@@ -146,3 +146,18 @@ def _unresolvable():
 def test_worker_count_that_is_not_a_number_is_one_line():
     with pytest.raises(ConfigError, match="COLORIZER_NUM_WORKERS='two': not a number"):
         distribute.resolve_cluster({"JOB_COMPLETION_INDEX": "0", "COLORIZER_NUM_WORKERS": "two"})
+
+
+def test_a_peer_lost_while_the_cluster_forms_is_transient(monkeypatch):
+    """A peer preempted mid-formation: retriable (145), not exit 1, which fails a TFJob for good."""
+
+    def formation_fails(*args, **kwargs):
+        raise tf.errors.UnavailableError(None, None, "failed to connect to all addresses\nmore")
+
+    monkeypatch.setattr(distribute, "wait_for_peers", lambda *args, **kwargs: None)
+    monkeypatch.setattr(tf.distribute, "MultiWorkerMirroredStrategy", formation_fails)
+    cluster = distribute._from_tf_config(
+        json.dumps({"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 0}})
+    )
+    with pytest.raises(TransientError, match=r"^the workers could not form their cluster \(Unavailable"):
+        distribute._multi_worker(cluster, 1, 0, lambda: False)

@@ -133,6 +133,29 @@ def test_alone_a_failing_file_system_is_transient_and_a_cancellation_is_not(monk
         run.train_and_export_guarded(None, mirrored, lambda: False)
 
 
+def test_with_peers_a_failed_collective_or_nccl_error_is_a_lost_peer_and_other_internal_errors_are_not(
+    monkeypatch, capsys
+):
+    """Exit 144 (retriable) for what a dead peer causes, including NCCL's InternalError; a bug stays 1."""
+    from trainer.errors import EXIT_PEER_LOST
+    from trainer.train import run
+
+    peers = object.__new__(type("Peers", (tf.distribute.MultiWorkerMirroredStrategy,), {}))
+    nccl = tf.errors.InternalError(None, None, "ncclSystemError: System call failed\nNCCL WARN socket closed")
+    for error, reason in (
+        (nccl, "ncclSystemError: System call failed"),
+        (tf.errors.UnavailableError(None, None, "Collective ops is aborted by: peer down"), "aborted by"),
+    ):
+        monkeypatch.setattr(run, "train_and_export", lambda *args, error=error: (_ for _ in ()).throw(error))
+        with pytest.raises(SystemExit) as exited:
+            run.train_and_export_guarded(None, peers, lambda: False)
+        assert exited.value.code == EXIT_PEER_LOST and reason in capsys.readouterr().err
+    bug = tf.errors.InternalError(None, None, "Dst tensor is not initialized")
+    monkeypatch.setattr(run, "train_and_export", lambda *args: (_ for _ in ()).throw(bug))
+    with pytest.raises(tf.errors.InternalError):
+        run.train_and_export_guarded(None, peers, lambda: False)
+
+
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory):
     from tests.workers import prepare_data

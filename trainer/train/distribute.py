@@ -16,7 +16,7 @@ import time
 import tensorflow as tf
 from absl import logging
 
-from trainer.errors import ConfigError, StoppedError, TransientError
+from trainer.errors import ConfigError, StoppedError, TransientError, first_line
 from trainer.train.config import STRATEGIES
 
 DEFAULT_PORT = 2222
@@ -194,4 +194,10 @@ def _multi_worker(cluster, peer_timeout_seconds, collective_timeout_seconds, sto
     logging.info(
         "all-reduce between workers: %s (%d GPU(s) on this worker)", options.implementation.name, len(gpus)
     )
-    return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver, communication_options=options)
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy(resolver, communication_options=options)
+    except tf.errors.OpError as exc:  # a peer went away while the workers were connecting
+        raise TransientError(
+            f"the workers could not form their cluster ({type(exc).__name__}: {first_line(exc.message)}); "
+            "a restart of every worker tries again"
+        ) from None

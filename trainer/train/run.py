@@ -7,6 +7,7 @@
 import dataclasses
 import functools
 import os
+import re
 import shutil
 import sys
 from typing import Optional
@@ -142,14 +143,24 @@ PEER_ERRORS = (
 )
 
 
+_PEER_LOST_LINE = re.compile("aborted|timed out|nccl", re.IGNORECASE)  # the line that names the cause
+
+
+def _lost_peer(exc: Exception, strategy) -> bool:
+    """With peers: a failed collective, or NCCL reporting a broken connection (an InternalError)."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return False
+    return isinstance(exc, PEER_ERRORS) or "nccl" in str(getattr(exc, "message", "")).lower()
+
+
 def train_and_export_guarded(config: TrainConfig, strategy, stop_requested, shards=None) -> RunResult:
     """train_and_export(); a lost peer exits EXIT_PEER_LOST, unavailable storage is a TransientError."""
     try:
         return train_and_export(config, strategy, stop_requested, shards)
-    except PEER_ERRORS as exc:
-        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    except PEER_ERRORS + (tf.errors.InternalError,) as exc:
+        if _lost_peer(exc, strategy):
             reason = next(
-                (line for line in exc.message.splitlines() if "aborted" in line or "timed out" in line),
+                (line for line in exc.message.splitlines() if _PEER_LOST_LINE.search(line)),
                 type(exc).__name__,
             )
             print(
@@ -157,7 +168,7 @@ def train_and_export_guarded(config: TrainConfig, strategy, stop_requested, shar
                 file=sys.stderr,
             )
             sys.exit(EXIT_PEER_LOST)
-        if isinstance(exc, tf.errors.CancelledError):
+        if isinstance(exc, (tf.errors.CancelledError, tf.errors.InternalError)):
             raise
         raise TransientError(
             f"storage unavailable ({type(exc).__name__}: {first_line(exc.message)}); "
