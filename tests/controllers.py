@@ -151,6 +151,26 @@ def tf_serving_ports_open_at(version_at, poll_seconds, load_seconds, poll_phase=
     return first_poll + load_seconds
 
 
+def tf_serving_upload_available_at(
+    upload, poll_seconds, load_seconds, poll_phase=0.0, retry_seconds=60.0, retries=5
+):
+    """When a version uploaded over `upload` = (start, end), saved_model.pb last, is AVAILABLE.
+
+    A poll lists every object below the base path and takes the first path component as the
+    version (file_system_storage_path_source.cc PollFileSystemForServable), so a poll during the
+    upload finds the version. Its load fails without saved_model.pb and is retried every
+    `retry_seconds`, `retries` times (loader_harness.cc Retry; main.cc --max_num_load_retries=5,
+    --load_retry_interval_micros=60 s); then the version stays failed (None).
+    """
+    start, end = upload
+    attempt = _next_tick(start, poll_seconds, poll_phase)
+    for _ in range(retries + 1):
+        if attempt >= end:
+            return attempt + load_seconds
+        attempt += retry_seconds
+    return None
+
+
 def _next_tick(t, period, phase):
     return phase + max(0, math.ceil((t - phase) / period)) * period
 

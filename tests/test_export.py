@@ -171,3 +171,24 @@ def test_version_folders_are_understood_as_tf_serving_does(tmp_path):
     assert export.complete_versions(str(tmp_path)) == [str(tmp_path / "7")]
     assert export.next_version(str(tmp_path)) >= 13
     assert export.version_folders(str(tmp_path / "missing")) == []
+
+
+def test_a_poll_during_an_upload_delays_the_version_by_one_load_retry(tmp_path, monkeypatch):
+    """On gs://, TF Serving can list a version while it uploads (tests/controllers.py): saved_model.pb
+    goes last, so such a load fails cleanly and the retry 60 s later loads the whole version."""
+    from tests.controllers import tf_serving_upload_available_at
+
+    (tmp_path / "variables").mkdir()
+    for name in ("saved_model.pb", "fingerprint.pb", "variables/variables.index", "colorizer.json"):
+        (tmp_path / name).write_bytes(b"x")
+    uploaded = []
+    monkeypatch.setattr(export, "_upload_verified", lambda path, target: uploaded.append(target))
+    export._publish(str(tmp_path), "gs://bucket/export/7")
+    assert uploaded[-1] == "gs://bucket/export/7/saved_model.pb" and len(uploaded) == 4
+
+    serving = open(os.path.join(REPO, "k8s", "components", "serving", "serving.yaml")).read()
+    poll = int(re.search(r"--file_system_poll_wait_seconds=(\d+)", serving).group(1))
+    load = 10.0
+    assert tf_serving_upload_available_at((1.0, 15.0), poll, load) == poll + load  # done before the poll
+    assert tf_serving_upload_available_at((15.0, 25.0), poll, load) == poll + 60 + load  # a poll mid-upload
+    assert tf_serving_upload_available_at((15.0, 400.0), poll, load) is None  # slower than 5 retries: failed

@@ -206,8 +206,10 @@ def _publish(tmp: str, final: str) -> None:
 
     A local rename is atomic. Object stores have no directory rename, so there every file is
     uploaded, read back and compared (TF's GCS writer has finished uploads as empty objects without
-    raising under 503s: tests/test_gcs.py), and `saved_model.pb` goes last: TF Serving only loads
-    a version once that file exists.
+    raising under 503s: tests/test_gcs.py), and `saved_model.pb` goes last. TF Serving lists a
+    version as soon as any of its objects exists, so a poll during the upload may try to load it:
+    that load fails without saved_model.pb (never on a partial model) and is retried a minute later
+    (docs/SERVING.md, "A version being uploaded").
     """
     if "://" not in final:
         tf.io.gfile.rename(tmp, final)
