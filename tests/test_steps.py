@@ -8,8 +8,8 @@ import tensorflow as tf
 from trainer.serve import preprocess
 from trainer.train import augment, losses, steps
 from trainer.train.config import PRECISIONS, TrainConfig
-from trainer.train.loop import build_optimizer
 from trainer.train.models import build_model
+from trainer.train.steps import build_optimizer
 
 
 def _config(**overrides):

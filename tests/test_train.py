@@ -19,7 +19,8 @@ from trainer.serve import preprocess
 from trainer.train import preemption
 from trainer.train.checkpoints import listed
 from trainer.train.config import TrainConfig
-from trainer.train.loop import Trainer, learning_rate
+from trainer.train.loop import Trainer
+from trainer.train.steps import learning_rate
 
 
 def _config(shards_dir, tmp_path, **overrides):

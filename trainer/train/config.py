@@ -7,6 +7,7 @@ run's `--arg` values against these same definitions without loading TensorFlow.
 
 import dataclasses
 import os
+import re
 import typing
 from typing import Any, Callable, Mapping, Optional
 
@@ -118,6 +119,12 @@ class TrainConfig:
         PRECISIONS,
     )
     jit_compile: bool = _setting(False, "Compile the train step with XLA.")
+    log_every_seconds: int = _setting(
+        60, "Inside an epoch, a progress line (step, loss, images/s, the epoch's ETA) this often (0: off)."
+    )
+    profile_steps: str = _setting(
+        "", "A,B: write a TensorBoard profile of training steps A to B into the log dir (chief only)."
+    )
     fit_decode: bool = _setting(
         True,
         "After training, fit the a*b* scale (and two heads' blend) on --eval_data and "
@@ -148,6 +155,14 @@ class TrainConfig:
     def mixed_precision(self) -> bool:
         """Whether the optimizer is wrapped for loss scaling: the precision choice a checkpoint records."""
         return self.precision == "mixed_float16"
+
+    @property
+    def profile_range(self) -> Optional[tuple]:
+        """(first, last) step of --profile_steps, or None."""
+        if not self.profile_steps:
+            return None
+        first, last = self.profile_steps.replace(" ", "").split(",")
+        return int(first), int(last)
 
     @property
     def log_dir(self) -> str:
@@ -184,7 +199,11 @@ class TrainConfig:
             raise ConfigError(f"--colour_target={self.colour_target}: must be between 0 and 1")
         if not self.learning_rate > 0:
             raise ConfigError(f"--learning_rate={self.learning_rate}: must be positive")
-        for name in ("patience", "checkpoint_every_steps"):
+        if self.profile_steps and not re.fullmatch(r"\d+,\d+", self.profile_steps.replace(" ", "")):
+            raise ConfigError(f"--profile_steps={self.profile_steps!r}: expected A,B (two step numbers)")
+        if self.profile_range and self.profile_range[0] >= self.profile_range[1]:
+            raise ConfigError(f"--profile_steps={self.profile_steps}: A must be below B")
+        for name in ("patience", "checkpoint_every_steps", "log_every_seconds"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name}={getattr(self, name)}: must not be negative")
         for name in ("train_data", "eval_data", "model_dir", "export_dir"):

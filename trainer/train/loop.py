@@ -36,27 +36,6 @@ class _State:
 _PRIOR_BATCHES = 64  # batches of training targets counted for the classification loss's bin prior
 
 
-def learning_rate(config: TrainConfig, steps_per_epoch: int):
-    """The Adam learning rate: constant (the seed's), or one warmup epoch then cosine decay to 0.
-
-    A schedule is a function of the optimizer's step counter, so a resumed run continues on it.
-    """
-    if config.lr_schedule == "constant":
-        return config.learning_rate
-    total = config.epochs * steps_per_epoch
-    warmup = min(steps_per_epoch, total // 2)
-    return keras.optimizers.schedules.CosineDecay(
-        0.0, max(1, total - warmup), warmup_target=config.learning_rate, warmup_steps=warmup
-    )
-
-
-def build_optimizer(config: TrainConfig, steps_per_epoch: int = 1) -> keras.optimizers.Optimizer:
-    optimizer = keras.optimizers.Adam(learning_rate(config, steps_per_epoch))
-    if config.precision == "mixed_float16":  # float16 gradients underflow without it; bfloat16's don't
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    return optimizer
-
-
 @dataclasses.dataclass(frozen=True)
 class FitResult:
     """What `Trainer.fit` did: where the run stands and why it returned."""
@@ -94,7 +73,7 @@ class Trainer:
         with strategy.scope():
             channels = preprocess.output_channels(config.color_space, config.loss)
             self.model = build_model(config.model, channels, config.base_filters, config.sync_batchnorm)
-            self.optimizer = build_optimizer(config, self.steps_per_epoch)
+            self.optimizer = steps.build_optimizer(config, self.steps_per_epoch)
             self.optimizer.build(self.model.trainable_variables)
             self.state = _State()
         checkpoint = tf.train.Checkpoint(
@@ -108,6 +87,11 @@ class Trainer:
             config, checkpoint, self.model, strategy.extended.should_checkpoint
         )
         self.writers = actions.Writers(config.log_dir, strategy.extended.should_save_summary)
+        self.progress = actions.StepProgress(config.log_every_seconds, self.global_batch, self.writers)
+        self.profiler = actions.Profiler(
+            config.profile_range, config.log_dir, strategy.extended.should_save_summary
+        )
+        self.gpus = tf.config.list_physical_devices("GPU")
         self.early_stopping = actions.EarlyStopping(
             self.state.best_val_loss, self.state.bad_epochs, config.patience, self.checkpoints.save_best
         )
@@ -194,10 +178,13 @@ class Trainer:
         run_train, run_eval = self._step_functions()
         preempted, run_start, first_epoch = False, time.perf_counter(), int(self.state.epoch.numpy())
         while not stopped and int(self.state.epoch.numpy()) < self.config.epochs:
-            epoch = int(self.state.epoch.numpy())
+            epoch, first_step = int(self.state.epoch.numpy()), self.step
             start = time.perf_counter()
+            end = (epoch + 1) * self.steps_per_epoch
+            self.progress.start_epoch(epoch, self.config.epochs, first_step, end)
             loss, preempted = self._run_epoch(run_train, train_iter, epoch)
-            images_per_s = self.steps_per_epoch * self.global_batch / (time.perf_counter() - start)
+            # The steps this attempt ran: a resumed epoch's first ones were run before the restart.
+            images_per_s = (self.step - first_step) * self.global_batch / (time.perf_counter() - start)
             val_loss = None if preempted else self._evaluate(run_eval, eval_dist)
             if val_loss is None:  # a stop was agreed; a restart repeats this epoch's evaluation
                 preempted = True
@@ -227,11 +214,14 @@ class Trainer:
             val_loss,
             images_per_s,
             eta_seconds,
+            actions.peak_memory(self.gpus),
         )
         stopped = self.early_stopping(end)
         self.checkpoints.save_latest(self.step)
         quality = self.epoch_quality(self.model) if self.epoch_quality else {}
-        self.writers.epoch(self.step, loss, val_loss, images_per_s, self._grid(preview), quality)
+        self.writers.epoch(
+            self.step, loss, val_loss, images_per_s, self._grid(preview), quality, end.peak_memory_bytes
+        )
         actions.log_epoch(end, quality, stopped)
         return stopped
 
@@ -240,6 +230,7 @@ class Trainer:
 
         `already_finished`: this attempt trained nothing (the run had ended before it started).
         """
+        self.profiler.stop(self.step)
         if preempted:
             self.checkpoints.save_latest(self.step)
             logging.warning(
@@ -265,6 +256,7 @@ class Trainer:
             interval = self.config.checkpoint_every_steps
             if interval:
                 steps = min(steps, interval - self.step % interval)
+            self.profiler(self.step)
             start = time.perf_counter()
             losses.append(
                 (
@@ -278,6 +270,7 @@ class Trainer:
             )
             self._check_finite("loss", losses[-1][0])
             self.pacer.timed(steps, time.perf_counter() - start)
+            self.progress(self.step, losses[-1][0])
             if interval:
                 self.checkpoints.save_latest(self.step, force=False)
         return sum(loss * n for loss, n in losses) / max(1, sum(n for _, n in losses)), False

@@ -1,15 +1,37 @@
-"""The replicated train and eval steps, and the loop that runs many of them per call.
+"""The optimizer, the replicated train and eval steps, and the loop that runs many of them per call.
 
 Each replica receives its share of a uint8 batch and does everything after decoding on its own
 device: float conversion, the random flip and the colour-space targets (`preprocess.model_pair`,
 the conversion serving also runs), then the model, loss and update.
 """
 
+import keras
 import tensorflow as tf
 
 from trainer.serve import preprocess
 from trainer.train import augment, losses
 from trainer.train.config import TrainConfig
+
+
+def learning_rate(config: TrainConfig, steps_per_epoch: int):
+    """The Adam learning rate: constant (the seed's), or one warmup epoch then cosine decay to 0.
+
+    A schedule is a function of the optimizer's step counter, so a resumed run continues on it.
+    """
+    if config.lr_schedule == "constant":
+        return config.learning_rate
+    total = config.epochs * steps_per_epoch
+    warmup = min(steps_per_epoch, total // 2)
+    return keras.optimizers.schedules.CosineDecay(
+        0.0, max(1, total - warmup), warmup_target=config.learning_rate, warmup_steps=warmup
+    )
+
+
+def build_optimizer(config: TrainConfig, steps_per_epoch: int = 1) -> keras.optimizers.Optimizer:
+    optimizer = keras.optimizers.Adam(learning_rate(config, steps_per_epoch))
+    if config.precision == "mixed_float16":  # float16 gradients underflow without it; bfloat16's don't
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
 
 
 def replica_seed(seed: int, optimizer) -> tf.Tensor:
