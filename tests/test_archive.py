@@ -34,7 +34,8 @@ def test_folders_are_listed_recursively_in_a_stable_order_without_non_photos(tmp
     photos, ignored = archive.list_photos([str(tmp_path / "in"), str(tmp_path / "single.png")])
     names = ["photo000.png", "2019/photo000.png", "2019/photo001.png", "single.png"]
     assert [p.output for p in photos] == names
-    assert ignored == 2 and photos[0].size == os.path.getsize(tmp_path / "in" / "photo000.jpeg")
+    assert ignored == [str(tmp_path / "in" / n) for n in (".DS_Store", "notes.txt")]
+    assert photos[0].size == os.path.getsize(tmp_path / "in" / "photo000.jpeg")
     with pytest.raises(ConfigError, match="would both be written to single.png"):
         archive.list_photos([str(tmp_path / "single.png"), str(tmp_path / "single.png")])
 
@@ -126,3 +127,16 @@ def test_tasks_split_an_archive_and_a_killed_task_restarted_writes_each_output_o
     after = _outputs(tmp_path / "out")
     assert set(after) == everything  # every output, no .partial leftover
     assert {k: after[k] for k in before} == before  # what the killed task wrote was not written again
+
+
+def test_side_by_side_puts_the_gray_picture_sent_left_of_the_colour(tmp_path):
+    sent = io.BytesIO()
+    Image.fromarray(make_photo(2)).save(sent, format="PNG")
+    colour = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(colour, format="PNG")
+    with Image.open(io.BytesIO(archive.side_by_side(sent.getvalue(), colour.getvalue()))) as pair:
+        pixels = np.asarray(pair)
+    assert pixels.shape == (48, 128, 3)
+    gray = np.asarray(Image.fromarray(make_photo(2)).convert("L"))
+    assert np.array_equal(pixels[:, :64, 0], gray) and np.array_equal(pixels[:, :64, 1], gray)
+    assert (pixels[:, 64:] == (200, 30, 30)).all()

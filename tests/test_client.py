@@ -14,6 +14,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -493,6 +494,8 @@ def _archive(folder):
     deep = make_photo(4)[..., 0].astype(np.uint16) * 257  # 16-bit gray
     Image.fromarray(deep).save(folder / "scans" / "deep.png")  # mode I;16
     photo.save(folder / "web.webp")
+    photo.convert("P", palette=Image.Palette.ADAPTIVE, colors=16).save(folder / "scans" / "palette.bmp")
+    (folder / "notes.txt").write_text("scanned 1987")
     exif = Image.Exif()
     exif[0x0112] = 6  # stored sideways: displayed turned 90 degrees
     photo.save(folder / "phone.jpg", exif=exif)
@@ -508,6 +511,7 @@ def _archive(folder):
         "scans/deep.png": (48, 64),
         "web.png": (48, 64),
         "phone.png": (64, 48),
+        "scans/palette.png": (48, 64),
     }
 
 
@@ -522,8 +526,9 @@ def test_cli_colorizes_a_folder_as_people_have_it_and_a_rerun_resumes(tmp_path):
     assert run.returncode == 5, run.stderr
     assert "photos/bad.jpeg: refused by serving (HTTP 400: " in run.stderr and "Traceback" not in run.stderr
     assert "photos/cut.jpg: not a readable image (" in run.stderr
-    assert "colorized 7 photo(s)" in run.stdout and "2 skipped" in run.stdout
-    assert "1 file(s) in folders left out as not photos by name" in run.stdout
+    assert "colorized 8 photo(s)" in run.stdout and "2 skipped" in run.stdout
+    assert "2 file(s) in folders left out as not photos by name" in run.stdout
+    assert "left out (not photos by name): photos/.DS_Store, photos/notes.txt" in run.stdout
     written = {
         os.path.relpath(os.path.join(root, n), tmp_path / "out")
         for root, _, names in os.walk(tmp_path / "out")
@@ -535,7 +540,24 @@ def test_cli_colorizes_a_folder_as_people_have_it_and_a_rerun_resumes(tmp_path):
     os.remove(tmp_path / "out" / "web.png")  # as if the first run had been interrupted
     again = _cli(*args, cwd=tmp_path)
     assert again.returncode == 5 and "colorized 1 photo(s)" in again.stdout, again.stderr
-    assert "; 6 already done; 2 skipped" in again.stdout
+    assert "; 7 already done; 2 skipped" in again.stdout
+    before = _tree(tmp_path / "out")
+    started = time.monotonic()
+    third = _cli(*args, cwd=tmp_path)  # nothing left but the bad photos: nothing new is written
+    assert third.returncode == 5 and "colorized 0 photo(s)" in third.stdout
+    assert _tree(tmp_path / "out") == before
+    assert time.monotonic() - started < 30
+    pairs = _cli(*args[:-1], "--output_dir=pairs", "--side_by_side", "photos/phone.jpg", cwd=tmp_path)
+    assert pairs.returncode == 0, pairs.stderr
+    assert tf.io.decode_png((tmp_path / "pairs" / "phone.png").read_bytes()).shape == (64, 96, 3)
+
+
+def _tree(folder) -> dict:
+    return {
+        os.path.join(root, n): os.stat(os.path.join(root, n)).st_mtime_ns
+        for root, _, names in os.walk(folder)
+        for n in names
+    }
 
 
 def test_the_http_client_imports_no_tensorflow():

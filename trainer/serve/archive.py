@@ -60,16 +60,16 @@ def output_names(relatives: List[str]) -> List[str]:
     return [(stem if counts[stem] == 1 else r) + ".png" for stem, r in zip(stems, relatives)]
 
 
-def list_photos(inputs: List[str], num_tasks: int = 1, task_index: int = 0) -> Tuple[List[Photo], int]:
-    """This task's share of the photos under `inputs`, in a stable order, and the number of files
-    left out of folders as not photos by name (`.DS_Store`, `notes.txt`)."""
-    found, ignored = [], 0
+def list_photos(inputs: List[str], num_tasks: int = 1, task_index: int = 0) -> Tuple[List[Photo], list]:
+    """This task's share of the photos under `inputs`, in a stable order, and the files left out of
+    folders as not photos by name (`.DS_Store`, `notes.txt`)."""
+    found, ignored = [], []
     for path in inputs:
         for source, relative, size, named in _listed(path):
             if named or photo_source.is_image(relative):
                 found.append((source, relative, size))
             else:
-                ignored += 1
+                ignored.append(source)
     owners: dict = {}
     photos = []
     for (source, _, size), name in zip(found, output_names([r for _, r, _ in found])):
@@ -216,17 +216,34 @@ def predict_splitting(predict, items: list, bad_request) -> list:
         )
 
 
-def colorize_batch(predict, batch: List[Photo], output_dir: str, max_pixels: int, bad_request) -> list:
-    """[(photo, None or the reason it was skipped)] for one batch: read, predict, write."""
+def side_by_side(sent: bytes, colorized: bytes) -> bytes:
+    """gray | colour as one PNG: the picture that was sent, in gray, left of the colorized one."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(sent)) as gray, Image.open(io.BytesIO(colorized)) as colour:
+        canvas = Image.new("RGB", (colour.width * 2, colour.height))
+        canvas.paste(gray.convert("L").convert("RGB").resize(colour.size), (0, 0))
+        canvas.paste(colour.convert("RGB"), (colour.width, 0))
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def colorize_batch(
+    predict, batch: List[Photo], output_dir: str, max_pixels: int, bad_request, pair: bool = False
+) -> list:
+    """[(photo, None or the reason it was skipped)] for one batch: read, predict, write (with
+    `pair`, gray | colour side by side)."""
     ready, outcomes = [], []
     for photo in batch:
         try:
             ready.append((photo, read_photo(photo, max_pixels)))
         except DataError as exc:
             outcomes.append((photo, str(exc)))
+    sent = {photo.output: data for photo, data in ready}
     for photo, png, reason in predict_splitting(predict, ready, bad_request):
         if png is not None:
-            write_output(output_dir, photo.output, png)
+            write_output(output_dir, photo.output, side_by_side(sent[photo.output], png) if pair else png)
         outcomes.append((photo, reason and f"{photo.source}: refused by serving ({reason})"))
     return outcomes
 
@@ -267,13 +284,14 @@ def colorize_archive(
     max_pixels: int = 0,
     bad_request=lambda exc: False,
     report: Optional[Callable] = None,
+    pair: bool = False,
 ) -> Summary:
     """Colorizes `photos` (see `pending`) in batches; `report(photo, reason or None)` after each."""
     summary = Summary(total=len(photos))
     batches = [photos[start : start + batch_size] for start in range(0, len(photos), batch_size)]
 
     def work(batch):
-        return colorize_batch(predict, batch, output_dir, max_pixels, bad_request)
+        return colorize_batch(predict, batch, output_dir, max_pixels, bad_request, pair)
 
     for outcomes in run_batches(work, batches, parallel):
         for photo, reason in outcomes:

@@ -259,6 +259,7 @@ def define_flags():
         "Requests in flight at once (each thread reads, sends and writes its own batch). Keep "
         "parallel x batch_size within the server's queue: docs/SERVING.md, Limits.",
     )
+    flags.DEFINE_bool("side_by_side", False, "Write gray | colour side by side (to show the result).")
     flags.DEFINE_bool(
         "overwrite", False, "Replace existing outputs (by default they are skipped: a rerun resumes)."
     )
@@ -334,6 +335,7 @@ def main(argv):
                 FLAGS.max_pixels,
                 bad_request,
                 report=progress,
+                pair=FLAGS.side_by_side,
             )
         finally:
             progress.close()
@@ -342,8 +344,11 @@ def main(argv):
         f"colorized {summary.colorized} photo(s) into {FLAGS.output_dir}"
         + (f" with {FLAGS.model_name} version {version}" if version else "")
         + f"; {done} already done; {len(summary.skipped)} skipped"
-        + (f"; {ignored} file(s) in folders left out as not photos by name" if ignored else "")
+        + (f"; {len(ignored)} file(s) in folders left out as not photos by name" if ignored else "")
     )
+    if ignored:
+        shown = ", ".join(ignored[:10]) + (f" and {len(ignored) - 10} more" if len(ignored) > 10 else "")
+        print(f"left out (not photos by name): {shown}")
     if summary.skipped:
         print(f"skipped (exit {EXIT_SKIPPED}):", file=sys.stderr)
         for _, reason in summary.skipped:
