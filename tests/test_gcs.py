@@ -175,6 +175,7 @@ def test_a_run_survives_five_percent_503s_and_serves_from_gcs(emulator, photos, 
         "--batch_size=2",
         "--patience=0",
         "--checkpoint_every_steps=3",
+        "--loss=mse",  # the storage paths, not the two heads' decode fit (5 candidates instead of 10)
     ]
     # TF's own retry path, with shorter waits than its default 1 s doubling (keeps the test short).
     faster = {
@@ -234,12 +235,16 @@ def test_a_run_survives_five_percent_503s_and_serves_from_gcs(emulator, photos, 
             120,
             3,
         )
-    colorized = _run(
-        emulator,
-        f"--local_model={run}/export",
-        str(photos / "photo000.png"),
-        f"--output_dir={tmp_path}/out",
-        module="trainer.client",
-    )
+    for name in ("photo000.png", "photo001.png"):  # an archive in the bucket, colorized into it
+        blob = emulator.client().bucket(BUCKET).blob(f"faults/photos/2019/{name}")
+        blob.upload_from_filename(photos / name)
+    archive = [f"--local_model={run}/export", f"gs://{BUCKET}/faults/photos/"]
+    archive.append(f"--output_dir=gs://{BUCKET}/faults/colorized")
+    colorized = _run(emulator, *archive, module="trainer.client")
     assert colorized.returncode == 0, colorized.stderr
-    assert os.path.getsize(tmp_path / "out" / "photo000.png") > 0
+    assert "colorized 2 photo(s)" in colorized.stdout
+    outputs = ["faults/colorized/2019/photo000.png", "faults/colorized/2019/photo001.png"]
+    assert _objects(emulator, "faults/colorized/") == outputs
+    again = _run(emulator, *archive, module="trainer.client")  # a rerun finds both done
+    assert again.returncode == 0, again.stderr
+    assert "colorized 0 photo(s)" in again.stdout and "2 already done" in again.stdout
