@@ -97,6 +97,7 @@ def test_shipped_settings_are_placeholders_skaffold_can_fill():
         "PREPARE_GSA",
         "TRAINER_GSA",
         "SERVING_GSA",
+        "COLORIZE_GSA",
         "DEV_GSA",
         "TRAINER_IMAGE",
     }

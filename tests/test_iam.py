@@ -5,7 +5,8 @@ arguments, and turns each `storage buckets add-iam-policy-binding` into a Bindin
 permissions, and the object-name prefix of its IAM Condition). Each identity of settings.env then
 does its real work under its own bindings only: prepare reads gs://BUCKET/photos and writes
 gs://BUCKET/data, training writes gs://BUCKET/runs and gs://BUCKET/export, serving loads the export,
-dev trains and serves under gs://BUCKET/dev. A binding the docs lack is a 403 in that work; a binding
+colorize reads gs://BUCKET/photos with the export and writes gs://BUCKET/colorized, dev trains and
+serves under gs://BUCKET/dev. A binding the docs lack is a 403 in that work; a binding
 that is unused, or wider than its use (a smaller role would do), or that lets an identity reach a
 prefix outside ACCESS, fails the tests below.
 
@@ -65,9 +66,10 @@ ACCESS = {
     "PREPARE_GSA": {"photos": "r", "data": "rw"},
     "TRAINER_GSA": {"data": "r", "runs": "rw", "export": "rw"},
     "SERVING_GSA": {"export": "r"},
+    "COLORIZE_GSA": {"photos": "r", "export": "r", "colorized": "rw"},
     "DEV_GSA": {"data": "r", "dev": "rw"},
 }
-PREFIXES = ("photos", "data", "runs", "export", "dev")
+PREFIXES = ("photos", "data", "runs", "export", "colorized", "dev")
 # Roles a prefix-conditioned binding may be compared with: Cloud Storage's own example conditions use
 # the object roles; the legacy roles map to bucket ACLs and are granted on the whole bucket.
 OBJECT_ROLES = ("roles/storage.objectViewer", "roles/storage.objectCreator", "roles/storage.objectUser")
@@ -77,6 +79,7 @@ CONDITION = re.compile(
 )
 WORKLOAD_POOL = re.compile(rf"serviceAccount:{PROJECT}\.svc\.id\.goog\[(?P<ksa>[^\]]+)\]")
 DATA, RUNS, EXPORT = f"gs://{BUCKET}/data", f"gs://{BUCKET}/runs", f"gs://{BUCKET}/export"
+COLORIZED = f"gs://{BUCKET}/colorized"
 _SERVING_STARTUP = textwrap.dedent("""
     import sys, tensorflow as tf
     base = sys.argv[1]
@@ -295,6 +298,24 @@ def served(emulator, documented, trained, photos, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def colorized(emulator, documented, trained):
+    """Task 0 of 2 of the colorize Job as COLORIZE_GSA: gs://BUCKET/photos/ -> gs://BUCKET/colorized with
+    the export run in-process; then the same with --overwrite (a new model replaces the outputs)."""
+    assert trained[0].returncode == 0, trained[0].stderr
+    task = [
+        f"--local_model={EXPORT}",
+        f"--output_dir={COLORIZED}",
+        "--num_tasks=2",
+        "--task_index=0",
+        "--batch_size=1",
+        f"gs://{BUCKET}/photos/",
+    ]
+    first = _as(emulator, documented, "COLORIZE_GSA", *task, module="trainer.client")
+    again = _as(emulator, documented, "COLORIZE_GSA", "--overwrite", *task, module="trainer.client")
+    return first, again
+
+
+@pytest.fixture(scope="module")
 def dev_run(emulator, documented, prepared):
     """The dev overlays' work as DEV_GSA: train into gs://BUCKET/dev/, then serve gs://BUCKET/dev/export."""
     assert prepared[0].returncode == 0, prepared[0].stderr
@@ -342,6 +363,7 @@ def test_access_follows_the_manifests():
     assert tops("prepare", "PHOTOS_DIR", "DATA_DIR") == set(ACCESS["PREPARE_GSA"])
     assert tops("gke", "TRAIN_DATA", "EVAL_DATA", "MODEL_DIR", "EXPORT_DIR") == set(ACCESS["TRAINER_GSA"])
     assert tops("serve", "EXPORT_DIR") == set(ACCESS["SERVING_GSA"])
+    assert tops("colorize", "PHOTOS_DIR", "EXPORT_DIR", "COLORIZED_DIR") == set(ACCESS["COLORIZE_GSA"])
     assert tops("dev", "TRAIN_DATA", "EVAL_DATA", "MODEL_DIR", "EXPORT_DIR") == set(ACCESS["DEV_GSA"])
 
 
@@ -389,6 +411,16 @@ def test_serving_identity_loads_and_runs_the_export(served):
     assert not _denied(client_seen) and os.path.getsize(out / "photo000.png") > 0
 
 
+def test_colorize_identity_colorizes_its_share_of_the_bucket(emulator, colorized):
+    (first, first_seen), (again, again_seen) = colorized
+    assert first.returncode == 0 and again.returncode == 0, first.stderr + again.stderr
+    assert not _denied(first_seen) and not _denied(again_seen), _denied(first_seen) + _denied(again_seen)
+    outputs = _objects(emulator, "colorized/")
+    assert 0 < len(outputs) < 16 and all(o.endswith(".png") for o in outputs), "task 0's share of 16 photos"
+    replaced = {permission for r in again_seen for permission, _ in r.needs}
+    assert "storage.objects.delete" in replaced, "--overwrite replaces existing outputs"
+
+
 def test_dev_identity_trains_and_serves_under_dev(emulator, dev_run):
     (trained, train_seen), (started, start_seen) = dev_run
     assert not _denied(train_seen) and not _denied(start_seen), _denied(train_seen) + _denied(start_seen)
@@ -396,7 +428,9 @@ def test_dev_identity_trains_and_serves_under_dev(emulator, dev_run):
     assert any(o.endswith("/saved_model.pb") for o in _objects(emulator, "dev/export/"))
 
 
-def test_every_grant_is_used_and_no_smaller_role_would_do(documented, prepared, trained, served, dev_run):
+def test_every_grant_is_used_and_no_smaller_role_would_do(
+    documented, prepared, trained, served, colorized, dev_run
+):
     """Each binding grants something its identity's work used, and no strictly smaller role covers
     what it was used for. Listing and bucket reads count for bindings without a prefix only: a
     condition on object names never grants them. The library's metadata probe counts for nothing."""
@@ -404,6 +438,7 @@ def test_every_grant_is_used_and_no_smaller_role_would_do(documented, prepared, 
         "PREPARE_GSA": prepared[1],
         "TRAINER_GSA": trained[1],
         "SERVING_GSA": served[0][1] + served[1][1],
+        "COLORIZE_GSA": colorized[0][1] + colorized[1][1],
         "DEV_GSA": dev_run[0][1] + dev_run[1][1],
     }
     problems = []

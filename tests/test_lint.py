@@ -19,6 +19,7 @@ TYPED_MODULES = [
     "trainer/data/photo_source.py",
     "trainer/serve/client.py",
     "trainer/serve/archive.py",
+    "trainer/cluster/colorize_job.py",
     "trainer/serve/rest.py",
     "trainer/data/gcs.py",
     "trainer/task.py",

@@ -33,10 +33,12 @@ RAW_FILES = [
     "components/multinode/multinode.yaml",
     "components/tfjob/tfjob.yaml",
     "components/prepare/prepare.yaml",
+    "components/colorize/colorize.yaml",
 ]
 TRAINING_OVERLAYS = ("dev", "gke", "gke-multinode", "tfjob")
 SERVING_OVERLAYS = ("serve", "dev-serve", "serve-gated")
 PREPARE_OVERLAYS = ("prepare",)  # tests/test_prepare_job.py
+COLORIZE_OVERLAYS = ("colorize",)  # tests/test_colorize_job.py
 TRAINER_IMAGE = "colorizer-trainer"
 TRAINER_CONTAINERS = ("trainer", "tensorflow")
 FLAG = re.compile(r"^--(?:no)?([a-z_][a-z0-9_]*)(?:=.*)?$")
@@ -116,7 +118,7 @@ def docs(request):
 
 
 def test_there_is_something_to_check():
-    assert set(TRAINING_OVERLAYS + SERVING_OVERLAYS + PREPARE_OVERLAYS) == set(OVERLAYS)
+    assert set(TRAINING_OVERLAYS + SERVING_OVERLAYS + PREPARE_OVERLAYS + COLORIZE_OVERLAYS) == set(OVERLAYS)
 
 
 def test_standalone_job_is_the_base_job():
@@ -193,6 +195,10 @@ def test_trainer_flags_exist(docs):
                     from tests.test_prepare_job import check_prepare_container
 
                     checked += check_prepare_container(c, f"{name} {owner}")
+                if c["name"] == "colorize":  # trainer.client's flags: tests/test_colorize_job.py
+                    from tests.test_colorize_job import check_colorize_container
+
+                    checked += check_colorize_container(c, f"{name} {owner}")
                 if c["name"] not in TRAINER_CONTAINERS:
                     continue
                 checked += 1
@@ -259,7 +265,12 @@ def settings_env():
 
 # The Google account (settings.env key) each kind of pod acts as; every pod of the dev overlays acts
 # as DEV_GSA (docs/KUBERNETES.md, IAM).
-IDENTITY_GSA = {"prepare": "PREPARE_GSA", "trainer": "TRAINER_GSA", "serving": "SERVING_GSA"}
+IDENTITY_GSA = {
+    "prepare": "PREPARE_GSA",
+    "trainer": "TRAINER_GSA",
+    "serving": "SERVING_GSA",
+    "colorize": "COLORIZE_GSA",
+}
 DEV_NAMESPACE = "colorizer-dev"
 
 
@@ -283,7 +294,7 @@ def test_each_kind_of_pod_acts_as_its_own_google_account(overlay):
 
 def test_identities_are_distinct_google_accounts():
     accounts = [v for k, v in settings_env().items() if k.endswith("_GSA")]
-    assert len(accounts) == len(set(accounts)) == 4, accounts
+    assert len(accounts) == len(set(accounts)) == 5, accounts
 
 
 def test_service_accounts_use_workload_identity(docs):

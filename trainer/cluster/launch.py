@@ -4,6 +4,7 @@
     status RUN | logs RUN | wait RUN | delete RUN
     promote VERSION --image_dir=HELD_OUT [--wait] | rollback [--wait]   (serving; trainer/cluster/serving.py)
     prepare --image=IMG --tasks=N [--input_dir=gs://...] [--output_dir=gs://...]   (cluster/prepare_job.py)
+    colorize --image=IMG --tasks=N [--input_dir=gs://...] [--model=gs://...]   (cluster/colorize_job.py)
 
 `submit` loads the manifests in k8s/ (the same ones `kubectl apply` uses; `pip install .` ships a
 copy inside the package), applies the overrides, resolves a tag-only --image to its digest, creates
@@ -22,6 +23,7 @@ from typing import Callable
 import yaml
 from kubernetes import client
 
+from trainer.cluster import colorize_job as launch_colorize
 from trainer.cluster import manifests as launch_manifests
 from trainer.cluster import prepare_job as launch_prepare
 from trainer.cluster import serving as launch_serving
@@ -85,6 +87,7 @@ def parser() -> OneLineParser:
         sub.add_parser(name).add_argument("name")
     launch_serving.add_parsers(sub)
     launch_prepare.add_parser(sub)
+    launch_colorize.add_parser(sub)
     return p
 
 
@@ -103,6 +106,15 @@ def run_command(args: argparse.Namespace, connect: Callable[[], client.ApiClient
             prepare,
             launch_prepare.build(prepare),
             f"Job {prepare.namespace}/{prepare.name} ({prepare.tasks} prepare tasks)",
+            connect,
+            watch,
+        )
+    if args.command == "colorize":
+        colorize = launch_colorize.ColorizeRequest.from_args(args)
+        return start(
+            colorize,
+            launch_colorize.build(colorize),
+            f"Job {colorize.namespace}/{colorize.name} ({colorize.tasks} colorize tasks)",
             connect,
             watch,
         )

@@ -2,7 +2,8 @@
 
 Built from the same YAML that `kubectl apply` uses, so a launched run and an applied one can't drift.
 A run is described once by a frozen request (`SubmitRequest` here, `PrepareRequest` in
-trainer/cluster/prepare_job.py), built and checked from the command line before anything is created.
+trainer/cluster/prepare_job.py, `ColorizeRequest` in trainer/cluster/colorize_job.py), built and
+checked from the command line before anything is created.
 TensorFlow-free: --arg flags are checked against trainer/train/config.py's definitions of the trainer's.
 """
 
@@ -12,7 +13,7 @@ import dataclasses
 import re
 import time
 from pathlib import Path
-from typing import Optional, TypeVar
+from typing import Callable, Optional, TypeVar
 
 import yaml
 from absl import flags
@@ -114,7 +115,8 @@ Request = TypeVar("Request", bound="RunRequest")
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RunRequest:
-    """What `submit` and `prepare` share: the run's name and place, its image, its limits, how to start it.
+    """What `submit`, `prepare` and `colorize` share: the run's name and place, its image, its limits, how to
+    start it.
 
     Field names are the command line's (`extra_flags` is --arg), so `from_args` reads them all alike.
     """
@@ -184,6 +186,56 @@ class RunRequest:
         if self.spot:
             pod_spec.setdefault("nodeSelector", {})["cloud.google.com/gke-spot"] = "true"
             pod_spec.setdefault("tolerations", []).append(dict(SPOT_TOLERATION))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TaskRequest(RunRequest):
+    """A run of `tasks` independent pods: an Indexed Job whose task i is JOB_COMPLETION_INDEX of
+    COLORIZER_NUM_TASKS, each doing its share (trainer/data/photo_source.py, `task_defaults`)."""
+
+    tasks: int
+
+    def validate(self) -> None:
+        super().validate()
+        if self.tasks < 1:
+            raise UsageError(f"--tasks={self.tasks}: must be >= 1")
+
+    def task_job(self, manifest: str, args: Callable[[list], list]) -> dict:
+        """The Job of the component file `manifest` as this run: `tasks` pods (completions, parallelism
+        and COLORIZER_NUM_TASKS agree), its container's args `args(the manifest's)`, image and limits."""
+        [job] = [d for d in load_objects(self.manifests, manifest) if d["kind"] == "Job"]
+        job = self.named(job, self.name)
+        self.label(job, job["spec"]["template"])
+        job["spec"]["completions"] = job["spec"]["parallelism"] = self.tasks
+        self.set_deadline(job["spec"])
+        [container] = job["spec"]["template"]["spec"]["containers"]
+        container["args"] = args(container["args"])
+        for env in container["env"]:
+            if env["name"] == "COLORIZER_NUM_TASKS":
+                env["value"] = str(self.tasks)
+        self.set_limits(job["spec"]["template"]["spec"], container)
+        return job
+
+
+def add_task_flags(p, program: str, example: str) -> None:
+    """--tasks and the run flags of a task Job subcommand; `example` is an --arg for `program`."""
+    p.add_argument("--tasks", type=int, default=4, help="pods, each doing 1/N of the photos")
+    p.add_argument("--memory", help="memory request and limit per task, e.g. 16Gi")
+    p.add_argument(
+        "--spot", action="store_true", help="run on GKE Spot VMs (a preempted task redoes its part)"
+    )
+    p.add_argument(
+        "--max_hours", type=float, help="fail the Job after this long (default: the manifest's 24 h)"
+    )
+    p.add_argument(
+        "--arg",
+        dest="extra_flags",
+        action="append",
+        help=f"extra {program} flag, e.g. --arg={example} (repeatable)",
+    )
+    p.add_argument("--manifests", help=MANIFESTS_HELP)
+    p.add_argument("--dry_run", action="store_true", help="print the Job instead of creating it")
+    p.add_argument("--no_wait", action="store_true", help="return once created")
 
 
 def overridden(base_args: list, overrides: list) -> list:

@@ -18,11 +18,10 @@ from typing import Optional
 from absl import flags
 
 from trainer.cluster.manifests import (
-    MANIFESTS_HELP,
-    RunRequest,
+    TaskRequest,
     UsageError,
+    add_task_flags,
     check_flag_args,
-    load_objects,
     overridden,
 )
 
@@ -45,7 +44,6 @@ def add_parser(sub) -> None:
         default=time.strftime("colorizer-prepare-%Y%m%d-%H%M%S"),
         help="run name (the Job's): the same name and flags resume a run",
     )
-    p.add_argument("--tasks", type=int, default=4, help="pods, each preparing 1/N of the photos")
     for flag in PATH_FLAGS:
         p.add_argument(
             f"--{flag}",
@@ -60,22 +58,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--holdout_fraction", type=float, help="default: the manifest's 0.05")
     p.add_argument("--cpu", help="CPU request and limit per task (also its decode processes), e.g. 4")
-    p.add_argument("--memory", help="memory request and limit per task, e.g. 8Gi")
-    p.add_argument(
-        "--spot", action="store_true", help="run on GKE Spot VMs (a preempted task redoes its part)"
-    )
-    p.add_argument(
-        "--max_hours", type=float, help="fail the Job after this long (default: the manifest's 24 h)"
-    )
-    p.add_argument(
-        "--arg",
-        dest="extra_flags",
-        action="append",
-        help="extra trainer.prepare flag, e.g. --arg=--recursive (repeatable)",
-    )
-    p.add_argument("--manifests", help=MANIFESTS_HELP)
-    p.add_argument("--dry_run", action="store_true", help="print the Job instead of creating it")
-    p.add_argument("--no_wait", action="store_true", help="return once created")
+    add_task_flags(p, "python -m trainer.prepare", "--recursive")
 
 
 def prepare_flags() -> flags.FlagValues:
@@ -89,10 +72,9 @@ def prepare_flags() -> flags.FlagValues:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class PrepareRequest(RunRequest):
+class PrepareRequest(TaskRequest):
     """A prepare run: an Indexed Job of `tasks` pods, each writing its share of the shards."""
 
-    tasks: int
     input_dir: Optional[str]
     output_dir: Optional[str]
     num_shards: Optional[int]
@@ -101,8 +83,6 @@ class PrepareRequest(RunRequest):
     def validate(self) -> None:
         """Also refuses a task with no shard of its own, and --arg flags that each task gets from the Job."""
         super().validate()
-        if self.tasks < 1:
-            raise UsageError(f"--tasks={self.tasks}: must be >= 1")
         if (self.num_shards or DEFAULT_SHARDS) < self.tasks:
             raise UsageError(
                 f"--num_shards={self.num_shards or DEFAULT_SHARDS} is fewer than --tasks={self.tasks}: "
@@ -127,17 +107,4 @@ class PrepareRequest(RunRequest):
 
 def build(request: PrepareRequest) -> list:
     """The Indexed Job `prepare` creates."""
-    [job] = [
-        d for d in load_objects(request.manifests, "components/prepare/prepare.yaml") if d["kind"] == "Job"
-    ]
-    job = request.named(job, request.name)
-    request.label(job, job["spec"]["template"])
-    job["spec"]["completions"] = job["spec"]["parallelism"] = request.tasks
-    request.set_deadline(job["spec"])
-    [container] = job["spec"]["template"]["spec"]["containers"]
-    container["args"] = request.prepare_args(container["args"])
-    for env in container["env"]:
-        if env["name"] == "COLORIZER_NUM_TASKS":
-            env["value"] = str(request.tasks)
-    request.set_limits(job["spec"]["template"]["spec"], container)
-    return [job]
+    return [request.task_job("components/prepare/prepare.yaml", request.prepare_args)]

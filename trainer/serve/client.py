@@ -14,12 +14,14 @@ it alone. Exit 0 when every photo is colorized (or was already), EXIT_SKIPPED wh
 skipped (each named), 2 or 3 for bad flags or inputs, 1 when serving fails for good.
 """
 
+import functools
 import http.client
 import json
 import os
 import random
 import sys
 import time
+import types
 import urllib.error
 import urllib.request
 
@@ -29,6 +31,7 @@ from trainer import console
 from trainer.data.photo_source import task_defaults
 from trainer.errors import (
     EXIT_SKIPPED,
+    EXIT_UNEXPECTED,
     ColorizerError,
     ConfigError,
     exit_on_user_error,
@@ -53,6 +56,9 @@ DEFAULT_PARALLEL = 2
 
 class ServingError(ColorizerError):
     """The server refused a request, answered something unexpected, or could not be reached."""
+
+    # Not the input's fault: counted against a Job's retries (exit 1), then a rerun resumes.
+    exit_code = EXIT_UNEXPECTED
 
     def __init__(self, message: str, status: int = 0):
         super().__init__(message)
@@ -218,65 +224,75 @@ class Progress:
 FLAGS = flags.FLAGS
 
 
-def define_model_flags():
+def _binding(values: flags.FlagValues):
+    """absl's DEFINE_* functions with flag_values=values."""
+    names = [name for name in dir(flags) if name.startswith("DEFINE_")]
+    bound = {name: functools.partial(getattr(flags, name), flag_values=values) for name in names}
+    return types.SimpleNamespace(**bound)
+
+
+def define_model_flags(values: flags.FlagValues = flags.FLAGS) -> None:
     """The flags that choose the model and how it is called: this CLI's and `trainer.demo`'s."""
-    flags.DEFINE_string("server", None, "TF Serving REST address, e.g. http://localhost:8501.")
-    flags.DEFINE_string(
+    define = _binding(values)
+    define.DEFINE_string("server", None, "TF Serving REST address, e.g. http://localhost:8501.")
+    define.DEFINE_string(
         "local_model",
         None,
         "Colorize with this SavedModel (or export folder) instead of a server; starter: the model "
         "shipped in the package (a path of that name wins).",
     )
-    flags.DEFINE_string(
+    define.DEFINE_string(
         "model_name", "colorizer", "The model's name on the server (TF Serving's MODEL_NAME)."
     )
-    flags.DEFINE_integer("version", None, "Ask for this model version (default: the server's latest).")
-    flags.DEFINE_float("timeout", 120.0, "Seconds to wait for each HTTP answer.")
-    flags.DEFINE_integer(
+    define.DEFINE_integer("version", None, "Ask for this model version (default: the server's latest).")
+    define.DEFINE_float("timeout", 120.0, "Seconds to wait for each HTTP answer.")
+    define.DEFINE_integer(
         "retries",
         4,
         "Retries of a request on 429/503/504 or a loading model. A lost connection is retried once "
         "at most, whatever this says: the request may be what brought the server down.",
     )
-    flags.DEFINE_float(
+    define.DEFINE_float(
         "backoff_seconds",
         0.5,
         "Retry window: each retry waits a random time up to it; doubled at each retry (at most 30 s).",
     )
 
 
-def define_flags():
-    """Defines the CLI's flags; only `run()` calls it, because absl flags are process-global and
-    importing this module as a library (next to other CLIs) must not claim flag names."""
-    define_model_flags()
-    flags.DEFINE_string(
+def define_flags(values: flags.FlagValues = flags.FLAGS) -> None:
+    """Defines the CLI's flags on `values`; `run()` calls it for absl's process-wide FLAGS (so that
+    importing this module as a library, next to other CLIs, claims no flag names), and
+    `trainer.launch colorize` on a FlagValues of its own to check --arg flags."""
+    define = _binding(values)
+    define_model_flags(values)
+    define.DEFINE_string(
         "output_dir", None, "Folder or gs:// prefix of the outputs (naming: trainer/serve/archive.py)."
     )
-    flags.DEFINE_integer(
+    define.DEFINE_integer(
         "batch_size",
         DEFAULT_BATCH_SIZE,
         "Images per predict request: at most the server's max_batch_size (4 in k8s/'s serving overlays; "
         "TF Serving refuses larger requests).",
     )
-    flags.DEFINE_integer(
+    define.DEFINE_integer(
         "parallel",
         DEFAULT_PARALLEL,
         "Requests in flight at once (each thread reads, sends and writes its own batch). Keep "
         "parallel x batch_size within the server's queue: docs/SERVING.md, Limits.",
     )
-    flags.DEFINE_bool("side_by_side", False, "Write gray | colour side by side (to show the result).")
-    flags.DEFINE_bool(
+    define.DEFINE_bool("side_by_side", False, "Write gray | colour side by side (to show the result).")
+    define.DEFINE_bool(
         "overwrite", False, "Replace existing outputs (by default they are skipped: a rerun resumes)."
     )
-    flags.DEFINE_integer(
+    define.DEFINE_integer(
         "num_tasks",
         None,
         "Split the photos among this many tasks by a hash of each output name [$COLORIZER_NUM_TASKS or 1].",
     )
-    flags.DEFINE_integer(
+    define.DEFINE_integer(
         "task_index", None, "This task's share, 0 to --num_tasks - 1 [$JOB_COMPLETION_INDEX, else 0]."
     )
-    flags.DEFINE_integer(
+    define.DEFINE_integer(
         "max_pixels",
         DEFAULT_MAX_PIXELS,
         "Refuse files with more pixels before sending (the export's limit; 0: don't check, though a "
