@@ -190,6 +190,8 @@ def test_the_walkthrough_creates_an_empty_gpu_pool_and_lets_nodes_pull_the_image
         and "--role=roles/artifactregistry.reader" in c
         for c in commands
     )
+    [cluster] = [c for c in commands if c.startswith("gcloud container clusters create")]
+    assert "--enable-dataplane-v2" in cluster.split(), "without it GKE enforces no NetworkPolicy"
     readme = _commands((ROOT / "README.md").read_text())
     builds = [c for c in commands + readme if c.startswith("docker build")]
     assert builds and all("--platform=linux/amd64" in c.split() for c in builds), builds

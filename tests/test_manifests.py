@@ -563,6 +563,23 @@ def test_only_rest_leaves_the_serving_pod(overlay):
     assert serving_ports(load(f"overlay:{overlay}")) == ({8501}, {8501}, {8501})
 
 
+@pytest.mark.parametrize("overlay", SERVING_OVERLAYS)
+def test_the_api_servers_pod_proxy_reaches_serving_under_an_enforced_policy(overlay):
+    """With Dataplane V2 the policy is enforced; GKE's API server reaches pods (promote --wait's pod
+    proxy) through the konnectivity agents of kube-system, so those must be admitted on REST."""
+    objects = load(f"overlay:{overlay}")
+    [deploy] = _by_kind(objects, "Deployment")
+    labels = deploy["spec"]["template"]["metadata"]["labels"]
+    policies = _by_kind(objects, "NetworkPolicy")
+    [policy] = [p for p in policies if p["spec"]["podSelector"]["matchLabels"].items() <= labels.items()]
+    agents = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+        "podSelector": {"matchLabels": {"k8s-app": "konnectivity-agent"}},
+    }
+    rest = {"protocol": "TCP", "port": 8501}
+    assert any(agents in rule["from"] and rest in rule["ports"] for rule in policy["spec"]["ingress"])
+
+
 def test_an_overlay_opts_into_grpc_with_the_serving_grpc_component(tmp_path):
     """k8s/components/serving-grpc names the port, publishes it and admits it, nothing else."""
     (tmp_path / "kustomization.yaml").write_text(
