@@ -123,6 +123,35 @@ class JobController:
         return act
 
 
+class IndexedJobLife:
+    """Each index of an Indexed Job over its whole life, on top of `JobController`.
+
+    A pod that exits 0 completes its index for good: the Job controller never recreates a succeeded
+    index (job_controller.go, indexed completion), and the pod, terminal, leaves the headless
+    Service's DNS (the EndpointSlice controller lists only the addresses of pods not terminated). A
+    failed pod is judged by the podFailurePolicy; unless that fails its index or the Job, a
+    replacement runs and rejoins the DNS.
+    """
+
+    def __init__(self, job: dict):
+        self.controller = JobController(job)
+        self.container = job["spec"]["template"]["spec"]["containers"][0]["name"]
+        self.state = {i: "running" for i in range(job["spec"]["completions"])}
+
+    def exit(self, index: int, code: int, disruption_target: bool = False) -> str:
+        """The index's pod exits with `code`; returns the index's new state."""
+        if code == 0:
+            self.state[index] = "succeeded"
+        else:
+            self.controller.fail(PodFailure(code, disruption_target, self.container, index))
+            failed = self.controller.failed or index in self.controller.failed_indexes
+            self.state[index] = "failed" if failed else "running"  # else: a replacement pod
+        return self.state[index]
+
+    def in_dns(self, index: int) -> bool:
+        return self.state[index] == "running"
+
+
 def tfjob_restarts(tfjob: dict, replica_type: str, exit_code: int) -> bool:
     """Whether the training-operator recreates a failed pod of this replica type (True) or fails the TFJob."""
     spec = tfjob["spec"]["tfReplicaSpecs"][replica_type]

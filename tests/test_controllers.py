@@ -13,6 +13,7 @@ import yaml
 
 from tests.controllers import (
     K8S,
+    IndexedJobLife,
     JobController,
     PodFailure,
     render_overlay,
@@ -25,6 +26,8 @@ from trainer.errors import (
     EXIT_CONFIG,
     EXIT_DATA,
     EXIT_DIVERGED,
+    EXIT_PEER_LOST,
+    EXIT_TRANSIENT,
     EXIT_UNEXPECTED,
     PERMANENT_EXIT_CODES,
     RETRIABLE_EXIT_CODES,
@@ -288,6 +291,37 @@ def test_twenty_preemptions_of_eight_workers_never_fail_the_indexed_job():
             assert jc.fail(PodFailure(143, disruption_target=index == preempted, index=index)) == "Ignore"
     assert not jc.failed and jc.counted == 0
     assert jc.fail(PodFailure(EXIT_DATA, index=3)) == "FailJob"
+
+
+def _chief_preempted_while_exporting(barrier: bool) -> tuple:
+    """2 workers: the chief is exporting when the Spot node under it goes; worker 1 is done training.
+
+    Our trainer's rules (trainer/train/run.py, distribute.py): a worker at the final barrier loses its
+    peer and exits 144; without the barrier it has already exited 0. A (re)started worker waits up to
+    --peer_timeout_seconds for every peer's DNS name, then exits 145; once all resolve, training
+    resumes from the checkpoint, the chief exports and both exit 0. Returns (exported, Job outcome).
+    """
+    [job] = [d for d in render_overlay("gke-multinode") if d["kind"] == "Job"]
+    life = IndexedJobLife(job)
+    [c] = job["spec"]["template"]["spec"]["containers"]
+    peer_timeout = int(next(a for a in c["args"] if a.startswith("--peer_timeout_seconds=")).split("=")[1])
+    life.exit(1, EXIT_PEER_LOST if barrier else 0)  # at the barrier, the collective fails with the chief
+    life.exit(0, 143, disruption_target=True)  # the preempted chief: replaced
+    while not life.controller.failed:
+        if all(life.in_dns(i) for i in life.state):  # the restarted workers meet, resume and export
+            life.exit(0, 0)
+            life.exit(1, 0)
+            return True, "Complete"
+        life.controller.advance(peer_timeout)
+        life.exit(0, EXIT_TRANSIENT)  # a peer never resolved: retriable, replaced
+    return False, life.controller.reason
+
+
+def test_a_worker_waits_for_the_chiefs_export_so_a_chief_lost_while_exporting_is_not_stranded():
+    """Issue 25: a worker that finished while the chief exported left the DNS for good, and the
+    replacement chief waited for it until the Job's deadline; the barrier keeps it in the run."""
+    assert _chief_preempted_while_exporting(barrier=False) == (False, "DeadlineExceeded")
+    assert _chief_preempted_while_exporting(barrier=True) == (True, "Complete")
 
 
 def test_tfjob_retries_exactly_the_retriable_codes():

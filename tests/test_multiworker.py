@@ -35,6 +35,12 @@ def data(tmp_path_factory):
     return prepare_data(tmp_path_factory.mktemp("mw"))
 
 
+def _logged_at(log: str, message: str) -> str:
+    """The absl timestamp (MMDD HH:MM:SS.micros, comparable as text) of the line with `message`."""
+    [line] = [line for line in log.splitlines() if message in line]
+    return re.match(r"^[IWE](\d{4} [\d:.]+)", line).group(1)
+
+
 def _checkpoint_values(directory):
     reader = tf.train.load_checkpoint(directory)
     names = sorted(n for n in reader.get_variable_to_shape_map() if n.startswith("model/"))
@@ -73,6 +79,9 @@ def test_sigterm_to_the_chief_stops_both_workers_then_both_resume_agree_and_expo
     for name in chief:
         np.testing.assert_array_equal(chief[name], other[name], err_msg=name)
     assert len(os.listdir(tmp_path / "export")) == 1 and "SavedModel:" not in outputs[1]
+    # Worker 1 finished only after the chief's export landed (issue 25: its index completes for good).
+    exported = _logged_at(outputs[0], "exported SavedModel to")
+    assert exported <= _logged_at(outputs[1], "every worker reached the end: the chief's export has landed")
 
 
 def test_sigterm_while_the_cluster_forms_is_not_lost(data, tmp_path):

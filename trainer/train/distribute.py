@@ -134,6 +134,14 @@ def count_workers(strategy: tf.distribute.Strategy) -> int:
     return sum(len(jobs.get(job, ())) for job in ("chief", "worker")) or 1
 
 
+def barrier(strategy: tf.distribute.Strategy) -> None:
+    """Returns once every worker has reached it (one all-reduce); alone, at once. A lost peer raises
+    what any collective raises (the caller's peer-lost exit)."""
+    if count_workers(strategy) > 1:
+        strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None)
+        logging.info("every worker reached the end: the chief's export has landed")
+
+
 def build_strategy(
     name: str = "auto",
     environ=None,

@@ -20,7 +20,7 @@ from trainer.data.input_pipeline import find_shards
 from trainer.errors import EXIT_PEER_LOST, ConfigError, TransientError, first_line, storage_errors
 from trainer.serve import preprocess
 from trainer.serve.export import METADATA_FILE, complete_versions, export_saved_model
-from trainer.train import checkpoints, decode_fit
+from trainer.train import checkpoints, decode_fit, distribute
 from trainer.train.config import TrainConfig
 from trainer.train.loop import FitResult, Trainer
 
@@ -101,6 +101,9 @@ def train_and_export(config: TrainConfig, strategy, stop_requested=lambda: False
         )
     if not chief:
         shutil.rmtree(export_dir, ignore_errors=True)
+    # No worker finishes before the chief's export has landed: a finished index is complete for good
+    # and leaves the headless Service's DNS, so a chief restarted now would wait for it forever.
+    distribute.barrier(strategy)
     return RunResult(fit, folder, path if chief else None)
 
 
