@@ -85,6 +85,9 @@ class FakeApi(http.server.BaseHTTPRequestHandler):
         if method == "PATCH":
             return self.patch(parts[-2], parts[-1], body)
         if parts[-1] == "log":
+            if parts[-2] not in cluster.logs:  # what the API server says before the container runs
+                message = f'container "trainer" in pod "{parts[-2]}" is waiting to start'
+                return self.reply(400, {"kind": "Status", "code": 400, "message": message})
             self.reply(200, cluster.logs[parts[-2]].encode(), "text/plain")
             return cluster.after_log.get(parts[-2], lambda: None)()
         if parts[-1] == "pods":

@@ -478,3 +478,21 @@ def test_a_worker_takes_every_gpu_of_its_node_by_default(capsys):
 
     job, _ = dry_run(capsys, "--name=big", "--workers=2")
     assert container(job)["resources"]["limits"]["nvidia.com/gpu"] == str(GPUS_PER_NODE) == "2"
+
+
+def test_status_shows_the_runs_latest_epoch_step_and_eta_from_the_chiefs_log(cluster, capsys):
+    tfjob = {"apiVersion": "kubeflow.org/v1", "kind": "TFJob", "metadata": {"name": "tf"}}
+    cluster.objects[("tfjobs", "tf")] = tfjob
+    cluster.statuses = [{"conditions": [{"type": "Running", "status": "True", "reason": "TFJobRunning"}]}]
+    cluster.pods = [pod("tf-worker-0", "Running")]
+    epoch = "epoch 12/30 step 4800 loss 5.1 val_loss 5.0 (410 images/s); ETA 3.5 h"
+    inside = "epoch 13/30 step 5000/5200 loss 5.0000 (420 images/s); epoch ETA 4 min"
+    lines = [json.dumps({"severity": "INFO", "message": m}) for m in (epoch, inside)]
+    cluster.logs["tf-worker-0"] = "\n".join(lines) + "\n"
+    assert launch.main(["status", "tf"], api=cluster.api()) == 0
+    out = capsys.readouterr().out
+    assert "progress (tf-worker-0): epoch 13/30, step 5000; this epoch ends in about 4 min" in out
+    cluster.logs["tf-worker-0"] = f"I1205 03:21:29.275607 1 actions.py:63] {epoch}\n"
+    assert launch.main(["status", "tf"], api=cluster.api()) == 0
+    out = capsys.readouterr().out
+    assert "progress (tf-worker-0): epoch 12/30, step 4800; the run ends in about 3.5 h" in out

@@ -3,6 +3,8 @@
 """
 
 import dataclasses
+import json
+import re
 import sys
 import time
 from typing import Optional
@@ -169,7 +171,26 @@ class Workload:
         pods = self.pods(
             CHIEF_SELECTOR[self.kind].split(",")[0]
         )  # every pod of the run, not only the chief's
-        return "\n".join(lines + [f"  pod {pod_name(p)}: {pod_phase(p) or 'Pending'}" for p in pods])
+        lines += [f"  pod {pod_name(p)}: {pod_phase(p) or 'Pending'}" for p in pods]
+        chief = self.chief_pod()
+        if chief is not None and pod_phase(chief) in ("Running", "Succeeded", "Failed"):
+            found = self._progress(pod_name(chief))
+            lines += [f"  progress ({pod_name(chief)}): {found}"] if found else []
+        return "\n".join(lines)
+
+    def _progress(self, pod: str) -> Optional[str]:
+        """The latest epoch line of a pod's log tail; None when there is none or no log to read."""
+        try:
+            tail = call(
+                f"reading the log of {pod}",
+                self.core.read_namespaced_pod_log,
+                pod,
+                self.namespace,
+                tail_lines=PROGRESS_LOG_LINES,
+            )
+        except LaunchError:  # e.g. the container is still starting: status says what it can
+            return None
+        return progress_from_log(tail or "")
 
     def delete(self) -> None:
         """Deletes the run with its pods (and, through its owner reference, the headless Service)."""
@@ -238,6 +259,27 @@ def pod_name(pod: client.V1Pod) -> str:
 def pod_phase(pod: client.V1Pod) -> Optional[str]:
     """A pod's phase; None while the pod has no status yet (the client's model then has status=None)."""
     return pod.status.phase if pod.status is not None else None
+
+
+PROGRESS_LOG_LINES = 200  # of the chief's log read by `status` (a progress line comes every minute)
+# The trainer's epoch and in-epoch lines (trainer/train/actions.py), as text or inside a JSON line.
+_PROGRESS = re.compile(r"epoch (\d+)/(\d+) step (\d+)(?:/\d+)?.*?(?:(epoch )?ETA ([\d.]+ (?:s|min|h)))?\"?$")
+
+
+def progress_from_log(text: str) -> Optional[str]:
+    """The run's latest epoch, step and ETA from the trainer's log lines (text or JSON), else None."""
+    for line in reversed(text.splitlines()):
+        if line.startswith("{"):
+            try:
+                line = json.loads(line).get("message", "")
+            except ValueError:
+                continue
+        match = _PROGRESS.search(line)
+        if match:
+            epoch, epochs, step, within, eta = match.groups()
+            ending = f"; {'this epoch' if within else 'the run'} ends in about {eta}" if eta else ""
+            return f"epoch {epoch}/{epochs}, step {step}{ending}"
+    return None
 
 
 def pending_reason(pod: client.V1Pod) -> str:
