@@ -1,3 +1,4 @@
+import json
 import os
 import re
 import subprocess
@@ -55,6 +56,21 @@ def test_quiet_tensorflow_hides_the_start_up_notices_but_not_a_later_native_warn
     assert run.returncode == 0, run.stderr
     assert re.search(r"^W\d{4} .*Unknown image file format", run.stderr, re.M), run.stderr
     assert not console.NATIVE_NOISE.search(run.stderr), run.stderr
+
+
+def test_every_line_on_fd2_becomes_a_json_log_line_with_a_severity():
+    native = "W0000 00:00:1796438735.26 32525 local_rendezvous.cc:412] Local rendezvous is aborting"
+    assert json.loads(console.json_line(native + "\n")) == {
+        "severity": "WARNING",
+        "message": "Local rendezvous is aborting",
+        "logging.googleapis.com/sourceLocation": {"file": "local_rendezvous.cc", "line": 412},
+    }
+    assert json.loads(console.json_line("error: --epochs=0: must be at least 1")) == {
+        "severity": "ERROR",
+        "message": "error: --epochs=0: must be at least 1",
+    }
+    already = json.dumps({"severity": "INFO", "message": "epoch 1/2"})
+    assert console.json_line(already + "\n") == already
 
 
 def test_quiet_only_when_the_user_asked_for_nothing():

@@ -206,8 +206,10 @@ def test_model_dir_guards_its_run_survives_bad_checkpoints_and_a_finished_run_is
     assert resumed.returncode == 0, resumed.stderr  # compatible changes: more epochs, JSON logs
     assert "ckpt-8 is unreadable" in resumed.stderr and "resuming from step 6" in resumed.stderr
     assert checkpoint_step(checkpoints) == 16 and len(os.listdir(tmp_path / "export")) == 2
-    records = [json.loads(line) for line in resumed.stderr.splitlines() if line.startswith("{")]
+    records = [json.loads(line) for line in (resumed.stderr + resumed.stdout).splitlines()]  # every line
+    assert all(r["severity"] in ("INFO", "WARNING", "ERROR") and r["message"] for r in records), records
     assert {"WARNING", "INFO"} <= {r["severity"] for r in records}
+    assert any(r["message"].startswith("SavedModel:  ") for r in records)
     [epoch] = [r for r in records if r["message"].startswith("epoch 2/2 step 16 loss")]
     assert epoch["step"] == 16 and epoch["val_loss"] > 0 and epoch["val_psnr"] > 0
     assert epoch["images_per_s"] > 0 and epoch["early_stopped"] is False

@@ -8,6 +8,7 @@ exactly those; errors, warnings and this package's own records pass. Only the CL
 only when the user hasn't asked for TF's logs (--verbosity, or TF_CPP_MIN_LOG_LEVEL set).
 """
 
+import atexit
 import contextlib
 import datetime
 import json
@@ -54,10 +55,11 @@ class JsonFormatter(logging.Formatter):
 
 
 def use_json_logs() -> None:
-    """absl's log records (this package's and TensorFlow's Python warnings) as JSON lines on stderr."""
+    """Every line on stderr as JSON: absl's records formatted as such, the rest converted (json_fd2)."""
     from absl import logging as absl_logging
 
     absl_logging.get_absl_handler().setFormatter(JsonFormatter())
+    json_fd2()
 
 
 def wants_quiet(verbosity_flag_present: bool, environ) -> bool:
@@ -72,33 +74,98 @@ class _PackageOrWarnings(logging.Filter):
         return record.levelno >= logging.WARNING or record.pathname.startswith(_PACKAGE_DIR)
 
 
+# TensorFlow's native log lines: severity letter, date, time, thread, file:line], message.
+_NATIVE_LINE = re.compile(r"^([IWEF])\d{4} [\d:.]+\s+\d+ ([^:\]]+):(\d+)\] ?(.*)$")
+_NATIVE_SEVERITY = {"I": "INFO", "W": "WARNING", "E": "ERROR", "F": "CRITICAL"}
+
+
+def json_line(line: str) -> str:
+    """A line written to fd 2 as one JSON log line: a JSON line as it is, a TensorFlow native line
+    with its own severity and source, anything else (an `error:` line, a traceback) as ERROR."""
+    line = line.rstrip("\n")
+    if line.startswith("{"):
+        try:
+            json.loads(line)
+            return line
+        except ValueError:
+            pass
+    native = _NATIVE_LINE.match(line)
+    if not native:
+        return json.dumps({"severity": "ERROR", "message": line})
+    letter, file, number, message = native.groups()
+    location = {"file": file, "line": int(number)}
+    return json.dumps(
+        {
+            "severity": _NATIVE_SEVERITY[letter],
+            "message": message,
+            "logging.googleapis.com/sourceLocation": location,
+        }
+    )
+
+
+class _Fd2Forwarder:
+    """Passes every line written to fd 2 through `noise` (dropped) and `transform`, on a thread."""
+
+    def __init__(self, noise, transform):
+        sys.stderr.flush()
+        self.original = os.dup(2)
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, 2)
+        os.close(write_end)
+        self.thread = threading.Thread(target=self._forward, args=(read_end, noise, transform), daemon=True)
+        self.thread.start()
+
+    def _forward(self, read_end, noise, transform):
+        with os.fdopen(read_end, "rb") as pipe:
+            for raw in pipe:
+                line = raw.decode("utf-8", "replace")
+                if not (noise and noise.search(line)):
+                    os.write(self.original, (transform(line) + "\n").encode() if transform else raw)
+
+    def close(self) -> None:
+        """Restores fd 2; the thread reads what is left and stops, so no line is lost."""
+        if self.original is None:
+            return
+        sys.stderr.flush()
+        os.dup2(self.original, 2)  # closes the pipe's last write end: the thread reads to the end
+        self.thread.join(timeout=5)
+        os.close(self.original)
+        self.original = None
+
+
+_JSON_FD2: list = []  # the whole-run forwarder of --log_format=json, closed by close_json_fd2
+
+
 @contextlib.contextmanager
 def filtered_fd2(noise=NATIVE_NOISE):
     """Runs the block with everything written to fd 2 passed through a line filter dropping `noise`.
 
     On leaving, fd 2 is restored and the filter drains what is left, so no line is lost.
     """
-    sys.stderr.flush()
-    original = os.dup(2)
-    read_end, write_end = os.pipe()
-    os.dup2(write_end, 2)
-    os.close(write_end)
-
-    def forward():
-        with os.fdopen(read_end, "rb") as pipe:
-            for line in pipe:
-                if not noise.search(line.decode("utf-8", "replace")):
-                    os.write(original, line)
-
-    thread = threading.Thread(target=forward, daemon=True)
-    thread.start()
+    forwarder = _Fd2Forwarder(noise, None)
     try:
         yield
     finally:
-        sys.stderr.flush()
-        os.dup2(original, 2)  # closes the pipe's last write end: the thread reads to the end and stops
-        thread.join(timeout=5)
-        os.close(original)
+        forwarder.close()
+
+
+def json_fd2() -> None:
+    """From now on every line on fd 2 (TensorFlow's native logs, tracebacks, `error:` lines) reaches
+    stderr as a JSON log line. `close_json_fd2` (at exit, and before os._exit) drains it; a hard
+    crash may lose the line being converted, which a plain-text log would keep."""
+    if not _JSON_FD2:
+        _JSON_FD2.append(_Fd2Forwarder(None, json_line))
+        atexit.register(close_json_fd2)
+
+
+def close_json_fd2() -> None:
+    for forwarder in _JSON_FD2:
+        forwarder.close()
+
+
+def report(text: str, json_format: bool) -> None:
+    """A result line on stdout (the commands a run prints at its end): plain, or a JSON INFO line."""
+    print(json.dumps({"severity": "INFO", "message": text}) if json_format else text, flush=True)
 
 
 def quiet_tensorflow(environ=os.environ):

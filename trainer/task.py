@@ -21,6 +21,9 @@ config_lib.define_flags(FLAGS)
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}", exitcode=2)
+    json_logs = FLAGS.log_format == "json"
+    if json_logs:  # first: every line after this one, TensorFlow's start-up included, is JSON
+        console.use_json_logs()
     if console.wants_quiet(FLAGS["verbosity"].present, os.environ):
         console.quiet_tensorflow(os.environ)
     from trainer.train import (
@@ -33,8 +36,6 @@ def main(argv):
     sigterm.install()  # TF replaces it while building a multi-worker strategy: re-installed below
     with exit_on_user_error():
         config, cluster = config_lib.config_from_flags(FLAGS, os.environ)
-        if cluster.log_format == "json":
-            console.use_json_logs()
         shards = run.check_before_training(config)
         strategy = distribute.build_strategy(
             cluster.strategy,
@@ -47,20 +48,25 @@ def main(argv):
         result = run.train_and_export_guarded(config, strategy, sigterm.requested, shards)
     fit = result.fit
     if fit.preempted:
-        print(
+        console.report(
             f"stopped by SIGTERM at step {fit.step}; checkpoint saved in {config.model_dir}; "
-            f"exit {EXIT_PREEMPTED}: a restart resumes from it"
+            f"exit {EXIT_PREEMPTED}: a restart resumes from it",
+            json_logs,
         )
         preemption.exit_now(EXIT_PREEMPTED)
-    print(f"trained {fit.epoch} epoch(s), {fit.step} steps, best val_loss {fit.best_val_loss:.5f}")
-    print(f"checkpoints: {result.checkpoints}")
+    lines = [
+        f"trained {fit.epoch} epoch(s), {fit.step} steps, best val_loss {fit.best_val_loss:.5f}",
+        f"checkpoints: {result.checkpoints}",
+    ]
     if result.export:
-        print(f"SavedModel:  {result.export}")
-        print(f"tensorboard: tensorboard --logdir {config.log_dir}")
-        print(
+        lines += [
+            f"SavedModel:  {result.export}",
+            f"tensorboard: tensorboard --logdir {config.log_dir}",
             f"colorize:    python -m trainer.client --local_model={result.export} PHOTO.jpg "
-            "--output_dir=colorized"
-        )
+            "--output_dir=colorized",
+        ]
+    for line in lines:
+        console.report(line, json_logs)
 
 
 def run_cli():

@@ -145,6 +145,8 @@ def resolve_saved_model(path: str) -> str:
     """The SavedModel folder `path` names: itself, an export folder's highest complete version (as TF
     Serving picks), or for `starter` the packaged model (an existing path of that name wins)."""
     if path == STARTER and not tf.io.gfile.exists(path):
+        if not tf.io.gfile.exists(os.path.join(STARTER_DIR, "saved_model.pb")):
+            raise DataError(f"the starter model is not in this installation ({STARTER_DIR} is missing)")
         path = STARTER_DIR
     if tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
         return path

@@ -266,10 +266,9 @@ def _initial_weights(source: str) -> tuple:
             return found[-1], "model", read_json(os.path.join(source, IDENTITY_FILE))
     try:
         saved_model = resolve_saved_model(source)
-    except DataError:
-        raise ConfigError(
-            f"--init_from={source}: no export, model_dir or checkpoint there (or pass starter)"
-        ) from None
+    except DataError as exc:
+        found = "no export, model_dir or checkpoint there" if "no SavedModel" in str(exc) else str(exc)
+        raise ConfigError(f"--init_from={source}: {found}") from None
     metadata = read_json(os.path.join(saved_model, METADATA_FILE))
     return os.path.join(saved_model, "variables", "variables"), "export", metadata
 
