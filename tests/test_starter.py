@@ -1,15 +1,18 @@
 """The starter model: the scripts that make it (curve, publish) and the model shipped in the package."""
 
 import importlib.util
+import io
 import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
-from tests.conftest import REPO
+from tests.conftest import REPO, make_photo
 from trainer.serve import export, metrics, preprocess
 from trainer.train.models import build_model
 
@@ -76,3 +79,46 @@ def _packaged():
     if not os.path.exists(os.path.join(export.STARTER_DIR, "saved_model.pb")):
         pytest.fail(f"{export.STARTER_DIR} is missing: scripts/train_starter.sh with PUBLISH=1 makes it")
     return export.STARTER_DIR
+
+
+def test_the_packaged_starter_is_a_complete_export_within_the_wheels_budget():
+    folder = _packaged()
+    size = sum(os.path.getsize(os.path.join(r, n)) for r, _, names in os.walk(folder) for n in names)
+    assert size <= 20e6, f"{size / 1e6:.1f} MB"
+    assert os.path.exists(os.path.join(folder, "assets.extra", "tf_serving_warmup_requests"))
+    metadata = json.loads(open(os.path.join(folder, export.METADATA_FILE)).read())
+    assert metadata["model"] == "unet" and metadata["loss"] == "two_heads" and metadata["init_from"] is None
+    trained_on = metadata["starter"]["trained_on"]
+    assert "BSDS500" in trained_on and "research use" in trained_on
+    loaded = tf.saved_model.load(folder)
+    assert set(loaded.signatures) == {"serving_default", "colorize_tensor"}
+
+
+def test_the_starter_colours_a_photo_and_is_found_by_name(tmp_path, monkeypatch):
+    loaded = tf.saved_model.load(_packaged())
+    photo = np.stack([make_photo(i, size=(120, 120)) for i in range(4)])
+    gray = tf.image.rgb_to_grayscale(tf.constant(photo, tf.float32) / 255.0)
+    rgb = loaded.signatures["colorize_tensor"](gray=gray)["rgb"].numpy()
+    assert metrics.colourfulness((rgb * 255).astype(np.uint8)).mean() > 5  # a gray answer scores 0
+    monkeypatch.chdir(tmp_path)
+    assert export.resolve_saved_model("starter") == export.STARTER_DIR
+    (tmp_path / "starter").mkdir()  # a path of that name wins
+    with pytest.raises(export.DataError, match="no SavedModel at starter"):
+        export.resolve_saved_model("starter")
+
+
+@pytest.mark.system
+def test_a_newcomer_colorizes_a_photo_with_the_starter_before_training_anything(tmp_path):
+    Image.fromarray(make_photo(9, size=(160, 100))).save(tmp_path / "holiday.jpg")
+    env = {**os.environ, "PYTHONPATH": REPO}
+    run = subprocess.run(
+        [sys.executable, "-m", "trainer.client", "--local_model=starter", "--output_dir=out", "holiday.jpg"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    with Image.open(io.BytesIO((tmp_path / "out" / "holiday.png").read_bytes())) as png:
+        assert png.size == (160, 100)

@@ -79,7 +79,7 @@ def test_prepare_train_kill_resume_export_serve(tmp_path):
     assert tf.io.decode_png(png).shape == (30, 40, 3)
 
 
-def test_no_flags_trains_on_bundled_sample_with_a_quiet_log(tmp_path):
+def test_no_flags_fine_tunes_the_starter_on_the_bundled_sample_with_a_quiet_log(tmp_path):
     newcomer = {k: v for k, v in ENV.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # nothing set: the quiet default
     run = _cli("trainer.task", "--epochs=1", cwd=tmp_path, env=newcomer)
     assert run.returncode == 0, run.stderr
@@ -95,6 +95,10 @@ def test_no_flags_trains_on_bundled_sample_with_a_quiet_log(tmp_path):
     versions = os.listdir(tmp_path / "runs" / "colorizer" / "export")
     assert len(versions) == 1 and versions[0].isdigit()
     assert os.path.exists(tmp_path / "runs" / "colorizer" / "export" / versions[0] / "saved_model.pb")
+    # The first model a newcomer sees is the packaged starter fine-tuned on the sample, not a fresh one.
+    assert re.search(r"starting from the weights of \S+/trainer/starter/variables/variables", run.stderr)
+    metadata = json.loads((tmp_path / "runs" / "colorizer" / "export" / versions[0] / "colorizer.json").read_text())
+    assert metadata["init_from"] == "starter"
 
 
 def test_pattern_matching_nothing_is_one_line_error(tmp_path):
