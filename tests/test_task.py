@@ -97,7 +97,8 @@ def test_no_flags_fine_tunes_the_starter_on_the_bundled_sample_with_a_quiet_log(
     assert os.path.exists(tmp_path / "runs" / "colorizer" / "export" / versions[0] / "saved_model.pb")
     # The first model a newcomer sees is the packaged starter fine-tuned on the sample, not a fresh one.
     assert re.search(r"starting from the weights of \S+/trainer/starter/variables/variables", run.stderr)
-    metadata = json.loads((tmp_path / "runs" / "colorizer" / "export" / versions[0] / "colorizer.json").read_text())
+    exported = tmp_path / "runs" / "colorizer" / "export" / versions[0]
+    metadata = json.loads((exported / "colorizer.json").read_text())
     assert metadata["init_from"] == "starter"
 
 
