@@ -318,7 +318,7 @@ def _chief_preempted_while_exporting(barrier: bool) -> tuple:
 
 
 def test_a_worker_waits_for_the_chiefs_export_so_a_chief_lost_while_exporting_is_not_stranded():
-    """Issue 25: a worker that finished while the chief exported left the DNS for good, and the
+    """A worker that finished while the chief exported left the DNS for good, and the
     replacement chief waited for it until the Job's deadline; the barrier keeps it in the run."""
     assert _chief_preempted_while_exporting(barrier=False) == (False, "DeadlineExceeded")
     assert _chief_preempted_while_exporting(barrier=True) == (True, "Complete")

@@ -559,7 +559,7 @@ def serving_ports(objects):
 
 @pytest.mark.parametrize("overlay", SERVING_OVERLAYS)
 def test_only_rest_leaves_the_serving_pod(overlay):
-    """The client speaks REST only: gRPC 8500 is neither published nor admitted (issue 21)."""
+    """The client speaks REST only: gRPC 8500 is neither published nor admitted."""
     assert serving_ports(load(f"overlay:{overlay}")) == ({8501}, {8501}, {8501})
 
 

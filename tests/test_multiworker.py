@@ -79,7 +79,7 @@ def test_sigterm_to_the_chief_stops_both_workers_then_both_resume_agree_and_expo
     for name in chief:
         np.testing.assert_array_equal(chief[name], other[name], err_msg=name)
     assert len(os.listdir(tmp_path / "export")) == 1 and "SavedModel:" not in outputs[1]
-    # Worker 1 finished only after the chief's export landed (issue 25: its index completes for good).
+    # Worker 1 finished only after the chief's export landed: a finished index is complete for good.
     exported = _logged_at(outputs[0], "exported SavedModel to")
     assert exported <= _logged_at(outputs[1], "every worker reached the end: the chief's export has landed")
 
