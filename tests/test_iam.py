@@ -60,7 +60,7 @@ ENV = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
 DOCS = Path(REPO) / "docs" / "KUBERNETES.md"
 SETTINGS = Path(REPO) / "k8s" / "settings" / "settings.env"
 IAM_MARKER = "<!-- tested: test_docs_grant_each_identity_exactly_what_it_uses -->"
-# What each identity must reach and nothing more : top-level prefix -> "r" (get) or "rw"
+# What each identity must reach and nothing more: top-level prefix -> "r" (get) or "rw"
 # (get, create, delete). test_access_follows_the_manifests checks the prefixes against the pods' paths.
 ACCESS = {
     "PREPARE_GSA": {"photos": "r", "data": "rw"},
