@@ -56,6 +56,10 @@ def test_only_the_zero_flag_run_fine_tunes_the_starter():
     assert init_from("--model=autoencoder") == init_from("--base_filters=64") == ""  # another architecture
     assert init_from("--train_data=d/*", "--init_from=starter") == "starter"
     assert init_from("--init_from=") == ""
+    rate = config.config_from_flags(_parse(), {})[0].learning_rate
+    assert rate == config.FINE_TUNE_LEARNING_RATE  # fine-tuning: a tenth of the rate
+    assert config.config_from_flags(_parse("--learning_rate=0.002"), {})[0].learning_rate == 0.002
+    assert config.config_from_flags(_parse("--train_data=d/*"), {})[0].learning_rate == 1e-3
 
 
 def test_mixed_precision_is_an_alias():

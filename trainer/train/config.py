@@ -30,6 +30,9 @@ STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device")
 SAMPLE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "sample")
 DEFAULT_RUN_DIR = os.path.join("runs", "colorizer")
 STARTER = "starter"  # trainer.serve.export.resolve_saved_model's name for the packaged model
+# Adam's first steps from fresh moments move every weight by about the learning rate: a tenth of
+# the from-scratch rate keeps what the weights already know (docs/QUALITY.md, "Fine-tuning").
+FINE_TUNE_LEARNING_RATE = 1e-4
 # Unset output flags fall back to Vertex AI's variables, then to ./runs/colorizer/.
 ENVIRONMENT_FALLBACKS = {
     "model_dir": ("AIP_CHECKPOINT_DIR", os.path.join(DEFAULT_RUN_DIR, "model")),
@@ -104,7 +107,9 @@ class TrainConfig:
     )
     epochs: int = _setting(10, "Epochs (passes over the training split).")
     batch_size: int = _setting(32, "Batch size PER REPLICA; the global batch is this times the replicas.")
-    learning_rate: float = _setting(1e-3, "Adam learning rate (the seed's 1e-3).")
+    learning_rate: float = _setting(
+        1e-3, "Adam learning rate [the seed's 1e-3; 1e-4 when the run starts from --init_from's weights]."
+    )
     lr_schedule: str = _setting(
         "constant", "constant, or cosine: a warmup epoch, then decay to 0.", LR_SCHEDULES
     )
@@ -302,5 +307,7 @@ def config_from_flags(flag_values: flags.FlagValues, environ: Mapping[str, str])
     values["precision"] = _precision(flag_values)
     if values["init_from"] is None:
         values["init_from"] = STARTER if _fine_tunes_starter(flag_values) else ""
+    if values["init_from"] and not flag_values["learning_rate"].present:
+        values["learning_rate"] = FINE_TUNE_LEARNING_RATE
     cluster: dict[str, Any] = {f.name: flag_values[f.name].value for f in dataclasses.fields(ClusterConfig)}
     return TrainConfig(**values), ClusterConfig(**cluster)
