@@ -122,6 +122,7 @@ def test_identity_is_recorded_then_enforced(tmp_path):
     model_dir = str(tmp_path / "run")
     checkpoints.check_identity(model_dir, _config(), write=True)
     checkpoints.check_identity(model_dir, _config(epochs=30), write=True)  # compatible change
+    checkpoints.check_identity(model_dir, _config(init_from="starter"), write=True)  # resuming ignores it
     with pytest.raises(ConfigError) as error:
         checkpoints.check_identity(model_dir, _config(model="autoencoder", loss="l1"), write=False)
     message = str(error.value)
@@ -166,6 +167,11 @@ def test_init_from_another_architecture_or_nothing_is_one_line(tmp_path):
     export.export_saved_model(_unet(), "lab", export_dir, {"model": "unet", "base_filters": 4})
     with pytest.raises(ConfigError, match="a --base_filters=4 model, not --base_filters=8: pass its flags"):
         checkpoints.load_initial_weights(_unet(8), export_dir, _config(base_filters=8))
+    # Checked before a new run writes anything, so a corrected rerun finds its model_dir untouched.
+    wider = _config(base_filters=8, init_from=export_dir, model_dir=str(tmp_path / "m"))
+    with pytest.raises(ConfigError, match="a --base_filters=4 model, not --base_filters=8"):
+        checkpoints.check_init_from(wider)
+    assert not (tmp_path / "m").exists()
     os.remove(os.path.join(export.complete_versions(export_dir)[0], export.METADATA_FILE))
     with pytest.raises(ConfigError, match="its weights don't fit this model") as error:
         checkpoints.load_initial_weights(_unet(8), export_dir, _config(base_filters=8))

@@ -14,6 +14,7 @@
 
 import json
 import os
+import posixpath
 import re
 import tempfile
 import time
@@ -34,7 +35,9 @@ from trainer.serve.export import METADATA_FILE, resolve_saved_model
 
 # The flags that decide a checkpoint's variables (and their meaning); epochs, patience or cadence
 # may change between restarts. mixed_precision wraps the optimizer (loss-scale variables).
-IDENTITY_FLAGS = ("model", "color_space", "loss", "base_filters", "mixed_precision", "init_from")
+IDENTITY_FLAGS = ("model", "color_space", "loss", "base_filters", "mixed_precision")
+# Recorded with them, not enforced: a resumed run reads its weights from its checkpoint.
+RECORDED_FLAGS = IDENTITY_FLAGS + ("init_from",)
 # What an exported or checkpointed model must share with a run that starts from its weights.
 ARCHITECTURE_FLAGS = ("model", "color_space", "loss", "base_filters")
 IDENTITY_FILE = "run.json"
@@ -50,7 +53,7 @@ _NUMBER = re.compile(r"-(\d+)$")
 def check_identity(model_dir: str, config, write: bool) -> None:
     """Refuses a model_dir started with different IDENTITY_FLAGS; records them when the run is new."""
     path = os.path.join(model_dir, IDENTITY_FILE)
-    wanted = {name: getattr(config, name) for name in IDENTITY_FLAGS}
+    wanted = {name: getattr(config, name) for name in RECORDED_FLAGS}
     recorded = read_json(path)
     if recorded is not None:
         differ = [n for n in IDENTITY_FLAGS if n in recorded and recorded[n] != wanted[n]]
@@ -258,8 +261,9 @@ class RunCheckpoints:
 
 def _initial_weights(source: str) -> tuple:
     """(prefix, layout, metadata) of the weights `--init_from` names; layout "export" or "model"."""
-    if tf.io.gfile.exists(source + ".index"):
-        return source, "model", read_json(os.path.join(os.path.dirname(source), "..", IDENTITY_FILE))
+    if tf.io.gfile.exists(source + ".index"):  # model_dir/{best,checkpoints}/ckpt-N
+        model_dir = posixpath.dirname(posixpath.dirname(source))
+        return source, "model", read_json(posixpath.join(model_dir, IDENTITY_FILE))
     for series in ("best", "checkpoints"):
         found = listed(os.path.join(source, series))
         if found:
@@ -295,6 +299,14 @@ def _check_shapes(source: str, prefix: str, model) -> None:
             f"--init_from={source}: its weights don't fit this model ({len(shapes)} variables, "
             f"not {len(wanted)} of these shapes); pass the flags it was trained with"
         )
+
+
+def check_init_from(config) -> None:
+    """Before a new run writes anything: --init_from names weights, of this architecture as far as
+    their recorded flags tell (the variables' shapes are checked when they are read)."""
+    with storage_errors(f"--init_from={config.init_from}", ConfigError):
+        _, _, metadata = _initial_weights(config.init_from)
+    _check_architecture(config.init_from, metadata, config)
 
 
 def load_initial_weights(model, source: str, config) -> str:

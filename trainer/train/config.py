@@ -147,8 +147,8 @@ class TrainConfig:
         "",
         "Start a new run from these weights with a fresh optimizer: starter (the model shipped in "
         "the package; a path of that name wins), an export, a model_dir or a checkpoint of the same "
-        "architecture. A run that resumes ignores it [starter when neither --train_data nor an "
-        "architecture flag is given, else none].",
+        "architecture. A run that resumes ignores it (its weights come from its checkpoint) [starter "
+        "when neither --train_data nor an architecture flag is given, else none].",
         flag_default=None,
     )
     max_pixels: int = _setting(

@@ -50,6 +50,9 @@ def check_before_training(config: TrainConfig) -> tuple:
     )
     with storage_errors(f"--model_dir={config.model_dir}", ConfigError):
         checkpoints.check_identity(config.model_dir, config, write=False)
+        resuming = checkpoints.listed(os.path.join(config.model_dir, "checkpoints"))
+    if config.init_from and not resuming:
+        checkpoints.check_init_from(config)
     return shards
 
 
