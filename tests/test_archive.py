@@ -73,9 +73,32 @@ def test_an_output_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", fail)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(ConfigError, match=f"^--output_dir={tmp_path}: can't write a/c.png \\(disk full\\)$"):
         archive.write_output(str(tmp_path), "a/c.png", b"png")
     assert sorted(os.listdir(tmp_path / "a")) == ["b.png"]  # no half-written output, no temporary file
+    monkeypatch.undo()
+    (tmp_path / "file").write_text("a file where the output folder should be")
+    with pytest.raises(ConfigError, match=f"^--output_dir={tmp_path}/file: can't write "):
+        archive.check_output_dir(str(tmp_path / "file"))
+
+
+def test_names_that_could_leave_the_output_folder_or_meet_by_case_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"gs://b/photos/a/\.\./b.jpg: a name with an empty"):
+        archive._safe("a/../b.jpg", "gs://b/photos/")
+    assert archive.output_names(["A.jpg", "a.png"]) == ["A.jpg.png", "a.png.png"]
+    write_photos(tmp_path / "in", 1)
+    os.rename(tmp_path / "in" / "photo000.png", tmp_path / "in" / "X.png")
+    (tmp_path / "in" / "x.png").write_bytes((tmp_path / "in" / "X.png").read_bytes())
+    if len(os.listdir(tmp_path / "in")) == 2:  # a case-sensitive disk holds both
+        with pytest.raises(ConfigError, match="would both be written to"):
+            archive.list_photos([str(tmp_path / "in")])
+
+
+def test_the_output_folder_inside_an_input_folder_is_not_an_input(tmp_path):
+    write_photos(tmp_path / "photos", 2)
+    write_photos(tmp_path / "photos" / "out", 2)  # last run's outputs
+    photos, _ = archive.list_photos([str(tmp_path / "photos")], output_dir=str(tmp_path / "photos" / "out"))
+    assert [p.output for p in photos] == ["photo000.png", "photo001.png"]
 
 
 def _outputs(folder) -> dict:

@@ -248,3 +248,10 @@ def test_a_run_survives_five_percent_503s_and_serves_from_gcs(emulator, photos, 
     again = _run(emulator, *archive, module="trainer.client")  # a rerun finds both done
     assert again.returncode == 0, again.stderr
     assert "colorized 0 photo(s)" in again.stdout and "2 already done" in again.stdout
+    one = [f"--local_model={run}/export", f"gs://{BUCKET}/faults/photos/2019/photo001.png"]
+    single = _run(emulator, *one, f"--output_dir=gs://{BUCKET}/faults/one", module="trainer.client")
+    assert single.returncode == 0 and _objects(emulator, "faults/one/") == ["faults/one/photo001.png"]
+    typo = [f"--local_model={run}/export", f"gs://{BUCKET}/faults/fotos/", f"--output_dir={tmp_path}/o"]
+    missing = _run(emulator, *typo, module="trainer.client")
+    assert missing.returncode == 2, missing.stderr
+    assert f"gs://{BUCKET}/faults/fotos/: no such object or prefix" in missing.stderr

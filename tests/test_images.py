@@ -1,5 +1,7 @@
 """trainer.data.images: Pillow-only decoding of one photo pair."""
 
+import io
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -44,3 +46,21 @@ def test_a_photo_is_read_as_displayed_whatever_its_exif_orientation(tmp_path):
     _, color = images.load_pair(str(tmp_path / "phone.jpg"), None, 12, "raw")
     pixels = np.frombuffer(color, np.uint8).reshape(12, 12, 3)
     assert pixels[0].mean() < 60 and pixels[-1].mean() > 200
+
+
+@pytest.mark.parametrize(
+    "mode, pixels, expected",
+    [
+        ("I;16", np.array([[0, 257 * 100, 65535]], np.uint16), [0, 100, 255]),  # a 16-bit scan
+        ("F", np.array([[0.0, 0.5, 1.0]], np.float32), [0, 128, 255]),  # a float TIFF in [0, 1]
+        ("I", np.array([[0, 100, 255]], np.int32), [0, 100, 255]),  # 32-bit holding 8-bit values
+    ],
+)
+def test_deep_gray_is_sent_over_its_real_range_not_clipped(mode, pixels, expected, tmp_path):
+    """Pillow's convert("L") clips 16-bit values at 255: a 16-bit scan would be sent all white."""
+    picture = Image.fromarray(pixels)
+    assert picture.mode == mode
+    picture.save(tmp_path / "deep.tif")
+    sent = images.request_bytes((tmp_path / "deep.tif").read_bytes(), "deep.tif")
+    with Image.open(io.BytesIO(sent)) as png:
+        assert png.mode == "L" and np.asarray(png).tolist() == [expected]

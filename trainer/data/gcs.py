@@ -197,6 +197,16 @@ def write_text(path: str, text: str, generation: int) -> int:
         raise _explain(exc, path) from None
 
 
+def object_size(path: str):
+    """The size of the object at `path`, or None if there is none."""
+    bucket, name = split_path(path)
+    try:
+        blob = _process_client().bucket(bucket).get_blob(name) if name else None
+    except _api_errors() as exc:
+        raise _explain(exc, path) from None
+    return None if blob is None else int(blob.size or 0)
+
+
 def write_bytes(path: str, data: bytes) -> None:
     """Writes an object in one upload: it appears whole or not at all."""
     bucket, name = split_path(path)

@@ -4,10 +4,9 @@
   the extension replaced by `.png` (`scans/a.tif` -> `OUT/scans/a.png`); a file named by itself is
   written to OUT/<its name>.png. Where two photos would share an output (`x.jpg` and `x.png` in one
   folder), both keep their extension (`x.jpg.png`, `x.png.png`), so no output depends on the order.
-* **What is sent.** JPEG, PNG and BMP files of 8-bit gray, colour or palette pixels, stored
-  upright, go as they are. Any other picture Pillow reads (TIFF, WebP, a GIF's first frame,
-  16-bit, CMYK, an EXIF orientation) is sent as a PNG of the picture as displayed, so the output
-  has the displayed size. Pixel counts are checked from the header before anything is decoded.
+* **What is sent:** `trainer.data.images.request_bytes`, the picture as displayed (EXIF
+  orientation, TIFF, WebP, 16-bit, CMYK...) in a format serving decodes, its pixels counted from
+  the header first.
 * **Nothing lost, nothing done twice.** A file that can't be read or that serving refuses is
   skipped and named; TF Serving's 400 doesn't say which image of a batch failed, so the batch is
   split until the bad one fails alone. Outputs are written whole (`<output>.partial`, then a
@@ -20,18 +19,14 @@
 import collections
 import concurrent.futures
 import dataclasses
-import io
 import os
 import posixpath
 from typing import Callable, Iterator, List, Optional, Tuple
 
 from trainer.data import gcs, photo_source
-from trainer.data.images import PHOTO_FORMATS
+from trainer.data.images import request_bytes, side_by_side
 from trainer.errors import ConfigError, DataError, first_line
 
-SENT_AS_IS = ("JPEG", "PNG", "BMP")  # what serving_default decodes
-PLAIN_MODES = ("L", "LA", "RGB", "RGBA", "P", "PA")  # 8-bit pixels TF's decoders read as shown
-_ORIENTATION = 0x0112  # EXIF tag: 1 is upright
 PARTIAL = ".partial"  # an output being written
 
 
@@ -43,29 +38,56 @@ class Photo:
 
 
 def _listed(path: str) -> Iterator[Tuple[str, str, int, bool]]:
-    """(source, relative name, size, whether it was named by itself) of each file an INPUT stands for."""
-    if gcs.is_gcs(path) or os.path.isdir(path):
+    """(source, relative name, size, whether it was named by itself) of each file an INPUT stands for.
+
+    A gs:// path is a prefix, or else one object; one that is neither is refused, as a missing file is.
+    """
+    if gcs.is_gcs(path):
+        listed = False
         for name, size in photo_source.PhotoSource(path, recursive=True):
-            yield photo_source.join(path, name), name, size, False
+            listed = True
+            yield photo_source.join(path, name), _safe(name, path), size, False
+        if not listed:
+            size = gcs.object_size(path)
+            if size is None:
+                raise ConfigError(f"{path}: no such object or prefix")
+            yield path, posixpath.basename(path), size, True
+    elif os.path.isdir(path):
+        for name, size in photo_source.PhotoSource(path, recursive=True):
+            yield os.path.join(path, name), name, size, False
     elif os.path.isfile(path):
         yield path, os.path.basename(path), os.path.getsize(path), True
     else:
         raise ConfigError(f"{path}: no such file or folder")
 
 
+def _safe(name: str, where: str) -> str:
+    """An object name as a relative output path: no part may climb out of the output folder."""
+    if any(part in ("", ".", "..") for part in name.split("/")):
+        raise ConfigError(f"{where}{name}: a name with an empty, '.' or '..' part can't name an output")
+    return name
+
+
 def output_names(relatives: List[str]) -> List[str]:
-    """The naming rule: the extension replaced by .png, kept where two names would meet."""
+    """The naming rule: the extension replaced by .png, kept where two names would meet (whatever
+    their case: `A.jpg` and `a.png` meet on a case-insensitive disk)."""
     stems = [posixpath.splitext(r)[0] for r in relatives]
-    counts = collections.Counter(stems)
-    return [(stem if counts[stem] == 1 else r) + ".png" for stem, r in zip(stems, relatives)]
+    counts = collections.Counter(stem.lower() for stem in stems)
+    return [(stem if counts[stem.lower()] == 1 else r) + ".png" for stem, r in zip(stems, relatives)]
 
 
-def list_photos(inputs: List[str], num_tasks: int = 1, task_index: int = 0) -> Tuple[List[Photo], list]:
+def list_photos(
+    inputs: List[str], num_tasks: int = 1, task_index: int = 0, output_dir: str = ""
+) -> Tuple[List[Photo], list]:
     """This task's share of the photos under `inputs`, in a stable order, and the files left out of
-    folders as not photos by name (`.DS_Store`, `notes.txt`)."""
+    folders as not photos by name (`.DS_Store`, `notes.txt`). Files under `output_dir` are never
+    inputs, so a rerun with the outputs inside an input folder doesn't colorize them."""
     found, ignored = [], []
+    outputs = _under(output_dir) if output_dir else None
     for path in inputs:
         for source, relative, size, named in _listed(path):
+            if outputs and _under(source).startswith(outputs):
+                continue
             if named or photo_source.is_image(relative):
                 found.append((source, relative, size))
             else:
@@ -73,74 +95,18 @@ def list_photos(inputs: List[str], num_tasks: int = 1, task_index: int = 0) -> T
     owners: dict = {}
     photos = []
     for (source, _, size), name in zip(found, output_names([r for _, r, _ in found])):
-        if name in owners:
-            raise ConfigError(f"{owners[name]} and {source} would both be written to {name}")
-        owners[name] = source
+        if name.lower() in owners:
+            raise ConfigError(f"{owners[name.lower()]} and {source} would both be written to {name}")
+        owners[name.lower()] = source
         if photo_source.task_of(name, num_tasks) == task_index:
             photos.append(Photo(source, name, size))
     return photos, ignored
 
 
-def _unreadable(name: str, exc: Exception) -> DataError:
-    return DataError(f"{name}: not a readable image ({type(exc).__name__}: {first_line(str(exc))})")
-
-
-def frame_pixels(image) -> int:
-    """The pixels Pillow allocates for an image's first frame: for a GIF its canvas (Pillow widens
-    the header's logical screen to the frame), or the frame's own extents where they reach further."""
-    width, height = image.size
-    if image.format == "GIF":
-        for tile in image.tile:
-            width, height = max(width, tile[1][2]), max(height, tile[1][3])
-    return width * height
-
-
-def pixel_limit(max_pixels: int) -> int:
-    """At most `max_pixels`; with the check off (0), Pillow's decompression-bomb limit (~179 M
-    pixels), kept even where Image.MAX_IMAGE_PIXELS was unset: a picture converted here is decoded here."""
-    from PIL import Image
-
-    return max_pixels or 2 * (Image.MAX_IMAGE_PIXELS or 89_478_485)
-
-
-def png_mode(picture) -> str:
-    """RGBA where the picture has transparency, L for gray (or a gray palette), else RGB."""
-    if picture.mode in ("RGBA", "LA", "PA") or "transparency" in picture.info:
-        return "RGBA"
-    if picture.mode in ("L", "I", "I;16", "1"):
-        return "L"
-    palette = picture.getpalette("RGB") if picture.mode == "P" else None
-    gray = palette is not None and palette[0::3] == palette[1::3] == palette[2::3]
-    return "L" if gray else "RGB"
-
-
-def request_bytes(data: bytes, name: str, max_pixels: int = 0) -> bytes:
-    """What is sent for a photo file's bytes: the file itself, or a PNG of the picture as displayed.
-
-    A one-line DataError for a file Pillow can't read or with more pixels than `max_pixels`.
-    """
-    from PIL import Image, ImageOps
-
-    limit = pixel_limit(max_pixels)
-    try:
-        with Image.open(io.BytesIO(data), formats=PHOTO_FORMATS) as image:
-            pixels = frame_pixels(image)
-            if pixels > limit:
-                raise DataError(f"{name}: {pixels} pixels, more than {limit} (--max_pixels)")
-            upright = image.getexif().get(_ORIENTATION, 1) == 1
-            if image.format in SENT_AS_IS and image.mode in PLAIN_MODES and upright:
-                return data
-            image.seek(0)
-            image.load()
-            picture = ImageOps.exif_transpose(image)
-            picture = picture.convert(png_mode(picture))
-    except Image.DecompressionBombError as exc:  # not an OSError
-        raise DataError(f"{name}: {first_line(str(exc))}") from None
-    except (OSError, SyntaxError, ValueError) as exc:  # what Pillow raises for a damaged file
-        raise _unreadable(name, exc) from None
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
+def _under(path: str) -> str:
+    """A path as a prefix to compare folders by: absolute, '/'-terminated."""
+    path = path if gcs.is_gcs(path) else os.path.abspath(path)
+    return path.rstrip("/") + "/"
 
 
 def read_photo(photo: Photo, max_pixels: int = 0) -> bytes:
@@ -174,18 +140,29 @@ def write_output(output_dir: str, relative: str, data: bytes) -> str:
         gcs.write_bytes(target, data)
         return target
     target = os.path.join(output_dir, *relative.split("/"))
-    os.makedirs(os.path.dirname(target), exist_ok=True)
     # One writer per output (tasks' shares are disjoint), so a fixed name: a killed run's leftover
     # is replaced when the photo is done again.
     temporary = target + PARTIAL
     try:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
         with open(temporary, "wb") as handle:
             handle.write(data)
         os.replace(temporary, target)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError(f"--output_dir={output_dir}: can't write {relative} ({reason})") from None
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
     return target
+
+
+def check_output_dir(output_dir: str) -> None:
+    """A local output folder can be created and written, before any photo is read or sent."""
+    if gcs.is_gcs(output_dir):
+        return  # the first upload names a missing bucket or permission in one line (gcs._explain)
+    write_output(output_dir, ".colorizer-write-check", b"")
+    os.remove(os.path.join(output_dir, ".colorizer-write-check"))
 
 
 @dataclasses.dataclass
@@ -214,19 +191,6 @@ def predict_splitting(predict, items: list, bad_request) -> list:
         return predict_splitting(predict, items[:middle], bad_request) + predict_splitting(
             predict, items[middle:], bad_request
         )
-
-
-def side_by_side(sent: bytes, colorized: bytes) -> bytes:
-    """gray | colour as one PNG: the picture that was sent, in gray, left of the colorized one."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(sent)) as gray, Image.open(io.BytesIO(colorized)) as colour:
-        canvas = Image.new("RGB", (colour.width * 2, colour.height))
-        canvas.paste(gray.convert("L").convert("RGB").resize(colour.size), (0, 0))
-        canvas.paste(colour.convert("RGB"), (colour.width, 0))
-    buffer = io.BytesIO()
-    canvas.save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
 
 
 def colorize_batch(

@@ -322,8 +322,6 @@ def client_from_flags(values: flags.FlagValues) -> Client:
 
 
 def _client_from_flags() -> Client:
-    if not FLAGS.output_dir and (FLAGS.server or FLAGS.local_model):
-        raise ConfigError("--output_dir is required")
     for name, value in (("batch_size", FLAGS.batch_size), ("parallel", FLAGS.parallel)):
         if value < 1:
             raise ConfigError(f"--{name}={value}: must be at least 1")
@@ -346,9 +344,12 @@ def main(argv):
             raise ConfigError(
                 "no inputs (usage: python -m trainer.client [flags] FILE|FOLDER|gs://PREFIX...)"
             )
-        client = _client_from_flags()
+        if not FLAGS.output_dir:
+            raise ConfigError("--output_dir is required")
         num_tasks, task_index = _task(os.environ)
-        photos, ignored = archive.list_photos(inputs, num_tasks, task_index)
+        photos, ignored = archive.list_photos(inputs, num_tasks, task_index, FLAGS.output_dir)
+        archive.check_output_dir(FLAGS.output_dir)
+        client = _client_from_flags()  # after the inputs: a typo is found before the model loads
         todo = archive.pending(photos, FLAGS.output_dir, FLAGS.overwrite)
         version = client.wait_available() if todo else None
         progress = Progress(len(todo))
