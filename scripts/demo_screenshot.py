@@ -1,6 +1,6 @@
 """docs/demo.png: the demo page after a photo was chosen, in Debian's headless chromium.
 
-    python scripts/demo_screenshot.py ../shared/data/cbsd68/101085.png [--model=starter] [--output=F]
+python scripts/demo_screenshot.py ../shared/data/cbsd68/101085.png [--model=starter] [--output=F]
 """
 
 import argparse
