@@ -161,3 +161,10 @@ def test_a_peer_lost_while_the_cluster_forms_is_transient(monkeypatch):
     )
     with pytest.raises(TransientError, match=r"^the workers could not form their cluster \(Unavailable"):
         distribute._multi_worker(cluster, 1, 0, lambda: False)
+
+    def port_in_use(*args, **kwargs):  # would fail the same way after a restart: not transient
+        raise tf.errors.InvalidArgumentError(None, None, "Address already in use")
+
+    monkeypatch.setattr(tf.distribute, "MultiWorkerMirroredStrategy", port_in_use)
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        distribute._multi_worker(cluster, 1, 0, lambda: False)

@@ -141,24 +141,32 @@ def test_alone_a_failing_file_system_is_transient_and_a_cancellation_is_not(monk
 def test_with_peers_a_failed_collective_or_nccl_error_is_a_lost_peer_and_other_internal_errors_are_not(
     monkeypatch, capsys
 ):
-    """Exit 144 (retriable) for what a dead peer causes, including NCCL's InternalError; a bug stays 1."""
+    """Exit 144 (retriable) for what a dead peer causes, including NCCL's InternalError once steps
+    ran in this attempt; an NCCL error before any step (its setup) and a bug stay errors (exit 1)."""
     from trainer.errors import EXIT_PEER_LOST
     from trainer.train import run
 
     peers = object.__new__(type("Peers", (tf.distribute.MultiWorkerMirroredStrategy,), {}))
+
+    def failing(error, steps_run):
+        def train_and_export(*args):
+            args[-1]["trainer"] = type("Trainer", (), {"steps_run": steps_run})()
+            raise error
+
+        return train_and_export
+
     nccl = tf.errors.InternalError(None, None, "ncclSystemError: System call failed\nNCCL WARN socket closed")
-    for error, reason in (
-        (nccl, "ncclSystemError: System call failed"),
-        (tf.errors.UnavailableError(None, None, "Collective ops is aborted by: peer down"), "aborted by"),
-    ):
-        monkeypatch.setattr(run, "train_and_export", lambda *args, error=error: (_ for _ in ()).throw(error))
+    down = tf.errors.UnavailableError(None, None, "Collective ops is aborted by: peer down")
+    for error, reason, steps in ((nccl, "ncclSystemError: System call failed", 8), (down, "aborted by", 0)):
+        monkeypatch.setattr(run, "train_and_export", failing(error, steps))
         with pytest.raises(SystemExit) as exited:
             run.train_and_export_guarded(None, peers, lambda: False)
         assert exited.value.code == EXIT_PEER_LOST and reason in capsys.readouterr().err
     bug = tf.errors.InternalError(None, None, "Dst tensor is not initialized")
-    monkeypatch.setattr(run, "train_and_export", lambda *args: (_ for _ in ()).throw(bug))
-    with pytest.raises(tf.errors.InternalError):
-        run.train_and_export_guarded(None, peers, lambda: False)
+    for error, steps in ((nccl, 0), (bug, 8)):  # NCCL failing before any step: its setup, not a peer
+        monkeypatch.setattr(run, "train_and_export", failing(error, steps))
+        with pytest.raises(tf.errors.InternalError):
+            run.train_and_export_guarded(None, peers, lambda: False)
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,9 @@ from trainer.errors import ConfigError, StoppedError, TransientError, first_line
 from trainer.train.config import STRATEGIES
 
 DEFAULT_PORT = 2222
+# What connecting to a peer that went away raises; anything else (a port in use, a bad address)
+# would fail the same way after a restart, so it stays an error that counts.
+FORMATION_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,7 +207,7 @@ def _multi_worker(cluster, peer_timeout_seconds, collective_timeout_seconds, sto
     )
     try:
         return tf.distribute.MultiWorkerMirroredStrategy(resolver, communication_options=options)
-    except tf.errors.OpError as exc:  # a peer went away while the workers were connecting
+    except FORMATION_ERRORS as exc:  # a peer went away while the workers were connecting
         raise TransientError(
             f"the workers could not form their cluster ({type(exc).__name__}: {first_line(exc.message)}); "
             "a restart of every worker tries again"

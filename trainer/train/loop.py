@@ -96,6 +96,7 @@ class Trainer:
             self.state.best_val_loss, self.state.bad_epochs, config.patience, self.checkpoints.save_best
         )
         self.epoch_quality = epoch_quality
+        self.steps_run = 0  # in this attempt (a restart begins again at 0)
 
     @property
     def step(self) -> int:
@@ -269,6 +270,7 @@ class Trainer:
                 )
             )
             self._check_finite("loss", losses[-1][0])
+            self.steps_run += steps
             self.pacer.timed(steps, time.perf_counter() - start)
             self.progress(self.step, losses[-1][0])
             if interval:

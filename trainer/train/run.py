@@ -56,11 +56,18 @@ def check_before_training(config: TrainConfig) -> tuple:
     return shards
 
 
-def train_and_export(config: TrainConfig, strategy, stop_requested=lambda: False, shards=None) -> RunResult:
-    """Trains on `shards` (train, eval; verified here if not given) and exports the best weights once."""
+def train_and_export(
+    config: TrainConfig, strategy, stop_requested=lambda: False, shards=None, attempt=None
+) -> RunResult:
+    """Trains on `shards` (train, eval; verified here if not given) and exports the best weights once.
+
+    `attempt["trainer"]` is set to the Trainer, for the caller to see how far a failed attempt got.
+    """
     train_shards, eval_shards = shards or verify_data(config)
     quality = functools.partial(decode_fit.epoch_quality, eval_shards, config.color_space)
     trainer = Trainer(config, strategy, train_shards, eval_shards, stop_requested, quality)
+    if attempt is not None:
+        attempt["trainer"] = trainer
     logging.info(
         "%d training / %d validation examples; global batch %d (%d per replica x %d); %d steps/epoch",
         train_shards.num_examples,
@@ -152,19 +159,22 @@ PEER_ERRORS = (
 _PEER_LOST_LINE = re.compile("aborted|timed out|nccl", re.IGNORECASE)  # the line that names the cause
 
 
-def _lost_peer(exc: Exception, strategy) -> bool:
-    """With peers: a failed collective, or NCCL reporting a broken connection (an InternalError)."""
+def _lost_peer(exc: Exception, strategy, trained: bool) -> bool:
+    """With peers: a failed collective, or, once a step ran in this attempt (so NCCL's setup
+    works), NCCL reporting a broken connection as an InternalError."""
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return False
-    return isinstance(exc, PEER_ERRORS) or "nccl" in str(getattr(exc, "message", "")).lower()
+    return isinstance(exc, PEER_ERRORS) or (trained and "nccl" in str(getattr(exc, "message", "")).lower())
 
 
 def train_and_export_guarded(config: TrainConfig, strategy, stop_requested, shards=None) -> RunResult:
     """train_and_export(); a lost peer exits EXIT_PEER_LOST, unavailable storage is a TransientError."""
+    attempt: dict = {}
     try:
-        return train_and_export(config, strategy, stop_requested, shards)
+        return train_and_export(config, strategy, stop_requested, shards, attempt)
     except PEER_ERRORS + (tf.errors.InternalError,) as exc:
-        if _lost_peer(exc, strategy):
+        trainer = attempt.get("trainer")
+        if _lost_peer(exc, strategy, trainer is not None and trainer.steps_run > 0):
             reason = next(
                 (line for line in exc.message.splitlines() if _PEER_LOST_LINE.search(line)),
                 type(exc).__name__,
