@@ -73,6 +73,22 @@ def test_every_line_on_fd2_becomes_a_json_log_line_with_a_severity():
     assert console.json_line(already + "\n") == already
 
 
+_FATAL_AFTER_JSON = """
+import os
+from trainer import console
+console.json_logs_process()
+os.write(2, b"F0000 00:00:1.0  7 collective.cc:99] Check failed: peers agree\\n")
+os.abort()  # as TensorFlow's LOG(FATAL) ends
+"""
+
+
+def test_a_fatal_message_right_before_abort_reaches_the_json_log_and_the_exit_code_says_so():
+    run = subprocess.run([sys.executable, "-c", _FATAL_AFTER_JSON], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 128 + 6, run.stderr  # SIGABRT, as a shell reports it
+    [record] = [json.loads(line) for line in run.stderr.splitlines()]
+    assert record["severity"] == "CRITICAL" and record["message"] == "Check failed: peers agree"
+
+
 def test_quiet_only_when_the_user_asked_for_nothing():
     assert console.wants_quiet(False, {})
     assert not console.wants_quiet(True, {})  # --verbosity given

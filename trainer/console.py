@@ -8,13 +8,13 @@ exactly those; errors, warnings and this package's own records pass. Only the CL
 only when the user hasn't asked for TF's logs (--verbosity, or TF_CPP_MIN_LOG_LEVEL set).
 """
 
-import atexit
 import contextlib
 import datetime
 import json
 import logging
 import os
 import re
+import signal
 import sys
 import threading
 
@@ -55,11 +55,10 @@ class JsonFormatter(logging.Formatter):
 
 
 def use_json_logs() -> None:
-    """Every line on stderr as JSON: absl's records formatted as such, the rest converted (json_fd2)."""
+    """absl's records as JSON lines; with json_logs_process, the rest of stderr is converted."""
     from absl import logging as absl_logging
 
     absl_logging.get_absl_handler().setFormatter(JsonFormatter())
-    json_fd2()
 
 
 def wants_quiet(verbosity_flag_present: bool, environ) -> bool:
@@ -103,64 +102,58 @@ def json_line(line: str) -> str:
     )
 
 
-class _Fd2Forwarder:
-    """Passes every line written to fd 2 through `noise` (dropped) and `transform`, on a thread."""
-
-    def __init__(self, noise, transform):
-        sys.stderr.flush()
-        self.original = os.dup(2)
-        read_end, write_end = os.pipe()
-        os.dup2(write_end, 2)
-        os.close(write_end)
-        self.thread = threading.Thread(target=self._forward, args=(read_end, noise, transform), daemon=True)
-        self.thread.start()
-
-    def _forward(self, read_end, noise, transform):
-        with os.fdopen(read_end, "rb") as pipe:
-            for raw in pipe:
-                line = raw.decode("utf-8", "replace")
-                if not (noise and noise.search(line)):
-                    os.write(self.original, (transform(line) + "\n").encode() if transform else raw)
-
-    def close(self) -> None:
-        """Restores fd 2; the thread reads what is left and stops, so no line is lost."""
-        if self.original is None:
-            return
-        sys.stderr.flush()
-        os.dup2(self.original, 2)  # closes the pipe's last write end: the thread reads to the end
-        self.thread.join(timeout=5)
-        os.close(self.original)
-        self.original = None
-
-
-_JSON_FD2: list = []  # the whole-run forwarder of --log_format=json, closed by close_json_fd2
-
-
 @contextlib.contextmanager
 def filtered_fd2(noise=NATIVE_NOISE):
     """Runs the block with everything written to fd 2 passed through a line filter dropping `noise`.
 
     On leaving, fd 2 is restored and the filter drains what is left, so no line is lost.
     """
-    forwarder = _Fd2Forwarder(noise, None)
+    sys.stderr.flush()
+    original = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def forward():
+        with os.fdopen(read_end, "rb") as pipe:
+            for line in pipe:
+                if not noise.search(line.decode("utf-8", "replace")):
+                    os.write(original, line)
+
+    thread = threading.Thread(target=forward, daemon=True)
+    thread.start()
     try:
         yield
     finally:
-        forwarder.close()
+        sys.stderr.flush()
+        os.dup2(original, 2)  # closes the pipe's last write end: the thread reads to the end and stops
+        thread.join(timeout=5)
+        os.close(original)
 
 
-def json_fd2() -> None:
-    """From now on every line on fd 2 (TensorFlow's native logs, tracebacks, `error:` lines) reaches
-    stderr as a JSON log line. `close_json_fd2` (at exit, and before os._exit) drains it; a hard
-    crash may lose the line being converted, which a plain-text log would keep."""
-    if not _JSON_FD2:
-        _JSON_FD2.append(_Fd2Forwarder(None, json_line))
-        atexit.register(close_json_fd2)
-
-
-def close_json_fd2() -> None:
-    for forwarder in _JSON_FD2:
-        forwarder.close()
+def json_logs_process() -> None:
+    """--log_format=json: the run goes on in a forked child whose fd 2 is a pipe; this process turns
+    each line into JSON (json_line) until the child ends, then exits with its status (128 + N for
+    signal N). A child that dies, even by abort() after a fatal message, leaves that message in the
+    pipe, and it is converted all the same: as PID 1 of a container this process outlives it.
+    SIGTERM and SIGINT are passed on to the child. Call it before TensorFlow starts any thread."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(read_end)
+        os.dup2(write_end, 2)
+        os.close(write_end)
+        return
+    os.close(write_end)
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, lambda received, _: os.kill(child, received))
+    with os.fdopen(read_end, "rb") as pipe:
+        for raw in pipe:
+            os.write(2, (json_line(raw.decode("utf-8", "replace")) + "\n").encode())
+    code = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
+    os._exit(code if code >= 0 else 128 - code)
 
 
 def report(text: str, json_format: bool) -> None:

@@ -23,6 +23,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}", exitcode=2)
     json_logs = FLAGS.log_format == "json"
     if json_logs:  # first: every line after this one, TensorFlow's start-up included, is JSON
+        console.json_logs_process()
         console.use_json_logs()
     if console.wants_quiet(FLAGS["verbosity"].present, os.environ):
         console.quiet_tensorflow(os.environ)

@@ -28,8 +28,6 @@ import threading
 import tensorflow as tf
 from absl import logging
 
-from trainer import console
-
 SECONDS_PER_CALL = 2.0  # long enough to amortise Python overhead, short next to a grace period
 MAX_STEPS_PER_CALL = 200
 TF_PREEMPTION_KEY = "TF_DEFAULT_PREEMPTION_NOTICE_KEY"
@@ -82,7 +80,6 @@ def exit_now(code: int) -> None:
     logging.flush()
     sys.stdout.flush()
     sys.stderr.flush()
-    console.close_json_fd2()  # --log_format=json: what is still on its way to stderr
     os._exit(code)
 
 
