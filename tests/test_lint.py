@@ -20,6 +20,7 @@ TYPED_MODULES = [
     "trainer/serve/client.py",
     "trainer/serve/archive.py",
     "trainer/cluster/colorize_job.py",
+    "trainer/cluster/starter_export.py",
     "trainer/serve/rest.py",
     "trainer/data/gcs.py",
     "trainer/task.py",

@@ -5,6 +5,7 @@
     promote VERSION --image_dir=HELD_OUT [--wait] | rollback [--wait]   (serving; trainer/cluster/serving.py)
     prepare --image=IMG --tasks=N [--input_dir=gs://...] [--output_dir=gs://...]   (cluster/prepare_job.py)
     colorize --image=IMG --tasks=N [--input_dir=gs://...] [--model=gs://...]   (cluster/colorize_job.py)
+    serve-starter --export_dir=gs://BUCKET/export   (the starter as version 1; cluster/starter_export.py)
 
 `submit` loads the manifests in k8s/ (the same ones `kubectl apply` uses; `pip install .` ships a
 copy inside the package), applies the overrides, resolves a tag-only --image to its digest, creates
@@ -27,6 +28,7 @@ from trainer.cluster import colorize_job as launch_colorize
 from trainer.cluster import manifests as launch_manifests
 from trainer.cluster import prepare_job as launch_prepare
 from trainer.cluster import serving as launch_serving
+from trainer.cluster import starter_export as launch_starter
 from trainer.cluster.k8s import Watch, Workload, api_client, pod_name
 from trainer.cluster.manifests import (
     LaunchError,
@@ -88,6 +90,7 @@ def parser() -> OneLineParser:
     launch_serving.add_parsers(sub)
     launch_prepare.add_parser(sub)
     launch_colorize.add_parser(sub)
+    launch_starter.add_parser(sub)
     return p
 
 
@@ -118,6 +121,8 @@ def run_command(args: argparse.Namespace, connect: Callable[[], client.ApiClient
             connect,
             watch,
         )
+    if args.command == "serve-starter":
+        return launch_starter.run(args)
     if args.command in ("promote", "rollback"):
         return launch_serving.run(args, launch_serving.Cluster(connect(), args.namespace))
     return on_name(args.command, Workload.find(connect(), args.namespace, args.name), watch)

@@ -25,13 +25,10 @@ from trainer.data.schema import IMAGE_SIZE
 from trainer.errors import DataError, TransientError
 from trainer.serve import preprocess
 from trainer.serve.image_limits import check_batch_size, check_image_size
-from trainer.serve.limits import DEFAULT_MAX_PIXELS, MAX_BATCH
+from trainer.serve.limits import DEFAULT_MAX_PIXELS, MAX_BATCH, STARTER, STARTER_DIR
 from trainer.serve.warmup import write_warmup
 
 METADATA_FILE = "colorizer.json"
-# The model shipped in the package (scripts/train_starter.sh): one version folder's contents.
-STARTER = "starter"
-STARTER_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), STARTER)
 
 
 def decode_gray(image_bytes: tf.Tensor, max_pixels: int = DEFAULT_MAX_PIXELS) -> tf.Tensor:

@@ -1,6 +1,14 @@
-"""What one serving request may cost, and what that asks of a serving container. No TensorFlow here:
-the launcher and the client read these numbers too. docs/SERVING.md "Limits" tabulates them.
+"""What one serving request may cost, and what that asks of a serving container; where the packaged
+starter model lies. No TensorFlow here: the launcher and the client read these too. docs/SERVING.md
+"Limits" tabulates the numbers.
 """
+
+import os
+
+# The model shipped in the package (scripts/train_starter.sh): one version folder's contents, named
+# `starter` wherever a model path is taken (a path of that name wins).
+STARTER = "starter"
+STARTER_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), STARTER)
 
 # A 50-megapixel camera writes 8688 x 5792 = 50.3 M pixels; exports refuse larger images
 # (`--max_pixels`, checked from the header by trainer/serve/image_limits.py).

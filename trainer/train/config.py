@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, Optional
 from absl import flags
 
 from trainer.errors import ConfigError
-from trainer.serve.limits import DEFAULT_MAX_PIXELS
+from trainer.serve.limits import DEFAULT_MAX_PIXELS, STARTER
 
 MODELS = ("autoencoder", "unet", "unet_global")
 COLOR_SPACES = ("rgb", "lab")
@@ -29,7 +29,6 @@ STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device")
 
 SAMPLE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "sample")
 DEFAULT_RUN_DIR = os.path.join("runs", "colorizer")
-STARTER = "starter"  # trainer.serve.export.resolve_saved_model's name for the packaged model
 # Adam's first steps from fresh moments move every weight by about the learning rate: a tenth of
 # the from-scratch rate keeps what the weights already know (docs/QUALITY.md, "Fine-tuning").
 FINE_TUNE_LEARNING_RATE = 1e-4
