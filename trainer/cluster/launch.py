@@ -94,6 +94,13 @@ def parser() -> OneLineParser:
     return p
 
 
+# The Indexed Jobs of independent tasks: (their request, the Job it builds).
+TASK_JOBS = {
+    "prepare": (launch_prepare.PrepareRequest, launch_prepare.build),
+    "colorize": (launch_colorize.ColorizeRequest, launch_colorize.build),
+}
+
+
 def run_command(args: argparse.Namespace, connect: Callable[[], client.ApiClient]) -> int:
     """One parsed command; `connect()` gives the ApiClient, asked for only when the cluster is needed."""
     watch = Watch(args.schedule_timeout, args.poll_seconds)
@@ -103,24 +110,11 @@ def run_command(args: argparse.Namespace, connect: Callable[[], client.ApiClient
         return start(
             submit, objects, f"{objects[0]['kind']} {submit.namespace}/{submit.name}", connect, watch
         )
-    if args.command == "prepare":
-        prepare = launch_prepare.PrepareRequest.from_args(args)
-        return start(
-            prepare,
-            launch_prepare.build(prepare),
-            f"Job {prepare.namespace}/{prepare.name} ({prepare.tasks} prepare tasks)",
-            connect,
-            watch,
-        )
-    if args.command == "colorize":
-        colorize = launch_colorize.ColorizeRequest.from_args(args)
-        return start(
-            colorize,
-            launch_colorize.build(colorize),
-            f"Job {colorize.namespace}/{colorize.name} ({colorize.tasks} colorize tasks)",
-            connect,
-            watch,
-        )
+    if args.command in TASK_JOBS:
+        request_class, build_job = TASK_JOBS[args.command]
+        request = request_class.from_args(args)
+        what = f"Job {request.namespace}/{request.name} ({request.tasks} {args.command} tasks)"
+        return start(request, build_job(request), what, connect, watch)
     if args.command == "serve-starter":
         return launch_starter.run(args)
     if args.command in ("promote", "rollback"):
