@@ -19,7 +19,7 @@ overlay (`kubectl apply -k k8s/overlays/gke`, docs/KUBERNETES.md).
 
 import argparse
 import sys
-from typing import Callable
+from typing import Any, Callable
 
 import yaml
 from kubernetes import client
@@ -95,7 +95,7 @@ def parser() -> OneLineParser:
 
 
 # The Indexed Jobs of independent tasks: (their request, the Job it builds).
-TASK_JOBS = {
+TASK_JOBS: dict[str, tuple[Any, Callable[[Any], list]]] = {
     "prepare": (launch_prepare.PrepareRequest, launch_prepare.build),
     "colorize": (launch_colorize.ColorizeRequest, launch_colorize.build),
 }
