@@ -26,28 +26,36 @@ TRAINED_ON = (
     "than research use, fine-tune on your own photos (python -m trainer.task --init_from=starter "
     "--train_data=...) or train from scratch."
 )
-SCORES = ("psnr", "ssim", "colourfulness", "warm_recall", "green_recall", "blue_recall", "right_hue")
+SCORES = ("psnr", "ssim", "colourfulness", "delta_e_2000", "hue_agreement")
+SCORES += ("warm_recall", "green_recall", "blue_recall")
 
 
 def folder_mb(path: str) -> float:
     return sum(os.path.getsize(os.path.join(r, n)) for r, _, names in os.walk(path) for n in names) / 1e6
 
 
-def epochs_trained(train_log: str) -> int:
-    """The last epoch the training log reports (the run may have been resumed several times)."""
+def epochs_trained(train_log: str, step: int, best_val_loss: float) -> tuple:
+    """(epochs the run trained, the epoch whose weights it exported) from its log: the epoch line at
+    the export's step, and the one of that run with the best validation loss (resumed runs append)."""
     if not train_log or not os.path.exists(train_log):
-        return 0
+        return 0, 0
     with open(train_log, encoding="utf-8") as handle:
-        found = re.findall(r"epoch (\d+)/\d+ step", handle.read())
-    return int(found[-1]) if found else 0
+        lines = re.findall(r"epoch (\d+)/(\d+) step (\d+) loss [\d.]+ val_loss ([\d.]+)", handle.read())
+    final = [(int(e), t) for e, t, s, _ in lines if int(s) == step]
+    if not final:
+        return 0, 0
+    epochs, total = final[-1]
+    best = [int(e) for e, t, s, v in lines if t == total and int(s) <= step and v == f"{best_val_loss:.4f}"]
+    return epochs, best[-1] if best else 0
 
 
-def starter_section(report: dict, epochs: int) -> dict:
+def starter_section(report: dict, epochs: tuple) -> dict:
     full = report["full"] or report["120"]
     return {
         "trained_by": "scripts/train_starter.sh (the trainer's default flags, --seed=1, no early stopping)",
         "trained_on": TRAINED_ON,
-        "epochs": epochs,
+        "epochs": epochs[0],
+        "exported_epoch": epochs[1],
         "cbsd68": {
             "images": full["images"],
             "truth_colourfulness": full["truth_colourfulness"],
@@ -79,7 +87,8 @@ def main() -> int:
     metadata_path = os.path.join(staged, METADATA_FILE)
     with open(metadata_path, encoding="utf-8") as handle:
         metadata = json.load(handle)
-    metadata["starter"] = starter_section(report, epochs_trained(args.train_log))
+    epochs = epochs_trained(args.train_log, metadata["step"], metadata["best_val_loss"])
+    metadata["starter"] = starter_section(report, epochs)
     with open(metadata_path, "w", encoding="utf-8") as handle:
         json.dump(metadata, handle, indent=2)
     shutil.rmtree(args.output, ignore_errors=True)

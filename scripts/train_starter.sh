@@ -4,12 +4,12 @@
 #   scripts/train_starter.sh                  # ../shared/data -> runs/starter, EPOCHS epochs in all
 #   EPOCHS=150 scripts/train_starter.sh       # the same run, continued to epoch 150
 #   PUBLISH=1 scripts/train_starter.sh        # also copy the scored export into trainer/starter/
-# Two phases: EPOCHS at the default learning rate (1e-3, constant, so raising EPOCHS continues the
-# same curve), then ANNEAL_EPOCHS at 1e-4 from phase 1's best weights (--init_from): the step decay
-# that settles what the noisy constant rate found. Resumable: rerun the same command after an
-# interruption and each phase continues from its model_dir. No early stopping: each export holds
-# its phase's epoch with the best loss on the tuning slice (a stable 10% of cbsd432 by file name
-# hash, never trained on), where the decode fit also chooses its settings.
+# EPOCHS at the default learning rate (1e-3, constant, so raising EPOCHS continues the same curve);
+# with ANNEAL_EPOCHS > 0, that many more at 1e-4 from the best weights (--init_from), which gave
+# nothing at 100 + 10 epochs (docs/QUALITY.md) and is off by default. Resumable: rerun the same
+# command after an interruption and each phase continues from its model_dir. No early stopping:
+# each export holds its phase's epoch with the best loss on the tuning slice (a stable 10% of
+# cbsd432 by file name hash, never trained on), where the decode fit also chooses its settings.
 # About 40-50 s an epoch on 2 CPU cores with mixed_bfloat16 (docs/QUALITY.md "The starter model").
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +17,7 @@ PYTHON=${PYTHON:-python}
 DATA_ROOT=${DATA_ROOT:-../shared/data}
 OUT=${OUT:-runs/starter}
 EPOCHS=${EPOCHS:-100}
-ANNEAL_EPOCHS=${ANNEAL_EPOCHS:-10}
+ANNEAL_EPOCHS=${ANNEAL_EPOCHS:-0}
 TRAIN_FLAGS=${TRAIN_FLAGS:---precision=mixed_bfloat16}  # 22% faster an epoch on this CPU (QUALITY.md)
 
 if [ ! -e "$OUT/data/train.manifest.json" ]; then
@@ -28,14 +28,17 @@ data=(--train_data="$OUT/data/train-*" --eval_data="$OUT/data/tuning-*" --patien
 # shellcheck disable=SC2086  # TRAIN_FLAGS is a list of flags
 "$PYTHON" -m trainer.task "${data[@]}" --model_dir="$OUT/model" --export_dir="$OUT/export" \
     --epochs="$EPOCHS" --init_from= $TRAIN_FLAGS 2>&1 | tee -a "$OUT/train.log"
-# shellcheck disable=SC2086
-"$PYTHON" -m trainer.task "${data[@]}" --model_dir="$OUT/anneal/model" --export_dir="$OUT/anneal/export" \
-    --epochs="$ANNEAL_EPOCHS" --init_from="$OUT/model" --learning_rate=1e-4 $TRAIN_FLAGS 2>&1 | tee -a "$OUT/train.log"
-for phase in "$OUT" "$OUT/anneal"; do
-    "$PYTHON" -m trainer.evaluate --image_dir="$DATA_ROOT/cbsd68" --report_dir="$phase/report" \
-        --saved_model="$phase/export"
-done
+final="$OUT"
+if [ "$ANNEAL_EPOCHS" -gt 0 ]; then
+    final="$OUT/anneal"
+    # shellcheck disable=SC2086
+    "$PYTHON" -m trainer.task "${data[@]}" --model_dir="$final/model" --export_dir="$final/export" \
+        --epochs="$ANNEAL_EPOCHS" --init_from="$OUT/model" --learning_rate=1e-4 $TRAIN_FLAGS 2>&1 |
+        tee -a "$OUT/train.log"
+fi
+"$PYTHON" -m trainer.evaluate --image_dir="$DATA_ROOT/cbsd68" --report_dir="$final/report" \
+    --saved_model="$final/export"
 if [ -n "${PUBLISH:-}" ]; then
-    "$PYTHON" scripts/publish_starter.py --export="$OUT/anneal/export" --report="$OUT/anneal/report/metrics.json" \
+    "$PYTHON" scripts/publish_starter.py --export="$final/export" --report="$final/report/metrics.json" \
         --train_log="$OUT/train.log"
 fi

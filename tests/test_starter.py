@@ -52,7 +52,8 @@ def test_the_curve_counts_training_time_only_across_resumed_attempts():
 
 def test_publish_copies_a_scored_export_with_its_training_story_and_refuses_another(tmp_path):
     model = build_model("unet", preprocess.output_channels("lab", "two_heads"), base_filters=4)
-    version = export.export_saved_model(model, "lab", str(tmp_path / "export"), {"model": "unet"})
+    trained = {"model": "unet", "step": 36, "best_val_loss": 6.2612}  # LOG's epoch 3
+    version = export.export_saved_model(model, "lab", str(tmp_path / "export"), trained)
     means = {name: 0.5 for name in ("psnr", "ssim", "colourfulness", *metrics.FAMILY_RECALLS)}
     section = {"images": 2, "truth_colourfulness": 30.0, "model": means}
     report = {"saved_model": version, "full": section, "120": section}
@@ -64,7 +65,8 @@ def test_publish_copies_a_scored_export_with_its_training_story_and_refuses_anot
     assert run.returncode == 0, run.stderr
     metadata = json.loads((tmp_path / "starter" / export.METADATA_FILE).read_text())
     starter = metadata["starter"]
-    assert starter["epochs"] == 3 and "provided for research use" in starter["trained_on"]
+    assert (starter["epochs"], starter["exported_epoch"]) == (3, 3)
+    assert "provided for research use" in starter["trained_on"]
     assert metadata["starter"]["cbsd68"]["green_recall"] == 0.5
     assert tf.saved_model.load(str(tmp_path / "starter")).signatures["serving_default"] is not None
     report["saved_model"] = str(tmp_path / "other")
