@@ -300,13 +300,20 @@ def define_flags(values: flags.FlagValues = flags.FLAGS) -> None:
     )
 
 
+def check_model_flags(values: flags.FlagValues) -> None:
+    """The model flags' own mistakes, found before anything is read or loaded."""
+    if bool(values.server) == bool(values.local_model):
+        raise ConfigError("pass exactly one of --server=http://HOST:8501 or --local_model=PATH")
+    if values.server and not values.server.startswith(("http://", "https://")):
+        raise ConfigError(f"--server={values.server}: expected http://HOST:PORT (the REST port, 8501)")
+    if values.retries < 0 or values.backoff_seconds < 0 or values.timeout <= 0:
+        raise ConfigError("--retries and --backoff_seconds must be at least 0, --timeout above 0")
+
+
 def client_from_flags(values: flags.FlagValues) -> Client:
     """The Client that --server or --local_model name (also `trainer.demo`'s, which defines the same
     flags with `define_model_flags`)."""
-    if bool(values.server) == bool(values.local_model):
-        raise ConfigError("pass exactly one of --server=http://HOST:8501 or --local_model=PATH")
-    if values.retries < 0 or values.backoff_seconds < 0 or values.timeout <= 0:
-        raise ConfigError("--retries and --backoff_seconds must be at least 0, --timeout above 0")
+    check_model_flags(values)
     transport: HttpTransport | rest.LocalModel
     if values.local_model:
         if console.wants_quiet(bool(values["verbosity"].present), os.environ):
@@ -314,8 +321,6 @@ def client_from_flags(values: flags.FlagValues) -> Client:
         from trainer.serve.export import resolve_saved_model  # TensorFlow: only for --local_model
 
         transport = rest.LocalModel(resolve_saved_model(values.local_model), values.model_name)
-    elif not values.server.startswith(("http://", "https://")):
-        raise ConfigError(f"--server={values.server}: expected http://HOST:PORT (the REST port, 8501)")
     else:
         transport = HttpTransport(values.server, values.timeout)
     return Client(transport, values.model_name, values.version, values.retries, values.backoff_seconds)
@@ -344,6 +349,7 @@ def main(argv):
             raise ConfigError(
                 "no inputs (usage: python -m trainer.client [flags] FILE|FOLDER|gs://PREFIX...)"
             )
+        check_model_flags(FLAGS)
         if not FLAGS.output_dir:
             raise ConfigError("--output_dir is required")
         num_tasks, task_index = _task(os.environ)
