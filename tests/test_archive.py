@@ -78,7 +78,7 @@ def test_an_output_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path / "a")) == ["b.png"]  # no half-written output, no temporary file
     monkeypatch.undo()
     (tmp_path / "file").write_text("a file where the output folder should be")
-    with pytest.raises(ConfigError, match=f"^--output_dir={tmp_path}/file: can't write "):
+    with pytest.raises(ConfigError, match=f"^--output_dir={tmp_path}/file: not writable "):
         archive.check_output_dir(str(tmp_path / "file"))
 
 

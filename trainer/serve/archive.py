@@ -161,8 +161,14 @@ def check_output_dir(output_dir: str) -> None:
     """A local output folder can be created and written, before any photo is read or sent."""
     if gcs.is_gcs(output_dir):
         return  # the first upload names a missing bucket or permission in one line (gcs._explain)
-    write_output(output_dir, ".colorizer-write-check", b"")
-    os.remove(os.path.join(output_dir, ".colorizer-write-check"))
+    probe = os.path.join(output_dir, f".colorizer-write-check-{os.getpid()}")  # tasks share the folder
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        with open(probe, "wb"):
+            pass
+        os.remove(probe)
+    except OSError as exc:
+        raise ConfigError(f"--output_dir={output_dir}: not writable ({exc.strerror or exc})") from None
 
 
 @dataclasses.dataclass
