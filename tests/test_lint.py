@@ -23,6 +23,7 @@ TYPED_MODULES = [
     "trainer/cluster/starter_export.py",
     "trainer/serve/rest.py",
     "trainer/data/gcs.py",
+    "trainer/data/storage.py",
     "trainer/task.py",
     "trainer/serve/promote.py",
     "trainer/data/prepare.py",

@@ -13,6 +13,7 @@ process reads objects through a client of its own.
 import concurrent.futures
 import os
 import uuid
+from typing import Optional
 
 from trainer.errors import ConfigError, DataError, TransientError, first_line
 
@@ -179,24 +180,6 @@ def read_text(path: str):
     raise DataError(f"{path}: kept changing while being read")
 
 
-def write_text(path: str, text: str, generation: int) -> int:
-    """Writes a small object only if it still has `generation` (0: only if absent).
-
-    Returns the new object's generation, or 0 when the precondition failed (someone else wrote it).
-    """
-    from google.api_core import exceptions
-
-    bucket, name = split_path(path)
-    try:
-        blob = _client().bucket(bucket).blob(name)
-        blob.upload_from_string(text.encode("utf-8"), checksum="crc32c", if_generation_match=generation)
-        return int(blob.generation or 1)
-    except exceptions.PreconditionFailed:
-        return 0
-    except _api_errors() as exc:
-        raise _explain(exc, path) from None
-
-
 def object_size(path: str):
     """The size of the object at `path`, or None if there is none."""
     bucket, name = split_path(path)
@@ -207,11 +190,19 @@ def object_size(path: str):
     return None if blob is None else int(blob.size or 0)
 
 
-def write_bytes(path: str, data: bytes) -> None:
-    """Writes an object in one upload: it appears whole or not at all."""
+def write_bytes(path: str, data: bytes, generation: Optional[int] = None) -> int:
+    """Writes an object in one upload (whole or not at all), only if it still has `generation`
+    (0: only if absent; None: whatever is there). Returns the new generation, 0 if someone else
+    wrote it first."""
+    from google.api_core import exceptions
+
     bucket, name = split_path(path)
     try:
-        _process_client().bucket(bucket).blob(name).upload_from_string(data, checksum="crc32c")
+        blob = _process_client().bucket(bucket).blob(name)
+        blob.upload_from_string(data, checksum="crc32c", if_generation_match=generation)
+        return int(blob.generation or 1)
+    except exceptions.PreconditionFailed:
+        return 0
     except _api_errors() as exc:
         raise _explain(exc, path) from None
 

@@ -10,7 +10,6 @@ import concurrent.futures
 import hashlib
 import io
 import os
-import posixpath
 
 from trainer.data import gcs, images
 from trainer.errors import ConfigError
@@ -59,10 +58,6 @@ def task_defaults(num_tasks, task_index, run_name, env=os.environ):
     if num_tasks is not None and task_index is None:
         raise ConfigError(f"--num_tasks={num_tasks} needs --task_index (or ${ENV_TASK_INDEX})")
     return num_tasks, task_index, run_name if run_name is not None else env.get(ENV_RUN_NAME, "")
-
-
-def join(directory: str, name: str) -> str:
-    return posixpath.join(directory, name) if gcs.is_gcs(directory) else os.path.join(directory, name)
 
 
 class PhotoSource:

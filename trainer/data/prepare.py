@@ -22,11 +22,11 @@ import zlib
 
 from absl import app, flags
 
-from trainer.data import gcs, images, outputs, photo_source, prepare_finalize, prepare_tasks
+from trainer.data import gcs, images, photo_source, prepare_finalize, prepare_tasks, storage
 from trainer.data.prepare_config import PrepareConfig, define_flags, from_flags
 from trainer.data.prepare_stream import Progress, Scan, count_share, write_photos
 from trainer.data.schema import Manifest, encode_example, manifest_path, shard_name
-from trainer.data.shard_writer import ShardWriter, existing_split_files, write_text_atomic
+from trainer.data.shard_writer import ShardWriter, existing_split_files, publish_manifest
 from trainer.errors import ConfigError, DataError, exit_on_user_error, parse_flags_or_exit
 
 FLAGS = flags.FLAGS
@@ -37,7 +37,7 @@ def check_output_dir(output_dir: str) -> None:
     if gcs.is_gcs(output_dir):
         gcs.check_writable(output_dir)
     else:
-        outputs.check_writable("output_dir", output_dir)
+        storage.check_writable("output_dir", output_dir)
 
 
 def assign_split(name: str, split: str, holdout_split: str, holdout_fraction: float) -> str:
@@ -78,8 +78,8 @@ def _decode_and_write(config: PrepareConfig, started: float, names, writer_for, 
     """Decodes and writes `names`; a name in `refused` (Scan.refused) is skipped with its error."""
 
     def job_of(name):
-        gray = config.gray_dir and photo_source.join(config.gray_dir, name)
-        color = refused.pop(name, None) or photo_source.join(config.input_dir, name)
+        gray = config.gray_dir and storage.join(config.gray_dir, name)
+        color = refused.pop(name, None) or storage.join(config.input_dir, name)
         return name, color, gray, (config.encoding, config.image_size)
 
     def split_of(name):
@@ -161,7 +161,7 @@ def _prepare_alone(config: PrepareConfig, scan, run):
                 shards=writer.commit(),
                 skipped=tuple(sorted(written.skipped[name])),
             )
-            write_text_atomic(manifest_path(output_dir, name), manifests[name].to_json(), existing[name])
+            publish_manifest(manifest_path(output_dir, name), manifests[name].to_json(), existing[name])
     except BaseException:
         for writer in writers.values():
             writer.abort()

@@ -8,7 +8,8 @@ tasks finish together one writes it and the other finds it written by this run.
 import json
 import posixpath
 
-from trainer.data.prepare_tasks import _delete, _list, _read, _write, part_path, shard_range, summary
+from trainer.data import storage
+from trainer.data.prepare_tasks import part_path, shard_range, split_files, summary
 from trainer.data.schema import IMAGE_SIZE, Manifest, manifest_path, parse_shard_name, shard_name
 from trainer.errors import DataError
 
@@ -16,14 +17,14 @@ from trainer.errors import DataError
 def _parts(plan) -> list:
     parts = []
     for task in range(plan.num_tasks):
-        text, _ = _read(part_path(plan.output_dir, plan.main_split, task, plan.num_tasks))
+        text, _ = storage.read_text(part_path(plan.output_dir, plan.main_split, task, plan.num_tasks))
         part = json.loads(text) if text else None
         parts.append(part if part and part.get("run") == plan.run and part.get("state") == "done" else None)
     return parts
 
 
 def _manifest_run(path: str):
-    text, generation = _read(path)
+    text, generation = storage.read_text(path)
     return (Manifest.from_json(text, path).run if text else None), generation
 
 
@@ -35,7 +36,7 @@ def _publish(plan, manifest: Manifest) -> bool:
         return False
     if run is not None and not plan.overwrite:
         raise DataError(f"{path}: written by another run ({run}) while this one ran; nothing was overwritten")
-    if _write(path, manifest.to_json(), generation):
+    if storage.write_text(path, manifest.to_json(), generation):
         return True
     if _manifest_run(path)[0] != plan.run:
         raise DataError(
@@ -52,11 +53,11 @@ def _clean(plan, manifests: dict) -> None:
         }
         stale = {
             p: g
-            for p, g in _list(plan.output_dir, split).items()
+            for p, g in split_files(plan.output_dir, split).items()
             if (parse_shard_name(p) and posixpath.basename(p) not in manifest.shards)
             or (".part-" in posixpath.basename(p) and p not in parts)
         }
-        _delete(stale)
+        storage.delete(stale)
 
 
 def finalize(plan, encoding: str, log, image_size: int = IMAGE_SIZE) -> dict:

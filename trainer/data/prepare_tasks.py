@@ -20,14 +20,12 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import posixpath
 import re
 import sys
 import time
-import uuid
 
-from trainer.data import gcs
+from trainer.data import storage
 from trainer.data.schema import Manifest, manifest_path, parse_shard_name, shard_name
 from trainer.data.shard_writer import ShardWriter
 from trainer.errors import ConfigError, DataError
@@ -37,37 +35,7 @@ def part_path(output_dir: str, split: str, task: int, num_tasks: int) -> str:
     return posixpath.join(output_dir, f"{split}.part-{task:05d}-of-{num_tasks:05d}.json")
 
 
-def _read(path: str):
-    """(text or None, generation); a local file's generation is 1."""
-    if gcs.is_gcs(path):
-        return gcs.read_text(path)
-    if not os.path.exists(path):
-        return None, 0
-    with open(path, encoding="utf-8") as handle:
-        return handle.read(), 1
-
-
-def _write(path: str, text: str, generation: int) -> int:
-    """Writes only if `path` still has `generation` (0: only if absent); returns the new one, 0 if not."""
-    if gcs.is_gcs(path):
-        return gcs.write_text(path, text, generation)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    try:
-        if generation == 0:
-            os.link(tmp, path)  # atomic create-if-absent
-        else:
-            os.replace(tmp, path)
-        return 1
-    except FileExistsError:
-        return 0
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _list(output_dir: str, split: str) -> dict:
+def split_files(output_dir: str, split: str) -> dict:
     """{path: generation} of the split's shards, parts and manifest."""
     part = re.compile(re.escape(split) + r"\.part-\d{5}-of-\d{5}\.json$")
 
@@ -79,20 +47,7 @@ def _list(output_dir: str, split: str) -> dict:
             or path == manifest_path(output_dir, split)
         )
 
-    if gcs.is_gcs(output_dir):
-        return {p: g for p, g in gcs.list_generations(output_dir, split).items() if ours(p)}
-    if not os.path.isdir(output_dir):
-        return {}
-    return {p: 1 for p in (posixpath.join(output_dir, n) for n in sorted(os.listdir(output_dir))) if ours(p)}
-
-
-def _delete(paths: dict) -> None:
-    if paths and gcs.is_gcs(next(iter(paths))):
-        gcs.delete(paths, missing_ok=True)
-        return
-    for path in paths:
-        if os.path.exists(path):
-            os.remove(path)
+    return {p: g for p, g in storage.list_generations(output_dir, split).items() if ours(p)}
 
 
 def shard_range(task: int, num_tasks: int, total: int) -> range:
@@ -135,7 +90,7 @@ class Plan:
                 f"--num_shards={num_shards} is fewer than --num_tasks={num_tasks}: each task writes "
                 "shards of its own"
             )
-        if "://" in output_dir and not gcs.is_gcs(output_dir):
+        if "://" in output_dir and not storage.is_gcs(output_dir):
             raise ConfigError(f"--output_dir={output_dir}: tasks write to a local folder or gs:// only")
         splits = {split: num_shards}
         if holdout_split:
@@ -157,7 +112,7 @@ class Plan:
         return plan
 
     def _inspect(self) -> None:
-        manifests = {s: _read(manifest_path(self.output_dir, s)) for s in self.splits}
+        manifests = {s: storage.read_text(manifest_path(self.output_dir, s)) for s in self.splits}
         runs = {
             s: Manifest.from_json(t, manifest_path(self.output_dir, s)).run if t else None
             for s, (t, _) in manifests.items()
@@ -166,7 +121,7 @@ class Plan:
             self.state = "complete"
             return
         mine = part_path(self.output_dir, self.main_split, self.task, self.num_tasks)
-        text, self.part_generation = _read(mine)
+        text, self.part_generation = storage.read_text(mine)
         part = json.loads(text) if text else None
         ours = part is not None and part.get("run") == self.run
         if part is not None and ours and part.get("state") == "done":
@@ -177,7 +132,7 @@ class Plan:
             if t and runs[s] != self.run
         }
         for split, total in self.splits.items():
-            files = _list(self.output_dir, split)
+            files = split_files(self.output_dir, split)
             names = {shard_name(split, i, total) for i in shard_range(self.task, self.num_tasks, total)}
             self.existing[split] = {p: g for p, g in files.items() if posixpath.basename(p) in names}
             if self.overwrite or self.state == "finalize":
@@ -199,7 +154,7 @@ class Plan:
                     f"split {split!r}"
                 )
         if self.overwrite and foreign:
-            _delete(foreign)  # first, so no reader pairs an old manifest with new shards
+            storage.delete(foreign)  # first, so no reader pairs an old manifest with new shards
 
     def writers(self, seed: int) -> dict:
         return {
@@ -221,7 +176,7 @@ class Plan:
             indent=1,
             sort_keys=True,
         )
-        generation = _write(path, text + "\n", self.part_generation)
+        generation = storage.write_text(path, text + "\n", self.part_generation)
         if not generation:
             raise DataError(f"{path}: changed by another writer while this task ran (two pods of one index?)")
         self.part_generation = generation

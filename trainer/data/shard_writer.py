@@ -3,10 +3,9 @@
 Local folders: shards are written as `*.tmp` and renamed when all are complete, so a crashed
 prepare leaves only `*.tmp` files, never a plausible-looking partial dataset.
 Cloud Storage: shards are staged in a local temporary folder and uploaded when complete (an
-object appears only once its upload finishes) with generation preconditions (see trainer.data.gcs).
+object appears only once its upload finishes) with generation preconditions (see trainer.data.storage).
 """
 
-import os
 import posixpath
 import random
 import shutil
@@ -14,40 +13,24 @@ import tempfile
 
 import tensorflow as tf
 
-from trainer.data import gcs
+from trainer.data import gcs, storage
 from trainer.data.schema import manifest_path, parse_shard_name, shard_name
+from trainer.errors import DataError
 
 
 def existing_split_files(output_dir: str, split: str) -> dict:
-    """{path: generation (None locally)} of `split`'s shards and manifest already in `output_dir`."""
+    """{path: generation} of `split`'s shards and manifest already in `output_dir`."""
     manifest = manifest_path(output_dir, split)
-    if gcs.is_gcs(output_dir):
-        found = gcs.list_generations(output_dir, split)
-        return {p: g for p, g in found.items() if p == manifest or (parse_shard_name(p) or ("",))[0] == split}
-    if not tf.io.gfile.isdir(output_dir):
-        return {}
-    paths = [
-        posixpath.join(output_dir, n)
-        for n in tf.io.gfile.listdir(output_dir)
-        if (parse_shard_name(n) or ("",))[0] == split
-    ]
-    paths += [manifest] if tf.io.gfile.exists(manifest) else []
-    return {p: None for p in sorted(paths)}
+    found = storage.list_generations(output_dir, split)
+    return {p: g for p, g in found.items() if p == manifest or (parse_shard_name(p) or ("",))[0] == split}
 
 
-def write_text_atomic(path: str, text: str, existing: dict) -> None:
-    """Writes a small file (the manifest): rename into place locally, a guarded upload on GCS."""
-    if gcs.is_gcs(path):
-        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
-            handle.write(text)
-        try:
-            gcs.upload([(handle.name, path)], {path: existing[path]} if existing.get(path) else {})
-        finally:
-            os.remove(handle.name)
-        return
-    with tf.io.gfile.GFile(path + ".tmp", "w") as handle:
-        handle.write(text)
-    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+def publish_manifest(path: str, text: str, existing: dict) -> None:
+    """Writes a split's manifest whole, only over the one `existing_split_files` found (or none)."""
+    if not storage.write_text(path, text, existing.get(path, 0)):
+        raise DataError(
+            f"{path}: changed by another writer while this run was writing; nothing was overwritten"
+        )
 
 
 class ShardWriter:

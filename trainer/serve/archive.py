@@ -23,11 +23,9 @@ import os
 import posixpath
 from typing import Callable, Iterator, List, Optional, Tuple
 
-from trainer.data import gcs, photo_source
+from trainer.data import gcs, photo_source, storage
 from trainer.data.images import request_bytes, side_by_side
 from trainer.errors import ConfigError, DataError, first_line
-
-PARTIAL = ".partial"  # an output being written
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +44,7 @@ def _listed(path: str) -> Iterator[Tuple[str, str, int, bool]]:
         listed = False
         for name, size in photo_source.PhotoSource(path, recursive=True):
             listed = True
-            yield photo_source.join(path, name), _safe(name, path), size, False
+            yield storage.join(path, name), _safe(name, path), size, False
         if not listed:
             size = gcs.object_size(path)
             if size is None:
@@ -134,26 +132,16 @@ def existing_outputs(output_dir: str) -> Callable[[str], bool]:
 
 
 def write_output(output_dir: str, relative: str, data: bytes) -> str:
-    """Writes an output whole: a temporary name then a rename locally, one upload on gs://."""
-    if gcs.is_gcs(output_dir):
-        target = posixpath.join(output_dir, relative)
-        gcs.write_bytes(target, data)
-        return target
-    target = os.path.join(output_dir, *relative.split("/"))
-    # One writer per output (tasks' shares are disjoint), so a fixed name: a killed run's leftover
-    # is replaced when the photo is done again.
-    temporary = target + PARTIAL
+    """Writes an output whole (`storage.write_bytes`): one writer per output, as tasks' shares are
+    disjoint, so a killed run's leftover `.partial` is replaced when the photo is done again."""
+    target = storage.join(output_dir, *relative.split("/"))
     try:
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-        os.replace(temporary, target)
+        if not storage.is_gcs(target):
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+        storage.write_bytes(target, data)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise ConfigError(f"--output_dir={output_dir}: can't write {relative} ({reason})") from None
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
     return target
 
 

@@ -24,6 +24,7 @@ import tensorflow as tf
 from absl import app, flags
 from PIL import Image, ImageDraw
 
+from trainer.data import storage
 from trainer.data.images import IMAGE_EXTENSIONS, load_pair
 from trainer.data.input_pipeline import find_shards, parse_for_model
 from trainer.data.schema import IMAGE_SIZE
@@ -193,9 +194,7 @@ def evaluate(
     }
     os.makedirs(report_dir, exist_ok=True)
     write_contact_sheet(rows, os.path.join(report_dir, SHEET_FILE))
-    with open(os.path.join(report_dir, REPORT_FILE + ".tmp"), "w") as handle:
-        json.dump(report, handle, indent=2)
-    os.replace(os.path.join(report_dir, REPORT_FILE + ".tmp"), os.path.join(report_dir, REPORT_FILE))
+    storage.write_text(os.path.join(report_dir, REPORT_FILE), json.dumps(report, indent=2))
     return report
 
 

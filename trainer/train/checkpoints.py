@@ -22,7 +22,7 @@ import time
 import tensorflow as tf
 from absl import logging
 
-from trainer.data.outputs import read_json, write_text_verified
+from trainer.data.storage import read_json, write_text_verified
 from trainer.errors import (
     ConfigError,
     DataError,

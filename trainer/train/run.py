@@ -15,7 +15,7 @@ from typing import Optional
 import tensorflow as tf
 from absl import logging
 
-from trainer.data import outputs
+from trainer.data import storage
 from trainer.data.input_pipeline import find_shards
 from trainer.errors import EXIT_PEER_LOST, ConfigError, TransientError, first_line, storage_errors
 from trainer.serve import preprocess
@@ -45,7 +45,7 @@ def check_before_training(config: TrainConfig) -> tuple:
     Returns the verified shards. Nothing is created when the data is bad.
     """
     shards = verify_data(config)
-    outputs.check_outputs(
+    storage.check_outputs(
         {"model_dir": config.model_dir, "tensorboard_dir": config.log_dir, "export_dir": config.export_dir}
     )
     with storage_errors(f"--model_dir={config.model_dir}", ConfigError):
@@ -140,7 +140,7 @@ def fit_decode(config: TrainConfig, trainer: Trainer) -> preprocess.DecodeSettin
 def previous_export(export_dir: str, model_dir: str, step: int):
     """The version folder an earlier attempt of this run exported at `step`, or None."""
     for path in complete_versions(export_dir):
-        metadata = outputs.read_json(os.path.join(path, METADATA_FILE)) or {}
+        metadata = storage.read_json(os.path.join(path, METADATA_FILE)) or {}
         if metadata.get("model_dir") == model_dir and metadata.get("step") == step:
             return path
     return None

@@ -4,12 +4,12 @@ import os
 
 import pytest
 
-from trainer.data import outputs
+from trainer.data import storage
 from trainer.errors import ConfigError
 
 
 def test_writable_locations_are_created_and_left_clean(tmp_path):
-    outputs.check_outputs(
+    storage.check_outputs(
         {"model_dir": str(tmp_path / "m"), "export_dir": str(tmp_path / "e" / "x")}, worker="3"
     )
     assert os.listdir(tmp_path / "m") == [] and os.listdir(tmp_path / "e" / "x") == []
@@ -18,7 +18,7 @@ def test_writable_locations_are_created_and_left_clean(tmp_path):
 def test_unwritable_location_names_the_flag_in_one_line(tmp_path):
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(ConfigError) as error:
-        outputs.check_outputs(
+        storage.check_outputs(
             {"model_dir": str(tmp_path / "m"), "export_dir": str(tmp_path / "file" / "export")}
         )
     message = str(error.value)
