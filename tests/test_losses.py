@@ -67,7 +67,9 @@ def test_count_bins_histograms_target_pixels():
     targets = tf.zeros([2, 4, 4, 2])
     dataset = tf.data.Dataset.from_tensors((tf.zeros([2, 4, 4, 3]), targets)).repeat()
     counts = losses.count_bins(dataset, 3)
-    assert counts.sum() == 3 * 2 * 16 and counts[losses.nearest_bin(targets).numpy()[0, 0, 0]] == counts.sum()
+    assert (
+        counts.sum() == 3 * 2 * 2 * 2 and counts[losses.nearest_bin(targets).numpy()[0, 0, 0]] == counts.sum()
+    )
 
 
 def test_unknown_loss_is_rejected():

@@ -61,10 +61,13 @@ def rebalancing_weights(bin_counts: np.ndarray) -> np.ndarray:
 
 
 def count_bins(dataset: tf.data.Dataset, batches: int) -> np.ndarray:
-    """Histogram over the bins of the nearest-bin index of every target pixel in `batches` batches."""
+    """Histogram over the bins of the nearest-bin index of the target pixels the classification loss
+    scores (every CLASSIFICATION_PIXEL_STRIDE-th) in `batches` batches."""
     counts = np.zeros(len(preprocess.ab_bins()), np.int64)
+    stride = CLASSIFICATION_PIXEL_STRIDE
     for _, targets in dataset.take(batches):
-        counts += np.bincount(nearest_bin(_ab(targets)).numpy().ravel(), minlength=len(counts))
+        scored = _ab(targets[:, ::stride, ::stride])
+        counts += np.bincount(nearest_bin(scored).numpy().ravel(), minlength=len(counts))
     return counts
 
 
