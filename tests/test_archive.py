@@ -106,7 +106,10 @@ def _outputs(folder) -> dict:
     found = {}
     for root, _, names in os.walk(folder):
         for name in names:
-            stat = os.stat(os.path.join(root, name))
+            try:
+                stat = os.stat(os.path.join(root, name))
+            except FileNotFoundError:  # a task's `.partial`, renamed since the listing
+                continue
             found[os.path.relpath(os.path.join(root, name), folder)] = (stat.st_ino, stat.st_mtime_ns)
     return found
 

@@ -172,9 +172,9 @@ def test_a_run_survives_five_percent_503s_and_serves_from_gcs(emulator, photos, 
         f"--model_dir={run}/model",
         f"--export_dir={run}/export",
         "--base_filters=4",
-        "--batch_size=2",
+        "--batch_size=4",
         "--patience=0",
-        "--checkpoint_every_steps=3",
+        "--checkpoint_every_steps=2",  # 4 steps an epoch: saves at 2, 4, 6 and 8, the last 3 kept
         "--loss=mse",  # the storage paths, not the two heads' decode fit (5 candidates instead of 10)
     ]
     # TF's own retry path, with shorter waits than its default 1 s doubling (keeps the test short).
