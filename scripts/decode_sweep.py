@@ -56,20 +56,18 @@ def model_input(gray, side: int) -> tf.Tensor:
 
 def score(model, paths, settings) -> tuple:
     """(truth colourfulness, {(scale, blend, side): metric means}) over `paths`."""
-    results = {setting: metrics.Accumulator() for setting in settings}
-    truth_colourfulness = []
+    scorers = {setting: metrics.Scorer() for setting in settings}
     for path in paths:
-        truth = read_rgb(path)
-        gray = preprocess.to_float(tf.image.rgb_to_grayscale(tf.constant(truth)))[tf.newaxis]
+        truth = read_rgb(path)[np.newaxis]
+        gray = preprocess.to_float(tf.image.rgb_to_grayscale(tf.constant(truth)))
         predictions = {
             side: model(model_input(gray, side), training=False) for side in {s[2] for s in settings}
         }
-        for setting, accumulator in results.items():
-            scale, blend, side = setting
-            prediction = predictions[side]
-            accumulator.add(metrics.image_metrics(compose(prediction, gray, scale, blend), truth[np.newaxis]))
-        truth_colourfulness.append(float(metrics.colourfulness(truth[np.newaxis])[0]))
-    return float(np.mean(truth_colourfulness)), {k: a.means() for k, a in results.items()}
+        lab_truth = metrics.lab(truth)
+        for (scale, blend, side), scorer in scorers.items():
+            scorer.add(compose(predictions[side], gray, scale, blend), truth, lab_truth)
+    any_scorer = next(iter(scorers.values()))
+    return any_scorer.truth_colourfulness, {k: s.means() for k, s in scorers.items()}
 
 
 def main():

@@ -36,9 +36,10 @@ if [ "$ANNEAL_EPOCHS" -gt 0 ]; then
         --epochs="$ANNEAL_EPOCHS" --init_from="$OUT/model" --learning_rate=1e-4 $TRAIN_FLAGS 2>&1 |
         tee -a "$OUT/train.log"
 fi
-"$PYTHON" -m trainer.evaluate --image_dir="$DATA_ROOT/cbsd68" --report_dir="$final/report" \
+report="$final/report-$EPOCHS"  # one per curve point: EPOCHS=10, then 30, ... keeps each one's scores
+"$PYTHON" -m trainer.evaluate --image_dir="$DATA_ROOT/cbsd68" --report_dir="$report" \
     --saved_model="$final/export"
 if [ -n "${PUBLISH:-}" ]; then
-    "$PYTHON" scripts/publish_starter.py --export="$final/export" --report="$final/report/metrics.json" \
+    "$PYTHON" scripts/publish_starter.py --export="$final/export" --report="$report/metrics.json" \
         --train_log="$OUT/train.log"
 fi

@@ -77,6 +77,20 @@ def test_image_metrics_and_accumulator_average_over_images():
     np.testing.assert_allclose(acc.means()["colourfulness"], metrics.colourfulness(IMAGES).mean())
 
 
+def test_scorer_is_the_accumulated_image_metrics_and_quick_leaves_out_the_slow_ones():
+    other = RNG.integers(0, 256, IMAGES.shape, dtype=np.uint8)
+    full, quick = metrics.Scorer(), metrics.Scorer(quick=True)
+    for scorer in (full, quick):
+        scorer.add(other[:2], IMAGES[:2])
+        scorer.add(other[2:], IMAGES[2:], metrics.lab(IMAGES[2:]))
+    expected = metrics.Accumulator()
+    expected.add(metrics.image_metrics(other, IMAGES))
+    assert full.means() == pytest.approx(expected.means()) and full.images == 3
+    assert set(quick.means()) == {"psnr", "colourfulness", *metrics.FAMILY_RECALLS}
+    assert quick.means() == pytest.approx({k: expected.means()[k] for k in quick.means()})
+    assert full.truth_colourfulness == pytest.approx(metrics.colourfulness(IMAGES).mean())
+
+
 def _solid(rgb, size=8):
     return np.broadcast_to(np.array(rgb, np.uint8), (1, size, size, 3)).copy()
 

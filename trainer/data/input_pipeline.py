@@ -192,6 +192,15 @@ def find_corrupt_record(shards: ShardSet):
     return None
 
 
+def pair_batches(shards: ShardSet, batch_size: int, limit: int = 0) -> tf.data.Dataset:
+    """The first `limit` pairs (0: all) in file order, as uint8 batches: the same on every worker and
+    every run, for scoring (the decode fit, the epoch scores, `trainer.evaluate --data`)."""
+    records = tf.data.TFRecordDataset(list(shards.files))
+    pairs = records.take(limit) if limit else records
+    pairs = pairs.map(lambda record: parse_for_model(record, shards), num_parallel_calls=tf.data.AUTOTUNE)
+    return pairs.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
 def guard_reads(run, shards: ShardSet):
     """Runs one loop call; a bad record or a vanished shard becomes a DataError naming the shard.
 

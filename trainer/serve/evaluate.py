@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw
 
 from trainer.data import storage
 from trainer.data.images import IMAGE_EXTENSIONS, load_pair
-from trainer.data.input_pipeline import find_shards, parse_for_model
+from trainer.data.input_pipeline import find_shards, pair_batches
 from trainer.data.schema import IMAGE_SIZE
 from trainer.errors import ConfigError, DataError, exit_on_user_error, parse_flags_or_exit
 from trainer.serve import metrics
@@ -39,12 +39,7 @@ REPORT_VERSION = 1
 
 def shard_batches(pattern: str, batch_size: int, limit: int):
     """(gray uint8 [n,120,120,1], colour uint8 [n,120,120,3]) batches from `trainer.prepare` shards."""
-    shards = find_shards(pattern)
-    records = tf.data.TFRecordDataset(list(shards.files))
-    pairs = records.map(lambda r: parse_for_model(r, shards))
-    if limit:
-        pairs = pairs.take(limit)
-    yield from pairs.batch(batch_size).as_numpy_iterator()
+    yield from pair_batches(find_shards(pattern), batch_size, limit).as_numpy_iterator()
 
 
 def list_photos(image_dir: str) -> list:
@@ -82,24 +77,20 @@ def photo_batches(paths: list, batch_size: int, limit: int, used: list, skipped:
 
 
 class Section:
-    """Model and gray-baseline metrics for one resolution."""
+    """The model's and the gray baseline's scores for one resolution."""
 
     def __init__(self):
-        self.model, self.gray, self.truth = (
-            metrics.Accumulator(),
-            metrics.Accumulator(),
-            metrics.Accumulator(),
-        )
+        self.model, self.gray = metrics.Scorer(), metrics.Scorer()
 
     def add(self, gray_u8, model_u8, truth_u8):
-        self.model.add(metrics.image_metrics(model_u8, truth_u8))
-        self.gray.add(metrics.image_metrics(np.repeat(gray_u8, 3, axis=-1), truth_u8))
-        self.truth.add({"colourfulness": metrics.colourfulness(truth_u8)})
+        lab_truth = metrics.lab(truth_u8)
+        self.model.add(model_u8, truth_u8, lab_truth)
+        self.gray.add(np.repeat(gray_u8, 3, axis=-1), truth_u8, lab_truth)
 
     def report(self) -> dict:
         return {
-            "images": self.truth.count(),
-            "truth_colourfulness": self.truth.means().get("colourfulness"),
+            "images": self.model.images,
+            "truth_colourfulness": self.model.truth_colourfulness if self.model.images else None,
             "model": self.model.means(),
             "gray": self.gray.means(),
         }

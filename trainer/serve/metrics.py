@@ -141,18 +141,22 @@ def hue_family_counts(lab_predicted, lab_truth) -> dict:
     return counts
 
 
-def image_metrics(predicted, truth) -> dict:
+def image_metrics(predicted, truth, quick: bool = False, lab_truth=None) -> dict:
     """{metric: per-image values} for a batch of uint8 predictions against uint8 truth; the hue families
-    as per-image pixel counts, which `Accumulator.means` pools into recalls."""
-    lab_predicted, lab_truth = lab(predicted), lab(truth)
-    return {
+    as per-image pixel counts, which `Accumulator.means` pools into recalls. `quick`: PSNR,
+    colourfulness and the hue families only. `lab_truth`: `lab(truth)`, when the caller has it."""
+    lab_predicted = lab(predicted)
+    lab_truth = lab(truth) if lab_truth is None else lab_truth
+    values = {
         **hue_family_counts(lab_predicted, lab_truth),
         "psnr": psnr(predicted, truth),
-        "ssim": ssim(predicted, truth),
         "colourfulness": colourfulness(predicted),
-        "delta_e_2000": ciede2000(lab_predicted, lab_truth).mean(axis=(-2, -1)),
-        "hue_agreement": hue_agreement_lab(lab_predicted, lab_truth),
     }
+    if not quick:
+        values["ssim"] = ssim(predicted, truth)
+        values["delta_e_2000"] = ciede2000(lab_predicted, lab_truth).mean(axis=(-2, -1))
+        values["hue_agreement"] = hue_agreement_lab(lab_predicted, lab_truth)
+    return values
 
 
 class Accumulator:
@@ -179,3 +183,30 @@ class Accumulator:
                 hits = float(np.sum(self.values[f"{family}_hits"]))
                 means[f"{family}_recall"] = hits / pixels if pixels else None
         return means
+
+
+class Scorer:
+    """The one evaluator every score goes through (`trainer.evaluate`, the decode fit, the epoch
+    scores, the scripts): pictures against their truth, batch by batch, averaged over images.
+
+    `quick` scores PSNR, colourfulness and the hue families only, which is what a choice between
+    decode settings or an epoch's log line needs.
+    """
+
+    def __init__(self, quick: bool = False):
+        self.quick, self._pictures, self._truth = quick, Accumulator(), Accumulator()
+
+    def add(self, picture_u8, truth_u8, lab_truth=None) -> None:
+        self._pictures.add(image_metrics(picture_u8, truth_u8, self.quick, lab_truth))
+        self._truth.add({"colourfulness": colourfulness(truth_u8)})
+
+    def means(self) -> dict:
+        return self._pictures.means()
+
+    @property
+    def images(self) -> int:
+        return self._truth.count()
+
+    @property
+    def truth_colourfulness(self) -> float:
+        return self._truth.means().get("colourfulness", 0.0)

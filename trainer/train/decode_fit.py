@@ -17,7 +17,7 @@ from typing import Dict, Iterable, List
 import keras
 import tensorflow as tf
 
-from trainer.data.input_pipeline import ShardSet, guard_reads, parse_for_model
+from trainer.data.input_pipeline import ShardSet, guard_reads, pair_batches
 from trainer.serve import metrics, preprocess
 from trainer.serve.preprocess import DecodeSettings
 
@@ -41,35 +41,25 @@ def candidates(color_space: str, loss: str) -> List[DecodeSettings]:
 
 def validation_batches(shards: ShardSet, max_examples: int = MAX_EXAMPLES) -> tf.data.Dataset:
     """The first `max_examples` validation pairs, in file order, as uint8 batches (same on every worker)."""
-    records = tf.data.TFRecordDataset(list(shards.files)).take(max_examples)
-    pairs = records.map(lambda record: parse_for_model(record, shards), num_parallel_calls=tf.data.AUTOTUNE)
-    return pairs.batch(_BATCH).prefetch(tf.data.AUTOTUNE)
+    return pair_batches(shards, _BATCH, max_examples)
 
 
 def score(
     model, batches: Iterable, color_space: str, settings: List[DecodeSettings]
 ) -> Dict[DecodeSettings, Dict[str, float]]:
-    """Mean PSNR and colourfulness (and the truth's) and the hue-family recalls of each setting's
-    pictures, computed as in metrics.py."""
-    results = {s: metrics.Accumulator() for s in settings}
-    truth = metrics.Accumulator()
+    """Each setting's quick scores (`metrics.Scorer`: PSNR, colourfulness, hue-family recalls) and the
+    truth's colourfulness."""
+    scorers = {s: metrics.Scorer(quick=True) for s in settings}
     for gray, color in batches:
         inputs = preprocess.model_inputs(preprocess.to_float(gray))
         prediction = model(inputs, training=False)
         lab_truth = metrics.lab(color)
-        for setting in settings:
+        for setting, scorer in scorers.items():
             rgb = preprocess.predictions_to_rgb(prediction, inputs[..., :1], color_space, setting)
-            picture = tf.image.convert_image_dtype(rgb, tf.uint8, saturate=True).numpy()
-            results[setting].add(
-                {
-                    "psnr": metrics.psnr(picture, color),
-                    "colourfulness": metrics.colourfulness(picture),
-                    **metrics.hue_family_counts(metrics.lab(picture), lab_truth),
-                }
+            scorer.add(
+                tf.image.convert_image_dtype(rgb, tf.uint8, saturate=True).numpy(), color.numpy(), lab_truth
             )
-        truth.add({"colourfulness": metrics.colourfulness(color.numpy())})
-    truth_colour = truth.means().get("colourfulness", 0.0)
-    return {s: {**a.means(), "truth_colourfulness": truth_colour} for s, a in results.items()}
+    return {s: {**sc.means(), "truth_colourfulness": sc.truth_colourfulness} for s, sc in scorers.items()}
 
 
 def hue_recall(result: Dict[str, float]) -> float:
