@@ -63,6 +63,19 @@ def shards_dir(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory) -> str:
+    """One small untrained export (U-Net of 4 base filters, lab) for tests that only read it: the path
+    of its version folder, inside an export folder of its own."""
+    from trainer.serve import export, preprocess
+    from trainer.train.models import build_model
+
+    model = build_model("unet", preprocess.output_channels("lab"), base_filters=4)
+    return export.export_saved_model(
+        model, "lab", str(tmp_path_factory.mktemp("tiny") / "export"), {"model": "unet"}
+    )
+
+
 @pytest.fixture(autouse=True)
 def _no_leftover_workers():
     """Kills trainer workers a failed test left running: they would slow every later test."""

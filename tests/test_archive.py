@@ -115,17 +115,12 @@ def _outputs(folder) -> dict:
 
 
 @pytest.mark.system
-def test_tasks_split_an_archive_and_a_killed_task_restarted_writes_each_output_once(tmp_path):
+def test_tasks_split_an_archive_and_a_killed_task_restarted_writes_each_output_once(tmp_path, tiny_export):
     """As an Indexed Job runs it: 3 tasks from their environment, task 1 SIGKILLed and restarted."""
-    from trainer.serve import export, preprocess
-    from trainer.train.models import build_model
-
-    model = build_model("unet", preprocess.output_channels("lab"), base_filters=4)
-    export.export_saved_model(model, "lab", str(tmp_path / "export"))
     os.makedirs(tmp_path / "photos")
     for i in range(90):  # 512 x 384 each: a task takes seconds, so the kill lands mid-share
         Image.fromarray(np.tile(make_photo(i), (8, 8, 1))).save(tmp_path / "photos" / f"{i:03d}.png")
-    command = [sys.executable, "-m", "trainer.client", f"--local_model={tmp_path}/export"]
+    command = [sys.executable, "-m", "trainer.client", f"--local_model={tiny_export}"]
     command += [f"--output_dir={tmp_path}/out", "--parallel=1", "--batch_size=1", f"{tmp_path}/photos"]
 
     def task(index):

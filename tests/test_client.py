@@ -23,8 +23,7 @@ from PIL import Image
 
 from tests.conftest import REPO, make_photo, write_photos
 from tests.hostile_requests import gif_with_a_larger_frame
-from trainer.serve import archive, client, export, preprocess, rest
-from trainer.train.models import build_model
+from trainer.serve import archive, client, rest
 
 ENV = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
 PATH = "/v1/models/colorizer"
@@ -516,10 +515,8 @@ def _archive(folder):
 
 
 @pytest.mark.system
-def test_cli_colorizes_a_folder_as_people_have_it_and_a_rerun_resumes(tmp_path):
-    model = build_model("unet", preprocess.output_channels("lab"), base_filters=4)
-    export_dir = tmp_path / "export"
-    export.export_saved_model(model, "lab", str(export_dir))
+def test_cli_colorizes_a_folder_as_people_have_it_and_a_rerun_resumes(tmp_path, tiny_export):
+    export_dir = os.path.dirname(tiny_export)
     expected = _archive(tmp_path / "photos")
     args = (f"--local_model={export_dir}", "--output_dir=out", "--parallel=3", "--batch_size=2", "photos")
     run = _cli(*args, cwd=tmp_path)

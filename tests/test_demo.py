@@ -18,22 +18,17 @@ import pytest
 from PIL import Image
 
 from tests.conftest import REPO, make_photo
-from trainer.serve import export, preprocess
-from trainer.train.models import build_model
 
 pytestmark = pytest.mark.system  # a server process with TensorFlow, and a browser
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
+def demo(tmp_path_factory, tiny_export):
     """A running demo on a free port over a tiny export; yields its address."""
     folder = tmp_path_factory.mktemp("demo")
-    export.export_saved_model(
-        build_model("unet", preprocess.output_channels("lab"), base_filters=4), "lab", str(folder / "export")
-    )
     env = {**os.environ, "PYTHONPATH": REPO}
-    command = [sys.executable, "-m", "trainer.demo", f"--local_model={folder}/export", "--port=0"]
+    command = [sys.executable, "-m", "trainer.demo", f"--local_model={tiny_export}", "--port=0"]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = process.stdout.readline()
     address = re.search(r"(http://127\.0\.0\.1:\d+/)", line)

@@ -18,9 +18,8 @@ SECTION_KEYS = {"images", "truth_colourfulness", "model", "gray"}
 
 
 @pytest.fixture(scope="module")
-def saved_model(tmp_path_factory):
-    model = build_model("unet", preprocess.output_channels("lab"), base_filters=4)
-    return export.export_saved_model(model, "lab", str(tmp_path_factory.mktemp("export")), {"model": "unet"})
+def saved_model(tiny_export):
+    return tiny_export
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from trainer.serve import archive, client, export, preprocess, rest
-from trainer.train.models import build_model
+from trainer.serve import archive, client, rest
 
 
 def _encode(array, fmt):
@@ -26,9 +25,8 @@ def _encode(array, fmt):
 
 
 @pytest.fixture(scope="module")
-def saved_model(tmp_path_factory):
-    model = build_model("unet", preprocess.output_channels("lab"), base_filters=4)
-    return export.export_saved_model(model, "lab", str(tmp_path_factory.mktemp("export")))
+def saved_model(tiny_export):
+    return tiny_export
 
 
 @pytest.fixture(scope="module")
