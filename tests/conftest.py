@@ -83,3 +83,9 @@ def _no_leftover_workers():
     from tests import workers
 
     workers.kill_leftovers()
+
+
+def pytest_collection_modifyitems(items):
+    """The system tier first: xdist hands tests out in this order, so the minute-long runs start at
+    once and the fast tier fills the gaps, instead of one worker finishing a long test alone."""
+    items.sort(key=lambda item: item.get_closest_marker("system") is None)
