@@ -17,6 +17,7 @@ import re
 import signal
 import sys
 import threading
+import time
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 # Lines of TF's native start-up that say nothing actionable (a CPU machine has no CUDA by design).
@@ -176,3 +177,47 @@ def quiet_tensorflow(environ=os.environ):
     absl_logging.get_absl_handler().addFilter(_PackageOrWarnings())
     logging.getLogger("tensorflow").setLevel(logging.WARNING)  # its own handler prints INFO:tensorflow: lines
     return tf
+
+
+class PhotoProgress:
+    """A tqdm bar with rate and ETA on a terminal, else a line every `seconds`; each
+    skipped photo is named as it happens."""
+
+    def __init__(self, total: int, seconds: float, stream=None):
+        self.stream, self.seconds = stream or sys.stderr, seconds
+        self.total, self.done, self.skipped = total, 0, 0
+        self.start = self.last = time.monotonic()
+        self.bar = None
+        if self.stream.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="photo", file=self.stream, dynamic_ncols=True)
+
+    def __call__(self, photo, reason) -> None:
+        self.done += 1
+        if reason:
+            self.skipped += 1
+            self._write(f"skipped {reason}")
+        if self.bar is not None:
+            self.bar.update(1)
+        elif time.monotonic() - self.last >= self.seconds:
+            self.last = time.monotonic()
+            self._write(self.line())
+
+    def line(self) -> str:
+        rate = self.done / max(time.monotonic() - self.start, 1e-9)
+        eta = (self.total - self.done) / rate if rate else 0.0
+        return (
+            f"{self.done}/{self.total} photos ({self.skipped} skipped), {rate:.1f} photos/s, "
+            f"ETA {eta / 60:.0f} min"
+        )
+
+    def _write(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=self.stream)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

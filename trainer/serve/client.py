@@ -177,50 +177,6 @@ def bad_request(exc: Exception) -> bool:
     return isinstance(exc, ServingError) and exc.status == 400
 
 
-class Progress:
-    """A tqdm bar with rate and ETA on a terminal, else a line every PROGRESS_SECONDS; each
-    skipped photo is named as it happens."""
-
-    def __init__(self, total: int, stream=None):
-        self.stream = stream or sys.stderr
-        self.total, self.done, self.skipped = total, 0, 0
-        self.start = self.last = time.monotonic()
-        self.bar = None
-        if self.stream.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit="photo", file=self.stream, dynamic_ncols=True)
-
-    def __call__(self, photo, reason) -> None:
-        self.done += 1
-        if reason:
-            self.skipped += 1
-            self._write(f"skipped {reason}")
-        if self.bar is not None:
-            self.bar.update(1)
-        elif time.monotonic() - self.last >= PROGRESS_SECONDS:
-            self.last = time.monotonic()
-            self._write(self.line())
-
-    def line(self) -> str:
-        rate = self.done / max(time.monotonic() - self.start, 1e-9)
-        eta = (self.total - self.done) / rate if rate else 0.0
-        return (
-            f"{self.done}/{self.total} photos ({self.skipped} skipped), {rate:.1f} photos/s, "
-            f"ETA {eta / 60:.0f} min"
-        )
-
-    def _write(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.write(text, file=self.stream)
-        else:
-            print(text, file=self.stream, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 FLAGS = flags.FLAGS
 
 
@@ -358,7 +314,7 @@ def main(argv):
         client = _client_from_flags()  # after the inputs: a typo is found before the model loads
         todo = archive.pending(photos, FLAGS.output_dir, FLAGS.overwrite)
         version = client.wait_available() if todo else None
-        progress = Progress(len(todo))
+        progress = console.PhotoProgress(len(todo), PROGRESS_SECONDS)
         try:
             summary = archive.colorize_archive(
                 client.predict,
