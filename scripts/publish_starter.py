@@ -1,6 +1,7 @@
 """Copy a scored export into trainer/starter/, the model shipped in the package (train_starter.sh).
 
-    python scripts/publish_starter.py --export=runs/starter/export --report=runs/starter/report-100/metrics.json
+    python scripts/publish_starter.py --export=runs/starter/export \
+        --report=runs/starter/report-100/metrics.json
 
 The export's newest version replaces trainer/starter/ (via a sibling folder and a rename), and its
 colorizer.json gains a "starter" section: how and on what it was trained, the licence of those

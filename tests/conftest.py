@@ -1,5 +1,6 @@
 """Shared fixtures: tiny photo folders and shards made on the fly (tests never need ../shared)."""
 
+import logging
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -77,15 +78,20 @@ def tiny_export(tmp_path_factory) -> str:
 
 
 @pytest.fixture(autouse=True)
+def _logger_levels_restored():
+    """Puts back the absl and tensorflow loggers' levels: a CLI run in-process sets them from its
+    --verbosity, which would hide INFO records from a later test's caplog."""
+    loggers = [logging.getLogger(name) for name in ("absl", "tensorflow")]
+    levels = [logger.level for logger in loggers]
+    yield
+    for logger, level in zip(loggers, levels):
+        logger.setLevel(level)
+
+
+@pytest.fixture(autouse=True)
 def _no_leftover_workers():
     """Kills trainer workers a failed test left running: they would slow every later test."""
     yield
     from tests import workers
 
     workers.kill_leftovers()
-
-
-def pytest_collection_modifyitems(items):
-    """The system tier first: xdist hands tests out in this order, so the minute-long runs start at
-    once and the fast tier fills the gaps, instead of one worker finishing a long test alone."""
-    items.sort(key=lambda item: item.get_closest_marker("system") is None)

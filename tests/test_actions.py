@@ -25,7 +25,7 @@ def test_progress_inside_an_epoch_counts_only_the_steps_this_attempt_ran(caplog,
     writers = actions.Writers(str(tmp_path), enabled=True)
     progress = actions.StepProgress(60, global_batch=32, writers=writers, clock=clock)
     progress.start_epoch(epoch=2, epochs=10, step=250, end=1000)  # resumed mid-epoch at step 250
-    caplog.set_level(py_logging.INFO)
+    caplog.set_level(py_logging.INFO, logger="absl")
     clock.now = 30.0
     progress(350, 5.0)  # too soon: nothing
     clock.now = 100.0
@@ -69,6 +69,6 @@ def test_peak_gpu_memory_is_read_and_reset_per_epoch(monkeypatch, caplog):
     assert actions.peak_memory(gpus) == {"GPU:0": 9e9, "GPU:1": 9e9} and calls == ["GPU:0", "GPU:1"]
     assert actions.peak_memory([]) == {}
     end = actions.EpochEnd(1, 2, 10, 1.0, 1.0, 100.0, 0.0, {"GPU:0": 9.2e9})
-    caplog.set_level(py_logging.INFO)
+    caplog.set_level(py_logging.INFO, logger="absl")
     actions.log_epoch(end, {}, stopped=False)
     assert "(100 images/s, peak GPU:0 memory 9.2 GB)" in caplog.records[-1].getMessage()
