@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import REPO, write_photos
 from tests.gcs_emulator import module_fixture
 from trainer.data import gcs
-from trainer.errors import DataError
+from trainer.errors import EXIT_TRANSIENT, DataError
 
 pytestmark = pytest.mark.system  # real processes, servers or a second TensorFlow (README: test tiers)
 
@@ -40,6 +40,17 @@ def _run(emu, *args, module="trainer.task", env=None):
         command, cwd=REPO, env={**ENV, **emu.env, **(env or {})}, capture_output=True, text=True, timeout=600
     )
     assert not emu.unknown, f"requests the IAM model doesn't know (denied): {emu.unknown}"
+    return result
+
+
+def _restarted(emu, *args, env=None, attempts=3):
+    """`_run` of the trainer, restarted after a transient exit (145) as the Job's podFailurePolicy does:
+    under a 5% fault rate a checkpoint can fail all its saves (seen in CI), and the contract is that
+    a restart resumes from the last good one, not that no attempt ever fails."""
+    for _ in range(attempts):
+        result = _run(emu, *args, env=env)
+        if result.returncode != EXIT_TRANSIENT:
+            break
     return result
 
 
@@ -192,8 +203,8 @@ def test_a_run_survives_five_percent_503s_and_serves_from_gcs(emulator, photos, 
                 "--holdout_fraction=0.25",
                 module="trainer.prepare",
             ),
-            _run(emulator, *flags, "--epochs=1", env=faster),
-            _run(emulator, *flags, "--epochs=2", env=faster),
+            _restarted(emulator, *flags, "--epochs=1", env=faster),
+            _restarted(emulator, *flags, "--epochs=2", env=faster),
         ]
     for step in steps:
         assert step.returncode == 0, step.stderr
