@@ -126,12 +126,6 @@ def restore_newest(checkpoint: tf.train.Checkpoint, directory: str, partial: boo
     return None, bad
 
 
-# Waits before a failed save's retries (x1, x2): longer than TF's GCS stat cache may keep a file's
-# size (GCS_STAT_CACHE_MAX_AGE, 5 s). With 2 s and 4 s, all three saves of one checkpoint once
-# failed to verify ("too short") under tests/test_gcs.py's 5% of 503s.
-RETRY_SECONDS = 6.0
-
-
 class VerifiedCheckpoints:
     """Saves numbered checkpoints into one directory, keeping the newest `keep` that verified."""
 
@@ -142,7 +136,7 @@ class VerifiedCheckpoints:
         keep: int,
         interval: int = 0,
         retries: int = 3,
-        retry_seconds: float = RETRY_SECONDS,
+        retry_seconds: float = 2.0,
     ):
         self.checkpoint, self.directory, self.keep, self.interval = checkpoint, directory, keep, interval
         self.retries, self.retry_seconds = retries, retry_seconds
