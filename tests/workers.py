@@ -124,7 +124,12 @@ def run_pair(flags, envs, tmp_path, tag):
 
 
 def checkpoint_step(directory) -> int:
-    latest = tf.train.latest_checkpoint(str(directory)) if os.path.isdir(directory) else None
+    """The newest checkpoint's step in `directory` (0: none yet, or its state file is being rewritten
+    by a running trainer, which a poll can read half-written)."""
+    try:
+        latest = tf.train.latest_checkpoint(str(directory)) if os.path.isdir(directory) else None
+    except ValueError:  # "Invalid checkpoint state": caught mid-write
+        return 0
     return int(latest.rsplit("-", 1)[1]) if latest else 0
 
 
