@@ -136,8 +136,8 @@ def build_dataset(
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=not training,
     )
-    if training:
-        records = records.shuffle(shuffle_buffer, seed=seed)
+    if training:  # a buffer beyond the split would only hold repeats, read before the first step
+        records = records.shuffle(max(1, min(shuffle_buffer, shards.num_examples)), seed=seed)
 
     pairs = _model_size_pairs(records, shards, training)
     batches = pairs.batch(global_batch_size, drop_remainder=True, num_parallel_calls=tf.data.AUTOTUNE)
