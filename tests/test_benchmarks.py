@@ -53,15 +53,13 @@ def test_quick_benchmark_writes_all_keys(tmp_path):
     )  # quick models are tiny: the share is not meaningful
 
 
-def test_serving_memory_stays_within_the_capacity_constants(tmp_path):
+def test_serving_memory_stays_within_the_capacity_constants(tiny_export):
     """benchmarks/serving_memory.py measured in fresh processes on a 4-MP photo: the bytes per pixel the
     capacity formula (trainer.serve.limits.serving_memory_bytes) assumes are not understated."""
     from benchmarks.serving_memory import per_pixel
-    from trainer.serve import export, limits
-    from trainer.train.models import build_model
+    from trainer.serve import limits
 
-    path = export.export_saved_model(build_model("unet", 2, base_filters=4), "lab", str(tmp_path))
-    measured = per_pixel(path, side=2000, batch=4)
+    measured = per_pixel(tiny_export, side=2000, batch=4)
     assert 10 < measured["composition_bytes_per_pixel"] <= limits.COMPOSITION_BYTES_PER_PIXEL, measured
     assert 0 < measured["retained_bytes_per_pixel"] <= limits.RETAINED_BYTES_PER_PIXEL, measured
     assert 0 < measured["idle_bytes"] <= limits.IDLE_BYTES, measured

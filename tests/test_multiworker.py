@@ -3,17 +3,13 @@
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import REPO
 from tests.workers import (
-    ENV,
     GRACE_SECONDS,
     checkpoint_step,
     free_ports,
@@ -162,27 +158,3 @@ def test_indexed_job_worker_loss_fails_fast_and_restart_resumes(data, tmp_path):
         checkpoint_step(tmp_path / "model" / "checkpoints") == 16
     )  # 4 epochs x 4 steps: continued, not restarted
     assert len(os.listdir(tmp_path / "export")) == 1
-
-
-def test_sigterm_saves_and_exits_143_then_resumes(data, tmp_path):
-    log = tmp_path / "t.log"
-    proc = start(train_flags(data, tmp_path, 1000), {}, open(log, "w"))
-    deadline = time.time() + 300
-    while "epoch 2/" not in log.read_text() and time.time() < deadline:
-        assert proc.poll() is None, log.read_text()
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 143
-    saved = checkpoint_step(tmp_path / "model" / "checkpoints")
-    assert saved >= 16 and "checkpoint saved" in log.read_text()
-    assert not os.listdir(tmp_path / "export")
-    resumed = subprocess.run(
-        [sys.executable, "-m", "trainer.task", *train_flags(data, tmp_path, 6)],
-        cwd=REPO,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming from step {saved}" in resumed.stderr

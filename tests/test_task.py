@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import REPO, write_photos
-from tests.workers import ENV, checkpoint_step
+from tests.workers import ENV, checkpoint_step, start
 from trainer.errors import TransientError
 
 pytestmark = pytest.mark.system  # real processes, servers or a second TensorFlow (README: test tiers)
@@ -30,7 +30,21 @@ def _cli(module, *args, cwd=REPO, env=ENV, **kwargs):
     )
 
 
-def test_prepare_train_kill_resume_export_serve(tmp_path):
+def _wait_for(proc, log, found, seconds=300):
+    """Polls `log` until `found(text)` is truthy (returned), failing if the process ends first."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        text = log.read_text()
+        if result := found(text):
+            return result
+        assert proc.poll() is None, text
+        time.sleep(0.2)
+    raise AssertionError(f"not found in {seconds} s: {log.read_text()}")
+
+
+def test_prepare_train_kill_stop_resume_export_serve(tmp_path):
+    """SIGKILL (no warning) and SIGTERM (a preemption notice: save, exit 143) each leave a run that the
+    same command resumes; only the finished run exports."""
     write_photos(tmp_path / "photos", 24)
     prepared = _cli(
         "trainer.prepare",
@@ -50,28 +64,31 @@ def test_prepare_train_kill_resume_export_serve(tmp_path):
         "--checkpoint_every_steps=1",
         "--patience=0",
     ]
-    log = open(tmp_path / "first.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trainer.task", *flags, "--epochs=1000"],
-        cwd=REPO,
-        env=ENV,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.time() + 300
-    while time.time() < deadline and not checkpoint_step(tmp_path / "model" / "checkpoints") >= 3:
-        assert proc.poll() is None, open(tmp_path / "first.log").read()
-        time.sleep(0.2)
+    checkpoints = tmp_path / "model" / "checkpoints"
+    killed_log = tmp_path / "killed.log"
+    proc = start([*flags, "--epochs=1000"], {}, open(killed_log, "w"))
+    _wait_for(proc, killed_log, lambda _: checkpoint_step(checkpoints) >= 3)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = checkpoint_step(tmp_path / "model" / "checkpoints")
+    killed_at = checkpoint_step(checkpoints)
     assert killed_at >= 3 and os.listdir(tmp_path / "export") == []  # checked writable, nothing exported
 
-    resumed = _cli("trainer.task", *flags, "--epochs=3")
-    assert resumed.returncode == 0, resumed.stderr
-    step = int(re.search(r"resuming from step (\d+)", resumed.stderr).group(1))
-    assert step >= killed_at
-    export = re.search(r"SavedModel:\s+(\S+)", resumed.stdout).group(1)
+    stopped_log = tmp_path / "stopped.log"
+    proc = start([*flags, "--epochs=1000"], {}, open(stopped_log, "w"))
+    resumed = _wait_for(proc, stopped_log, lambda t: re.search(r"resuming from step (\d+)", t))
+    assert int(resumed.group(1)) >= killed_at
+    epoch_end = _wait_for(proc, stopped_log, lambda t: re.search(r"epoch \d+/1000 step (\d+) loss", t))
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143
+    saved = checkpoint_step(checkpoints)
+    assert saved >= int(epoch_end.group(1)) and "checkpoint saved" in stopped_log.read_text()
+    assert os.listdir(tmp_path / "export") == []
+
+    steps_per_epoch = int(re.search(r"(\d+) steps/epoch", stopped_log.read_text()).group(1))
+    finished = _cli("trainer.task", *flags, f"--epochs={saved // steps_per_epoch + 1}")
+    assert finished.returncode == 0, finished.stderr
+    assert f"resuming from step {saved}" in finished.stderr
+    export = re.search(r"SavedModel:\s+(\S+)", finished.stdout).group(1)
     assert os.path.exists(os.path.join(export, "saved_model.pb"))
     loaded = tf.saved_model.load(export)
     gray = tf.io.encode_png(tf.zeros([30, 40, 1], tf.uint8) + 128)
