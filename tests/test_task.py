@@ -10,10 +10,12 @@ import time
 
 import pytest
 import tensorflow as tf
+from absl import flags
 
 from tests.conftest import REPO, write_photos
 from tests.workers import ENV, checkpoint_step, start
-from trainer.errors import TransientError
+from trainer.errors import ConfigError, TransientError
+from trainer.train import config as config_lib
 
 pytestmark = pytest.mark.system  # real processes, servers or a second TensorFlow (README: test tiers)
 
@@ -199,6 +201,18 @@ def _train(data, run_dir, epochs, *extra):
     return _cli("trainer.task", *train_flags(data, run_dir, epochs, *extra))
 
 
+def _checked(data, run_dir, epochs, *extra):
+    """In-process, what `python -m trainer.task` checks before any cluster or model. A user error
+    there is a ConfigError, which the CLI turns into one line and exit 2 (see the unwritable-output test)."""
+    from tests.workers import train_flags
+    from trainer.train import run
+
+    values = flags.FlagValues()
+    config_lib.define_flags(values)
+    values(["trainer.task", *train_flags(data, run_dir, epochs, *extra)])
+    run.check_before_training(config_lib.config_from_flags(values, {})[0])
+
+
 def _one_line(run, code, start):
     assert run.returncode == code, run.stderr
     assert run.stderr.strip().splitlines()[-1].startswith(start), run.stderr
@@ -219,12 +233,11 @@ def test_model_dir_guards_its_run_survives_bad_checkpoints_and_a_finished_run_is
 ):
     first = _train(small_data, tmp_path, 1, "--checkpoint_every_steps=2")
     assert first.returncode == 0, first.stderr
-    other = _train(small_data, tmp_path, 2, "--model=autoencoder", "--color_space=rgb")
-    _one_line(
-        other,
-        2,
-        f"error: --model_dir={tmp_path}/model holds a run with --model=unet --color_space=lab, "
-        "not --model=autoencoder --color_space=rgb: pass the same flags",
+    with pytest.raises(ConfigError) as other:
+        _checked(small_data, tmp_path, 2, "--model=autoencoder", "--color_space=rgb")
+    assert str(other.value).startswith(
+        f"--model_dir={tmp_path}/model holds a run with --model=unet --color_space=lab, "
+        "not --model=autoencoder --color_space=rgb: pass the same flags"
     )
 
     checkpoints = tmp_path / "model" / "checkpoints"
@@ -258,8 +271,11 @@ def test_model_dir_guards_its_run_survives_bad_checkpoints_and_a_finished_run_is
     [version] = os.listdir(tmp_path / "tuned" / "export")
     metadata = json.loads((tmp_path / "tuned" / "export" / version / "colorizer.json").read_text())
     assert metadata["init_from"] == f"{tmp_path}/export" and metadata["base_filters"] == 4
-    wider = _train(small_data, tmp_path / "wider", 1, f"--init_from={tmp_path}/export", "--base_filters=8")
-    _one_line(wider, 2, f"error: --init_from={tmp_path}/export holds a --base_filters=4 model, not --base_")
+    with pytest.raises(ConfigError) as wider:
+        _checked(small_data, tmp_path / "wider", 1, f"--init_from={tmp_path}/export", "--base_filters=8")
+    assert str(wider.value).startswith(
+        f"--init_from={tmp_path}/export holds a --base_filters=4 model, not --base_"
+    )
 
     for index in checkpoints.glob("*.index"):
         index.write_bytes(b"truncated")
