@@ -65,6 +65,15 @@ def shards_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def prepared_photos(tmp_path_factory) -> str:
+    """24 photos prepared by the real `trainer.prepare` CLI (tests.workers.prepare_data), shared by the
+    tests that run the trainer CLI on them; a test that damages the data works on its own copy."""
+    from tests.workers import prepare_data
+
+    return prepare_data(tmp_path_factory.mktemp("prepared"))
+
+
+@pytest.fixture(scope="session")
 def tiny_export(tmp_path_factory) -> str:
     """One small untrained export (U-Net of 4 base filters, lab) for tests that only read it: the path
     of its version folder, inside an export folder of its own."""

@@ -33,6 +33,9 @@ def test_keeps_the_newest_verified_checkpoints(tmp_path):
         saver.save(number)
     assert [os.path.basename(p) for p in checkpoints.listed(str(tmp_path))] == ["ckpt-20", "ckpt-30"]
     assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-30")
+    state = tf.train.get_checkpoint_state(str(tmp_path))
+    assert [os.path.basename(p) for p in state.all_model_checkpoint_paths] == ["ckpt-20", "ckpt-30"]
+    assert not glob.glob(f"{tmp_path}/checkpoint.*"), "the state file is renamed into place, no leftover"
 
 
 def test_interval_skips_saves_that_come_too_soon(tmp_path):

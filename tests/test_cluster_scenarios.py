@@ -22,7 +22,6 @@ from tests.workers import (
     free_ports,
     indexed_env,
     preempt_one,
-    prepare_data,
     train_flags,
 )
 
@@ -32,8 +31,8 @@ PREEMPTIONS = 20  # in a row, as a bad day on Spot VMs can bring
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return prepare_data(tmp_path_factory.mktemp("scenarios"))
+def data(prepared_photos):
+    return prepared_photos
 
 
 @pytest.fixture(scope="module")

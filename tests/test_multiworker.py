@@ -15,7 +15,6 @@ from tests.workers import (
     free_ports,
     indexed_env,
     preempt_one,
-    prepare_data,
     run_pair,
     start,
     tf_config_envs,
@@ -27,8 +26,8 @@ pytestmark = pytest.mark.system  # real processes, servers or a second TensorFlo
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return prepare_data(tmp_path_factory.mktemp("mw"))
+def data(prepared_photos):
+    return prepared_photos
 
 
 def _logged_at(log: str, message: str) -> str:

@@ -189,10 +189,8 @@ def test_with_peers_a_failed_collective_or_nccl_error_is_a_lost_peer_and_other_i
 
 
 @pytest.fixture(scope="module")
-def small_data(tmp_path_factory):
-    from tests.workers import prepare_data
-
-    return prepare_data(tmp_path_factory.mktemp("safety"))
+def small_data(prepared_photos):
+    return prepared_photos
 
 
 def _train(data, run_dir, epochs, *extra):

@@ -124,12 +124,9 @@ def run_pair(flags, envs, tmp_path, tag):
 
 
 def checkpoint_step(directory) -> int:
-    """The newest checkpoint's step in `directory` (0: none yet, or its state file is being rewritten
-    by a running trainer, which a poll can read half-written)."""
-    try:
-        latest = tf.train.latest_checkpoint(str(directory)) if os.path.isdir(directory) else None
-    except ValueError:  # "Invalid checkpoint state": caught mid-write
-        return 0
+    """The newest checkpoint's step in `directory` (0: none yet). A running trainer's state file is
+    renamed into place, so a poll never reads it half-written."""
+    latest = tf.train.latest_checkpoint(str(directory)) if os.path.isdir(directory) else None
     return int(latest.rsplit("-", 1)[1]) if latest else 0
 
 
