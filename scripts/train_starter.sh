@@ -5,8 +5,9 @@
 #   EPOCHS=150 scripts/train_starter.sh       # the same run, continued to epoch 150
 #   PUBLISH=1 scripts/train_starter.sh        # also copy the scored export into trainer/starter/
 # EPOCHS at the default learning rate (1e-3, constant, so raising EPOCHS continues the same curve);
-# with ANNEAL_EPOCHS > 0, that many more at 1e-4 from the best weights (--init_from), which gave
-# nothing at 100 + 10 epochs (docs/QUALITY.md) and is off by default. Resumable: rerun the same
+# with ANNEAL_EPOCHS > 0, a second phase of that many epochs from the best weights (--init_from) with
+# ANNEAL_FLAGS (default 1e-4, constant). Off by default: docs/QUALITY.md has what each second phase
+# gave after 100 epochs (10 at 1e-4; 50 cosine-decayed from 1e-3). Resumable: rerun the same
 # command after an interruption and each phase continues from its model_dir. No early stopping:
 # each export holds its phase's epoch with the best loss on the tuning slice (a stable 10% of
 # cbsd432 by file name hash, never trained on), where the decode fit also chooses its settings.
@@ -18,6 +19,7 @@ DATA_ROOT=${DATA_ROOT:-../shared/data}
 OUT=${OUT:-runs/starter}
 EPOCHS=${EPOCHS:-100}
 ANNEAL_EPOCHS=${ANNEAL_EPOCHS:-0}
+ANNEAL_FLAGS=${ANNEAL_FLAGS:---learning_rate=1e-4}
 TRAIN_FLAGS=${TRAIN_FLAGS:---precision=mixed_bfloat16}  # 22% faster an epoch on this CPU (QUALITY.md)
 
 if [ ! -e "$OUT/data/train.manifest.json" ]; then
@@ -33,7 +35,7 @@ if [ "$ANNEAL_EPOCHS" -gt 0 ]; then
     final="$OUT/anneal"
     # shellcheck disable=SC2086
     "$PYTHON" -m trainer.task "${data[@]}" --model_dir="$final/model" --export_dir="$final/export" \
-        --epochs="$ANNEAL_EPOCHS" --init_from="$OUT/model" --learning_rate=1e-4 $TRAIN_FLAGS 2>&1 |
+        --epochs="$ANNEAL_EPOCHS" --init_from="$OUT/model" $ANNEAL_FLAGS $TRAIN_FLAGS 2>&1 |
         tee -a "$OUT/train.log"
 fi
 report="$final/report-$EPOCHS"  # one per curve point: EPOCHS=10, then 30, ... keeps each one's scores
