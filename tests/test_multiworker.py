@@ -58,7 +58,7 @@ def test_sigterm_to_the_chief_stops_both_workers_then_both_resume_agree_and_expo
     assert stopped.steps == [step, step] and step >= 4
     assert checkpoint_step(tmp_path / "model" / "checkpoints") == step and not os.listdir(tmp_path / "export")
 
-    epochs = step // 4 + 2  # 4 steps an epoch: at least one more epoch
+    epochs = step // 4 + 1  # 4 steps an epoch: at least one more step, and an epoch end
     flags = train_flags(data, tmp_path, epochs, "--sync_batchnorm", "--loss=two_heads")
     codes, outputs = run_pair(flags, envs, tmp_path, "w")
     assert codes == [0, 0], outputs
@@ -146,14 +146,13 @@ def test_indexed_job_worker_loss_fails_fast_and_restart_resumes(data, tmp_path):
     assert "error: lost a peer worker" in open(tmp_path / "f0.log").read()
     saved = checkpoint_step(tmp_path / "model" / "checkpoints")
 
+    epochs = saved // 4 + 1  # 4 steps an epoch: the epoch it was in, continued, not restarted
     codes, outputs = run_pair(
-        train_flags(data, tmp_path, 4, "--checkpoint_every_steps=2"), envs, tmp_path, "r"
+        train_flags(data, tmp_path, epochs, "--checkpoint_every_steps=2"), envs, tmp_path, "r"
     )
     assert codes == [0, 0], outputs
     assert "indexed job cluster" in outputs[0]
     resumed = int(re.search(r"resuming from step (\d+)", outputs[0]).group(1))
     assert resumed == saved > 0
-    assert (
-        checkpoint_step(tmp_path / "model" / "checkpoints") == 16
-    )  # 4 epochs x 4 steps: continued, not restarted
+    assert checkpoint_step(tmp_path / "model" / "checkpoints") == epochs * 4
     assert len(os.listdir(tmp_path / "export")) == 1
