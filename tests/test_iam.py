@@ -35,6 +35,7 @@ the client does. Not modelled: TF Serving's C++ loader itself (not installed her
 same files. A --model_base_path of the bucket root (gs://BUCKET) would need storage.buckets.get.
 """
 
+import collections
 import functools
 import json
 import os
@@ -45,6 +46,7 @@ import tempfile
 import textwrap
 import time
 import typing
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -246,6 +248,12 @@ def _train_flags(model_dir, export_dir):
     ]
 
 
+def _reads(requests, part: str) -> collections.Counter:
+    """How often each object whose name contains `part` was read (media GETs), by object name."""
+    names = (urllib.parse.unquote(r.target.split("?")[0]) for r in requests if r.kind == "XML GET object")
+    return collections.Counter(name for name in names if part in name)
+
+
 def _objects(emu, prefix):
     return [b.name for b in emu.client().list_blobs(BUCKET, prefix=prefix)]
 
@@ -401,6 +409,12 @@ def test_training_identity_checkpoints_and_exports(emulator, trained):
     runs, exported = _objects(emulator, "runs/"), _objects(emulator, "export/")
     assert any("/ckpt-" in o for o in runs) and any("events.out.tfevents" in o for o in runs), runs
     assert any(o.endswith("/saved_model.pb") for o in exported), exported
+    # What a run costs in requests: a few reads of each shard (a shuffle buffer larger than this
+    # 12-pair split would read it ~170 times to fill), and one read of each checkpoint file to verify it.
+    shards, saved = _reads(seen, "/data/train-"), _reads(seen, "/checkpoints/ckpt-")
+    assert shards and max(shards.values()) <= 8, shards
+    verified = {name: count for name, count in saved.items() if "_temp/" not in name}  # not TF's merge
+    assert verified and max(verified.values()) <= 2, saved
 
 
 def test_serving_identity_loads_and_runs_the_export(served):
