@@ -93,6 +93,22 @@ _SERVING_STARTUP = textwrap.dedent("""
     loaded = tf.saved_model.load(f"{base}/{latest}")
     print("signatures:", sorted(loaded.signatures))
 """)
+_PROBES = textwrap.dedent("""
+    import sys, tensorflow as tf
+    for probe in sys.argv[1:]:
+        op, path = probe.split(":", 1)
+        try:
+            if op == "read":
+                tf.io.gfile.GFile(path, "rb").read()
+            elif op == "write":
+                with tf.io.gfile.GFile(path, "w") as handle:
+                    handle.write("x")
+            else:
+                tf.io.gfile.exists(path)
+            print(probe, "ok")
+        except tf.errors.OpError as exc:
+            print(probe, type(exc).__name__)
+""")
 _GCLOUD = """#!{python}
 import json, os, sys
 with open(os.environ["GCLOUD_LOG"], "a") as log:
@@ -477,16 +493,58 @@ def _binding_problems(key, binding, needs, roles) -> list:
     return [f"{where} is wider than its use {sorted(used)}: {r} would do" for r in smaller]
 
 
-def test_serving_identity_cannot_read_checkpoints_or_data(emulator, documented, trained):
-    """Serving's account reads export/ only: a checkpoint or a shard is a 403, however it is asked for."""
+@pytest.fixture(scope="module")
+def serving_probes(emulator, documented, trained):
+    """What serving's account may not do, tried in one process (its TensorFlow starts once): read a
+    checkpoint and a data manifest, write into export/, and check the bucket root. Returns each
+    probe's outcome (the exception's class name, or "ok") and the requests, told apart by the object
+    each needed a permission on."""
     checkpoint = next(o for o in _objects(emulator, "runs/iam-train/") if o.endswith(".index"))
-    script = (
-        "import sys, tensorflow as tf\nfor path in sys.argv[1:]:\n    tf.io.gfile.GFile(path, 'rb').read()"
+    probes = [
+        ("read", f"gs://{BUCKET}/{checkpoint}"),
+        ("read", f"{DATA}/train.manifest.json"),
+        ("write", f"{EXPORT}/probe.txt"),
+        ("exists", f"gs://{BUCKET}"),
+    ]
+    result, seen = _as(
+        emulator, documented, "SERVING_GSA", "-c", _PROBES, *map(":".join, probes), module=None
     )
-    for path in (f"gs://{BUCKET}/{checkpoint}", f"{DATA}/train.manifest.json"):
-        read, seen = _as(emulator, documented, "SERVING_GSA", "-c", script, path, module=None)
-        assert read.returncode != 0 and "PermissionDenied" in read.stderr, read.stderr
-        assert {m[0] for _, _, m in _denied(seen)} == {"storage.objects.get"}, _denied(seen)
+    assert result.returncode == 0, result.stderr
+    refused = {missing[0] for _, _, missing in _denied(seen)}
+    assert refused == {"storage.objects.get", "storage.objects.create", "storage.buckets.get"}, _denied(seen)
+    outcomes = dict(line.rsplit(" ", 1) for line in result.stdout.splitlines())
+    return {target: outcomes[f"{op}:{target}"] for op, target in probes}, seen, checkpoint
+
+
+def _denied_on(requests, name) -> list:
+    """`_denied` of the requests that needed a permission on object `name` (None: on the bucket)."""
+    return [
+        (r.method, r.target, r.missing)
+        for r in requests
+        if r.denied and not _metadata_probe(r) and any(obj == name for _, obj in r.needs)
+    ]
+
+
+def test_serving_identity_cannot_read_checkpoints_or_data(serving_probes):
+    """Serving's account reads export/ only: a checkpoint or a shard is a 403, however it is asked for."""
+    outcomes, seen, checkpoint = serving_probes
+    for name in (checkpoint, "data/train.manifest.json"):
+        assert outcomes[f"gs://{BUCKET}/{name}"] == "PermissionDeniedError", outcomes
+        assert {m[0] for _, _, m in _denied_on(seen, name)} == {"storage.objects.get"}, _denied(seen)
+
+
+def test_serving_identity_cannot_write(serving_probes):
+    """Serving's account is read-only even on export/: a write is a 403 on storage.objects.create."""
+    outcomes, seen, _ = serving_probes
+    assert outcomes[f"{EXPORT}/probe.txt"] == "PermissionDeniedError", outcomes
+    assert {m[0] for _, _, m in _denied_on(seen, "export/probe.txt")} == {"storage.objects.create"}, seen
+
+
+def test_serving_from_the_bucket_root_would_need_bucket_get(serving_probes):
+    """Why --model_base_path must stay below the root: FileExists(gs://BUCKET) is a bucket GET."""
+    outcomes, seen, _ = serving_probes
+    assert outcomes[f"gs://{BUCKET}"] != "ok", outcomes
+    assert _denied_on(seen, None) == [("GET", f"/storage/v1/b/{BUCKET}", ["storage.buckets.get"])]
 
 
 def test_prepare_identity_cannot_write_the_export(emulator, documented, prepared):
@@ -538,22 +596,6 @@ def test_prepare_into_a_prefix_it_cannot_write_fails_before_decoding(emulator, d
     assert prepared.stderr.strip().splitlines()[-1].startswith(f"error: {readonly}: permission denied")
     assert ["storage.objects.create"] in [r.missing for r in seen if r.denied]
     assert not _objects(emulator, "export/readonly")
-
-
-def test_serving_identity_cannot_write(emulator, documented):
-    """Serving's account is read-only even on export/: a write is a 403 on storage.objects.create."""
-    script = f"import tensorflow as tf\nwith tf.io.gfile.GFile('{EXPORT}/probe.txt', 'w') as f: f.write('x')"
-    wrote, seen = _as(emulator, documented, "SERVING_GSA", "-c", script, module=None)
-    assert wrote.returncode != 0 and "PermissionDenied" in wrote.stderr
-    assert {m[0] for _, _, m in _denied(seen)} == {"storage.objects.create"}, _denied(seen)
-
-
-def test_serving_from_the_bucket_root_would_need_bucket_get(emulator, documented):
-    """Why --model_base_path must stay below the root: FileExists(gs://BUCKET) is a bucket GET."""
-    script = f"import tensorflow as tf; tf.io.gfile.exists('gs://{BUCKET}')"
-    checked, seen = _as(emulator, documented, "SERVING_GSA", "-c", script, module=None)
-    assert checked.returncode != 0
-    assert _denied(seen) == [("GET", f"/storage/v1/b/{BUCKET}", ["storage.buckets.get"])]
 
 
 def test_legacy_bucket_reader_adds_exactly_bucket_get_to_object_listing():
