@@ -274,6 +274,7 @@ def test_model_dir_guards_its_run_survives_bad_checkpoints_and_a_finished_run_is
     assert str(wider.value).startswith(
         f"--init_from={tmp_path}/export holds a --base_filters=4 model, not --base_"
     )
+    assert not os.path.exists(tmp_path / "wider"), "refused before any output folder is made"
 
     for index in checkpoints.glob("*.index"):
         index.write_bytes(b"truncated")

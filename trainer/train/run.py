@@ -42,17 +42,17 @@ def verify_data(config: TrainConfig) -> tuple:
 def check_before_training(config: TrainConfig) -> tuple:
     """On every worker, before peers or model: data complete, outputs writable, model_dir's run the same.
 
-    Returns the verified shards. Nothing is created when the data is bad.
+    Returns the verified shards. Nothing is created when the data, the model_dir or --init_from is wrong.
     """
     shards = verify_data(config)
-    storage.check_outputs(
-        {"model_dir": config.model_dir, "tensorboard_dir": config.log_dir, "export_dir": config.export_dir}
-    )
     with storage_errors(f"--model_dir={config.model_dir}", ConfigError):
         checkpoints.check_identity(config.model_dir, config, write=False)
         resuming = checkpoints.listed(os.path.join(config.model_dir, "checkpoints"))
     if config.init_from and not resuming:
         checkpoints.check_init_from(config)
+    storage.check_outputs(  # last: it creates the output folders
+        {"model_dir": config.model_dir, "tensorboard_dir": config.log_dir, "export_dir": config.export_dir}
+    )
     return shards
 
 
