@@ -141,6 +141,18 @@ def write_text_verified(path: str, text: str, attempts: int = 3) -> None:
     raise TransientError(f"{path}: written {attempts} times, never read back intact")
 
 
+def replace_text(path: str, text: str) -> None:
+    """Replaces a small file so that no reader sees it half-written: a local one through `write_text`
+    (renamed into place), a gs:// object through TF's file system, whose upload is all or nothing."""
+    if not is_gcs(path):
+        write_text(path, text)
+        return
+    import tensorflow as tf
+
+    with tf.io.gfile.GFile(path, "w") as handle:
+        handle.write(text)
+
+
 def read_json(path: str):
     """The JSON object at `path`; None if there is none or it doesn't parse (a half-written one)."""
     import tensorflow as tf

@@ -22,7 +22,7 @@ import time
 import tensorflow as tf
 from absl import logging
 
-from trainer.data.storage import read_json, write_text_verified
+from trainer.data.storage import read_json, replace_text, write_text_verified
 from trainer.errors import (
     ConfigError,
     DataError,
@@ -195,20 +195,11 @@ class VerifiedCheckpoints:
         state = [f'model_checkpoint_path: "{names[-1]}"'] + [
             f'all_model_checkpoint_paths: "{n}"' for n in names
         ]
-        _write_whole(os.path.join(self.directory, "checkpoint"), "\n".join(state) + "\n")
+        # for tf.train.latest_checkpoint and TensorBoard, which must never read it half-written
+        replace_text(os.path.join(self.directory, "checkpoint"), "\n".join(state) + "\n")
         for path in dropped:
             for name in tf.io.gfile.glob(f"{path}.*"):
                 tf.io.gfile.remove(name)
-
-
-def _write_whole(path: str, text: str) -> None:
-    """The state file tf.train.latest_checkpoint and TensorBoard read, never seen half-written: a local
-    file is renamed into place; an object upload is already all or nothing."""
-    staged = path if "://" in path else f"{path}.tmp"
-    with tf.io.gfile.GFile(staged, "w") as handle:
-        handle.write(text)
-    if staged != path:
-        tf.io.gfile.rename(staged, path, overwrite=True)
 
 
 def worker_dir(shared: str, chief: bool, prefix: str = "colorizer-worker-") -> str:
