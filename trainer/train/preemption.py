@@ -17,7 +17,9 @@ signal.signal after the strategy exists (tensorflow/python/distribute/failure_ha
 failure_handling.py:675). We don't use that handler: it wants one step per call, its own
 checkpoint managers and its own exit, while this loop runs many steps per call and already agrees
 on a stop step. A SIGTERM that TF's handler caught while the cluster was forming is not lost: TF
-records it in the coordination service under TF_DEFAULT_PREEMPTION_NOTICE_KEY, read once here.
+records it in the coordination service under TF_DEFAULT_PREEMPTION_NOTICE_KEY, which `requested`
+reads at every poll. Its notifier thread looks for the signal once a second, so the notice can
+appear a second after our handler is back: one read at that moment would miss it.
 """
 
 import os
@@ -39,6 +41,7 @@ class SigtermWatch:
 
     def __init__(self):
         self._event = threading.Event()
+        self._read_tf_notice = False
 
     def install(self) -> None:
         signal.signal(signal.SIGTERM, self._handle)
@@ -49,14 +52,15 @@ class SigtermWatch:
         self._event.set()
 
     def requested(self) -> bool:
+        if not self._event.is_set() and self._read_tf_notice and _tf_saw_sigterm():
+            logging.warning("a worker got SIGTERM while the cluster was forming: stopping")
+            self._event.set()
         return self._event.is_set()
 
     def reinstall(self, strategy: tf.distribute.Strategy) -> None:
         """Takes SIGTERM back from TF's coordination service once `strategy` exists (module docstring)."""
         self.install()
-        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and _tf_saw_sigterm():
-            logging.warning("a worker got SIGTERM while the cluster was forming: stopping")
-            self._event.set()
+        self._read_tf_notice = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
 
 def keep_until_exit(*objects) -> None:
