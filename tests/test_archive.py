@@ -7,14 +7,14 @@ import io
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO, make_photo, write_photos
+from tests import forkserver
+from tests.conftest import make_photo, write_photos
 from trainer.errors import ConfigError
 from trainer.serve import archive
 
@@ -120,31 +120,32 @@ def test_tasks_split_an_archive_and_a_killed_task_restarted_writes_each_output_o
     os.makedirs(tmp_path / "photos")
     for i in range(90):  # 512 x 384 each: a task takes seconds, so the kill lands mid-share
         Image.fromarray(np.tile(make_photo(i), (8, 8, 1))).save(tmp_path / "photos" / f"{i:03d}.png")
-    command = [sys.executable, "-m", "trainer.client", f"--local_model={tiny_export}"]
-    command += [f"--output_dir={tmp_path}/out", "--parallel=1", "--batch_size=1", f"{tmp_path}/photos"]
+    flags = [f"--local_model={tiny_export}", f"--output_dir={tmp_path}/out", "--parallel=1", "--batch_size=1"]
+    flags.append(f"{tmp_path}/photos")
+    logs = []
 
     def task(index):
-        env = {**os.environ, "PYTHONPATH": REPO, "COLORIZER_NUM_TASKS": "3"}
-        env["JOB_COMPLETION_INDEX"] = str(index)
-        return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        env = {**forkserver.ENV, "COLORIZER_NUM_TASKS": "3", "JOB_COMPLETION_INDEX": str(index)}
+        logs.append(tmp_path / f"run{len(logs)}-task{index}.log")
+        with open(logs[-1], "w") as log:
+            return forkserver.start("trainer.client", flags, env, stdout=log, stderr=subprocess.STDOUT)
 
     everything = {p.output for p in archive.list_photos([str(tmp_path / "photos")])[0]}
     share = {p.output for p in archive.list_photos([str(tmp_path / "photos")], 3, 1)[0]}
     tasks = [task(i) for i in range(3)]
     deadline = time.monotonic() + 120
     while not share & set(_outputs(tmp_path / "out")) and time.monotonic() < deadline:
-        assert tasks[1].poll() is None, tasks[1].communicate()[1]
+        assert tasks[1].poll() is None, logs[1].read_text()
         time.sleep(0.02)
     tasks[1].send_signal(signal.SIGKILL)
     tasks[1].wait()
     before = {k: v for k, v in _outputs(tmp_path / "out").items() if k in share}
     assert before and len(before) < len(share), "task 1 was not killed mid-share"
     for index in (0, 2):
-        assert tasks[index].wait(timeout=300) == 0, tasks[index].communicate()[1]
+        assert tasks[index].wait(timeout=300) == 0, logs[index].read_text()
     restarted = task(1)
-    out, err = restarted.communicate(timeout=300)
-    assert restarted.returncode == 0, err
-    assert f"; {len(before)} already done; 0 skipped" in out
+    assert restarted.wait(timeout=300) == 0, logs[3].read_text()
+    assert f"; {len(before)} already done; 0 skipped" in logs[3].read_text()
     after = _outputs(tmp_path / "out")
     assert set(after) == everything  # every output, no .partial leftover
     assert {k: after[k] for k in before} == before  # what the killed task wrote was not written again

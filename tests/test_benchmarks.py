@@ -1,17 +1,14 @@
 """Smoke test of benchmarks/run.py --quick: it runs end to end and writes every promised key.
 
-Runs the script in a subprocess (its own TF runtime, no logical-device split from conftest) and
+Runs the script in its own process (its own TF runtime, no logical-device split from conftest) and
 checks keys and signs only: numbers on a shared 2-core machine are not reproducible.
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests import forkserver
 
 pytestmark = pytest.mark.system  # real processes, servers or a second TensorFlow (README: test tiers)
 
@@ -33,13 +30,8 @@ KEYS = (
 
 def test_quick_benchmark_writes_all_keys(tmp_path):
     output = tmp_path / "results.json"
-    subprocess.run(
-        [sys.executable, os.path.join(REPO, "benchmarks", "run.py"), "--quick", f"--output={output}"],
-        check=True,
-        cwd=tmp_path,
-        timeout=300,
-        capture_output=True,
-    )
+    run = forkserver.run("benchmarks.run", ["--quick", f"--output={output}"], forkserver.ENV, tmp_path, 300)
+    assert run.returncode == 0, run.stderr
     results = json.loads(output.read_text())
     flat = results["flat"]
     for key in KEYS:

@@ -21,6 +21,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from tests import forkserver
 from tests.conftest import REPO, make_photo, write_photos
 from tests.hostile_requests import gif_with_a_larger_frame
 from trainer.serve import archive, client, rest
@@ -441,15 +442,7 @@ def test_a_gif_is_limited_by_its_frame_not_its_screen(tmp_path, monkeypatch):
 
 
 def _cli(*args, cwd=REPO):
-    return subprocess.run(
-        [sys.executable, "-m", "trainer.client", *args],
-        cwd=cwd,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    return forkserver.run("trainer.client", args, ENV, cwd, timeout=300)
 
 
 @pytest.mark.system

@@ -8,12 +8,10 @@ ExitCode restart policy (overlay tfjob). One preemption run serves all preemptio
 
 import copy
 import shutil
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests import forkserver
 from tests.controllers import JobController, PodFailure, render_overlay, tfjob_restarts
 from tests.workers import (
     ENV,
@@ -64,12 +62,9 @@ def preempted(data, tmp_path_factory):
     return result, run_dir
 
 
-def _task(*flags, env=None, wrap=lambda command: command, timeout=300):
+def _task(*flags, env=None, wrap=None, timeout=300):
     """One `python -m trainer.task` run to its end, as a pod's container runs it."""
-    command = wrap([sys.executable, "-m", "trainer.task", *flags])
-    return subprocess.run(
-        command, cwd=REPO, env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=timeout
-    )
+    return forkserver.run("trainer.task", flags, {**ENV, **(env or {})}, timeout=timeout, wrap=wrap)
 
 
 def _one_line_error(run, expected: str):

@@ -2,12 +2,11 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 from PIL import Image
 
+from tests import forkserver
 from tests.conftest import REPO, write_photos
 from trainer.errors import DataError
 from trainer.serve import evaluate, export, metrics, preprocess
@@ -88,15 +87,7 @@ def test_missing_saved_model_is_a_data_error(photos, tmp_path):
 
 
 def _cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "trainer.evaluate", *args],
-        cwd=REPO,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    return forkserver.run("trainer.evaluate", args, ENV, timeout=300)
 
 
 @pytest.mark.system

@@ -6,12 +6,11 @@ Set COLORIZER_REQUIRE_GCS_TESTS=1 (CI does) to fail instead of skipping where it
 
 import os
 import shutil
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
+from tests import forkserver
 from tests.conftest import REPO, write_photos
 from tests.gcs_emulator import module_fixture
 from trainer.data import gcs
@@ -35,10 +34,7 @@ def photos(tmp_path_factory):
 
 def _run(emu, *args, module="trainer.task", env=None):
     """Runs a CLI (or `python args` if module is None) against the emulator; no request may be unmodelled."""
-    command = emu.wrap([sys.executable, "-m", module, *args]) if module else emu.wrap([sys.executable, *args])
-    result = subprocess.run(
-        command, cwd=REPO, env={**ENV, **emu.env, **(env or {})}, capture_output=True, text=True, timeout=600
-    )
+    result = forkserver.run(module, args, {**ENV, **emu.env, **(env or {})}, wrap=emu.wrap)
     assert not emu.unknown, f"requests the IAM model doesn't know (denied): {emu.unknown}"
     return result
 

@@ -51,6 +51,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import forkserver
 from tests.conftest import REPO, write_photos
 from tests.gcs_emulator import ROLES, Binding, classify, module_fixture
 
@@ -222,11 +223,8 @@ def documented() -> Policy:
 
 def _run(emu, bindings, *args, module="trainer.task"):
     """Runs a CLI (or `python args`) under exactly `bindings`; returns (result, the requests it made)."""
-    command = [sys.executable, "-m", module, *args] if module else [sys.executable, *args]
     with emu.policy(bindings) as seen:
-        result = subprocess.run(
-            emu.wrap(command), cwd=REPO, env={**ENV, **emu.env}, capture_output=True, text=True, timeout=600
-        )
+        result = forkserver.run(module, args, {**ENV, **emu.env}, wrap=emu.wrap)
     unknown = [(r.method, r.target) for r in seen if r.kind is None]
     assert not unknown, f"requests the IAM model doesn't know (denied): {unknown}"
     return result, seen
@@ -563,16 +561,8 @@ def test_object_user_alone_fails_the_first_write_on_bucket_get(emulator, prepare
     alone = f"gs://{BUCKET}/alone"
     start = time.monotonic()
     with emulator.roles("roles/storage.objectUser") as seen:
-        trained = subprocess.run(
-            emulator.wrap(
-                [sys.executable, "-m", "trainer.task", *_train_flags(f"{alone}/runs", f"{alone}/export")]
-            ),
-            cwd=REPO,
-            env={**ENV, **emulator.env},
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        flags = _train_flags(f"{alone}/runs", f"{alone}/export")
+        trained = forkserver.run("trainer.task", flags, {**ENV, **emulator.env}, wrap=emulator.wrap)
     assert _denied(seen) == [("GET", f"/storage/v1/b/{BUCKET}", ["storage.buckets.get"])]
     assert trained.returncode == 2 and time.monotonic() - start < 30, trained.stderr
     last = trained.stderr.strip().splitlines()[-1]

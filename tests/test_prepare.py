@@ -1,7 +1,5 @@
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -9,7 +7,8 @@ import requests
 import tensorflow as tf
 from PIL import Image
 
-from tests.conftest import REPO, make_photo, write_photos
+from tests import forkserver
+from tests.conftest import make_photo, write_photos
 from trainer.data import gcs, schema
 from trainer.data.prepare import assign_split, prepare
 from trainer.data.prepare_config import PrepareConfig
@@ -111,17 +110,13 @@ def test_bad_inputs(tmp_path):
 
 @pytest.mark.system
 def test_cli_missing_folder_is_one_line_and_exit_2(tmp_path):
-    proc = subprocess.run(
+    proc = forkserver.run(
+        "trainer.prepare",
         [
-            sys.executable,
-            "-m",
-            "trainer.prepare",
             f"--input_dir={tmp_path}/nope",
             f"--output_dir={tmp_path}/out",
         ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+        forkserver.ENV,
     )
     assert proc.returncode == 2
     assert f"error: --input_dir={tmp_path}/nope: no such folder" in proc.stderr
@@ -132,20 +127,16 @@ def test_cli_missing_folder_is_one_line_and_exit_2(tmp_path):
 def test_cli_writes_shards_with_parallel_workers(tmp_path):
     write_photos(tmp_path / "in", 6, fmt="jpg")
     Image.fromarray(make_photo(9)).save(tmp_path / "in" / "big.bmp")
-    proc = subprocess.run(
+    proc = forkserver.run(
+        "trainer.prepare",
         [
-            sys.executable,
-            "-m",
-            "trainer.prepare",
             f"--input_dir={tmp_path}/in",
             f"--output_dir={tmp_path}/out",
             "--num_shards=2",
             "--workers=2",
             "--encoding=raw",
         ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+        forkserver.ENV,
     )
     assert proc.returncode == 0, proc.stderr
     assert "train: 7 examples in 2 shards (raw)" in proc.stdout
@@ -156,17 +147,13 @@ def test_cli_writes_shards_with_parallel_workers(tmp_path):
 def test_cli_unwritable_output_is_one_line_before_any_photo_is_decoded(tmp_path, monkeypatch):
     write_photos(tmp_path / "in", 2)
     (tmp_path / "file").write_text("not a folder")
-    proc = subprocess.run(
+    proc = forkserver.run(
+        "trainer.prepare",
         [
-            sys.executable,
-            "-m",
-            "trainer.prepare",
             f"--input_dir={tmp_path}/in",
             f"--output_dir={tmp_path}/file/out",
         ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+        forkserver.ENV,
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert (

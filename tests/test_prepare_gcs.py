@@ -16,6 +16,7 @@ import time
 import pytest
 import tensorflow as tf
 
+from tests import forkserver
 from tests.conftest import REPO
 from tests.gcs_emulator import module_fixture
 from tests.test_prepare_tasks import ids
@@ -69,7 +70,7 @@ def photos(emulator):
     return sorted(names)
 
 
-def task(emu, index, output, scratch, run="prep-a", **popen):
+def task(emu, index, output, scratch, run="prep-a"):
     """One task of the Indexed Job, as a process group of its own (a pod's container); its temporary
     files go in `scratch` (a killed task's staged shards would otherwise stay in /tmp)."""
     env = {
@@ -80,32 +81,34 @@ def task(emu, index, output, scratch, run="prep-a", **popen):
         "COLORIZER_NUM_TASKS": "3",
         "COLORIZER_RUN_NAME": run,
     }
-    command = emu.wrap(
-        [
-            sys.executable,
-            "-m",
+    flags = [f"--input_dir=gs://{BUCKET}/photos/", f"--output_dir=gs://{BUCKET}/{output}", *FLAGS]
+    log = scratch / f"{output}-task{index}-{len(list(scratch.glob('*.log')))}.log"
+    with open(log, "w") as stderr:
+        proc = forkserver.start(
             "trainer.prepare",
-            f"--input_dir=gs://{BUCKET}/photos/",
-            f"--output_dir=gs://{BUCKET}/{output}",
-            *FLAGS,
-        ]
-    )
-    return subprocess.Popen(
-        command,
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        **popen,
-    )
+            flags,
+            env,
+            stdout=stderr,
+            stderr=stderr,
+            wrap=emu.wrap,
+            new_session=True,
+        )
+    proc.log = log
+    return proc
+
+
+def wait_for(proc, text, timeout=120):
+    """Waits until the task's log holds `text`; fails if it ends first."""
+    deadline = time.monotonic() + timeout
+    while text not in proc.log.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.log.read_text()
+        time.sleep(0.05)
 
 
 def finish(proc, timeout=300):
-    _, err = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, err
-    return err
+    code = proc.wait(timeout=timeout)
+    assert code == 0, proc.log.read_text()
+    return proc.log.read_text()
 
 
 def objects(emu, prefix):
@@ -125,9 +128,7 @@ def records(emu, prefix, tmp_path):
 def test_three_tasks_prepare_a_bucket_and_the_trainer_reads_every_pair(emulator, photos, tmp_path):
     started = time.monotonic()
     procs = [task(emulator, i, "data", tmp_path) for i in range(3)]
-    first = procs[0].stderr.readline()
-    while "first photo decoded" not in first:
-        first = procs[0].stderr.readline()
+    wait_for(procs[0], "first photo decoded")
     assert time.monotonic() - started < 30, "the first photo must be decoded within 30 s of start"
     logs = [finish(p) for p in procs]
     assert not emulator.unknown
@@ -166,12 +167,9 @@ def test_three_tasks_prepare_a_bucket_and_the_trainer_reads_every_pair(emulator,
 
 def test_a_killed_task_is_restarted_and_the_split_ends_complete_once(emulator, photos, tmp_path):
     killed = task(emulator, 1, "killed", tmp_path)
-    line = killed.stderr.readline()
-    while "first photo decoded" not in line:
-        assert line, "task 1 ended before it decoded a photo"
-        line = killed.stderr.readline()
+    wait_for(killed, "first photo decoded")
     os.killpg(killed.pid, signal.SIGKILL)  # mid-run: decoding, nothing of its own uploaded yet
-    killed.communicate()
+    killed.wait(timeout=60)
     part = json.loads(
         emulator.client().bucket(BUCKET).blob("killed/train.part-00001-of-00003.json").download_as_bytes()
     )

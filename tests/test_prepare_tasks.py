@@ -6,13 +6,13 @@ SIGKILLed task, are in tests/test_prepare_gcs.py.
 
 import json
 import os
-import subprocess
 import sys
 import threading
 
 import pytest
 import tensorflow as tf
 
+from tests import forkserver
 from tests.conftest import REPO, write_photos
 from trainer.data import prepare_finalize, prepare_tasks, schema
 from trainer.data.input_pipeline import find_shards, parse_record
@@ -216,39 +216,18 @@ def test_cli_takes_the_task_from_an_indexed_job_environment_and_logs_progress(ph
         "JOB_COMPLETION_INDEX": "0",
         "COLORIZER_NUM_TASKS": "1",
         "COLORIZER_RUN_NAME": "job-a",
-        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "PYTHONPATH": REPO,
     }
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "trainer.prepare",
-            f"--input_dir={photos}",
-            f"--output_dir={tmp_path}/out",
-            "--num_shards=2",
-            "--workers=2",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    flags = [f"--input_dir={photos}", f"--output_dir={tmp_path}/out", "--num_shards=2", "--workers=2"]
+    proc = forkserver.run("trainer.prepare", flags, env)
     assert proc.returncode == 0, proc.stderr
     assert "task 0/1: first photo decoded" in proc.stderr
     assert "task 0/1: 31/31 photos (1 skipped)" in proc.stderr and "photos/s" in proc.stderr
     assert "task 0/1 wrote the manifests; all 1 tasks: 31 photos, 1 skipped" in proc.stderr
     assert schema.read_manifest(str(tmp_path / "out"), "train").run.startswith("job-a-")
-    bad = subprocess.run(
-        [sys.executable, "-m", "trainer.prepare", f"--input_dir={photos}", f"--output_dir={tmp_path}/out2"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**env, "COLORIZER_NUM_TASKS": "three"},
-        check=False,
-    )
+    flags = [f"--input_dir={photos}", f"--output_dir={tmp_path}/out2"]
+    bad = forkserver.run("trainer.prepare", flags, {**env, "COLORIZER_NUM_TASKS": "three"})
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith(
         "error: $COLORIZER_NUM_TASKS"
     )

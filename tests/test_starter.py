@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from tests import forkserver
 from tests.conftest import REPO, make_photo
 from trainer.serve import export, metrics, preprocess
 from trainer.train.models import build_model
@@ -113,13 +114,8 @@ def test_the_starter_colours_a_photo_and_is_found_by_name(tmp_path, monkeypatch)
 def test_a_newcomer_colorizes_a_photo_with_the_starter_before_training_anything(tmp_path):
     Image.fromarray(make_photo(9, size=(160, 100))).save(tmp_path / "holiday.jpg")
     env = {**os.environ, "PYTHONPATH": REPO}
-    run = subprocess.run(
-        [sys.executable, "-m", "trainer.client", "--local_model=starter", "--output_dir=out", "holiday.jpg"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    run = forkserver.run(
+        "trainer.client", ["--local_model=starter", "--output_dir=out", "holiday.jpg"], env, tmp_path
     )
     assert run.returncode == 0, run.stderr
     with Image.open(io.BytesIO((tmp_path / "out" / "holiday.png").read_bytes())) as png:

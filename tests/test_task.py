@@ -4,14 +4,13 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 import tensorflow as tf
 from absl import flags
 
+from tests import forkserver
 from tests.conftest import REPO, write_photos
 from tests.workers import ENV, checkpoint_step, start
 from trainer.errors import ConfigError, TransientError
@@ -20,16 +19,8 @@ from trainer.train import config as config_lib
 pytestmark = pytest.mark.system  # real processes, servers or a second TensorFlow (README: test tiers)
 
 
-def _cli(module, *args, cwd=REPO, env=ENV, **kwargs):
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        **kwargs,
-    )
+def _cli(module, *args, cwd=REPO, env=ENV):
+    return forkserver.run(module, args, env, cwd)
 
 
 def _wait_for(proc, log, found, seconds=300):

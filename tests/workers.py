@@ -7,11 +7,11 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import tensorflow as tf
 
+from tests import forkserver
 from tests.conftest import REPO, write_photos
 
 ENV = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -21,21 +21,14 @@ GRACE_SECONDS = 30  # a Spot VM's preemption notice; the pod must have saved and
 def prepare_data(root) -> str:
     """24 photos -> train (2 shards, 4 steps an epoch at a global batch of 4) and validation."""
     write_photos(root / "photos", 24)
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "trainer.prepare",
-            f"--input_dir={root}/photos",
-            f"--output_dir={root}/data",
-            "--num_shards=2",
-            "--holdout_fraction=0.25",
-        ],
-        env=ENV,
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-    )
+    flags = [
+        f"--input_dir={root}/photos",
+        f"--output_dir={root}/data",
+        "--num_shards=2",
+        "--holdout_fraction=0.25",
+    ]
+    prepared = forkserver.run("trainer.prepare", flags, ENV)
+    assert prepared.returncode == 0, prepared.stderr
     return root / "data"
 
 
@@ -89,18 +82,13 @@ def indexed_env(index, ports, resolvable=None) -> dict:
 STARTED: list = []  # every worker started, so a failed test can't leave one training (conftest kills them)
 
 
-def start(flags, env, log) -> subprocess.Popen:
+def start(flags, env, log):
     # Beside the log, in the test's tmp_path: a non-chief worker's throwaway checkpoint and export
     # folders (gone with the pod on a cluster) would otherwise pile up in /tmp, run after run.
     scratch = os.path.join(os.path.dirname(log.name), "tmp")
     os.makedirs(scratch, exist_ok=True)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trainer.task", *flags],
-        cwd=REPO,
-        env={**ENV, "TMPDIR": scratch, **env},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
+    proc = forkserver.start(
+        "trainer.task", flags, {**ENV, "TMPDIR": scratch, **env}, stdout=log, stderr=subprocess.STDOUT
     )
     STARTED.append(proc)
     return proc
