@@ -75,17 +75,20 @@ def build_step_functions(
 
     # Handed to strategy.run as a tf.function: MirroredStrategy then runs it in a replica context
     # where the optimizer's gradient all-reduce may happen (a Python wrapper around it may not).
-    train_step = tf.function(train_step, jit_compile=config.jit_compile or None)
+    # No Python control flow depends on a tensor in the step: autograph's rewrite would only cost
+    # start-up (about a second a run).
+    train_step = tf.function(train_step, jit_compile=config.jit_compile or None, autograph=False)
 
     def eval_replica(gray, color):
         return loss_of(gray, color, None, training=False)
 
-    @tf.function
+    @tf.function(autograph=False)
     def run_steps(iterator, steps, step_fn):
-        total = tf.constant(0.0)
-        for _ in tf.range(steps):
+        def step(done, total):
             per_replica = strategy.run(step_fn, args=next(iterator))
-            total += strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+            return done + 1, total + strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+        _, total = tf.while_loop(lambda done, _: done < steps, step, (tf.constant(0), tf.constant(0.0)))
         return total / tf.cast(steps, tf.float32)
 
     return (
