@@ -70,12 +70,20 @@ def _child(sockets, request, fds) -> None:
     tempfile.tempdir = None  # gettempdir() reads TMPDIR again
     if "numpy" in sys.modules:
         sys.modules["numpy"].random.seed()  # `random` reseeds itself after a fork; numpy doesn't
-    sys.argv = [request["module"], *request["args"]]
-    sys.path[0] = os.getcwd()  # as `python -m` puts it (the server's was tests/)
+    _run_main(request["module"], request["args"])
+    sys.exit(0)  # as `python -m` ends: threads joined, atexit run, buffers flushed
+
+
+def _run_main(module, args) -> None:
+    """Runs `python -m module *args`, or `python -c CODE *rest` when module is None, as __main__."""
     import runpy
 
-    runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
-    sys.exit(0)  # as `python -m` ends: threads joined, atexit run, buffers flushed
+    if module:
+        sys.argv, sys.path[0] = [module, *args], os.getcwd()  # as `python -m` sets them
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    else:
+        sys.argv, sys.path[0] = ["-c", *args[2:]], ""  # as `python -c` sets them
+        exec(compile(args[1], "<string>", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
 
 
 def serve(path: str) -> None:
@@ -223,7 +231,8 @@ def _fork(module, args, env, cwd, fds, wrap, new_session) -> Optional[Process]:
     conn.connect(server.path)
     request = {"module": module, "args": [str(a) for a in args], "env": dict(env), "cwd": str(cwd)}
     socket.send_fds(conn, [json.dumps({**request, "new_session": new_session}).encode()], fds)
-    return Process(conn, int(conn.recv(64)), [sys.executable, "-m", module, *args])
+    command = [sys.executable, "-m", module, *args] if module else [sys.executable, *args]
+    return Process(conn, int(conn.recv(64)), command)
 
 
 def _unwrapped(command: list) -> list:
@@ -234,12 +243,13 @@ def start(module, args, env, cwd=REPO, stdout=None, stderr=None, wrap=None, new_
     """`subprocess.Popen(wrap([python, -m, module, *args]))` writing to the files `stdout` and `stderr`
     (stderr=subprocess.STDOUT: the same file); a forked Process when it can be one. The servers for
     one `wrap` (a command prefix such as a mount namespace) fork their commands inside it. With
-    module None: `python *args`, never forked."""
+    module None: `python *args`, forked for `-c CODE` only."""
     wrap = wrap or _unwrapped
     out = stdout.fileno() if stdout is not None else sys.stdout.fileno()
     err = sys.stderr.fileno() if stderr is None else stderr.fileno() if stderr != subprocess.STDOUT else out
     with open(os.devnull) as stdin:
-        process = module and _fork(module, args, env, cwd, [stdin.fileno(), out, err], wrap, new_session)
+        forkable = module or args[:1] == ["-c"]
+        process = forkable and _fork(module, args, env, cwd, [stdin.fileno(), out, err], wrap, new_session)
     if not process:
         command = wrap([sys.executable, "-m", module, *args] if module else [sys.executable, *args])
         process = subprocess.Popen(

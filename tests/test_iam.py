@@ -639,11 +639,8 @@ def test_a_prefix_binding_grants_objects_under_it_only():
 def test_unknown_request_kinds_are_denied_and_reported(emulator):
     """A call the permission map doesn't know is refused even with no roles set, and listed."""
     script = "from google.cloud import storage; print(list(storage.Client().list_buckets()))"
-    command = emulator.wrap([sys.executable, "-c", script])
     before = len(emulator.unknown)
-    listed = subprocess.run(
-        command, cwd=REPO, env={**ENV, **emulator.env}, capture_output=True, text=True, timeout=120
-    )
+    listed = forkserver.run(None, ["-c", script], {**ENV, **emulator.env}, timeout=120, wrap=emulator.wrap)
     assert listed.returncode != 0 and "403" in listed.stderr
     assert [(r.method, r.target.split("?")[0]) for r in emulator.unknown[before:]] == [
         ("GET", "/storage/v1/b")

@@ -9,8 +9,6 @@ Set COLORIZER_REQUIRE_GCS_TESTS=1 (CI does) to fail instead of skipping where th
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -152,14 +150,9 @@ def test_three_tasks_prepare_a_bucket_and_the_trainer_reads_every_pair(emulator,
     assert [s.split(" ")[0] for s in train_manifest["skipped"] + validation_manifest["skipped"]] == [
         "zz-truncated.jpg"
     ]
-    read = subprocess.run(  # as the trainer reads them: find_shards checks the manifests, then every pair
-        emulator.wrap([sys.executable, "-c", _READ_SPLITS, f"gs://{BUCKET}/data"]),
-        cwd=REPO,
-        env={**ENV, **emulator.env},
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    # As the trainer reads them: find_shards checks the manifests, then every pair.
+    read = forkserver.run(
+        None, ["-c", _READ_SPLITS, f"gs://{BUCKET}/data"], {**ENV, **emulator.env}, wrap=emulator.wrap
     )
     assert read.returncode == 0, read.stderr
     assert read.stdout.split() == ["train", str(len(train)), "validation", str(len(validation))]
