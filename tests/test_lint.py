@@ -35,6 +35,7 @@ TYPED_MODULES = [
     "trainer/cluster/image.py",
     "trainer/cluster/manifests.py",
     "trainer/cluster/prepare_job.py",
+    "trainer/cluster/train_job.py",
     "trainer/cluster/serving.py",
     "trainer/cluster/k8s.py",
     "trainer/serve/limits.py",

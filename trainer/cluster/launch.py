@@ -25,18 +25,13 @@ import yaml
 from kubernetes import client
 
 from trainer.cluster import colorize_job as launch_colorize
-from trainer.cluster import manifests as launch_manifests
 from trainer.cluster import prepare_job as launch_prepare
 from trainer.cluster import serving as launch_serving
 from trainer.cluster import starter_export as launch_starter
+from trainer.cluster import train_job as launch_train
 from trainer.cluster.k8s import Watch, Workload, api_client, pod_name
-from trainer.cluster.manifests import (
-    LaunchError,
-    RunRequest,
-    SubmitRequest,
-    UsageError,
-    build,
-)
+from trainer.cluster.manifests import LaunchError, RunRequest, UsageError
+from trainer.cluster.train_job import SubmitRequest, build
 
 
 def start(
@@ -84,7 +79,7 @@ def parser() -> OneLineParser:
     p.add_argument("--schedule_timeout", type=int, default=1800, help="seconds the chief may stay Pending")
     p.add_argument("--poll_seconds", type=float, default=10.0, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
-    launch_manifests.add_parser(sub)
+    launch_train.add_parser(sub)
     for name in ("status", "logs", "wait", "delete"):
         sub.add_parser(name).add_argument("name")
     launch_serving.add_parsers(sub)
