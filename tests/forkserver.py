@@ -249,8 +249,10 @@ def start(module, args, env, cwd=REPO, stdout=None, stderr=None, wrap=None, new_
     err = sys.stderr.fileno() if stderr is None else stderr.fileno() if stderr != subprocess.STDOUT else out
     with open(os.devnull) as stdin:
         forkable = module or args[:1] == ["-c"]
-        process = forkable and _fork(module, args, env, cwd, [stdin.fileno(), out, err], wrap, new_session)
-    if not process:
+        process = (
+            _fork(module, args, env, cwd, [stdin.fileno(), out, err], wrap, new_session) if forkable else None
+        )
+    if process is None:
         command = wrap([sys.executable, "-m", module, *args] if module else [sys.executable, *args])
         process = subprocess.Popen(
             command, cwd=cwd, env=env, stdout=stdout, stderr=stderr, text=True, start_new_session=new_session

@@ -23,10 +23,10 @@ from PIL import Image
 
 from tests import forkserver
 from tests.conftest import REPO, make_photo, write_photos
+from tests.forkserver import ENV
 from tests.hostile_requests import gif_with_a_larger_frame
 from trainer.serve import archive, client, rest
 
-ENV = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
 PATH = "/v1/models/colorizer"
 
 

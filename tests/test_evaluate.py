@@ -7,12 +7,12 @@ import pytest
 from PIL import Image
 
 from tests import forkserver
-from tests.conftest import REPO, write_photos
+from tests.conftest import write_photos
+from tests.forkserver import ENV
 from trainer.errors import DataError
 from trainer.serve import evaluate, export, metrics, preprocess
 from trainer.train.models import build_model
 
-ENV = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
 SECTION_KEYS = {"images", "truth_colourfulness", "model", "gray"}
 
 

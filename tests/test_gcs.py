@@ -4,14 +4,14 @@ The CLIs run as users run them, in subprocesses that see the emulator as storage
 Set COLORIZER_REQUIRE_GCS_TESTS=1 (CI does) to fail instead of skipping where it can't start.
 """
 
-import os
 import shutil
 import textwrap
 
 import pytest
 
 from tests import forkserver
-from tests.conftest import REPO, write_photos
+from tests.conftest import write_photos
+from tests.forkserver import ENV
 from tests.gcs_emulator import module_fixture
 from trainer.data import gcs
 from trainer.errors import EXIT_TRANSIENT, DataError
@@ -19,7 +19,6 @@ from trainer.errors import EXIT_TRANSIENT, DataError
 pytestmark = pytest.mark.system  # real processes, servers or a second TensorFlow (README: test tiers)
 
 BUCKET = "colorizer-test"
-ENV = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
 emulator = module_fixture(BUCKET)

@@ -53,13 +53,13 @@ import pytest
 
 from tests import forkserver
 from tests.conftest import REPO, write_photos
+from tests.forkserver import ENV
 from tests.gcs_emulator import ROLES, Binding, classify, module_fixture
 
 pytestmark = pytest.mark.system  # real processes, servers or a second TensorFlow (README: test tiers)
 
 BUCKET = "colorizer-iam"
 PROJECT = "test-project"
-ENV = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
 DOCS = Path(REPO) / "docs" / "KUBERNETES.md"
 SETTINGS = Path(REPO) / "k8s" / "settings" / "settings.env"
 IAM_MARKER = "<!-- tested: test_docs_grant_each_identity_exactly_what_it_uses -->"

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from tests import forkserver
 from tests.conftest import REPO
+from tests.forkserver import ENV
 from tests.gcs_emulator import module_fixture
 from tests.test_prepare_tasks import ids
 from trainer.data import photo_source, schema
@@ -23,7 +24,6 @@ from trainer.data import photo_source, schema
 pytestmark = pytest.mark.system  # real processes, servers or a second TensorFlow (README: test tiers)
 
 BUCKET = "prepare-tasks"
-ENV = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "3"}
 FLAGS = ["--num_shards=6", "--holdout_fraction=0.2", "--workers=1"]
 # Reads both splits of a prepared prefix through the trainer's own input pipeline, over TF's GCS
 # file system: the pairs the trainer would train and score on, counted.

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from tests import forkserver
-from tests.conftest import REPO, write_photos
+from tests.conftest import write_photos
 from trainer.data import prepare_finalize, prepare_tasks, schema
 from trainer.data.input_pipeline import find_shards, parse_record
 from trainer.data.prepare import prepare
@@ -212,12 +212,10 @@ def test_bad_task_flags(photos, tmp_path, kwargs, message):
 @pytest.mark.system
 def test_cli_takes_the_task_from_an_indexed_job_environment_and_logs_progress(photos, tmp_path):
     env = {
-        **os.environ,
+        **forkserver.ENV,
         "JOB_COMPLETION_INDEX": "0",
         "COLORIZER_NUM_TASKS": "1",
         "COLORIZER_RUN_NAME": "job-a",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        "PYTHONPATH": REPO,
     }
     flags = [f"--input_dir={photos}", f"--output_dir={tmp_path}/out", "--num_shards=2", "--workers=2"]
     proc = forkserver.run("trainer.prepare", flags, env)

@@ -113,9 +113,11 @@ def test_the_starter_colours_a_photo_and_is_found_by_name(tmp_path, monkeypatch)
 @pytest.mark.system
 def test_a_newcomer_colorizes_a_photo_with_the_starter_before_training_anything(tmp_path):
     Image.fromarray(make_photo(9, size=(160, 100))).save(tmp_path / "holiday.jpg")
-    env = {**os.environ, "PYTHONPATH": REPO}
     run = forkserver.run(
-        "trainer.client", ["--local_model=starter", "--output_dir=out", "holiday.jpg"], env, tmp_path
+        "trainer.client",
+        ["--local_model=starter", "--output_dir=out", "holiday.jpg"],
+        forkserver.ENV,
+        tmp_path,
     )
     assert run.returncode == 0, run.stderr
     with Image.open(io.BytesIO((tmp_path / "out" / "holiday.png").read_bytes())) as png:

@@ -12,9 +12,9 @@ import time
 import tensorflow as tf
 
 from tests import forkserver
-from tests.conftest import REPO, write_photos
+from tests.conftest import write_photos
+from tests.forkserver import ENV
 
-ENV = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
 GRACE_SECONDS = 30  # a Spot VM's preemption notice; the pod must have saved and exited by then
 
 
