@@ -27,7 +27,15 @@ import threading
 from typing import Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}  # the CLI tests' usual environment
+# The CLI tests' usual environment. TF's GCS retries wait 0.1 s doubling to 1 s, not 1 s doubling to
+# 32 s: the tests' GCS emulator answers at once, and its fault tests stay short.
+ENV = {
+    **os.environ,
+    "PYTHONPATH": REPO,
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+    "GCS_RETRY_CONFIG_INIT_DELAY_TIME_US": "100000",
+    "GCS_RETRY_CONFIG_MAX_DELAY_TIME_US": "1000000",
+}
 # Environment read once, while TensorFlow (or Python) starts: a command must agree with the server on these.
 IMPORT_TIME = ("PYTHON", "TF_CPP_", "TF_ENABLE_", "CUDA_", "XLA_", "OMP_", "MKL_", "KMP_", "LD_", "GCS_")
 # Modules preloaded by the server: TensorFlow and the trainer's library, not the CLI modules that
@@ -75,15 +83,19 @@ def _child(sockets, request, fds) -> None:
 
 
 def _run_main(module, args) -> None:
-    """Runs `python -m module *args`, or `python -c CODE *rest` when module is None, as __main__."""
+    """Runs `python -m module *args`, or with module None `python -c CODE *rest` or `python SCRIPT
+    *rest`, as __main__."""
     import runpy
 
     if module:
         sys.argv, sys.path[0] = [module, *args], os.getcwd()  # as `python -m` sets them
         runpy.run_module(module, run_name="__main__", alter_sys=True)
-    else:
+    elif args[0] == "-c":
         sys.argv, sys.path[0] = ["-c", *args[2:]], ""  # as `python -c` sets them
         exec(compile(args[1], "<string>", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
+    else:
+        sys.argv, sys.path[0] = list(args), os.path.dirname(os.path.abspath(args[0]))  # as `python SCRIPT`
+        runpy.run_path(args[0], run_name="__main__")
 
 
 def serve(path: str) -> None:
@@ -243,12 +255,12 @@ def start(module, args, env, cwd=REPO, stdout=None, stderr=None, wrap=None, new_
     """`subprocess.Popen(wrap([python, -m, module, *args]))` writing to the files `stdout` and `stderr`
     (stderr=subprocess.STDOUT: the same file); a forked Process when it can be one. The servers for
     one `wrap` (a command prefix such as a mount namespace) fork their commands inside it. With
-    module None: `python *args`, forked for `-c CODE` only."""
+    module None: `python *args`, forked for `-c CODE` and `SCRIPT.py`."""
     wrap = wrap or _unwrapped
     out = stdout.fileno() if stdout is not None else sys.stdout.fileno()
     err = sys.stderr.fileno() if stderr is None else stderr.fileno() if stderr != subprocess.STDOUT else out
     with open(os.devnull) as stdin:
-        forkable = module or args[:1] == ["-c"]
+        forkable = module or args[0] == "-c" or str(args[0]).endswith(".py")
         process = (
             _fork(module, args, env, cwd, [stdin.fileno(), out, err], wrap, new_session) if forkable else None
         )

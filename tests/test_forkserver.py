@@ -56,22 +56,24 @@ def test_signals_reach_the_command_and_its_death_reads_as_popen_s(probe, tmp_pat
     process.kill()  # after the end: nothing to signal, no error (as Popen)
 
 
-def test_start_up_settings_json_logs_and_scripts_run_as_plain_subprocesses(probe, tmp_path):
+def test_start_up_settings_and_json_logs_run_as_plain_subprocesses(probe, tmp_path):
     quiet = {**forkserver.ENV, "TF_CPP_MIN_LOG_LEVEL": "0"}  # read while TensorFlow starts
     assert not json.loads(forkserver.run("probe", [], quiet, cwd=probe).stdout)["tf"]
-    script = forkserver.run(None, [str(probe / "probe.py")], forkserver.ENV, cwd=probe)
-    assert script.returncode == 0 and not json.loads(script.stdout)["tf"]
     with open(tmp_path / "json.out", "w") as out:  # its converter forks before TensorFlow is imported
         args = ["--log_format=json"]
         plain = forkserver.start("probe", args, forkserver.ENV, probe, out, subprocess.STDOUT)
     assert isinstance(plain, subprocess.Popen) and plain.wait(timeout=60) == 0
 
 
-def test_python_dash_c_is_forked_with_its_argv(tmp_path):
+def test_python_dash_c_and_a_script_are_forked_with_their_argv(probe, tmp_path):
     code = "import json, sys; print(json.dumps([sys.argv, sys.path[0], 'tensorflow' in sys.modules]))"
     code += "; sys.exit(4)"
-    run = forkserver.run(None, ["-c", code, "a", "b"], forkserver.ENV, cwd=tmp_path)
+    run = forkserver.run(None, ("-c", code, "a", "b"), forkserver.ENV, cwd=tmp_path)  # a tuple, as *args
     assert run.returncode == 4 and json.loads(run.stdout) == [["-c", "a", "b"], "", True]
+    script = forkserver.run(None, ("probe.py", "x"), {**forkserver.ENV, "PROBE_EXIT": "5"}, cwd=probe)
+    seen = json.loads(script.stdout.splitlines()[0])
+    assert script.returncode == 5 and seen["tf"] and seen["name"] == "__main__"
+    assert seen["argv"] == ["x"] and seen["path0"] == str(probe)  # the script's folder, as `python SCRIPT`
 
 
 def test_a_module_that_fails_on_import_prints_its_traceback_and_exits_1(tmp_path):

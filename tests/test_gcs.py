@@ -31,19 +31,19 @@ def photos(tmp_path_factory):
     return folder
 
 
-def _run(emu, *args, module="trainer.task", env=None):
+def _run(emu, *args, module="trainer.task"):
     """Runs a CLI (or `python args` if module is None) against the emulator; no request may be unmodelled."""
-    result = forkserver.run(module, args, {**ENV, **emu.env, **(env or {})}, wrap=emu.wrap)
+    result = forkserver.run(module, args, {**ENV, **emu.env}, wrap=emu.wrap)
     assert not emu.unknown, f"requests the IAM model doesn't know (denied): {emu.unknown}"
     return result
 
 
-def _restarted(emu, *args, env=None, attempts=3):
+def _restarted(emu, *args, attempts=3):
     """`_run` of the trainer, restarted after a transient exit (145) as the Job's podFailurePolicy does:
     under a 5% fault rate a checkpoint can fail all its saves (seen in CI), and the contract is that
     a restart resumes from the last good one, not that no attempt ever fails."""
     for _ in range(attempts):
-        result = _run(emu, *args, env=env)
+        result = _run(emu, *args)
         if result.returncode != EXIT_TRANSIENT:
             break
     return result
@@ -183,11 +183,6 @@ def test_a_run_survives_five_percent_503s_and_serves_from_gcs(emulator, photos, 
         "--checkpoint_every_steps=2",  # 4 steps an epoch: saves at 2, 4, 6 and 8, the last 3 kept
         "--loss=mse",  # the storage paths, not the two heads' decode fit (5 candidates instead of 10)
     ]
-    # TF's own retry path, with shorter waits than its default 1 s doubling (keeps the test short).
-    faster = {
-        "GCS_RETRY_CONFIG_INIT_DELAY_TIME_US": "100000",
-        "GCS_RETRY_CONFIG_MAX_DELAY_TIME_US": "1000000",
-    }
     with emulator.faults(0.05, seed=5) as front:
         steps = [
             _run(
@@ -198,8 +193,8 @@ def test_a_run_survives_five_percent_503s_and_serves_from_gcs(emulator, photos, 
                 "--holdout_fraction=0.25",
                 module="trainer.prepare",
             ),
-            _restarted(emulator, *flags, "--epochs=1", env=faster),
-            _restarted(emulator, *flags, "--epochs=2", env=faster),
+            _restarted(emulator, *flags, "--epochs=1"),  # TF retries with forkserver.ENV's short waits
+            _restarted(emulator, *flags, "--epochs=2"),
         ]
     for step in steps:
         assert step.returncode == 0, step.stderr

@@ -4,8 +4,6 @@ import importlib.util
 import io
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -60,9 +58,9 @@ def test_publish_copies_a_scored_export_with_its_training_story_and_refuses_anot
     report = {"saved_model": version, "full": section, "120": section}
     (tmp_path / "metrics.json").write_text(json.dumps(report))
     (tmp_path / "train.log").write_text(LOG)
-    command = [sys.executable, "scripts/publish_starter.py", f"--export={tmp_path}/export"]
+    command = ["scripts/publish_starter.py", f"--export={tmp_path}/export"]
     command += [f"--report={tmp_path}/metrics.json", f"--train_log={tmp_path}/train.log"]
-    run = subprocess.run([*command, f"--output={tmp_path}/starter"], cwd=REPO, capture_output=True, text=True)
+    run = forkserver.run(None, [*command, f"--output={tmp_path}/starter"], forkserver.ENV)
     assert run.returncode == 0, run.stderr
     metadata = json.loads((tmp_path / "starter" / export.METADATA_FILE).read_text())
     starter = metadata["starter"]
@@ -72,9 +70,7 @@ def test_publish_copies_a_scored_export_with_its_training_story_and_refuses_anot
     assert tf.saved_model.load(str(tmp_path / "starter")).signatures["serving_default"] is not None
     report["saved_model"] = str(tmp_path / "other")
     (tmp_path / "metrics.json").write_text(json.dumps(report))
-    refused = subprocess.run(
-        [*command, f"--output={tmp_path}/starter"], cwd=REPO, capture_output=True, text=True
-    )
+    refused = forkserver.run(None, [*command, f"--output={tmp_path}/starter"], forkserver.ENV)
     assert refused.returncode == 2 and "metrics.json scores" in refused.stderr
 
 
