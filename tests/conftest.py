@@ -21,7 +21,8 @@ def pytest_xdist_auto_num_workers(config) -> int:
     """`-n auto`: one worker more than cores (pytest.ini caps it at 4). The system tests spend part of
     their time waiting on real processes (retry waits, peers' heartbeats, servers starting), which a
     spare worker fills: on 2 cores the suite took 352 s with three workers, 384 s with two."""
-    return len(os.sched_getaffinity(0)) + 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return cores + 1
 
 
 def make_photo(seed: int, size=(64, 48)) -> np.ndarray:

@@ -5,7 +5,8 @@ runs; the suite starts dozens. Each pytest worker starts a server (`python tests
 more inside each GCS emulator's mount namespace) that imports TensorFlow, Keras and the trainer's
 library modules, and then forks a child per command:
 a real process with its own pid, environment, working directory, stdout/stderr, signals and exit
-code, running `python -m MODULE ARGS` from its `__main__` on. Only the start-up is shared.
+code, running `python -m MODULE ARGS` (or `python -c CODE`, `python SCRIPT.py`) from its `__main__`
+on. Only the start-up is shared.
 
 A command whose environment differs from ENV in something read while Python or TensorFlow starts
 (`IMPORT_TIME`: a test of start-up itself), or that logs JSON, runs as a plain subprocess:
