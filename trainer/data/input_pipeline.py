@@ -64,6 +64,10 @@ def find_shards(pattern: str) -> ShardSet:
     return ShardSet(pattern, tuple(files), manifest.num_examples, manifest.encoding, manifest.image_size)
 
 
+# For Dataset.map: the pipeline's functions are plain TF ops with no Python control flow on a tensor,
+# so autograph's rewrite of them would only add start-up time to every dataset built.
+no_autograph = tf.autograph.experimental.do_not_convert
+
 # What reading a damaged or vanished shard raises; `find_corrupt_record` then names the shard.
 CORRUPT_RECORD_ERRORS = (tf.errors.DataLossError, tf.errors.InvalidArgumentError, tf.errors.NotFoundError)
 
@@ -150,9 +154,11 @@ def _model_size_pairs(records: tf.data.Dataset, shards: ShardSet, training: bool
     """Decoded pairs at the model's size: larger stored pairs are randomly cropped for training and
     resized whole otherwise."""
     if not training or shards.image_size == IMAGE_SIZE:
-        return records.map(lambda r: parse_for_model(r, shards), num_parallel_calls=tf.data.AUTOTUNE)
+        return records.map(
+            no_autograph(lambda r: parse_for_model(r, shards)), num_parallel_calls=tf.data.AUTOTUNE
+        )
     return records.map(
-        lambda r: random_crop_pair(*parse_record(r, shards.encoding, shards.image_size)),
+        no_autograph(lambda r: random_crop_pair(*parse_record(r, shards.encoding, shards.image_size))),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
 
@@ -197,7 +203,9 @@ def pair_batches(shards: ShardSet, batch_size: int, limit: int = 0) -> tf.data.D
     every run, for scoring (the decode fit, the epoch scores, `trainer.evaluate --data`)."""
     records = tf.data.TFRecordDataset(list(shards.files))
     pairs = records.take(limit) if limit else records
-    pairs = pairs.map(lambda record: parse_for_model(record, shards), num_parallel_calls=tf.data.AUTOTUNE)
+    pairs = pairs.map(
+        no_autograph(lambda record: parse_for_model(record, shards)), num_parallel_calls=tf.data.AUTOTUNE
+    )
     return pairs.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 

@@ -138,7 +138,11 @@ class Trainer:
         if self.config.loss not in BIN_LOSSES:
             return None
         dataset = input_pipeline.build_dataset(self.train_shards, self.global_batch, training=False)
-        targets = dataset.map(lambda gray, color: preprocess.model_pair(gray, color, self.config.color_space))
+        targets = dataset.map(
+            input_pipeline.no_autograph(
+                lambda gray, color: preprocess.model_pair(gray, color, self.config.color_space)
+            )
+        )
         batches = min(_PRIOR_BATCHES, max(1, self.train_shards.num_examples // self.global_batch))
         return losses.rebalancing_weights(
             input_pipeline.guard_reads(lambda: losses.count_bins(targets, batches), self.train_shards)
