@@ -7,14 +7,21 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
-# Two logical CPUs so MirroredStrategy can run two replicas without a GPU; must precede any TF op.
-_cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def pytest_configure(config):
+    """Two logical CPUs so MirroredStrategy can run two replicas without a GPU (before any TF op), in
+    each process that runs tests: not in xdist's controller, which only schedules them and would
+    hold the workers back by the seconds TensorFlow takes to import."""
+    if getattr(config.option, "dist", "no") != "no" and not hasattr(config, "workerinput"):
+        return
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
 
 def pytest_xdist_auto_num_workers(config) -> int:
@@ -54,6 +61,8 @@ def mirrored():
     Each strategy numbers its collective ops from the same start; two strategies in one process
     can collide in TF's process-wide collective state, so tests share this one.
     """
+    import tensorflow as tf
+
     return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 
 
