@@ -11,7 +11,7 @@ import tensorflow as tf
 from absl import flags
 
 from tests import forkserver
-from tests.conftest import REPO, write_photos
+from tests.conftest import REPO
 from tests.workers import ENV, checkpoint_step, start
 from trainer.errors import ConfigError, TransientError
 from trainer.train import config as config_lib
@@ -35,21 +35,13 @@ def _wait_for(proc, log, found, seconds=300):
     raise AssertionError(f"not found in {seconds} s: {log.read_text()}")
 
 
-def test_prepare_train_kill_stop_resume_export_serve(tmp_path):
-    """SIGKILL (no warning) and SIGTERM (a preemption notice: save, exit 143) each leave a run that the
-    same command resumes; only the finished run exports."""
-    write_photos(tmp_path / "photos", 24)
-    prepared = _cli(
-        "trainer.prepare",
-        f"--input_dir={tmp_path}/photos",
-        f"--output_dir={tmp_path}/data",
-        "--num_shards=2",
-        "--holdout_fraction=0.25",
-    )
-    assert prepared.returncode == 0, prepared.stderr
+def test_prepare_train_kill_stop_resume_export_serve(prepared_photos, tmp_path):
+    """On what the prepare CLI made (the session's `prepared_photos`): SIGKILL (no warning) and SIGTERM
+    (a preemption notice: save, exit 143) each leave a run that the same command resumes; only the
+    finished run exports."""
     flags = [
-        f"--train_data={tmp_path}/data/train-*",
-        f"--eval_data={tmp_path}/data/validation-*",
+        f"--train_data={prepared_photos}/train-*",
+        f"--eval_data={prepared_photos}/validation-*",
         f"--model_dir={tmp_path}/model",
         f"--export_dir={tmp_path}/export",
         "--base_filters=4",
