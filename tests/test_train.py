@@ -44,8 +44,13 @@ def _trainer(config, strategy):
 
 
 @pytest.mark.system
-def test_trains_on_two_replicas_and_writes_checkpoints_and_logs(shards_dir, tmp_path, mirrored):
-    trainer = _trainer(_config(shards_dir, tmp_path), mirrored)
+def test_trains_on_two_replicas_writes_checkpoints_and_logs_and_resumes_with_optimizer_state(
+    shards_dir, tmp_path, mirrored
+):
+    """Two epochs on two replicas; then a new Trainer restores the last checkpoint with Adam's moments,
+    and another continues the run to a third epoch."""
+    config = _config(shards_dir, tmp_path, checkpoint_every_steps=2)
+    trainer = _trainer(config, mirrored)
     assert trainer.global_batch == 4 and trainer.steps_per_epoch == 3
     before = [w.numpy().copy() for w in trainer.model.trainable_weights]
     result = trainer.fit()
@@ -57,18 +62,13 @@ def test_trains_on_two_replicas_and_writes_checkpoints_and_logs(shards_dir, tmp_
         tmp_path / "model" / "logs" / "eval"
     )
 
-
-@pytest.mark.system
-def test_resume_continues_from_checkpoint_with_optimizer_state(shards_dir, tmp_path, mirrored):
-    first = _trainer(_config(shards_dir, tmp_path, epochs=1, checkpoint_every_steps=2), mirrored)
-    first.fit()
-    adam_moments = [v.numpy().copy() for v in first.optimizer.variables]
-    second = _trainer(_config(shards_dir, tmp_path, epochs=1, checkpoint_every_steps=2), mirrored)
-    assert second.restore() == 3
-    for a, b in zip(adam_moments, second.optimizer.variables):
+    adam_moments = [v.numpy().copy() for v in trainer.optimizer.variables]
+    restored = _trainer(config, mirrored)
+    assert restored.restore() == 6
+    for a, b in zip(adam_moments, restored.optimizer.variables):
         np.testing.assert_array_equal(a, b.numpy())
-    third = _trainer(_config(shards_dir, tmp_path, epochs=3, checkpoint_every_steps=2), mirrored)
-    result = third.fit()
+    longer = _trainer(_config(shards_dir, tmp_path, epochs=3, checkpoint_every_steps=2), mirrored)
+    result = longer.fit()
     assert result.epoch == 3 and result.step == 9
 
 
