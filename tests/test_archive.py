@@ -118,7 +118,7 @@ def _outputs(folder) -> dict:
 def test_tasks_split_an_archive_and_a_killed_task_restarted_writes_each_output_once(tmp_path, tiny_export):
     """As an Indexed Job runs it: 3 tasks from their environment, task 1 SIGKILLed and restarted."""
     os.makedirs(tmp_path / "photos")
-    for i in range(90):  # 512 x 384 each: a task takes seconds, so the kill lands mid-share
+    for i in range(45):  # 512 x 384 each: a task's share of 15 takes seconds, so the kill lands mid-share
         Image.fromarray(np.tile(make_photo(i), (8, 8, 1))).save(tmp_path / "photos" / f"{i:03d}.png")
     flags = [f"--local_model={tiny_export}", f"--output_dir={tmp_path}/out", "--parallel=1", "--batch_size=1"]
     flags.append(f"{tmp_path}/photos")
