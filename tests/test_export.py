@@ -70,9 +70,8 @@ def test_bytes_signature_returns_png_at_original_size(exported):
     assert shapes == [(150, 200, 3)] * 3 + [(90, 70, 3)]
 
 
-def test_lab_output_keeps_full_resolution_structure(tmp_path):
-    model = build_model("unet", 2, base_filters=4)
-    loaded = tf.saved_model.load(export.export_saved_model(model, "lab", str(tmp_path)))
+def test_lab_output_keeps_full_resolution_structure(tiny_export):
+    loaded = tf.saved_model.load(tiny_export)
     gray = np.tile((np.arange(400) % 2 * 255).astype(np.uint8), (300, 1))  # 1-pixel stripes
     png = loaded.signatures["serving_default"](image_bytes=tf.constant([_encode(gray, "PNG")]))[
         "colorized_bytes"
@@ -137,14 +136,13 @@ print(json.dumps((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline)
 
 
 @pytest.mark.system
-def test_hostile_requests_get_a_quick_one_line_400_and_cost_little(tmp_path):
+def test_hostile_requests_get_a_quick_one_line_400_and_cost_little(tiny_export):
     """Every case of tests/hostile_requests.py over REST (LocalModel) in a fresh process: HTTP 400 whose
     first line names the problem, within a second (plus parsing time for a large JSON body); the
     process's peak RSS grows by under 1 GB over all of them. Through TF_SessionRun in the serving
     image's TensorFlow: tests/test_serving_runtime.py."""
-    path = export.export_saved_model(build_model("unet", 2, base_filters=4), "lab", str(tmp_path))
     run = subprocess.run(
-        [sys.executable, "-c", _HOSTILE_OVER_REST, path, str(DEFAULT_MAX_PIXELS)],
+        [sys.executable, "-c", _HOSTILE_OVER_REST, tiny_export, str(DEFAULT_MAX_PIXELS)],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -11,6 +11,7 @@ answers with the training side's. Without that venv it skips, unless COLORIZER_R
 
 import os
 import re
+import shutil
 import subprocess
 
 import numpy as np
@@ -94,8 +95,12 @@ def assert_same_pngs(served, expected):
 
 @pytest.fixture(scope="module", params=["lab", "rgb"])
 def exported(request, tmp_path_factory):
-    model = build_model("unet", preprocess.output_channels(request.param), base_filters=4)
-    path = export.export_saved_model(model, request.param, str(tmp_path_factory.mktemp("export")))
+    """Untrained U-Nets of 4 base filters: lab is the session's `tiny_export`."""
+    if request.param == "lab":
+        path = request.getfixturevalue("tiny_export")
+    else:
+        model = build_model("unet", preprocess.output_channels("rgb"), base_filters=4)
+        path = export.export_saved_model(model, "rgb", str(tmp_path_factory.mktemp("export")))
     return path, tf.saved_model.load(path)
 
 
@@ -125,12 +130,11 @@ def test_both_signatures_give_the_training_side_answers_in_the_serving_tensorflo
     np.testing.assert_allclose(served["tensor/rgb"], expected_rgb, atol=1e-5)
 
 
-def test_a_graph_the_serving_tensorflow_cannot_run_fails(tmp_path):
+def test_a_graph_the_serving_tensorflow_cannot_run_fails(tiny_export, tmp_path):
     """The check has teeth: an op unknown to the serving runtime makes the load fail, and the test with it."""
     from tensorflow.core.protobuf import saved_model_pb2
 
-    model = build_model("unet", 2, base_filters=4)
-    path = export.export_saved_model(model, "lab", str(tmp_path / "export"))
+    path = shutil.copytree(tiny_export, tmp_path / "export")
     saved = saved_model_pb2.SavedModel()
     with open(os.path.join(path, "saved_model.pb"), "rb") as handle:
         saved.ParseFromString(handle.read())

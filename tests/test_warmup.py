@@ -66,10 +66,8 @@ def as_arrays(request) -> dict:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    model = build_model("unet", 2, base_filters=4)
-    path = export.export_saved_model(model, "lab", str(tmp_path_factory.mktemp("export")))
-    return path, tf.saved_model.load(path)
+def exported(tiny_export):
+    return tiny_export, tf.saved_model.load(tiny_export)
 
 
 def test_every_export_carries_realistic_warmup_requests(exported):
