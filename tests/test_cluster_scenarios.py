@@ -117,7 +117,8 @@ def test_tfjob_restarts_preempted_workers(preempted, tfjob):
 
 @pytest.fixture(scope="module")
 def permanent_failures(data, tmp_path_factory):
-    """A corrupt shard (bad data) and a bad flag, each run to its real exit code."""
+    """A corrupt shard (bad data: the trainer's one-line error names the shard and the record) and a
+    bad flag, each run to its real exit code."""
     root = tmp_path_factory.mktemp("permanent")
     shutil.copytree(data, root / "data")
     victim = root / "data" / "train-00001-of-00002.tfrecord"
