@@ -11,6 +11,7 @@ server of tests/fake_kubernetes.py, with the same FakeServing pods behind its po
 """
 
 import json
+import shutil
 import tempfile
 import time
 
@@ -71,14 +72,12 @@ def gray_model():
 
 @pytest.fixture(scope="module")
 def versions(tmp_path_factory):
-    """Three exports: v1 and v2 the same colourful model, v3 a gray one (colourfulness 0: worse)."""
+    """Three exports: v1 and v2 the same colourful model (v2 a copy of v1's folder), v3 a gray one
+    (colourfulness 0: worse)."""
     root = tmp_path_factory.mktemp("export")
-    colourful = build_model("unet", 2, base_filters=4)
-    made = [
-        export.export_saved_model(colourful, "lab", str(root)),
-        export.export_saved_model(colourful, "lab", str(root)),
-        export.export_saved_model(gray_model(), "lab", str(root)),
-    ]
+    v1 = export.export_saved_model(build_model("unet", 2, base_filters=4), "lab", str(root))
+    v2 = shutil.copytree(v1, root / str(export.next_version(str(root))))
+    made = [v1, str(v2), export.export_saved_model(gray_model(), "lab", str(root))]
     photos = tmp_path_factory.mktemp("held_out")
     write_photos(photos, 4, start=300)
     return str(root), [int(p.rsplit("/", 1)[1]) for p in made], str(photos)
