@@ -11,6 +11,7 @@ a oneDNN kernel aborts the whole server process instead of failing the request.
 """
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -51,7 +52,7 @@ def checked_batch(batch: tf.Tensor, shape: list) -> tf.Tensor:
 
 
 class ColorizerModule(tf.Module):
-    """The exported object: the Keras model plus the serving functions around it."""
+    """The exported object: the model's variables plus the serving functions around its call."""
 
     def __init__(
         self,
@@ -61,20 +62,21 @@ class ColorizerModule(tf.Module):
         decode: preprocess.DecodeSettings = preprocess.DecodeSettings(),
     ):
         super().__init__()
-        self.model = model
-        # The backend tf.Variables, tracked by the module itself. Without this the SavedModel's
-        # checkpoint restores Keras 3's wrapper objects under other names than the functions read,
-        # which tf.saved_model.load hides (it binds by object) but TF Serving's session loader does
-        # not: every predict failed with "Could not find variable ..." (tensorflow/tensorflow#72963,
+        # The backend tf.Variables are the only state the SavedModel tracks, as `tf_variables/N`: with
+        # Keras 3's wrapper objects in its checkpoint, TF Serving's session loader looks for other
+        # names than the functions read ("Could not find variable ...", tensorflow/tensorflow#72963,
         # keras-team/keras#20095; tests/test_serving_runtime.py).
         self.tf_variables = [variable.value for variable in model.variables]
+        # The model's call, not the Keras object (a partial is not tracked): the export holds the
+        # signatures and those variables, what TF Serving loads, and saves in half the time.
+        self._predict = functools.partial(model, training=False)
         self.color_space = color_space
         self.max_pixels = max_pixels
         self.decode = decode  # constants of the traced graph: the serving decode the run fitted
 
     def _colorize_small(self, gray: tf.Tensor) -> tf.Tensor:
         """gray [N, 120, 120, 1] -> model prediction (RGB, or a*b* / 128)."""
-        return tf.cast(self.model(preprocess.model_inputs(gray), training=False), tf.float32)
+        return tf.cast(self._predict(preprocess.model_inputs(gray)), tf.float32)
 
     # No Python control flow in the signatures depends on a tensor: autograph's rewrite would only
     # add about half a second to every export.
