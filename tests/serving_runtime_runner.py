@@ -17,7 +17,6 @@ only TensorFlow and numpy, so it runs in a bare `pip install tensorflow-cpu==X` 
 (tests/test_serving_runtime.py).
 """
 
-import resource
 import sys
 import time
 
@@ -26,7 +25,10 @@ import tensorflow as tf
 
 
 def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    """This process's own peak RSS (VmHWM). Not ru_maxrss: Linux carries the parent's peak into it
+    across exec, so a child of a large pytest worker would report the worker's peak."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
 
 
 def _session_run(session, graph, signature_def, inputs: dict) -> dict:
