@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 
-def _peak_rss_bytes() -> int:
+def peak_rss_bytes() -> int:
     """This process's own peak RSS (VmHWM). Not ru_maxrss: Linux carries the parent's peak into it
     across exec, so a child of a large pytest worker would report the worker's peak."""
     with open("/proc/self/status") as status:
@@ -61,8 +61,8 @@ def run(saved_model: str, inputs_path: str, outputs_path: str) -> None:
             except tf.errors.OpError as exc:
                 results[f"{case}/error"] = np.array(f"{type(exc).__name__}: {exc.message}")
             results[f"{case}/seconds"] = np.array(time.perf_counter() - start)
-            baseline = _peak_rss_bytes() if baseline is None else baseline
-        results["rss_growth_bytes"] = np.array(_peak_rss_bytes() - baseline)
+            baseline = peak_rss_bytes() if baseline is None else baseline
+        results["rss_growth_bytes"] = np.array(peak_rss_bytes() - baseline)
     np.savez(outputs_path, **results)
 
 

@@ -110,11 +110,8 @@ _HOSTILE_OVER_REST = """
 import base64, json, sys, time
 import numpy as np
 from tests.hostile_requests import hostile_cases, warm_case
+from tests.serving_runtime_runner import peak_rss_bytes
 from trainer.serve import rest
-
-def peak_rss():  # VmHWM: ru_maxrss would hold the pytest worker's peak (Linux keeps it across exec)
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
 
 def as_json(value):
     if isinstance(value, np.ndarray) and value.dtype == object:
@@ -132,10 +129,10 @@ for number, (case, (signature, inputs, expected)) in enumerate(cases.items()):
     start = time.perf_counter()
     status, answer = model.request("POST", path, body.encode())
     seconds = time.perf_counter() - start
-    baseline = baseline if number else peak_rss()
+    baseline = baseline if number else peak_rss_bytes()
     error = rest.error_message(answer, status) if status != 200 else ""
     print(json.dumps([case, status, error, expected, seconds, len(body)]))
-print(json.dumps(peak_rss() - baseline))
+print(json.dumps(peak_rss_bytes() - baseline))
 """
 
 
